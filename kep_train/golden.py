@@ -1,0 +1,315 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The golden model: a whole ``.kep`` network in the one integer arithmetic, bit exact.
+
+Every conv layer is the paper's sparse convolution (shift-and-accumulate over the kept
+elements, :mod:`kep_train.sparseconv`), followed by the requantization of
+:mod:`kep_train.intarith` (``docs/arithmetic.md``). The accelerator computes exactly this.
+
+Speed: the accumulation of a conv layer runs as one float32 matrix product per kernel offset
+``(r, c)`` that holds at least one kept element (``acc += W_rc @ shifted input``). That is exact:
+every product ``v * x`` is an integer of magnitude <= 2**14, and every partial sum of a dot
+product is an integer bounded by ``B = max_o sum_{i,j} |v[o,i,j]| * 128``; when ``B < 2**24``
+every intermediate value is representable in float32, so the result is the exact integer
+whatever the summation order. A layer with ``B >= 2**24`` runs in float64 (exact below 2**53).
+The bias is added and the sum wrapped to int32 in int64. ``tests/test_golden.py`` checks this
+path against :func:`kep_train.sparseconv.sparse_conv2d` (pure int64) and ``F.conv2d``.
+
+Command line: ``python -m kep_train golden --model model.kep --data-dir DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .errors import KepError, cli_errors
+from .intarith import INT8_MIN, quantize_tensor, requantize, wrap_int32
+from .kepfile import KepLayer, KepModel, load_kep
+
+__all__ = ["run_network", "quantize_input", "conv_layer", "conv_acc_exact_dtype",
+           "top1", "load_test_images", "main"]
+
+_F32_EXACT = 2**24
+_F64_EXACT = 2**53
+
+
+def quantize_input(kep: KepModel, images_uint8: torch.Tensor) -> torch.Tensor:
+    """Normalize uint8 images with the model's mean/std and quantize them to int8.
+
+    Parameters
+    ----------
+    kep : KepModel
+        Gives ``meta["mean"]``, ``meta["std"]`` and ``meta["input_scale"]``.
+    images_uint8 : torch.Tensor
+        ``uint8 [N, C, H, W]`` pixels.
+
+    Returns
+    -------
+    torch.Tensor
+        int8 ``[N, C, H, W]``: ``round_half_even(((p / 255) - mean) / std / input_scale)``
+        clamped to [-128, 127] (computed in float64).
+
+    Raises
+    ------
+    KepError
+        Wrong dtype or shape.
+    """
+    if images_uint8.dtype != torch.uint8 or images_uint8.dim() != 4:
+        raise KepError(f"images must be uint8 [N, C, H, W], got {images_uint8.dtype} "
+                       f"{list(images_uint8.shape)}")
+    expect = tuple(kep.meta.get("input_shape", images_uint8.shape[1:]))
+    if tuple(images_uint8.shape[1:]) != expect:
+        raise KepError(f"images have shape {list(images_uint8.shape[1:])}, the model expects "
+                       f"{list(expect)}")
+    mean = torch.tensor(kep.meta["mean"], dtype=torch.float64).view(1, -1, 1, 1)
+    std = torch.tensor(kep.meta["std"], dtype=torch.float64).view(1, -1, 1, 1)
+    x = (images_uint8.to(torch.float64) / 255.0 - mean) / std
+    return quantize_tensor(x, kep.input_scale)
+
+
+def conv_acc_exact_dtype(values: torch.Tensor) -> torch.dtype:
+    """The float dtype in which a conv with these int8 ``values [Cout, Cin, K]`` (any int8
+    input) accumulates exactly: float32 when ``max_o sum |v| * 128 < 2**24``, else float64."""
+    bound = int(values.to(torch.int64).abs().flatten(1).sum(1).max()) * 128 if values.numel() \
+        else 0
+    if bound < _F32_EXACT and torch.get_float32_matmul_precision() == "highest":
+        return torch.float32
+    if bound < _F64_EXACT:
+        return torch.float64
+    raise KepError(f"conv accumulation bound {bound} is too large for an exact float path")
+
+
+def _conv_acc_cnhw(x: torch.Tensor, layer: KepLayer, cache: dict) -> torch.Tensor:
+    """Sparse shift-and-accumulate on ``[Cin, N, H, W]`` activations; int64 ``[Cout, N, Ho,
+    Wo]`` accumulators, bias included, wrapped to int32."""
+    k, s, p = layer.kernel_size, layer.stride, layer.padding
+    key = layer.name
+    if key not in cache:
+        values, index = layer.planes()
+        dtype = conv_acc_exact_dtype(values)
+        cout, cin, _ = values.shape
+        dense = torch.zeros(cout, cin, k * k, dtype=dtype)
+        dense.scatter_(2, index.to(torch.int64), values.to(dtype))
+        kept = index.to(torch.int64).flatten().unique().tolist()  # offsets with kept elements
+        cache[key] = (dtype, [(j, dense[:, :, j].contiguous()) for j in kept])
+    dtype, offsets = cache[key]
+    cin, n, h, w = x.shape
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    xp = F.pad(x.to(dtype), (p, p, p, p))
+    acc = torch.zeros(offsets[0][1].shape[0] if offsets else layer.out_shape[0],
+                      n * ho * wo, dtype=dtype)
+    for j, wj in offsets:
+        r, c = divmod(j, k)
+        shifted = xp[:, :, r:r + s * (ho - 1) + 1:s, c:c + s * (wo - 1) + 1:s]
+        acc.addmm_(wj, shifted.reshape(cin, n * ho * wo))
+    acc = acc.to(torch.int64) + layer.bias.to(torch.int64).view(-1, 1)
+    return wrap_int32(acc).view(-1, n, ho, wo)
+
+
+def conv_layer(x: torch.Tensor, layer: KepLayer, residual: torch.Tensor | None = None,
+               ) -> torch.Tensor:
+    """One int8 conv layer of a .kep (fast exact path), ``[N, Cin, H, W]`` -> ``[N, Cout, Ho,
+    Wo]`` int8; equal to :func:`kep_train.sparseconv.sparse_conv2d` with the layer's
+    ``planes()``, bias, mult, shift, res_mult, relu (tested)."""
+    acc = _conv_acc_cnhw(x.transpose(0, 1), layer, {})
+    res = residual.transpose(0, 1) if residual is not None else None
+    y = requantize(acc, layer.mult, layer.shift, residual=res,
+                   res_mult=layer.res_mult if res is not None else None, relu=layer.relu,
+                   channel_dim=0)
+    return y.transpose(0, 1).contiguous()
+
+
+def run_network(kep: KepModel, x_int8: torch.Tensor, *, return_all: bool = False,
+                _cache: dict | None = None):
+    """Run a whole .kep network on int8 inputs in the integer arithmetic.
+
+    Parameters
+    ----------
+    kep : KepModel
+        The model.
+    x_int8 : torch.Tensor
+        int8 ``[N, C, H, W]`` (see :func:`quantize_input`).
+    return_all : bool
+        Also return every layer's output.
+
+    Returns
+    -------
+    torch.Tensor or (torch.Tensor, dict)
+        The last layer's output: int32 logits ``[N, classes]`` for a classifier (int8
+        ``[N, C, H, W]`` if the network ends with a conv). With ``return_all``, also
+        ``{"input": x_int8, layer name: output}``: int8 ``[N, C, H, W]`` for conv/maxpool,
+        int32 ``[N, C]`` for avgpool (sums over H x W) and linear.
+
+    Raises
+    ------
+    KepError
+        If the input is not int8 of the model's input shape.
+    """
+    if x_int8.dtype != torch.int8 or x_int8.dim() != 4:
+        raise KepError(f"input must be int8 [N, C, H, W], got {x_int8.dtype} "
+                       f"{list(x_int8.shape)}")
+    expect = tuple(kep.meta.get("input_shape", x_int8.shape[1:]))
+    if tuple(x_int8.shape[1:]) != expect:
+        raise KepError(f"input has shape {list(x_int8.shape[1:])}, the model expects "
+                       f"{list(expect)}")
+    cache = {} if _cache is None else _cache
+    acts = {"input": x_int8.transpose(0, 1)}     # internal layout [C, N, H, W] / [C, N]
+    with torch.inference_mode():
+        for layer in kep.layers:
+            x = acts[layer.input]
+            if layer.op == "conv":
+                acc = _conv_acc_cnhw(x, layer, cache)
+                res = acts[layer.residual] if layer.residual is not None else None
+                y = requantize(acc, layer.mult, layer.shift, residual=res,
+                               res_mult=layer.res_mult if res is not None else None,
+                               relu=layer.relu, channel_dim=0)
+            elif layer.op == "maxpool":
+                p = layer.padding
+                xf = F.pad(x.to(torch.float32), (p, p, p, p), value=float(INT8_MIN))
+                y = F.max_pool2d(xf, layer.kernel_size, layer.stride).to(torch.int8)
+            elif layer.op == "avgpool":
+                y = wrap_int32(x.to(torch.int64).sum(dim=(2, 3))).to(torch.int32)
+            elif layer.op == "linear":
+                acc = layer.weight.to(torch.int64) @ x.to(torch.int64)
+                y = wrap_int32(acc + layer.bias.to(torch.int64).view(-1, 1)).to(torch.int32)
+            else:  # the reader rejects unknown kinds; this guards hand-built models
+                raise KepError(f"layer {layer.name!r}: unknown kind {layer.op!r}")
+            acts[layer.name] = y
+    out = acts[kep.layers[-1].name].transpose(0, 1).contiguous()
+    if not return_all:
+        return out
+    return out, {name: v.transpose(0, 1).contiguous() for name, v in acts.items()}
+
+
+def top1(logits: torch.Tensor) -> torch.Tensor:
+    """Predicted classes: argmax with ties to the lowest class index."""
+    return logits.to(torch.int64).argmax(dim=1)  # torch.argmax returns the first maximum
+
+
+def load_test_images(data_dir: str | os.PathLike, *, train: bool = False,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10 images ``uint8 [N, 3, 32, 32]`` and labels ``int64 [N]``.
+
+    Uses ``kep_train.data.load_cifar10`` when available, else reads the image-folder layout
+    (``<dir>/{train,test}/<class>/*.jpg``, classes in alphabetical order).
+
+    Raises
+    ------
+    KepError
+        Missing or empty data folder.
+    """
+    try:
+        from .data import load_cifar10
+    except ImportError:
+        load_cifar10 = None
+    if load_cifar10 is not None:
+        return load_cifar10(data_dir, train=train)
+    return _load_image_folder(Path(data_dir) / ("train" if train else "test"))
+
+
+def _load_image_folder(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    import numpy as np
+    from PIL import Image
+    if not root.is_dir():
+        raise KepError(f"data folder {str(root)!r} does not exist")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        for f in sorted((root / cls).iterdir()):
+            if f.suffix.lower() not in (".jpg", ".jpeg", ".png"):
+                continue
+            try:
+                with Image.open(f) as im:
+                    images.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+            except OSError as e:
+                raise KepError(f"cannot read image {str(f)!r}: {e}")
+            labels.append(label)
+    if not images:
+        raise KepError(f"no images under {str(root)!r}")
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    return x, torch.tensor(labels, dtype=torch.int64)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m kep_train golden",
+                                description="top-1 of the bit-exact int8 golden model of a "
+                                            ".kep file on the CIFAR-10 test set")
+    p.add_argument("--model", required=True, help=".kep file")
+    p.add_argument("--data-dir", required=True, help="CIFAR-10 folder (holding test/)")
+    p.add_argument("--checkpoint", help="float checkpoint to compare with (default: the one "
+                   "named in the .kep metadata, if it exists)")
+    p.add_argument("--n", type=int, default=None, help="use the first N test images")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--out", help="write a JSON report here")
+    return p
+
+
+def evaluate_int8(kep: KepModel, images: torch.Tensor, batch_size: int = 1000,
+                  ) -> torch.Tensor:
+    """Predicted classes of the golden model for uint8 images, in batches."""
+    cache: dict = {}
+    preds = []
+    for s in range(0, images.shape[0], batch_size):
+        x = quantize_input(kep, images[s:s + batch_size])
+        preds.append(top1(run_network(kep, x, _cache=cache)))
+    return torch.cat(preds)
+
+
+def evaluate_float(ckpt_path, kep: KepModel, images: torch.Tensor,
+                   batch_size: int = 1000) -> torch.Tensor:
+    """Predicted classes of a checkpoint's float model on the same images."""
+    from .checkpoint import model_from_checkpoint
+    model, _ = model_from_checkpoint(ckpt_path)
+    mean = torch.tensor(kep.meta["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(kep.meta["std"], dtype=torch.float32).view(1, -1, 1, 1)
+    preds = []
+    with torch.inference_mode():
+        for s in range(0, images.shape[0], batch_size):
+            x = (images[s:s + batch_size].float() / 255.0 - mean) / std
+            preds.append(model(x).argmax(1))
+    return torch.cat(preds)
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> int:
+    """``python -m kep_train golden``: int8 top-1 next to the float pruned model's."""
+    from .fileio import atomic_write_json, environment_info
+    args = _parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise KepError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.n is not None and args.n < 1:
+        raise KepError(f"--n must be >= 1, got {args.n}")
+    kep = load_kep(args.model)
+    images, labels = load_test_images(args.data_dir, train=False)
+    if args.n is not None:
+        images, labels = images[:args.n], labels[:args.n]
+    t0 = time.perf_counter()
+    pred = evaluate_int8(kep, images, args.batch_size)
+    seconds = time.perf_counter() - t0
+    n = int(labels.numel())
+    report = {"model": str(args.model), "images": n,
+              "int8_top1": 100.0 * float((pred == labels).float().mean()),
+              "int8_seconds": seconds}
+    ckpt = args.checkpoint or kep.meta.get("checkpoint")
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        raise KepError(f"checkpoint {args.checkpoint!r} does not exist")
+    if ckpt and os.path.isfile(ckpt):
+        fpred = evaluate_float(ckpt, kep, images, args.batch_size)
+        report.update(checkpoint=str(ckpt),
+                      float_top1=100.0 * float((fpred == labels).float().mean()),
+                      agreement=100.0 * float((fpred == pred).float().mean()))
+        report["diff_pt"] = report["int8_top1"] - report["float_top1"]
+    print(f"int8 golden top-1: {report['int8_top1']:.2f} % on {n} images "
+          f"({seconds:.1f} s, {n / max(seconds, 1e-9):.0f} images/s)")
+    if "float_top1" in report:
+        print(f"float pruned top-1: {report['float_top1']:.2f} %  (int8 - float = "
+              f"{report['diff_pt']:+.2f} pt, same prediction on {report['agreement']:.2f} %)")
+    report["environment"] = environment_info()
+    if args.out:
+        atomic_write_json(args.out, report)
+    return 0
