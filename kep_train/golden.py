@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import KepError, cli_errors
-from .intarith import INT8_MIN, quantize_tensor, requantize, wrap_int32
+from .intarith import INT8_MAX, INT8_MIN, quantize_tensor, requantize, wrap_int32
 from .kepfile import KepLayer, KepModel, load_kep
 
 __all__ = ["run_network", "quantize_input", "conv_layer", "conv_acc_exact_dtype",
@@ -84,31 +84,89 @@ def conv_acc_exact_dtype(values: torch.Tensor) -> torch.dtype:
     raise KepError(f"conv accumulation bound {bound} is too large for an exact float path")
 
 
-def _conv_acc_cnhw(x: torch.Tensor, layer: KepLayer, cache: dict) -> torch.Tensor:
-    """Sparse shift-and-accumulate on ``[Cin, N, H, W]`` activations; int64 ``[Cout, N, Ho,
-    Wo]`` accumulators, bias included, wrapped to int32."""
-    k, s, p = layer.kernel_size, layer.stride, layer.padding
-    key = layer.name
-    if key not in cache:
+def _prepare(layer: KepLayer, cache: dict):
+    """Per-layer constants: accumulation dtype, the ``[Cout, Cin]`` weight matrix of every
+    kernel offset holding a kept element, and whether int32 wrap-around is impossible."""
+    if layer.name not in cache:
+        k = layer.kernel_size
         values, index = layer.planes()
         dtype = conv_acc_exact_dtype(values)
         cout, cin, _ = values.shape
         dense = torch.zeros(cout, cin, k * k, dtype=dtype)
         dense.scatter_(2, index.to(torch.int64), values.to(dtype))
         kept = index.to(torch.int64).flatten().unique().tolist()  # offsets with kept elements
-        cache[key] = (dtype, [(j, dense[:, :, j].contiguous()) for j in kept])
-    dtype, offsets = cache[key]
+        bias = layer.bias.to(torch.int64)
+        bound = (int(values.to(torch.int64).abs().flatten(1).sum(1).max()) * 128
+                 + int(bias.abs().max()) if values.numel() else 0)
+        cache[layer.name] = (dtype, [(j, dense[:, :, j].contiguous()) for j in kept],
+                             bound < 2**31)
+    return cache[layer.name]
+
+
+def _conv_acc_cnhw(x: torch.Tensor, layer: KepLayer, cache: dict) -> tuple:
+    """Sparse shift-and-accumulate on ``[Cin, N, H, W]`` activations.
+
+    Returns ``(acc, no_wrap)``: the exact sums ``[Cout, N, Ho, Wo]`` (float, bias NOT included)
+    and whether ``acc + bias`` provably fits int32 without wrap-around.
+
+    Stride 1 uses flat shifts: on the zero-padded input flattened to ``[Cin, N*Hp*Wp]``, the
+    input shifted by ``(r, c)`` is the column window starting at ``r*Wp + c`` (a view, no copy).
+    Outputs are computed on the padded grid and cropped to ``[:Ho, :Wo]``; a valid output
+    ``(y, x)`` reads ``xp[y + r, x + c]`` with ``y + r < Hp`` and ``x + c < Wp``, so it never
+    reads across a row or image boundary.
+    """
+    k, s, p = layer.kernel_size, layer.stride, layer.padding
+    dtype, offsets, no_wrap = _prepare(layer, cache)
+    cout = layer.out_shape[0]
     cin, n, h, w = x.shape
     ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
     xp = F.pad(x.to(dtype), (p, p, p, p))
-    acc = torch.zeros(offsets[0][1].shape[0] if offsets else layer.out_shape[0],
-                      n * ho * wo, dtype=dtype)
+    hp, wp = h + 2 * p, w + 2 * p
+    if s == 1:
+        length = n * hp * wp
+        flat = torch.zeros(cin, length + (k - 1) * (wp + 1), dtype=dtype)
+        flat[:, :length] = xp.reshape(cin, length)
+        acc = torch.zeros(cout, length, dtype=dtype)
+        for j, wj in offsets:
+            r, c = divmod(j, k)
+            off = r * wp + c
+            acc.addmm_(wj, flat[:, off:off + length])
+        return acc.view(cout, n, hp, wp)[:, :, :ho, :wo], no_wrap
+    acc = torch.zeros(cout, n * ho * wo, dtype=dtype)
     for j, wj in offsets:
         r, c = divmod(j, k)
         shifted = xp[:, :, r:r + s * (ho - 1) + 1:s, c:c + s * (wo - 1) + 1:s]
         acc.addmm_(wj, shifted.reshape(cin, n * ho * wo))
-    acc = acc.to(torch.int64) + layer.bias.to(torch.int64).view(-1, 1)
-    return wrap_int32(acc).view(-1, n, ho, wo)
+    return acc.view(cout, n, ho, wo), no_wrap
+
+
+def _conv_requant(x: torch.Tensor, layer: KepLayer, res: torch.Tensor | None,
+                  cache: dict) -> torch.Tensor:
+    """A conv layer on ``[C, N, H, W]`` activations: exact accumulation, bias, requantization.
+
+    When ``acc + bias`` provably fits int32 (no wrap), the arithmetic of
+    :func:`kep_train.intarith.requantize` is evaluated in place in int64 with the bias folded
+    into the rounding constant: ``(acc + b) * m + r + 2**(s-1) = acc * m + (b * m + 2**(s-1))
+    + r`` exactly (all terms < 2**50). Otherwise the reference path (wrap, requantize) runs.
+    Both are tested equal.
+    """
+    acc, no_wrap = _conv_acc_cnhw(x, layer, cache)
+    shape = (-1, 1, 1, 1)
+    if not no_wrap:
+        acc = wrap_int32(acc.to(torch.int64) + layer.bias.to(torch.int64).view(shape))
+        return requantize(acc, layer.mult, layer.shift, residual=res,
+                          res_mult=layer.res_mult if res is not None else None,
+                          relu=layer.relu, channel_dim=0)
+    m = layer.mult.to(torch.int64).view(shape)
+    s = layer.shift.to(torch.int64).view(shape)
+    const = layer.bias.to(torch.int64).view(shape) * m + (torch.ones_like(s) << (s - 1))
+    z = acc.to(torch.int64)
+    z.mul_(m).add_(const)
+    if res is not None:
+        z.add_(res.to(torch.int64) * layer.res_mult.to(torch.int64).view(shape))
+    z.bitwise_right_shift_(s)
+    z.clamp_(0 if layer.relu else INT8_MIN, INT8_MAX)
+    return z.to(torch.int8)
 
 
 def conv_layer(x: torch.Tensor, layer: KepLayer, residual: torch.Tensor | None = None,
@@ -116,12 +174,8 @@ def conv_layer(x: torch.Tensor, layer: KepLayer, residual: torch.Tensor | None =
     """One int8 conv layer of a .kep (fast exact path), ``[N, Cin, H, W]`` -> ``[N, Cout, Ho,
     Wo]`` int8; equal to :func:`kep_train.sparseconv.sparse_conv2d` with the layer's
     ``planes()``, bias, mult, shift, res_mult, relu (tested)."""
-    acc = _conv_acc_cnhw(x.transpose(0, 1), layer, {})
     res = residual.transpose(0, 1) if residual is not None else None
-    y = requantize(acc, layer.mult, layer.shift, residual=res,
-                   res_mult=layer.res_mult if res is not None else None, relu=layer.relu,
-                   channel_dim=0)
-    return y.transpose(0, 1).contiguous()
+    return _conv_requant(x.transpose(0, 1), layer, res, {}).transpose(0, 1).contiguous()
 
 
 def run_network(kep: KepModel, x_int8: torch.Tensor, *, return_all: bool = False,
@@ -163,11 +217,8 @@ def run_network(kep: KepModel, x_int8: torch.Tensor, *, return_all: bool = False
         for layer in kep.layers:
             x = acts[layer.input]
             if layer.op == "conv":
-                acc = _conv_acc_cnhw(x, layer, cache)
                 res = acts[layer.residual] if layer.residual is not None else None
-                y = requantize(acc, layer.mult, layer.shift, residual=res,
-                               res_mult=layer.res_mult if res is not None else None,
-                               relu=layer.relu, channel_dim=0)
+                y = _conv_requant(x, layer, res, cache)
             elif layer.op == "maxpool":
                 p = layer.padding
                 xf = F.pad(x.to(torch.float32), (p, p, p, p), value=float(INT8_MIN))
