@@ -1,0 +1,263 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The KEP sparse-convolution engine: P PEs over output channels, balanced K per plane.
+
+Blocks: :class:`kep_hw.fetch.WindowFetcher` supplies windows, the sequencer and MAC array
+here consume one kept element per PE and cycle, :class:`kep_hw.requant.Requant` turns the
+accumulators into int8 outputs while the next pixel is computed. Ports, layouts, addresses and
+configuration registers: ``docs/accelerator.md``.
+
+MAC pipeline (one (channel, element) per cycle, all PEs in lock step):
+
+- S0: weight address ``wptr`` presented (read latency 1); the window of the current channel
+  registered.
+- S1: weight word arrives; each PE selects its operand with a 9:1 mux by its index (or by the
+  element counter in dense mode) and registers ``value * operand``.
+- S2: accumulate (``bias + product`` on the first element of a pixel); on the last element the
+  P sums go to the shadow register (the requantization unit's input).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.memory import ReadPort
+from amaranth.lib.wiring import In, Out
+
+from .fetch import WindowFetcher
+from .layouts import ParamWord, act_word, out_word, weight_word
+from .params import EngineParams
+from .requant import Requant, acc_word
+
+__all__ = ["Engine"]
+
+
+class _State(enum.Enum, shape=3):
+    IDLE = 0
+    DRAIN = 1
+    LOAD = 2
+    RUN = 3
+    FINISH = 4
+
+
+class Engine(wiring.Component):
+    """One convolution layer per ``start``, bit-exact to ``kep_train.sparseconv``.
+
+    Parameters
+    ----------
+    params : EngineParams
+        Engine size.
+
+    Attributes
+    ----------
+    cfg : In(LayerConfig)
+        Layer configuration registers (``params.config_layout``), stable while busy.
+    start : In(1)
+        Pulse to start a layer.
+    busy : Out(1)
+        High until the layer's last output has been transferred.
+    act, res, wt, prm : In(ReadPort.Signature)
+        Read ports (the engine drives addr/en, data one cycle later).
+    o : Out(stream.Signature(out_word))
+        Outputs in group / row / column order.
+    """
+
+    def __init__(self, params: EngineParams):
+        if not isinstance(params, EngineParams):
+            raise TypeError(f"params must be EngineParams, got {params!r}")
+        self.params = params
+        p = params
+        super().__init__({
+            "cfg": In(p.config_layout),
+            "start": In(1),
+            "busy": Out(1),
+            "act": In(ReadPort.Signature(addr_width=p.act_bits, shape=act_word(p.lanes))),
+            "res": In(ReadPort.Signature(addr_width=p.act_bits, shape=act_word(p.lanes))),
+            "wt": In(ReadPort.Signature(addr_width=p.wt_bits, shape=weight_word(p.pes))),
+            "prm": In(ReadPort.Signature(addr_width=p.prm_bits, shape=ParamWord)),
+            "o": Out(stream.Signature(out_word(p.pes))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        P, G = p.pes, p.lanes
+        cfg = self.cfg
+
+        m.submodules.fetch = fetch = WindowFetcher(p)
+        m.submodules.requant = rq = Requant(p)
+        m.d.comb += [
+            fetch.cfg.eq(cfg),
+            rq.relu.eq(cfg.relu),
+            rq.residual.eq(cfg.residual),
+        ]
+        wiring.connect(m, wiring.flipped(self.act), fetch.act)
+        wiring.connect(m, wiring.flipped(self.res), rq.res)
+        wiring.connect(m, rq.o, wiring.flipped(self.o))
+
+        state = Signal(_State)
+        prm_regs = Signal(data.ArrayLayout(ParamWord, P))
+        m.d.comb += rq.prm.eq(prm_regs)
+
+        # group / pixel bookkeeping
+        g = Signal(p.group_bits)
+        px = Signal(p.dim_bits)
+        py = Signal(p.dim_bits)
+        wptr = Signal(p.wt_bits)
+        gbase = Signal(p.wt_bits)
+        prm_ptr = Signal(p.prm_bits)
+        res_ptr = Signal(p.act_bits)
+        res_gbase = Signal(p.act_bits)
+        last_px = Signal()
+        last_g = Signal()
+        m.d.comb += [
+            last_px.eq((px == cfg.wo - 1) & (py == cfg.ho - 1)),
+            last_g.eq(g == cfg.groups - 1),
+        ]
+
+        # pipeline registers
+        s1_valid = Signal()
+        s1_first = Signal()
+        s1_last = Signal()
+        s1_final = Signal()
+        s1_j = Signal(4)
+        s1_zero = Signal()
+        s1_res = Signal(p.act_bits)
+        s1_win = Signal(data.ArrayLayout(signed(8), 9))
+        s2_valid = Signal()
+        s2_first = Signal()
+        s2_last = Signal()
+        s2_final = Signal()
+        s2_res = Signal(p.act_bits)
+        s2_prod = Signal(data.ArrayLayout(signed(16), P))
+        acc = Signal(data.ArrayLayout(signed(32), P))
+        shadow_full = Signal()
+        shadow = Signal(acc_word(p))
+
+        # control
+        keff = Signal(4)
+        m.d.comb += keff.eq(Mux(cfg.kk == 0, 1, cfg.kk))
+        c = Signal(range(G))
+        j = Signal(4)
+        win = fetch.o
+        end_j = Signal()
+        end_c = Signal()
+        last_mac = Signal()
+        block = Signal()
+        issue = Signal()
+        m.d.comb += [
+            end_j.eq(j == keff - 1),
+            end_c.eq(c == win.payload.nch - 1),
+            last_mac.eq(win.payload.last & end_c & end_j),
+            block.eq(shadow_full | (s1_valid & s1_last) | (s2_valid & s2_last)),
+            issue.eq((state == _State.RUN) & win.valid & ~(last_mac & block)),
+            win.ready.eq(issue & end_c & end_j),
+            self.wt.en.eq(1),
+            self.wt.addr.eq(wptr),
+            self.prm.en.eq(1),
+            self.busy.eq(state != _State.IDLE),
+        ]
+
+        # S0 -> S1
+        m.d.sync += [
+            s1_valid.eq(issue),
+            s1_first.eq(win.payload.first & (c == 0) & (j == 0)),
+            s1_last.eq(last_mac),
+            s1_final.eq(last_mac & last_px & last_g),
+            s1_j.eq(j),
+            s1_zero.eq(cfg.kk == 0),
+            s1_res.eq(res_ptr),
+            s1_win.eq(win.payload.win[c]),
+        ]
+        with m.If(issue):
+            with m.If(~end_j):
+                m.d.sync += j.eq(j + 1)
+            with m.Else():
+                m.d.sync += j.eq(0)
+                with m.If(~end_c):
+                    m.d.sync += c.eq(c + 1)
+                with m.Else():
+                    m.d.sync += c.eq(0)
+            with m.If(cfg.kk != 0):
+                m.d.sync += wptr.eq(wptr + 1)
+            with m.If(last_mac):
+                with m.If(~last_px):
+                    m.d.sync += res_ptr.eq(res_ptr + cfg.cwo)
+                    with m.If(cfg.kk != 0):
+                        m.d.sync += wptr.eq(gbase)
+                    with m.If(px == cfg.wo - 1):
+                        m.d.sync += [px.eq(0), py.eq(py + 1)]
+                    with m.Else():
+                        m.d.sync += px.eq(px + 1)
+                with m.Else():
+                    # group done
+                    m.d.sync += [px.eq(0), py.eq(0), g.eq(g + 1),
+                                 gbase.eq(wptr + (cfg.kk != 0)),
+                                 prm_ptr.eq(prm_ptr + P),
+                                 res_gbase.eq(res_gbase + P // G),
+                                 res_ptr.eq(res_gbase + P // G)]
+                    with m.If(last_g):
+                        m.d.sync += state.eq(_State.FINISH)
+                    with m.Else():
+                        m.d.sync += state.eq(_State.DRAIN)
+
+        # S1 -> S2: operand select and multiply
+        m.d.sync += [s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last),
+                     s2_final.eq(s1_final), s2_res.eq(s1_res)]
+        for pe in range(P):
+            sel = Signal(4, name=f"sel{pe}")
+            opd = Signal(signed(8), name=f"opd{pe}")
+            m.d.comb += [
+                sel.eq(Mux(cfg.dense, s1_j, self.wt.data[pe].index)),
+                opd.eq(s1_win.as_value().word_select(sel, 8)),
+            ]
+            m.d.sync += s2_prod[pe].eq(Mux(s1_zero, 0, self.wt.data[pe].value * opd))
+
+        # S2: accumulate, shadow
+        for pe in range(P):
+            nxt = Signal(signed(32), name=f"acc_next{pe}")
+            m.d.comb += nxt.eq(Mux(s2_first, prm_regs[pe].bias, acc[pe]) + s2_prod[pe])
+            with m.If(s2_valid):
+                m.d.sync += acc[pe].eq(nxt)
+                with m.If(s2_last):
+                    m.d.sync += shadow.acc[pe].eq(nxt)
+        with m.If(s2_valid & s2_last):
+            m.d.sync += [shadow_full.eq(1), shadow.res_addr.eq(s2_res),
+                         shadow.last.eq(s2_final)]
+        m.d.comb += [rq.i.valid.eq(shadow_full), rq.i.payload.eq(shadow)]
+        with m.If(rq.i.valid & rq.i.ready):
+            m.d.sync += shadow_full.eq(0)
+
+        # parameter load for a group: P reads, data one cycle later
+        ld_n = Signal(range(P + 1))
+        ld_d = Signal(range(P + 1))
+        ld_v = Signal()
+        m.d.comb += self.prm.addr.eq(prm_ptr + ld_n)
+        m.d.sync += [ld_v.eq(0), ld_d.eq(ld_n)]
+        with m.If(ld_v):
+            with m.Switch(ld_d):
+                for pe in range(P):
+                    with m.Case(pe):
+                        m.d.sync += prm_regs[pe].eq(self.prm.data)
+
+        with m.Switch(state):
+            with m.Case(_State.IDLE):
+                with m.If(self.start):
+                    m.d.sync += [
+                        state.eq(_State.LOAD), g.eq(0), px.eq(0), py.eq(0),
+                        wptr.eq(cfg.wt_base), gbase.eq(cfg.wt_base),
+                        prm_ptr.eq(cfg.prm_base), res_ptr.eq(cfg.res_base),
+                        res_gbase.eq(cfg.res_base), ld_n.eq(0), c.eq(0), j.eq(0),
+                    ]
+                    m.d.comb += fetch.start.eq(1)
+            with m.Case(_State.DRAIN):
+                with m.If(~s1_valid & ~s2_valid & ~shadow_full & ~rq.busy):
+                    m.d.sync += [state.eq(_State.LOAD), ld_n.eq(0)]
+            with m.Case(_State.LOAD):
+                with m.If(ld_n != P):
+                    m.d.sync += [ld_n.eq(ld_n + 1), ld_v.eq(1)]
+                with m.Elif(~ld_v):
+                    m.d.sync += state.eq(_State.RUN)
+            with m.Case(_State.FINISH):
+                with m.If(self.o.valid & self.o.ready & self.o.payload.last):
+                    m.d.sync += state.eq(_State.IDLE)
+        return m

@@ -1,0 +1,107 @@
+# SPDX-License-Identifier: Apache-2.0
+"""amaranth.sim helpers: stream put/get with random gaps and back-pressure, layer runs.
+
+Used by the unit tests (``tests/test_hw_*.py``); the cocotb regression has its own drivers
+(:mod:`kep_hw.cocotb_tb`) but the same host-side :mod:`kep_hw.driver`.
+"""
+
+from __future__ import annotations
+
+import random
+
+from amaranth.sim import Simulator
+
+from .driver import LayerJob, expected_words, layer_program
+from .layer_top import LayerTop, load_layout
+from .layouts import out_word, pack, unpack
+from .params import EngineParams
+
+__all__ = ["stream_put", "stream_get", "run_layers"]
+
+
+async def stream_put(ctx, port, bits: int, *, rng: random.Random | None = None,
+                     gap: float = 0.0) -> None:
+    """Send one payload (its integer bits) on a stream, after a random number of idle cycles
+    (probability ``gap`` per cycle)."""
+    while rng is not None and rng.random() < gap:
+        await ctx.tick()
+    ctx.set(port.payload.as_value(), bits)
+    ctx.set(port.valid, 1)
+    await ctx.tick().until(port.ready)
+    ctx.set(port.valid, 0)
+
+
+async def stream_get(ctx, port, *, rng: random.Random | None = None,
+                     stall: float = 0.0) -> int:
+    """Receive one payload (its integer bits), holding ``ready`` low with probability
+    ``stall`` per cycle."""
+    while True:
+        ready = not (rng is not None and rng.random() < stall)
+        ctx.set(port.ready, int(ready))
+        valid = ctx.get(port.valid)
+        bits = ctx.get(port.payload.as_value())
+        await ctx.tick()
+        if ready and valid:
+            ctx.set(port.ready, 0)
+            return bits
+
+
+def run_layers(params: EngineParams, jobs: list[LayerJob], *, seed: int = 0,
+               stall: float = 0.0, gap: float = 0.0, vcd: str | None = None) -> list[dict]:
+    """Run layers one after another on :class:`LayerTop` in ``amaranth.sim``.
+
+    Returns per layer ``{"words": [[lanes...], ...], "cycles": int}`` (words in stream order,
+    only the valid lanes of each transfer).
+    """
+    dut = LayerTop(params)
+    rng = random.Random(seed)
+    ow = out_word(params.pes)
+    ll = load_layout(params)
+    results = []
+
+    async def bench(ctx):
+        for job in jobs:
+            cfg, loads = layer_program(params, job)
+            for target, addr, word in loads:
+                await stream_put(ctx, dut.load, pack(ll, {"target": target, "addr": addr,
+                                                          "data": word}), rng=rng, gap=gap)
+            ctx.set(dut.cfg.as_value(), pack(params.config_layout, cfg))
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            n_words = len(expected_words(params, job, _empty(job)))
+            words = []
+            while ctx.get(dut.busy) or len(words) < n_words:
+                ready = not (rng.random() < stall)
+                ctx.set(dut.o.ready, int(ready))
+                valid = ctx.get(dut.o.valid)
+                bits = ctx.get(dut.o.payload.as_value())
+                await ctx.tick()
+                if ready and valid:
+                    words.append(unpack(ow, bits)["data"])
+                    if len(words) > n_words:
+                        raise AssertionError("more outputs than expected")
+            ctx.set(dut.o.ready, 0)
+            # keep only the valid lanes of each transfer
+            per_group = job.out_hw[0] * job.out_hw[1]
+            trimmed = []
+            for t, wd in enumerate(words):
+                g = t // per_group
+                trimmed.append(wd[:min(params.pes, job.cout - g * params.pes)])
+            results.append({"words": trimmed, "cycles": ctx.get(dut.cycles)})
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    if vcd:
+        with sim.write_vcd(vcd):
+            sim.run()
+    else:
+        sim.run()
+    return results
+
+
+def _empty(job: LayerJob):
+    import torch
+    ho, wo = job.out_hw
+    return torch.zeros(job.cout, ho, wo, dtype=torch.int8)
