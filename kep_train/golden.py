@@ -258,8 +258,10 @@ def load_test_images(data_dir: str | os.PathLike, *, train: bool = False,
         from .data import load_cifar10
     except ImportError:
         load_cifar10 = None
+    if not Path(data_dir).is_dir():
+        raise KepError(f"data folder {str(data_dir)!r} does not exist")
     if load_cifar10 is not None:
-        return load_cifar10(data_dir, train=train)
+        return load_cifar10(data_dir, train=train, download=False)
     return _load_image_folder(Path(data_dir) / ("train" if train else "test"))
 
 
