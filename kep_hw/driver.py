@@ -21,7 +21,7 @@ from .layouts import ParamWord, Target, act_word, pack, weight_word
 from .params import EngineParams, layer_config
 
 __all__ = ["LayerJob", "layer_program", "golden", "expected_words", "decode_outputs",
-           "random_job", "dense_job"]
+           "random_job", "dense_job", "random_layers"]
 
 
 @dataclasses.dataclass
@@ -270,3 +270,35 @@ def dense_job(job: LayerJob) -> LayerJob:
     index = torch.arange(kk, dtype=torch.uint8).expand(job.cout, job.cin, kk).contiguous()
     return dataclasses.replace(job, values=dense.contiguous(), index=index, dense=True,
                                name=job.name + ":dense")
+
+
+def random_layers(seed: int, n: int, params: EngineParams, *, max_hw: int = 7,
+                  max_c: int = 40) -> list[LayerJob]:
+    """``n`` random valid layers for the regression (deterministic given ``seed``).
+
+    Shapes, strides, kernel size (3x3 or 1x1), K (0 .. k*k), ReLU, residual, dense mode and
+    extreme values (only -128 / 127) are all drawn at random, within ``params``' limits.
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw(lo, hi):
+        return int(torch.randint(lo, hi + 1, (1,), generator=gen))
+
+    jobs = []
+    for t in range(n):
+        k = 3 if draw(0, 3) else 1
+        kept = draw(0, k * k)
+        stride = draw(1, 2)
+        pad = 1 if k == 3 else draw(0, 1)
+        cin = draw(1, min(max_c, params.max_cin))
+        cout = draw(1, min(max_c, params.max_cout))
+        h = draw(max(1, k - 2 * pad), min(max_hw, params.max_hw))
+        w = draw(max(1, k - 2 * pad), min(max_hw, params.max_hw))
+        job = random_job(gen, cin=cin, cout=cout, h=h, w=w, k=k, kept=kept, stride=stride,
+                         pad=pad, relu=bool(draw(0, 1)), residual=bool(draw(0, 1)),
+                         extreme=draw(0, 5) == 0, name=f"rand{t}")
+        if draw(0, 7) == 0:
+            job = dense_job(job)
+            job.name = f"rand{t}:dense"
+        jobs.append(job)
+    return jobs
