@@ -1,0 +1,198 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Run conv layers on the RTL (cocotb + Verilator or Icarus) and report exactness and speed.
+
+``python -m kep_hw.sim --model model.kep [--layer NAME] [--sim verilator|icarus] [--pes P]``
+runs the conv layers of a ``.kep`` model (inputs from the golden network run on a seeded random
+image) and prints per layer: bit-exact yes/no, cycles, ideal cycles (non-zero MACs / P),
+utilization, the cycle model's prediction, and the dense-mode cycles of the same layer.
+``--resnet20`` does the same with random weights of ResNet-20's layer shapes, ``--random N``
+runs the random-layer regression with back-pressure. ``--json`` writes the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import torch
+
+from kep_train.errors import KepError, cli_errors
+from kep_train.fileio import atomic_write_json, environment_info
+
+from . import cosim
+from .driver import LayerJob, dense_job, random_job, random_layers
+from .params import EngineParams
+from .perf import LayerShape, ideal_cycles, layer_cycles, useful_macs
+from .verilog import add_params_args, params_from_args
+
+__all__ = ["model_jobs", "resnet20_jobs", "run_report", "main"]
+
+
+def model_jobs(path: str, layer: str | None = None, seed: int = 0) -> list[LayerJob]:
+    """One job per conv layer of a ``.kep`` model, fed with the golden network's activations.
+
+    Raises
+    ------
+    KepError
+        If the file is bad or ``layer`` is not a conv layer of the model.
+    """
+    from kep_train.golden import run_network
+    from kep_train.kepfile import load_kep
+    kep = load_kep(path)
+    convs = kep.conv_layers
+    if layer is not None:
+        names = [cl.name for cl in convs]
+        if layer not in names:
+            raise KepError(f"no conv layer {layer!r} in {path} (have: {', '.join(names)})")
+    gen = torch.Generator().manual_seed(seed)
+    shape = tuple(kep.meta["input_shape"])
+    x = torch.randint(-128, 128, (1, *shape), generator=gen, dtype=torch.int8)
+    _, acts = run_network(kep, x, return_all=True)
+    jobs = []
+    for cl in convs:
+        if layer is not None and cl.name != layer:
+            continue
+        values, index = cl.planes()
+        res = acts[cl.residual][0] if cl.residual else None
+        cout = values.shape[0]
+        jobs.append(LayerJob(
+            x=acts[cl.input][0], values=values, index=index,
+            bias=cl.bias.to(torch.int64), mult=cl.mult.to(torch.int64),
+            shift=cl.shift.to(torch.int64),
+            res_mult=(cl.res_mult.to(torch.int64) if res is not None
+                      else torch.zeros(cout, dtype=torch.int64)),
+            k=cl.kernel_size, stride=cl.stride, pad=cl.padding, relu=cl.relu, residual=res,
+            name=cl.name))
+        # the network's own output of this layer must be what the job's golden gives
+        from .driver import golden
+        if not torch.equal(golden(jobs[-1]), acts[cl.name][0]):
+            raise KepError(f"layer {cl.name}: golden layer and network run disagree")
+    return jobs
+
+
+def resnet20_jobs(seed: int = 0, kept: int = 4) -> list[LayerJob]:
+    """Random layers with ResNet-20's conv shapes (CIFAR-10, 32x32): the first 3x3 layer dense,
+    the others K=``kept``, the two 1x1 stride-2 shortcuts as K=1, residual on every block's
+    second conv."""
+    gen = torch.Generator().manual_seed(seed)
+    jobs = [random_job(gen, cin=3, cout=16, h=32, w=32, kept=9, name="conv1")]
+    cin, hw = 16, 32
+    for stage, cout in enumerate((16, 32, 64), start=1):
+        for block in range(3):
+            stride = 2 if (block == 0 and stage > 1) else 1
+            pre = f"layer{stage}.{block}"
+            jobs.append(random_job(gen, cin=cin, cout=cout, h=hw, w=hw, kept=kept,
+                                   stride=stride, name=f"{pre}.conv1"))
+            if stride == 2:
+                jobs.append(random_job(gen, cin=cin, cout=cout, h=hw, w=hw, k=1, kept=1,
+                                       stride=2, pad=0, relu=False,
+                                       name=f"{pre}.shortcut"))
+                hw //= 2
+            jobs.append(random_job(gen, cin=cout, cout=cout, h=hw, w=hw, kept=kept,
+                                   residual=True, name=f"{pre}.conv2"))
+            cin = cout
+    return jobs
+
+
+def _shape(job: LayerJob) -> LayerShape:
+    return LayerShape(cin=job.cin, cout=job.cout, h=int(job.x.shape[1]), w=int(job.x.shape[2]),
+                      k=job.k, kept=job.kept, stride=job.stride, pad=job.pad)
+
+
+def run_report(params: EngineParams, jobs: list[LayerJob], *, sim: str | None = None,
+               dense: bool = True, stall: float = 0.0, seed: int = 0) -> list[dict]:
+    """Run ``jobs`` (and their dense-mode twins) in one simulation; per-layer report rows."""
+    runs = []
+    for job in jobs:
+        runs.append(job)
+        if dense and not job.dense and job.kept < job.k * job.k:
+            runs.append(dense_job(job))
+    res = cosim.run_layers(params, runs, sim=sim, stall=stall, seed=seed)
+    by_name = {r["name"]: r for r in res}
+    rows = []
+    for job in jobs:
+        r = by_name[job.name]
+        shape = _shape(job)
+        ideal = ideal_cycles(shape, params)
+        pred = layer_cycles(shape, params)
+        row = {
+            "layer": job.name, "cin": job.cin, "cout": job.cout,
+            "hw": list(job.x.shape[1:]), "k": job.k, "K": job.kept, "stride": job.stride,
+            "exact": r["exact"], "mismatches": r["mismatches"], "outputs": r["outputs"],
+            "cycles": r["cycles"], "ideal_cycles": ideal,
+            "utilization": useful_macs(shape) / (params.pes * r["cycles"]),
+            "model_cycles": pred, "model_error": (r["cycles"] - pred) / pred,
+        }
+        d = by_name.get(job.name + ":dense")
+        if d is not None:
+            row["dense_exact"] = d["exact"]
+            row["dense_cycles"] = d["cycles"]
+            row["speedup"] = d["cycles"] / r["cycles"]
+            row["speedup_target"] = 0.9 * job.k * job.k / max(job.kept, 1)
+        rows.append(row)
+    return rows
+
+
+def _print(rows: list[dict]) -> None:
+    print(f"{'layer':24s} {'exact':5s} {'cycles':>8s} {'ideal':>8s} {'util':>6s} "
+          f"{'model':>8s} {'err%':>6s} {'dense':>8s} {'speedup':>7s}")
+    for r in rows:
+        dense = f"{r['dense_cycles']:8d}" if "dense_cycles" in r else f"{'-':>8s}"
+        sp = f"{r['speedup']:7.2f}" if "speedup" in r else f"{'-':>7s}"
+        print(f"{r['layer']:24s} {'yes' if r['exact'] else 'NO':5s} {r['cycles']:8d} "
+              f"{r['ideal_cycles']:8.0f} {r['utilization']:6.1%} {r['model_cycles']:8d} "
+              f"{100 * r['model_error']:6.2f} {dense} {sp}")
+
+
+@cli_errors
+def main(argv=None) -> int:
+    """Command line (see the module docstring)."""
+    ap = argparse.ArgumentParser(prog="python -m kep_hw.sim", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help=".kep model file")
+    src.add_argument("--resnet20", action="store_true",
+                     help="random weights with ResNet-20's conv shapes")
+    src.add_argument("--random", type=int, metavar="N", help="N random layers (regression)")
+    ap.add_argument("--layer", help="only this conv layer of --model")
+    ap.add_argument("--sim", choices=list(cosim.SIMULATORS), default=None,
+                    help="simulator (default: env SIM, else verilator)")
+    ap.add_argument("--kept", type=int, default=4, help="K for --resnet20")
+    ap.add_argument("--no-dense", action="store_true", help="skip the dense-mode runs")
+    ap.add_argument("--stall", type=float, default=None,
+                    help="probability of ready low per cycle (default 0, 0.3 for --random)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="write the report here")
+    add_params_args(ap)
+    args = ap.parse_args(argv)
+    params = params_from_args(args)
+    if args.layer and not args.model:
+        raise KepError("--layer needs --model")
+    stall = args.stall if args.stall is not None else (0.3 if args.random else 0.0)
+    if not 0.0 <= stall < 1.0:
+        raise KepError(f"--stall must lie in [0, 1), got {stall!r}")
+    if args.model:
+        jobs = model_jobs(args.model, args.layer, seed=args.seed)
+    elif args.resnet20:
+        jobs = resnet20_jobs(args.seed, kept=args.kept)
+    else:
+        if args.random < 1:
+            raise KepError(f"--random must be >= 1, got {args.random!r}")
+        jobs = random_layers(args.seed, args.random, params)
+    rows = run_report(params, jobs, sim=args.sim, dense=not (args.no_dense or args.random),
+                      stall=stall, seed=args.seed)
+    _print(rows)
+    n_bad = sum(not r["exact"] or not r.get("dense_exact", True) for r in rows)
+    print(f"{len(rows)} layers, {n_bad} not bit-exact")
+    if args.json:
+        atomic_write_json(args.json, {
+            "environment": environment_info(), "params": dataclasses.asdict(params),
+            "simulator": cosim.simulator_from_env(args.sim), "stall": stall,
+            "seed": args.seed, "source": args.model or ("resnet20" if args.resnet20
+                                                         else f"random:{args.random}"),
+            "layers": rows, "not_exact": n_bad})
+    return 1 if n_bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
