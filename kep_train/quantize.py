@@ -36,7 +36,8 @@ from .intarith import INT8_MAX, quantize_multiplier
 from .kepfile import KEP_FORMAT_VERSION, KepLayer, KepModel, save_kep
 
 __all__ = ["CALIB_METHODS", "extract_graph", "fold_bn", "calibrate", "quantize_model",
-           "export_kep", "kep_from_checkpoint", "float_sparse_tensors", "input_scale"]
+           "export_kep", "kep_from_checkpoint", "float_sparse_tensors", "input_scale",
+           "random_pruned_model", "random_kep"]
 
 CALIB_METHODS = ("percentile", "max")
 _RELU_FUNCS = (F.relu, torch.relu)
@@ -534,3 +535,58 @@ def float_sparse_tensors(model: nn.Module, masks: dict) -> dict:
         out[name] = {"values": mod.weight.detach().flatten(2).gather(2, index),
                      "index": index.to(torch.uint8)}
     return out
+
+
+def random_pruned_model(model: nn.Module, *, K: int = 4, seed: int = 0,
+                        skip: tuple = ("conv1",)) -> tuple[nn.Module, dict]:
+    """Give ``model`` random KEP masks (K kept elements per plane of every 3x3 conv except
+    ``skip``) and random BN statistics, in place; for tests and hardware checks.
+
+    Returns
+    -------
+    model : nn.Module
+        The same module, eval mode, pruned elements zeroed.
+    masks : dict
+        ``{conv name: bool mask}``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    masks = {}
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if isinstance(mod, nn.Conv2d):
+                mod.weight.copy_(torch.randn(mod.weight.shape, generator=g)
+                                 * (2.0 / mod.weight[0].numel()) ** 0.5)
+                kk = mod.weight.shape[2] * mod.weight.shape[3]
+                if kk > 1 and name not in skip:
+                    if not 1 <= K <= kk:
+                        raise KepError(f"K must lie in [1, {kk}], got {K!r}")
+                    score = torch.rand(mod.weight.shape, generator=g).flatten(2)
+                    idx = score.topk(K, dim=2).indices
+                    m = torch.zeros_like(score, dtype=torch.bool).scatter_(2, idx, True)
+                    masks[name] = m.view_as(mod.weight)
+                    mod.weight.mul_(masks[name])
+            elif isinstance(mod, nn.BatchNorm2d):
+                c = mod.num_features
+                mod.running_mean.copy_(torch.rand(c, generator=g) * 0.2 - 0.1)
+                mod.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
+                mod.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                mod.bias.copy_(torch.rand(c, generator=g) * 0.2 - 0.1)
+    return model.eval(), masks
+
+
+def random_kep(model: nn.Module | str = "resnet20", *, K: int = 4, seed: int = 0,
+               n_calib: int = 16, input_shape: tuple = (3, 32, 32)) -> KepModel:
+    """A :class:`KepModel` of a randomly initialised, randomly KEP-pruned model (tests,
+    hardware bring-up). ``model`` is a module or a name for :func:`kep_train.models.build_model`.
+    """
+    if isinstance(model, str):
+        from .models import build_model
+        torch.manual_seed(seed)
+        model = build_model(model)
+    model, masks = random_pruned_model(model, K=K, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    calib = torch.randn((n_calib, *input_shape), generator=g)
+    meta = {"model_name": type(model).__name__, "dataset": "random", "num_classes": None,
+            "mean": [0.5] * input_shape[0], "std": [0.25] * input_shape[0],
+            "kep": {"K": K, "random": True, "seed": seed}}
+    return quantize_model(model, masks=masks, calib=calib, meta=meta)
