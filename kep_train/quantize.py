@@ -538,9 +538,10 @@ def float_sparse_tensors(model: nn.Module, masks: dict) -> dict:
 
 
 def random_pruned_model(model: nn.Module, *, K: int = 4, seed: int = 0,
-                        skip: tuple = ("conv1",)) -> tuple[nn.Module, dict]:
-    """Give ``model`` random KEP masks (K kept elements per plane of every 3x3 conv except
-    ``skip``) and random BN statistics, in place; for tests and hardware checks.
+                        skip: tuple | None = None) -> tuple[nn.Module, dict]:
+    """Give ``model`` random weights, random KEP masks (K kept elements per plane of every
+    conv with k > 1 except those named in ``skip``, default: the first conv) and random BN
+    statistics, in place; for tests and hardware checks.
 
     Returns
     -------
@@ -551,6 +552,8 @@ def random_pruned_model(model: nn.Module, *, K: int = 4, seed: int = 0,
     """
     g = torch.Generator().manual_seed(seed)
     masks = {}
+    if skip is None:
+        skip = tuple(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))[:1]
     with torch.no_grad():
         for name, mod in model.named_modules():
             if isinstance(mod, nn.Conv2d):
