@@ -98,7 +98,8 @@ def _build(params: EngineParams, sim: str, build_root: Path):
 
 def run_layers(params: EngineParams, jobs: list[LayerJob], *, sim: str | None = None,
                stall: float = 0.0, seed: int = 0,
-               build_root: str | os.PathLike | None = None) -> list[dict]:
+               build_root: str | os.PathLike | None = None,
+               expected: list | None = None) -> list[dict]:
     """Run ``jobs`` (one simulation, layers back to back) and check them against the golden model.
 
     Parameters
@@ -115,6 +116,9 @@ def run_layers(params: EngineParams, jobs: list[LayerJob], *, sim: str | None = 
         Seed of the back-pressure pattern.
     build_root : path, optional
         Folder of the build directories (default ``<repo>/sim_build``).
+    expected : list, optional
+        Expected output words per job (default: from the golden model); lets a test check
+        that a wrong expectation is reported.
 
     Returns
     -------
@@ -132,9 +136,10 @@ def run_layers(params: EngineParams, jobs: list[LayerJob], *, sim: str | None = 
     ll = load_layout(params)
     layers = []
     rng = random.Random(seed)
-    for job in jobs:
+    for n, job in enumerate(jobs):
         cfg, loads = layer_program(params, job)
-        exp = expected_words(params, job, golden(job))
+        exp = (expected_words(params, job, golden(job)) if expected is None
+               else expected[n])
         layers.append({
             "name": job.name,
             "cfg": pack(params.config_layout, cfg),
