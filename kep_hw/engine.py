@@ -65,6 +65,8 @@ class Engine(wiring.Component):
         if not isinstance(params, EngineParams):
             raise TypeError(f"params must be EngineParams, got {params!r}")
         self.params = params
+        #: layout of ``cfg`` (same as ``params.config_layout``)
+        self.cfg_layout = params.config_layout
         p = params
         super().__init__({
             "cfg": In(p.config_layout),
