@@ -16,8 +16,8 @@ Steps (``docs/kep-format.md`` "How a float model becomes a .kep"):
 4. **Weights** per output channel, symmetric: ``s_w = max|w| / 127``, ``q = round(w / s_w)``.
    Pruned elements (mask False) are exactly zero and are not stored; a kept element that
    rounds to 0 is still stored. **Bias** ``round(b / (s_in * s_w))`` in int32.
-5. **Requantization** ``(mult, shift, res_mult)`` from :func:`kep_train.intarith.quantize_multiplier`.
-   The classifier uses one per-tensor weight scale and outputs int32 logits.
+5. **Requantization** ``(mult, shift, res_mult)`` from
+   :func:`kep_train.intarith.quantize_multiplier`. The classifier uses one per-tensor weight scale and outputs int32 logits.
 """
 
 from __future__ import annotations
