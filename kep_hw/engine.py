@@ -11,8 +11,9 @@ MAC pipeline (one (channel, element) per cycle, all PEs in lock step):
 - S0: weight address ``wptr`` presented (read latency 1); the window of the current channel
   registered.
 - S1: weight word arrives; each PE selects its operand with a 9:1 mux by its index (or by the
-  element counter in dense mode) and registers ``value * operand``.
-- S2: accumulate (``bias + product`` on the first element of a pixel); on the last element the
+  element counter in dense mode) and registers operand and value.
+- S2: each PE registers ``value * operand`` (one 8x8 multiplier).
+- S3: accumulate (``bias + product`` on the first element of a pixel); on the last element the
   P sums go to the shadow register (the requantization unit's input).
 """
 
@@ -130,7 +131,15 @@ class Engine(wiring.Component):
         s2_last = Signal()
         s2_final = Signal()
         s2_res = Signal(p.act_bits)
-        s2_prod = Signal(data.ArrayLayout(signed(16), P))
+        s2_zero = Signal()
+        s2_val = Signal(data.ArrayLayout(signed(8), P))
+        s2_opd = Signal(data.ArrayLayout(signed(8), P))
+        s3_valid = Signal()
+        s3_first = Signal()
+        s3_last = Signal()
+        s3_final = Signal()
+        s3_res = Signal(p.act_bits)
+        s3_prod = Signal(data.ArrayLayout(signed(16), P))
         acc = Signal(data.ArrayLayout(signed(32), P))
         shadow_full = Signal()
         shadow = Signal(acc_word(p))
@@ -150,7 +159,8 @@ class Engine(wiring.Component):
             end_j.eq(j == keff - 1),
             end_c.eq(c == win.payload.nch - 1),
             last_mac.eq(win.payload.last & end_c & end_j),
-            block.eq(shadow_full | (s1_valid & s1_last) | (s2_valid & s2_last)),
+            block.eq(shadow_full | (s1_valid & s1_last) | (s2_valid & s2_last)
+                     | (s3_valid & s3_last)),
             issue.eq((state == _State.RUN) & win.valid & ~(last_mac & block)),
             win.ready.eq(issue & end_c & end_j),
             self.wt.en.eq(1),
@@ -202,29 +212,32 @@ class Engine(wiring.Component):
                     with m.Else():
                         m.d.sync += state.eq(_State.DRAIN)
 
-        # S1 -> S2: operand select and multiply
+        # S1 -> S2: operand select
         m.d.sync += [s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last),
-                     s2_final.eq(s1_final), s2_res.eq(s1_res)]
+                     s2_final.eq(s1_final), s2_res.eq(s1_res), s2_zero.eq(s1_zero)]
         for pe in range(P):
             sel = Signal(4, name=f"sel{pe}")
-            opd = Signal(signed(8), name=f"opd{pe}")
-            m.d.comb += [
-                sel.eq(Mux(cfg.dense, s1_j, self.wt.data[pe].index)),
-                opd.eq(s1_win.as_value().word_select(sel, 8)),
-            ]
-            m.d.sync += s2_prod[pe].eq(Mux(s1_zero, 0, self.wt.data[pe].value * opd))
+            m.d.comb += sel.eq(Mux(cfg.dense, s1_j, self.wt.data[pe].index))
+            m.d.sync += [s2_opd[pe].eq(s1_win.as_value().word_select(sel, 8)),
+                         s2_val[pe].eq(self.wt.data[pe].value)]
 
-        # S2: accumulate, shadow
+        # S2 -> S3: multiply
+        m.d.sync += [s3_valid.eq(s2_valid), s3_first.eq(s2_first), s3_last.eq(s2_last),
+                     s3_final.eq(s2_final), s3_res.eq(s2_res)]
+        for pe in range(P):
+            m.d.sync += s3_prod[pe].eq(Mux(s2_zero, 0, s2_val[pe] * s2_opd[pe]))
+
+        # S3: accumulate, shadow
         for pe in range(P):
             nxt = Signal(signed(32), name=f"acc_next{pe}")
-            m.d.comb += nxt.eq(Mux(s2_first, prm_regs[pe].bias, acc[pe]) + s2_prod[pe])
-            with m.If(s2_valid):
+            m.d.comb += nxt.eq(Mux(s3_first, prm_regs[pe].bias, acc[pe]) + s3_prod[pe])
+            with m.If(s3_valid):
                 m.d.sync += acc[pe].eq(nxt)
-                with m.If(s2_last):
+                with m.If(s3_last):
                     m.d.sync += shadow.acc[pe].eq(nxt)
-        with m.If(s2_valid & s2_last):
-            m.d.sync += [shadow_full.eq(1), shadow.res_addr.eq(s2_res),
-                         shadow.last.eq(s2_final)]
+        with m.If(s3_valid & s3_last):
+            m.d.sync += [shadow_full.eq(1), shadow.res_addr.eq(s3_res),
+                         shadow.last.eq(s3_final)]
         m.d.comb += [rq.i.valid.eq(shadow_full), rq.i.payload.eq(shadow)]
         with m.If(rq.i.valid & rq.i.ready):
             m.d.sync += shadow_full.eq(0)
@@ -252,7 +265,7 @@ class Engine(wiring.Component):
                     ]
                     m.d.comb += fetch.start.eq(1)
             with m.Case(_State.DRAIN):
-                with m.If(~s1_valid & ~s2_valid & ~shadow_full & ~rq.busy):
+                with m.If(~s1_valid & ~s2_valid & ~s3_valid & ~shadow_full & ~rq.busy):
                     m.d.sync += [state.eq(_State.LOAD), ld_n.eq(0)]
             with m.Case(_State.LOAD):
                 with m.If(ld_n != P):

@@ -19,8 +19,8 @@ __all__ = ["LayerShape", "layer_cycles", "ideal_cycles", "useful_macs"]
 
 # pipeline constants, from the RTL (see the docstrings of engine.py / requant.py / fetch.py)
 _START = 3          # start -> LOAD, LOAD -> RUN hand-over
-_DRAIN = 10         # last MAC of a group -> next LOAD (S1, S2, shadow, requant issue + 3)
-_END = 8            # last MAC of the layer -> last output transferred
+_DRAIN = 11         # last MAC of a group -> next LOAD (S1, S2, shadow, requant issue + 3)
+_END = 9            # last MAC of the layer -> last output transferred
 _RQ_EXTRA = 4       # requantization period = P/G + 4
 
 

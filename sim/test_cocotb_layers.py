@@ -74,3 +74,21 @@ def test_cycles_and_wrong_expectation(sim):
     exp[0][3][5] = (exp[0][3][5] + 1) if exp[0][3][5] < 127 else 0
     bad = cosim.run_layers(PARAMS, jobs[:1], sim=sim, expected=exp)
     assert not bad[0]["exact"] and bad[0]["mismatches"] == 1
+
+
+@pytest.mark.slow
+def test_resnet20_stage3_performance():
+    """ResNet-20 stage-3 shapes (64 channels, 8x8, K=4; 1x1 stride-2 shortcut): bit-exact,
+    utilization >= 90 %, sparse vs dense speed-up >= 0.9 * 9/K, model within 2 %."""
+    from kep_hw.sim import resnet20_jobs, run_report
+    jobs = [j for j in resnet20_jobs(seed=3) if j.name in ("layer3.0.shortcut",
+                                                          "layer3.1.conv1")]
+    assert len(jobs) == 2
+    rows = run_report(PARAMS, jobs, sim="verilator")
+    for row in rows:
+        assert row["exact"], row["layer"]
+        assert abs(row["model_error"]) <= 0.02, row
+        assert row["utilization"] >= 0.9, row
+    conv = rows[1]
+    assert conv["dense_exact"]
+    assert conv["speedup"] >= conv["speedup_target"] == pytest.approx(0.9 * 9 / 4)
