@@ -197,27 +197,40 @@ def test_top1_ties_lowest_index():
 
 def test_golden_cli(tiny_cifar, tmp_path, capsys):
     from kep_train.fileio import atomic_torch_save
-    model = CifarResNet(8)
+    from kep_train.golden import evaluate_int8, load_test_images
+    from kep_train.models import build_model
+    torch.manual_seed(0)
+    model = build_model("resnet20")
     kep = random_kep(model, K=4, seed=5, n_calib=4)
-    ckpt = {"format": "kep-checkpoint", "version": 1, "model_name": "resnet8",
-            "num_classes": 10, "model": model.state_dict()}
     kep_path, out = tmp_path / "m.kep", tmp_path / "report.json"
     save_kep(kep_path, kep)
     assert main(["--model", str(kep_path), "--data-dir", str(tiny_cifar), "--out", str(out),
                  "--batch-size", "7"]) == 0
     rep = json.loads(out.read_text())
-    from kep_train.golden import evaluate_int8, load_test_images
     images, labels = load_test_images(tiny_cifar)
-    expect = 100.0 * float((evaluate_int8(kep, images, 30) == labels).float().mean())
+    pred = evaluate_int8(kep, images, 30)
+    expect = 100.0 * float((pred == labels).float().mean())
     assert rep["images"] == 30 and rep["int8_top1"] == pytest.approx(expect)
     assert "python" in rep["environment"] and "float_top1" not in rep
     assert "int8 golden top-1" in capsys.readouterr().out
+    # with the float checkpoint: its top-1 on the same images, and the agreement
+    ckpt = {"format": "kep-checkpoint", "version": 1, "model_name": "resnet20",
+            "num_classes": 10, "model": model.state_dict()}
     atomic_torch_save(ckpt, tmp_path / "c.pt")
-    with pytest.raises(SystemExit) as e:
-        main(["--model", str(kep_path), "--data-dir", str(tiny_cifar), "--checkpoint",
-              str(tmp_path / "c.pt")])
-    assert e.value.code == 2  # resnet8 is not a model name the checkpoint loader knows
-    assert "error: " in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:
-        main(["--model", str(kep_path), "--data-dir", str(tmp_path / "nope")])
-    assert e.value.code == 2
+    assert main(["--model", str(kep_path), "--data-dir", str(tiny_cifar), "--checkpoint",
+                 str(tmp_path / "c.pt"), "--n", "20", "--out", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    m, sd = torch.tensor(kep.meta["mean"]).view(1, -1, 1, 1), torch.tensor(kep.meta["std"])
+    with torch.no_grad():
+        fpred = model.eval()((images[:20].float() / 255 - m) / sd.view(1, -1, 1, 1)).argmax(1)
+    assert rep["images"] == 20
+    assert rep["float_top1"] == pytest.approx(100.0 * float((fpred == labels[:20]).float()
+                                                            .mean()))
+    assert rep["agreement"] == pytest.approx(100.0 * float((fpred == pred[:20]).float().mean()))
+    assert "float pruned top-1" in capsys.readouterr().out
+    for bad in (["--data-dir", str(tmp_path / "nope")], ["--data-dir", str(tiny_cifar), "--n", "0"],
+                ["--data-dir", str(tiny_cifar), "--checkpoint", str(tmp_path / "none.pt")]):
+        with pytest.raises(SystemExit) as e:
+            main(["--model", str(kep_path)] + bad)
+        assert e.value.code == 2
+        assert capsys.readouterr().err.startswith("error: ")
