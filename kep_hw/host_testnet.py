@@ -18,6 +18,8 @@ from .hostplan import run_tail
 
 __all__ = ["random_network", "reference_activations", "reference_logits"]
 
+SCALE = 1.0 / 64     # every activation scale of the test network (consistent for save_kep)
+
 
 def _conv(gen, name, inp, cin, cout, h, *, k=3, stride=1, K=None, relu=True, residual=None):
     pad = 1 if k == 3 else 0
@@ -38,7 +40,7 @@ def _conv(gen, name, inp, cin, cout, h, *, k=3, stride=1, K=None, relu=True, res
                   kernel_size=k, stride=stride, padding=pad, relu=relu, residual=residual,
                   bias=bias.to(torch.int32), mult=mult.to(torch.int32),
                   shift=shift.to(torch.int32), res_mult=res_mult.to(torch.int32),
-                  w_scale=torch.ones(cout))
+                  w_scale=torch.ones(cout), in_scale=SCALE, out_scale=SCALE)
     if K == kk:
         dense = torch.zeros(cout, cin, kk, dtype=torch.int64)
         dense.scatter_(2, index, values)
@@ -62,13 +64,16 @@ def random_network(seed: int = 0, *, size: int = 8, width: int = 8,
     c4, _ = _conv(gen, "b2.conv2", "b2.conv1", w2, w2, h2, K=4, residual="b2.shortcut")
     layers = [c0, b1, b2, c3, sc, c4]
     layers.append(KepLayer(name="pool", op="avgpool", input="b2.conv2",
-                           in_shape=(w2, h2, h2), out_shape=(w2,)))
+                           in_shape=(w2, h2, h2), out_shape=(w2,), in_scale=SCALE,
+                           out_scale=SCALE / (h2 * h2)))
     layers.append(KepLayer(
         name="fc", op="linear", input="pool", in_shape=(w2,), out_shape=(classes,),
+        in_scale=SCALE / (h2 * h2), out_scale=SCALE, w_scale=torch.ones(classes),
         weight=torch.randint(-127, 128, (classes, w2), generator=gen, dtype=torch.int8),
         bias=torch.randint(-1000, 1000, (classes,), generator=gen, dtype=torch.int32)))
     meta = {"model_name": "random-test", "dataset": "random", "num_classes": classes,
-            "input_shape": [3, size, size], "input_scale": 1.0 / 64}
+            "input_shape": [3, size, size], "input_scale": SCALE,
+            "mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]}
     return KepModel(layers=layers, meta=meta)
 
 

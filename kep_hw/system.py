@@ -773,6 +773,7 @@ class BoardTop(wiring.Component):
                     i_PLLWAKESYNC=0, i_ENCLKOP=0,
                     o_CLKOP=clkop, o_LOCK=lock)
                 m.d.comb += ClockSignal("sync").eq(clkop)
+                # nextpnr derives the PLL output's constraint from the oscillator's one
                 m.submodules.rst_sync = ResetSynchronizer(~lock, domain="sync")
                 uart = platform.request(self.board.uart["resource"], 0)
                 m.d.comb += [self.system.rx.eq(uart.rx.i), uart.tx.o.eq(self.system.tx)]
