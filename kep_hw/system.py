@@ -26,7 +26,7 @@ import math
 
 from amaranth import Array, Cat, ClockDomain, ClockSignal, Const, Instance, Module, Mux, Signal
 from amaranth import signed, unsigned
-from amaranth.lib import stream, wiring
+from amaranth.lib import io, stream, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.memory import Memory, ReadPort
 from amaranth.lib.wiring import In, Out
@@ -751,7 +751,8 @@ class BoardTop(wiring.Component):
             case None:
                 pass      # simulation: the sync domain is driven by the testbench
             case _:
-                clkin = platform.request(self.board.clk_resource, 0)
+                m.submodules.clk_buf = clkin = io.Buffer(
+                    "i", platform.request(self.board.clk_resource, 0, dir="-"))
                 clkop = Signal()
                 lock = Signal()
                 p = self.pll
@@ -775,10 +776,13 @@ class BoardTop(wiring.Component):
                 m.d.comb += ClockSignal("sync").eq(clkop)
                 # nextpnr derives the PLL output's constraint from the oscillator's one
                 m.submodules.rst_sync = ResetSynchronizer(~lock, domain="sync")
-                uart = platform.request(self.board.uart["resource"], 0)
-                m.d.comb += [self.system.rx.eq(uart.rx.i), uart.tx.o.eq(self.system.tx)]
+                uart = platform.request(self.board.uart["resource"], 0, dir="-")
+                m.submodules.rx_buf = rx_buf = io.Buffer("i", uart.rx)
+                m.submodules.tx_buf = tx_buf = io.Buffer("o", uart.tx)
+                m.d.comb += [self.system.rx.eq(rx_buf.i), tx_buf.o.eq(self.system.tx)]
                 if "tx_enable" in self.board.uart:
-                    en = platform.request(self.board.uart["tx_enable"], 0)
+                    m.submodules.txen_buf = en = io.Buffer(
+                        "o", platform.request(self.board.uart["tx_enable"], 0, dir="-"))
                     m.d.comb += en.o.eq(1)
         m.submodules.system = self.system
         return m

@@ -1,0 +1,142 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Board profiles, toolchain discovery, report parsing, resource-fit errors, a dry run and
+one real bitstream build (the smallest useful configuration)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from kep_hw.boards import list_boards, load_board, parse_profile
+from kep_hw.build import (estimate_resources, largest_fitting_pes, main as build_main,
+                          parse_nextpnr_log, parse_yosys_stats)
+from kep_hw.host_testnet import random_network
+from kep_hw.hostplan import plan_network
+from kep_hw.toolchain import configure_amaranth, find_toolchain
+from kep_train.errors import KepError
+
+NEXTPNR_LOG = """\
+Info: Device utilisation:
+Info: 	          TRELLIS_IO:       3/    197     1%
+Info: 	                DCCA:       2/     56     3%
+Info: 	              DP16KD:      14/     56    25%
+Info: 	          MULT18X18D:      18/     28    64%
+Info: 	          TRELLIS_FF:    2345/  24288     9%
+Info: 	        TRELLIS_COMB:    6789/  24288    27%
+Info: Max frequency for clock '$glbnet$clkop': 61.00 MHz (PASS at 50.00 MHz)
+Info: Routing..
+Info: Max frequency for clock '$glbnet$clkop': 57.25 MHz (PASS at 50.00 MHz)
+Info: Max frequency for clock '$glbnet$clk25$TRELLIS_IO_IN': 44.10 MHz (FAIL at 45.00 MHz)
+"""
+
+
+def test_all_profiles_load_and_name_real_platforms():
+    names = list_boards()
+    for n in ("ulx3s-12f", "ulx3s-25f", "ulx3s-45f", "ulx3s-85f", "colorlight-5a75b"):
+        assert n in names
+    for n in names:
+        b = load_board(n)
+        plat = b.make_platform()
+        assert plat.device == b.device
+        assert b.luts > 0 and b.dsps > 0 and b.brams > 0
+    assert load_board("ulx3s").name == "ulx3s-85f"
+    assert load_board("ulx3s-85f").dsps == 156 and load_board("ulx3s-12f").brams == 56
+    with pytest.raises(KepError, match="unknown board"):
+        load_board("nosuchboard")
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("name = 'x'", "missing key"),
+    ("not toml [", "invalid TOML"),
+])
+def test_bad_profiles(text, msg):
+    with pytest.raises(KepError, match=msg):
+        parse_profile(text, "x.toml")
+
+
+def test_toolchain_found_and_env_set():
+    found = find_toolchain(need_programmer=False)
+    env = {}
+    configure_amaranth(found, env)
+    assert set(env) == {"YOSYS", "NEXTPNR_ECP5", "ECPPACK", "OPENFPGALOADER"}
+    assert env["YOSYS"] == found["yosys"][0]
+    with pytest.raises(KepError):
+        from kep_hw.toolchain import find_tool
+        find_tool("vivado")
+
+
+def test_parse_nextpnr_log():
+    r = parse_nextpnr_log(NEXTPNR_LOG)
+    assert r["utilisation"]["DP16KD"] == (14, 56)
+    assert r["utilisation"]["MULT18X18D"] == (18, 28)
+    assert r["utilisation"]["TRELLIS_COMB"] == (6789, 24288)
+    assert r["clocks"]["$glbnet$clkop"] == {"fmax_mhz": 57.25, "target_mhz": 50.0,
+                                             "pass": True}
+    assert r["clocks"]["$glbnet$clk25$TRELLIS_IO_IN"]["pass"] is False
+
+
+def test_parse_yosys_stats():
+    text = "   Number of cells:               1234\n     DP16KD                         7\n" \
+           "     MULT18X18D                    18\n     TRELLIS_FF                  999\n\n"
+    assert parse_yosys_stats(text) == {"DP16KD": 7, "MULT18X18D": 18, "TRELLIS_FF": 999}
+
+
+def test_estimate_and_largest_pes():
+    kep = random_network(0)
+    board = load_board("ulx3s-12f")
+    e8 = estimate_resources(plan_network(kep, pes=8, lanes=4), streamed=False)
+    e16 = estimate_resources(plan_network(kep, pes=16, lanes=4), streamed=False)
+    assert e16["dsps"] - e8["dsps"] == 8 and e16["luts"] > e8["luts"]
+    best = largest_fitting_pes(kep, board, lanes=4, streamed=False)
+    assert best % 4 == 0 and best == board.dsps - 10 - (board.dsps - 10) % 4
+
+
+def test_does_not_fit_names_resource_and_largest_pes(capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        build_main(["--board", "ulx3s-12f", "--pes", "64", "--out", str(tmp_path), "--dry-run"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "does not fit ulx3s-12f" in err and "dsps 74 > 28" in err
+    assert "largest --pes that fits: 16" in err
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--board", "nope"], "unknown board"),
+    (["--pes", "6"], "multiple"),
+    (["--freq", "500"], "--freq"),
+    (["--model", "/nonexistent.kep"], "nonexistent"),
+])
+def test_cli_errors_are_one_line(argv, msg, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        build_main(argv + ["--out", str(tmp_path), "--dry-run"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and msg in err and err.count("\n") == 1
+
+
+def test_dry_run_writes_tool_inputs(tmp_path):
+    assert build_main(["--board", "colorlight-5a75b", "--out", str(tmp_path), "--dry-run"]) == 0
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["status"] == "dry-run" and rep["board"] == "colorlight-5a75b"
+    assert rep["uart_divisor"] == round(50e6 / 115200)
+    assert (tmp_path / "build" / "kep_top.il").exists()
+    assert "EHXPLLL" in (tmp_path / "build" / "kep_top.il").read_text()
+    assert "environment" in rep
+
+
+@pytest.mark.slow
+def test_real_bitstream_smallest_config(tmp_path):
+    out = tmp_path / "b"
+    assert build_main(["--board", "ulx3s-12f", "--pes", "8", "--freq", "40",
+                       "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["status"] == "built" and rep["timing_met"] is True
+    assert rep["fmax_mhz"] >= 40.0
+    u = rep["utilisation"]
+    assert 0 < u["dsps"]["used"] <= u["dsps"]["available"] == 28
+    assert 0 < u["brams"]["used"] <= 56 and u["luts"]["used"] > 1000
+    bit = (out / "kep_top.bit").read_bytes()
+    assert len(bit) > 10000

@@ -1,0 +1,132 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Network plan (buffers, packed words) and the whole system top level in Verilator: bit-exact
+inference in embedded and streamed mode, and rejection of corrupted, truncated and unknown
+frames by the gateware."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from kep_hw.host import BoardLink
+from kep_hw.host_testnet import random_network, reference_activations
+from kep_hw.hostplan import (pack_param_words, pack_weight_words, plan_network,
+                             tensor_to_words, words_to_tensor)
+from kep_hw.layouts import ParamWord, pack, weight_word
+from kep_hw.protocol import BoardTimeout, ErrorCode, FrameReader, FrameType, encode_frame
+from kep_hw.system import ecp5_pll_params
+from kep_train.errors import KepError
+
+
+def test_plan_buffers_follow_liveness():
+    plan = plan_network(random_network(0), pes=8, lanes=4)
+    by = {lp.name: lp for lp in plan.layers}
+    assert len(plan.buffer_words) == 3
+    # conv2 of block 1 reads conv1's buffer and the residual conv0, writes a third one
+    b = by["b1.conv2"]
+    assert len({b.src, b.res, b.dst}) == 3
+    assert by["b1.conv1"].dst == b.src and by["conv0"].dst == b.res
+    assert plan.output_buffer == by["b2.conv2"].dst
+    for lp in plan.layers:
+        assert lp.dst not in (lp.src, lp.res)
+
+
+def test_words_match_engine_layouts():
+    kep = random_network(3)
+    layer = kep.layer("b1.conv1")
+    values, index = layer.planes()
+    words = pack_weight_words(values, index, 8)
+    cout, cin, k = values.shape
+    # word (g*Cin + i)*K + j, lane p = channel g*P + p
+    i, j, p = 2, 1, 5
+    expect = pack(weight_word(8), [{"value": int(values[q, i, j]), "index": int(index[q, i, j])}
+                                   for q in range(8)])
+    assert words[i * k + j] == expect
+    assert (words[i * k + j] >> (12 * p)) & 0xFF == int(values[p, i, j]) & 0xFF
+    prm = pack_param_words(layer, 8)
+    assert prm[3] == pack(ParamWord, {"bias": int(layer.bias[3]), "mult": int(layer.mult[3]),
+                                      "shift": int(layer.shift[3]),
+                                      "res_mult": int(layer.res_mult[3])})
+
+
+def test_activation_words_round_trip():
+    x = torch.randint(-128, 128, (6, 3, 5), dtype=torch.int8)
+    w = tensor_to_words(x, 4)
+    assert len(w) == 3 * 5 * 2
+    assert w[0] & 0xFF == int(x[0, 0, 0]) & 0xFF and (w[1] >> 8) & 0xFF == int(x[5, 0, 0]) & 0xFF
+    assert torch.equal(words_to_tensor(w, (6, 3, 5), 4), x)
+
+
+def test_plan_rejects_unsupported():
+    kep = random_network(0)
+    kep.layers.insert(1, kep.layers[-2])          # avgpool between conv layers
+    with pytest.raises(KepError, match="not supported"):
+        plan_network(kep, pes=8, lanes=4)
+    with pytest.raises(KepError, match="multiple"):
+        plan_network(random_network(0), pes=6, lanes=4)
+
+
+def test_pll_settings():
+    p = ecp5_pll_params(25.0, 50.0)
+    assert abs(p["fout"] - 50.0) < 1e-9 and 400 <= p["fvco"] <= 800
+    assert p["fout"] == 25.0 * p["fbdiv"] / p["refdiv"]
+    with pytest.raises(ValueError):
+        ecp5_pll_params(25.0, 1000.0)
+
+
+def _images(n, size, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(-128, 128, (3, size, size), generator=g).to(torch.int8)
+            for _ in range(n)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("streamed", [False, True])
+def test_system_rtl_bit_exact_and_rejects_bad_frames(streamed, tmp_path_factory):
+    from kep_hw.host_sim import SimBoard
+    kep = random_network(1)
+    plan = plan_network(kep, pes=8, lanes=4)
+    root = tmp_path_factory.getbasetemp().parent / "kep-system-sim"
+    with SimBoard(plan, streamed=streamed, build_root=root) as port:
+        link = BoardLink(port, plan, timeout=120)
+        info = link.connect()
+        assert info["streamed"] == streamed and info["pes"] == 8
+        cycles = set()
+        for x in _images(2, 8, 5):
+            out, cyc = link.infer(x)
+            ref = reference_activations(kep, x)["b2.conv2"]
+            assert torch.equal(out, ref)
+            cycles.add(cyc)
+        assert len(cycles) == 1 and 1000 < cycles.pop() < 10**6
+        reader = FrameReader(port.read, timeout=60, byte_timeout=5)
+        # corrupted CRC
+        bad = bytearray(encode_frame(FrameType.PING))
+        bad[-1] ^= 0xFF
+        port.write(bytes(bad))
+        ftype, payload = reader.read_frame()
+        assert (ftype, payload[0], payload[1]) == (FrameType.ERROR, ErrorCode.CRC,
+                                                   FrameType.PING)
+        # unknown type
+        port.write(encode_frame(0x55, b"abc"))
+        ftype, payload = reader.read_frame()
+        assert (ftype, payload[0]) == (FrameType.ERROR, ErrorCode.TYPE)
+        # wrong image length
+        port.write(encode_frame(FrameType.IMAGE, b"\x00" * 5))
+        ftype, payload = reader.read_frame()
+        assert (ftype, payload[0]) == (FrameType.ERROR, ErrorCode.LENGTH)
+        # truncated frame: the board drops it after its inter-byte timeout
+        port.write(encode_frame(FrameType.IMAGE, b"\x00" * 64 * 4)[:40])
+        ftype, payload = reader.read_frame()
+        assert (ftype, payload[0]) == (FrameType.ERROR, ErrorCode.TIMEOUT)
+        # and the board still works
+        x = _images(1, 8, 9)[0]
+        out, _ = link.infer(x)
+        assert torch.equal(out, reference_activations(kep, x)["b2.conv2"])
+        # a silent board: nothing is sent, the host times out quickly
+        quiet = FrameReader(port.read, timeout=0.5)
+        t = time.monotonic()
+        with pytest.raises(BoardTimeout):
+            quiet.read_frame()
+        assert time.monotonic() - t < 5
