@@ -93,7 +93,13 @@ class WindowFetcher(wiring.Component):
         wr = Signal()
         rd = Signal()
 
-        m.d.comb += self.busy.eq(run)
+        # activation words per input row, registered from the (stable) configuration; a
+        # layer's first cycle after ``start`` (``init``) waits for it
+        wrow = Signal(p.act_bits)
+        init = Signal()
+        m.d.sync += wrow.eq(cfg.w * cfg.cwi)
+        m.d.comb += self.busy.eq(run | init)
+        base = Signal(signed(aw))     # address of input position (-pad, -pad)
 
         # stream head
         m.d.comb += [
@@ -167,7 +173,7 @@ class WindowFetcher(wiring.Component):
         step_x = Signal(signed(aw))
         m.d.comb += step_x.eq(Mux(cfg.stride == 2, cfg.cwi << 1, cfg.cwi))
         step_y = Signal(signed(aw))
-        m.d.comb += step_y.eq(Mux(cfg.stride == 2, cfg.wrow << 1, cfg.wrow))
+        m.d.comb += step_y.eq(Mux(cfg.stride == 2, wrow << 1, wrow))
         with m.If(issue):
             with m.If((r == 0) & (c == 0)):
                 for b in range(2):
@@ -182,7 +188,7 @@ class WindowFetcher(wiring.Component):
             with m.Else():
                 m.d.sync += c.eq(0)
                 with m.If(~end_r):
-                    m.d.sync += [r.eq(r + 1), ra.eq(ra + cfg.wrow)]
+                    m.d.sync += [r.eq(r + 1), ra.eq(ra + wrow)]
                 with m.Else():
                     # window done: next channel word / pixel / row / group
                     m.d.sync += [r.eq(0), wr.eq(~wr)]
@@ -201,8 +207,6 @@ class WindowFetcher(wiring.Component):
                                              prow.eq(prow + step_y), pa.eq(prow + step_y),
                                              ra.eq(prow + step_y)]
                             with m.Else():
-                                base = Signal(signed(aw))
-                                m.d.comb += base.eq(cfg.act_base - cfg.pad * (cfg.wrow + cfg.cwi))
                                 m.d.sync += [oy.eq(0), iy0.eq(-cfg.pad), prow.eq(base),
                                              pa.eq(base), ra.eq(base)]
                                 with m.If(g != cfg.groups - 1):
@@ -210,14 +214,15 @@ class WindowFetcher(wiring.Component):
                                 with m.Else():
                                     m.d.sync += run.eq(0)
 
-        # start
-        with m.If(self.start & ~run):
-            base = Signal(signed(aw))
-            m.d.comb += base.eq(cfg.act_base - cfg.pad * (cfg.wrow + cfg.cwi))
+        m.d.comb += base.eq(cfg.act_base - Mux(cfg.pad != 0, wrow + cfg.cwi, 0))
+
+        # start: counters now, addresses one cycle later (once ``wrow`` is valid)
+        with m.If(self.start & ~run & ~init):
             m.d.sync += [
-                run.eq(1), g.eq(0), oy.eq(0), ox.eq(0), iw.eq(0), ch_left.eq(cfg.cin),
+                init.eq(1), g.eq(0), oy.eq(0), ox.eq(0), iw.eq(0), ch_left.eq(cfg.cin),
                 r.eq(0), c.eq(0), iy0.eq(-cfg.pad), ix0.eq(-cfg.pad),
-                prow.eq(base), pa.eq(base), ra.eq(base),
                 full.eq(0), wr.eq(0), rd.eq(0),
             ]
+        with m.If(init):
+            m.d.sync += [init.eq(0), run.eq(1), prow.eq(base), pa.eq(base), ra.eq(base)]
         return m

@@ -52,7 +52,7 @@ def layer_config(*, chan_bits: int, dim_bits: int, group_bits: int, act_bits: in
     return data.StructLayout({
         "cin": chan_bits, "cout": chan_bits,
         "h": dim_bits, "w": dim_bits, "ho": dim_bits, "wo": dim_bits,
-        "cwi": chan_bits, "cwo": chan_bits, "groups": group_bits, "wrow": act_bits,
+        "cwi": chan_bits, "cwo": chan_bits, "groups": group_bits,
         "k": 2, "kk": 4, "stride": 2, "pad": 2,
         "relu": 1, "residual": 1, "dense": 1,
         "act_base": act_bits, "res_base": act_bits, "wt_base": wt_bits, "prm_base": prm_bits,

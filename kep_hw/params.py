@@ -160,7 +160,7 @@ def layer_config(params: EngineParams, *, cin: int, cout: int, h: int, w: int, k
         raise KepError(f"parameters do not fit {params.prm_depth} words")
     return {
         "cin": cin, "cout": cout, "h": h, "w": w, "ho": ho, "wo": wo,
-        "cwi": cwi, "cwo": cwo, "groups": groups, "wrow": w * cwi, "k": k, "kk": kept,
+        "cwi": cwi, "cwo": cwo, "groups": groups, "k": k, "kk": kept,
         "stride": stride, "pad": pad, "relu": int(relu), "residual": int(residual),
         "dense": int(dense), "act_base": act_base, "res_base": res_base,
         "wt_base": wt_base, "prm_base": prm_base,

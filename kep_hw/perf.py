@@ -95,6 +95,6 @@ def layer_cycles(shape: LayerShape, params: EngineParams) -> int:
         left -= nch
     px = max(px, P // G + _RQ_EXTRA)
     load = P + 2
-    # the first window arrives k*k + 2 cycles after start; the first MAC waits for it
-    first = max(_START + load, kkw + 2)
+    # the first window arrives k*k + 3 cycles after start; the first MAC waits for it
+    first = max(_START + load, kkw + 3)
     return (first + groups * npix * px + (groups - 1) * (_DRAIN + load) + _END)
