@@ -8,6 +8,7 @@ The simulator comes from the ``SIM`` environment variable (``verilator``, the de
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -84,15 +85,18 @@ def _build(params: EngineParams, sim: str, build_root: Path):
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     bdir = build_root / f"{sim}-{digest}"
     bdir.mkdir(parents=True, exist_ok=True)
-    vfile = bdir / "layer_top.v"
-    if not vfile.exists() or vfile.read_text() != text:
-        vfile.write_text(text)
     runner = get_runner(sim)
     args = []
     if sim == "verilator":
         args = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3"]
-    runner.build(sources=[vfile], hdl_toplevel="layer_top", build_dir=bdir, always=False,
-                 timescale=("1ns", "1ps"), build_args=args)
+    # several processes may share a build directory: build under an exclusive lock
+    with open(bdir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        vfile = bdir / "layer_top.v"
+        if not vfile.exists() or vfile.read_text() != text:
+            vfile.write_text(text)
+        runner.build(sources=[vfile], hdl_toplevel="layer_top", build_dir=bdir, always=False,
+                     timescale=("1ns", "1ps"), build_args=args)
     return runner, bdir
 
 
