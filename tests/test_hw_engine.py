@@ -61,6 +61,7 @@ def _check_layers(params, jobs, **kw):
     for job, res in zip(jobs, results):
         want = expected_words(params, job, golden(job))
         assert res["words"] == want, job.name
+        assert res["last_ok"], job.name
     return results
 
 
