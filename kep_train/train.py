@@ -35,10 +35,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data as kdata
+from . import distributed as kdist
 from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint
 from .errors import KepError, cli_errors
 from .fileio import atomic_torch_save, atomic_write_json, environment_info
-from .models import CIFAR_MODELS, build_model
+from .models import CIFAR_MODELS, IMAGENET_MODELS, build_model
 from .pruning import (KEPPruner, MagnitudeImportance, PenaltySchedule, TaylorImportance,
                       allocate_keep, apply_masks, bake_masks, cosine_lr, count_costs,
                       current_masks, filter_l1_masks, magnitude_masks, prunable_convs)
@@ -143,15 +144,20 @@ def get_args_parser(dataset: str = "cifar") -> argparse.ArgumentParser:
                    required=dataset != "cifar",
                    help="CIFAR-10 folder: torchvision's cifar-10-batches-py (downloaded when "
                         "missing and online) or image folders train/<class>/*, test/<class>/* "
-                        "(default: %(default)s)")
+                        "(default: %(default)s)" if dataset == "cifar" else
+                        "ImageNet layout: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG")
     g.add_argument("--out", default="runs/kep", help="output folder (default: %(default)s)")
     g.add_argument("--subset", type=_positive_int, default=0,
                    help="use only the first N training images (smoke runs); 0 = all")
+    g.add_argument("--no-download", action="store_true",
+                   help="never download CIFAR-10 through torchvision (offline machines)")
     g.add_argument("--test-subset", type=_positive_int, default=0,
                    help="evaluate on the first N test images only; 0 = all 10,000")
     g = p.add_argument_group("model and method")
-    g.add_argument("--model", default="resnet20",
-                   help=f"model name: {', '.join(CIFAR_MODELS)} (default: %(default)s)")
+    g.add_argument("--model", default="resnet20" if dataset == "cifar" else "resnet18",
+                   help="model name: " + ", ".join(CIFAR_MODELS if dataset == "cifar"
+                                                   else IMAGENET_MODELS)
+                        + " (default: %(default)s)")
     g.add_argument("--method", default="kep", choices=METHODS,
                    help="kep | magnitude (unstructured, same sparsity) | filter-l1 (Li et al., "
                         "same MACs) | dense (default: %(default)s)")
@@ -208,6 +214,18 @@ def get_args_parser(dataset: str = "cifar") -> argparse.ArgumentParser:
     g.add_argument("--no-export", action="store_true", help="do not write model.kep")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--halt-after", type=_positive_int, default=0, help=argparse.SUPPRESS)
+    if dataset == "imagenet":
+        g = p.add_argument_group("ImageNet data and multi-process runs (torchrun)")
+        g.add_argument("--image-size", type=_positive_int, default=224,
+                       help="training crop and validation size in pixels (default: %(default)s; "
+                            "small values for smoke runs)")
+        g.add_argument("--workers", type=_positive_int, default=min(8, os.cpu_count() or 1),
+                       help="data-loading worker processes per training process "
+                            "(default: %(default)s)")
+        g.add_argument("--no-sync-bn", action="store_true",
+                       help="multi-process runs: batch norm over each process's share of the "
+                            "batch instead of the whole batch (faster, not equal to one process)")
+        g.add_argument("--rank-states", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
@@ -230,15 +248,19 @@ def resolve_schedule(args) -> Schedule:
 # training primitives
 
 def train_one_epoch(model, batches, optimizer, lr_at, *, device, pruner=None,
-                    label_smoothing=0.0, progress=None):
+                    label_smoothing=0.0, progress=None, prepare=None, reduce=None):
     """One epoch of SGD. ``lr_at(i)`` gives the LR of iteration ``i``; ``pruner`` (when given)
-    adds its penalty and advances its schedule every iteration. Returns (loss, top-1 %)."""
+    adds its penalty and advances its schedule every iteration. ``prepare(xb)`` turns a batch
+    into the model's float input on ``device`` (default: CIFAR normalisation of uint8 images);
+    ``reduce(tensor)`` sums the epoch's (loss sum, correct, seen) over processes (default: none).
+    Returns (loss, top-1 %)."""
     model.train()
     total_loss = correct = seen = 0
     for i, (xb, yb) in enumerate(batches):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(i)
-        xb = kdata.normalize(xb).to(device, non_blocking=True)
+        xb = (prepare(xb) if prepare is not None
+              else kdata.normalize(xb).to(device, non_blocking=True))
         yb = yb.to(device, non_blocking=True)
         out = model(xb)
         loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
@@ -257,6 +279,8 @@ def train_one_epoch(model, batches, optimizer, lr_at, *, device, pruner=None,
                 post["lambda"] = f"{pruner.lam:.3g}"
             progress.set_postfix(post, refresh=False)
             progress.update(1)
+    if reduce is not None:
+        total_loss, correct, seen = reduce(torch.tensor([total_loss, correct, seen])).tolist()
     return total_loss / max(seen, 1), 100.0 * correct / max(seen, 1)
 
 
@@ -331,7 +355,9 @@ class Run:
         return sd
 
     def save(self, path=None):
-        atomic_torch_save(self.state(), path or self.ckpt_path)
+        """Write the checkpoint (on the main process only; a no-op on the others)."""
+        if kdist.is_main():
+            atomic_torch_save(self.state(), path or self.ckpt_path)
 
 
 def _stage_epochs(sched: Schedule, stage: str) -> int:
@@ -374,8 +400,9 @@ class Pipeline:
         a = self.args
         if not a.data_dir:
             raise KepError("--data-dir is required")
-        self.train_x, self.train_y = kdata.load_cifar10(a.data_dir, True)
-        self.test_x, self.test_y = kdata.load_cifar10(a.data_dir, False)
+        dl = not a.no_download
+        self.train_x, self.train_y = kdata.load_cifar10(a.data_dir, True, download=dl)
+        self.test_x, self.test_y = kdata.load_cifar10(a.data_dir, False, download=dl)
         if a.subset:
             self.train_x, self.train_y = self.train_x[:a.subset], self.train_y[:a.subset]
         if a.test_subset:
@@ -391,6 +418,34 @@ class Pipeline:
 
     def steps_per_epoch(self):
         return max(1, len(self.train_y) // self.sched.batch_size)
+
+    # -- hooks that the ImageNet / multi-process pipeline overrides ---------------------------
+    def build(self):
+        """The model, randomly initialised (same seed on every process), on the device."""
+        return build_model(self.args.model, self.num_classes).to(self.device)
+
+    def prepare(self, xb):
+        """A training batch as the model's float input on the device."""
+        return kdata.normalize(xb, self.mean, self.std).to(self.device, non_blocking=True)
+
+    def evaluate_model(self, model) -> float:
+        """Top-1 (%) on the test/validation set."""
+        return evaluate(model, self.test_x, self.test_y, device=self.device)
+
+    def wrap(self, model):
+        """The module that trains (e.g. a DDP wrapper); pruning acts on ``model`` itself."""
+        return model
+
+    def reduce(self, values):
+        """Sum metrics over processes (one process: unchanged)."""
+        return values
+
+    def sync_masks(self, r):
+        """Make masks identical on every process (one process: nothing to do)."""
+
+    def report_extra(self, r) -> dict:
+        """Extra entries of report.json."""
+        return {}
 
     # -- run ----------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -410,13 +465,14 @@ class Pipeline:
         elif r.ckpt_path.is_file():
             raise KepError(f"{str(r.ckpt_path)!r} exists: add --resume to continue that run, "
                            "or choose another --out")
+        kdist.barrier()  # every process has looked for the checkpoint before any writes
         self.load_data()
         for name in ("mean", "std", "num_classes", "input_shape", "dataset"):
             setattr(r, name, getattr(self, name))
         torch.manual_seed(a.seed)
         if a.model not in CIFAR_MODELS and self.dataset == "cifar":
             raise KepError(f"unknown model {a.model!r}; choose one of {', '.join(CIFAR_MODELS)}")
-        r.model = build_model(a.model, self.num_classes).to(self.device)
+        r.model = self.build()
         self.layers = prunable_convs(r.model, ignored_layers=[s for s in a.ignore.split(",") if s],
                                      prune_first=a.prune_first, prune_1x1=a.prune_1x1)
         if a.method != "dense" and not self.layers:
@@ -491,26 +547,27 @@ class Pipeline:
             raise KepError(f"--pretrained does not fit the model: {str(e).splitlines()[0]}")
         r.stage, r.epoch = "reg", 0
         r.kep["pretrained"] = str(self.args.pretrained)
-        r.dense_top1 = evaluate(r.model, self.test_x, self.test_y, device=self.device)
+        r.dense_top1 = self.evaluate_model(r.model)
         r.history.append({"stage": "pretrained", "epoch": 0, "test_top1": r.dense_top1})
 
     # -- stages -------------------------------------------------------------------------------
-    def _make_pruner(self, model):
-        a = self.args
-        if a.importance == "taylor":
-            g = torch.Generator().manual_seed(a.seed + 12345)
-            n = self.sched.taylor_batches
-            xs = kdata.iterate_batches(self.train_x, self.train_y, min(128, len(self.train_y)),
-                                       generator=g, train=True)
-            batches = [b for _, b in zip(range(n), xs)]
+    def taylor_importance(self):
+        """The Taylor element-significance estimator (fixed batches from the seed)."""
+        g = torch.Generator().manual_seed(self.args.seed + 12345)
+        n = self.sched.taylor_batches
+        xs = kdata.iterate_batches(self.train_x, self.train_y, min(128, len(self.train_y)),
+                                   generator=g, train=True)
+        batches = [b for _, b in zip(range(n), xs)]
 
-            def loss_fn(m, batch):
-                xb, yb = batch
-                return F.cross_entropy(m(kdata.normalize(xb).to(self.device)),
-                                       yb.to(self.device))
-            imp = TaylorImportance(loss_fn, batches)
-        else:
-            imp = MagnitudeImportance()
+        def loss_fn(m, batch):
+            xb, yb = batch
+            return F.cross_entropy(m(kdata.normalize(xb).to(self.device)),
+                                   yb.to(self.device))
+        return TaylorImportance(loss_fn, batches)
+
+    def _make_pruner(self, model):
+        imp = (self.taylor_importance() if self.args.importance == "taylor"
+               else MagnitudeImportance())
         return KEPPruner(model, imp, layers=self.layers, penalty=self.sched.penalty)
 
     def _budget(self, pruner):
@@ -547,6 +604,7 @@ class Pipeline:
         keep = self._budget(r.pruner)
         r.pruner.estimate(keep)
         r.kep["keep"] = keep
+        self.sync_masks(r)
         if a.method == "kep" and not a.no_penalty:
             return  # penalty during reg, prune at the start of fine-tune
         if a.method == "kep":
@@ -565,6 +623,7 @@ class Pipeline:
                 raise KepError(str(e)) from None
             apply_masks(r.model, masks)
             r.kep["filter_fraction"] = frac
+        self.sync_masks(r)
         r.pruner = None
 
     def _stage_lr(self, stage):
@@ -597,20 +656,23 @@ class Pipeline:
             r.optimizer = _make_optimizer(r.model, sched)
         lr_fn = self._stage_lr(stage)
         steps = self.steps_per_epoch()
+        trainee = self.wrap(r.model) if r.epoch < n_epochs else r.model
         while r.epoch < n_epochs:
             if (stage == "reg" and r.pruner is not None and a.remask_every and r.epoch
                     and r.epoch % a.remask_every == 0):
                 r.pruner.estimate()
             t0 = time.time()
-            bar = _progress(steps, f"{stage} {r.epoch + 1}/{n_epochs}", a.no_progress)
+            bar = _progress(steps, f"{stage} {r.epoch + 1}/{n_epochs}",
+                            a.no_progress or not kdist.is_main())
             base = r.epoch * steps
             loss, acc = train_one_epoch(
-                r.model, self.batches(stage, r.epoch), r.optimizer,
+                trainee, self.batches(stage, r.epoch), r.optimizer,
                 lambda i: lr_fn((base + i) / (n_epochs * steps)), device=self.device,
                 pruner=r.pruner if stage == "reg" else None,
-                label_smoothing=sched.label_smoothing, progress=bar)
+                label_smoothing=sched.label_smoothing, progress=bar, prepare=self.prepare,
+                reduce=self.reduce)
             bar.close()
-            top1 = evaluate(r.model, self.test_x, self.test_y, device=self.device)
+            top1 = self.evaluate_model(r.model)
             dt = time.time() - t0
             r.stage_seconds[stage] += dt
             r.epoch += 1
@@ -621,7 +683,8 @@ class Pipeline:
                 rec["lambda"] = r.pruner.lam
                 rec["masked_share"] = round(r.pruner.masked_share(), 6)
             r.history.append(rec)
-            print(json.dumps(rec), flush=True)
+            if kdist.is_main():
+                print(json.dumps(rec), flush=True)
             if stage == "dense" and r.epoch == n_epochs:
                 r.dense_top1 = top1
             r.save()
@@ -634,19 +697,29 @@ class Pipeline:
     # -- outputs ------------------------------------------------------------------------------
     def _finish(self, r) -> dict:
         from .report import write_outputs
-        return write_outputs(self, r)
+        if kdist.is_main():
+            report = write_outputs(self, r)
+        else:
+            report = {"top1": {"dense": r.dense_top1,
+                               "pruned": r.history[-1]["test_top1"] if r.history else None}}
+        kdist.barrier()
+        return report
 
 
 def _main(argv, dataset):
     args = get_args_parser(dataset).parse_args(argv)
     if dataset == "cifar":
+        if kdist.env_world_size() > 1:
+            raise KepError("multi-process (torchrun) runs are supported by the imagenet "
+                           "command; run cifar as one process")
         pipe = Pipeline(args, "cifar")
     else:
         from .imagenet import ImageNetPipeline
         pipe = ImageNetPipeline(args, "imagenet")
     report = pipe.run()
-    print(f"dense top-1 {report['top1']['dense']}  pruned top-1 {report['top1']['pruned']}  "
-          f"-> {args.out}/report.json")
+    if kdist.is_main():
+            print(f"dense top-1 {report['top1']['dense']}  pruned top-1 "
+              f"{report['top1']['pruned']}  -> {args.out}/report.json")
     return 0
 
 

@@ -1,0 +1,35 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Shared fixtures: a tiny CIFAR-10-shaped image-folder data set made on the fly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kep_train.data import CIFAR10_CLASSES
+
+
+def make_image_folder(root, n_train=12, n_test=3, seed=0):
+    """Write ``root/{train,test}/<class>/NNNN.png`` 32x32 images, class-coloured plus noise."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for c, cls in enumerate(CIFAR10_CLASSES):
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                base = np.array([(c * 25) % 256, (c * 70) % 256, (c * 140) % 256])
+                img = np.clip(base + rng.normal(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(d / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar(tmp_path_factory):
+    """Path of a tiny CIFAR-10 image-folder tree (120 train, 30 test images)."""
+    return make_image_folder(tmp_path_factory.mktemp("cifar"))
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("KEP_CACHE", str(tmp_path_factory.getbasetemp() / "kep_cache"))
