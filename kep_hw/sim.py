@@ -28,8 +28,12 @@ from .verilog import add_params_args, params_from_args
 __all__ = ["model_jobs", "resnet20_jobs", "run_report", "main"]
 
 
-def model_jobs(path: str, layer: str | None = None, seed: int = 0) -> list[LayerJob]:
+def model_jobs(path: str, layer: str | None = None, seed: int = 0,
+               data_dir: str | None = None, image: int = 0) -> list[LayerJob]:
     """One job per conv layer of a ``.kep`` model, fed with the golden network's activations.
+
+    The network input is test image ``image`` of the CIFAR-10 folder ``data_dir`` when given,
+    else a seeded random int8 tensor of the model's input shape.
 
     Raises
     ------
@@ -44,9 +48,16 @@ def model_jobs(path: str, layer: str | None = None, seed: int = 0) -> list[Layer
         names = [cl.name for cl in convs]
         if layer not in names:
             raise KepError(f"no conv layer {layer!r} in {path} (have: {', '.join(names)})")
-    gen = torch.Generator().manual_seed(seed)
-    shape = tuple(kep.meta["input_shape"])
-    x = torch.randint(-128, 128, (1, *shape), generator=gen, dtype=torch.int8)
+    if data_dir is not None:
+        from kep_train.golden import load_test_images, quantize_input
+        images, _ = load_test_images(data_dir)
+        if not 0 <= image < len(images):
+            raise KepError(f"--image {image} outside [0, {len(images)})")
+        x = quantize_input(kep, images[image:image + 1])
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        shape = tuple(kep.meta["input_shape"])
+        x = torch.randint(-128, 128, (1, *shape), generator=gen, dtype=torch.int8)
     _, acts = run_network(kep, x, return_all=True)
     jobs = []
     for cl in convs:
@@ -155,6 +166,8 @@ def main(argv=None) -> int:
                      help="random weights with ResNet-20's conv shapes")
     src.add_argument("--random", type=int, metavar="N", help="N random layers (regression)")
     ap.add_argument("--layer", help="only this conv layer of --model")
+    ap.add_argument("--data-dir", help="CIFAR-10 folder: feed --model with a real test image")
+    ap.add_argument("--image", type=int, default=0, help="test image index for --data-dir")
     ap.add_argument("--sim", choices=list(cosim.SIMULATORS), default=None,
                     help="simulator (default: env SIM, else verilator)")
     ap.add_argument("--kept", type=int, default=4, help="K for --resnet20")
@@ -166,13 +179,14 @@ def main(argv=None) -> int:
     add_params_args(ap)
     args = ap.parse_args(argv)
     params = params_from_args(args)
-    if args.layer and not args.model:
-        raise KepError("--layer needs --model")
+    if (args.layer or args.data_dir) and not args.model:
+        raise KepError("--layer and --data-dir need --model")
     stall = args.stall if args.stall is not None else (0.3 if args.random else 0.0)
     if not 0.0 <= stall < 1.0:
         raise KepError(f"--stall must lie in [0, 1), got {stall!r}")
     if args.model:
-        jobs = model_jobs(args.model, args.layer, seed=args.seed)
+        jobs = model_jobs(args.model, args.layer, seed=args.seed, data_dir=args.data_dir,
+                          image=args.image)
     elif args.resnet20:
         jobs = resnet20_jobs(args.seed, kept=args.kept)
     else:

@@ -20,7 +20,7 @@ MAINS = {"kep_hw.sim": sim.main, "kep_hw.verilog": verilog.main}
     (("kep_hw.sim", "--model", "/nonexistent/model.kep"), "error:"),
     (("kep_hw.sim", "--resnet20", "--pes", "6"), "multiple of lanes"),
     (("kep_hw.sim", "--resnet20", "--stall", "1.5"), "--stall"),
-    (("kep_hw.sim", "--resnet20", "--layer", "conv1"), "--layer needs --model"),
+    (("kep_hw.sim", "--resnet20", "--layer", "conv1"), "need --model"),
     (("kep_hw.verilog", "--lanes", "0"), "lanes"),
 ])
 def test_cli_errors(args, msg, capsys):
