@@ -145,3 +145,20 @@ def test_module_entry_point_help():
     assert r.returncode == 0
     for opt in ("--keep", "--target-macs", "--method", "--resume", "--schedule", "--pretrained"):
         assert opt in r.stdout
+
+
+def test_pipeline_exports_kep_model(tiny_cifar, tmp_path):
+    from kep_train.kepfile import load_kep
+    out = tmp_path / "e"
+    assert run_cli(["cifar", "--data-dir", str(tiny_cifar), "--out", str(out), "--keep", "2",
+                    "--calib-batches", "1"] + TINY) == 0
+    kep = load_kep(out / "model.kep")
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["export"]["bytes"] == (out / "model.kep").stat().st_size
+    sparse = [ly for ly in kep.layers if ly.op == "conv" and ly.sparse]
+    assert len(sparse) == 18 and all(ly.K == 2 for ly in sparse)
+    ck = load_checkpoint(out / "checkpoint.pt")
+    for ly in sparse:
+        kept = ck["masks"][ly.name].flatten(2)
+        pos = torch.arange(9).expand_as(kept)
+        assert torch.equal(ly.index.long(), pos[kept].view(kept.shape[0], kept.shape[1], 2))
