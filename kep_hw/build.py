@@ -136,6 +136,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="build/kep", help="output folder (default build/kep)")
     p.add_argument("--baud", type=int, default=None, help="UART baud rate (board default)")
     p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    p.add_argument("--engine", choices=("fallback", "kep"), default="fallback",
+                   help="compute engine: the system's compact one (default) or "
+                        "kep_hw.engine.Engine")
     p.add_argument("--program", action="store_true", help="load the bitstream with openFPGALoader")
     p.add_argument("--dry-run", action="store_true",
                    help="elaborate and write the tool inputs without running the tools")
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     found = find_toolchain(need_programmer=args.program)
     configure_amaranth(found)
     system = KepSystem(plan, streamed=streamed, divisor=divisor, clk_hz=pll["fout"] * 1e6,
-                       byte_timeout=int(pll["fout"] * 1e6 * 0.05))
+                       byte_timeout=int(pll["fout"] * 1e6 * 0.05), engine=args.engine)
     top = BoardTop(system, board, freq)
     platform = board.make_platform()
     out = Path(args.out)
@@ -232,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "board": board.name, "device": board.device, "status": status, "pes": pes,
         "lanes": args.lanes, "weights": "streamed" if streamed else "embedded",
+        "engine": args.engine,
         "model": str(args.model) if args.model else "built-in test network",
         "layers": len(plan.layers), "uart_baud": baud, "uart_divisor": divisor,
         "freq_requested_mhz": freq, "freq_pll_mhz": pll["fout"], "fmax_mhz": fmax,

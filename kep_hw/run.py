@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fmax", type=float, default=None,
                    help="clock in MHz for the latency (default: the board's reported clock)")
     p.add_argument("--build-root", default="sim_build", help="(--sim) build folder")
+    p.add_argument("--engine", choices=("fallback", "kep"), default="fallback",
+                   help="(--sim) compute engine of the simulated system")
     p.add_argument("--out", default=None, help="write a JSON report here")
     return p
 
@@ -104,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     if args.sim:
         from .host_sim import SimBoard
-        with SimBoard(plan, streamed=args.streamed, build_root=args.build_root) as port:
+        with SimBoard(plan, streamed=args.streamed, build_root=args.build_root,
+                      engine=args.engine) as port:
             link = BoardLink(port, plan, timeout=timeout)
             info = link.connect()
             logits, cycles = classify(link, x, progress=progress)
