@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import KepError
 from .fileio import atomic_path, atomic_write_json, environment_info
 from .pruning import bake_masks, count_costs
 
@@ -76,8 +77,18 @@ def write_outputs(pipe, r) -> dict:
         "environment": environment_info(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    extra = getattr(pipe, "report_extra", None)
+    if extra is not None:
+        report.update(extra(r))
     if not a.no_export:
-        report["export"] = _export(pipe, model, masks, keep, out, report)
+        try:
+            report["export"] = _export(pipe, model, masks, keep, out, report)
+        except KepError as e:
+            if pipe.dataset == "cifar":
+                raise
+            # torchvision graphs the exporter does not know: the run's results still count
+            report["export"] = {"exported": False, "reason": str(e)}
+            print(f"warning: model.kep not written: {e}")
     atomic_write_json(out / "report.json", report)
     try:
         plot_accuracy(r.history, out / "accuracy.png")
@@ -100,10 +111,13 @@ def _export(pipe, model, masks, keep, out: Path, report) -> dict:
     """Write ``model.kep`` (int8, calibrated on training batches)."""
     from . import data as kdata
     from .quantize import export_kep
-    g = torch.Generator().manual_seed(pipe.args.seed + 777)
-    n = min(len(pipe.train_y), 128 * max(1, pipe.args.calib_batches))
-    idx = torch.randperm(len(pipe.train_y), generator=g)[:n]
-    calib = kdata.normalize(pipe.train_x[idx], pipe.mean, pipe.std)
+    if hasattr(pipe, "calibration_batch"):
+        calib = pipe.calibration_batch()
+    else:
+        g = torch.Generator().manual_seed(pipe.args.seed + 777)
+        n = min(len(pipe.train_y), 128 * max(1, pipe.args.calib_batches))
+        idx = torch.randperm(len(pipe.train_y), generator=g)[:n]
+        calib = kdata.normalize(pipe.train_x[idx], pipe.mean, pipe.std)
     sparse = {n: m for n, m in masks.items() if n in keep}
     meta = {"model_name": pipe.args.model, "dataset": pipe.dataset, "mean": list(pipe.mean),
             "std": list(pipe.std), "input_shape": list(pipe.input_shape),

@@ -716,9 +716,10 @@ def _main(argv, dataset):
     else:
         from .imagenet import ImageNetPipeline
         pipe = ImageNetPipeline(args, "imagenet")
+    main_process = kdist.is_main()   # before the run leaves its process group
     report = pipe.run()
-    if kdist.is_main():
-            print(f"dense top-1 {report['top1']['dense']}  pruned top-1 "
+    if main_process:
+        print(f"dense top-1 {report['top1']['dense']}  pruned top-1 "
               f"{report['top1']['pruned']}  -> {args.out}/report.json")
     return 0
 

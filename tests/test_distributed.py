@@ -1,0 +1,153 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Multi-process training: two CPU processes (gloo) against one process with the same global
+batch, synchronised batch norm, and the one-process behaviour of the helpers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from kep_train import distributed as kdist
+from kep_train.errors import KepError
+from kep_train.imagenet import make_tiny_imagenet
+
+# resnet18 at 16x16, 16 images, global batch 8: 2 steps per stage, all three stages
+ARGS = ["--model", "resnet18", "--image-size", "16", "--batch-size", "8", "--dense-epochs", "1",
+        "--reg-epochs", "1", "--finetune-epochs", "1", "--workers", "0", "--no-progress",
+        "--threads", "1", "--no-export", "--seed", "1", "--lr", "0.05", "--prune-lr", "0.02",
+        "--penalty-every", "1", "--penalty-step", "0.01", "--keep", "4", "--rank-states"]
+
+
+def _run(cmd, env):
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_equal_one_process(tmp_path):
+    data = make_tiny_imagenet(tmp_path / "data", classes=2, train_per_class=8,
+                              val_per_class=2, size=16)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    common = ["-m", "kep_train", "imagenet", "--data-dir", str(data)] + ARGS
+    two, one = tmp_path / "two", tmp_path / "one"
+    r2 = _run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2"] + common + ["--out", str(two)], env)
+    _run([sys.executable] + common + ["--out", str(one)], env)
+    assert r2.stdout.count("dense top-1") == 1          # rank 0 speaks, rank 1 does not
+    assert (two / "checkpoint.pt").is_file() and (two / "report.json").is_file()
+    import json
+    rep = json.loads((two / "report.json").read_text())
+    assert rep["processes"] == 2 and rep["backend"] == "gloo" and rep["sync_bn"] is True
+    assert [h["stage"] for h in rep["history"]] == ["dense", "reg", "finetune"]
+    load = lambda p: torch.load(p, weights_only=True)  # noqa: E731
+    r0, r1, ref = load(two / "rank0.pt"), load(two / "rank1.pt"), load(one / "rank0.pt")
+    assert not (one / "rank1.pt").exists()
+    # both ranks hold identical masks and weights (bit for bit)
+    assert len(r0["masks"]) == 16 and r0["masks"].keys() == r1["masks"].keys()
+    for k in r0["masks"]:
+        assert torch.equal(r0["masks"][k], r1["masks"][k]), k
+        assert torch.all(r0["masks"][k].flatten(2).sum(2) == 4), k
+    assert r0["model"].keys() == r1["model"].keys()
+    for k in r0["model"]:
+        assert torch.equal(r0["model"][k], r1["model"][k]), k
+    # ... and equal one process with the same global batch, within float tolerance
+    agree = total = 0
+    for k in ref["masks"]:
+        agree += int((r0["masks"][k] == ref["masks"][k]).sum())
+        total += ref["masks"][k].numel()
+    assert agree / total > 0.999            # near-tied Taylor scores may flip a few elements
+    for k, w in ref["model"].items():
+        v = r0["model"][k]
+        assert v.shape == w.shape, k
+        if w.dtype.is_floating_point:
+            same = (r0["masks"][k[:-len(".weight")]] == ref["masks"][k[:-len(".weight")]]
+                    if k.endswith(".weight") and k[:-len(".weight")] in ref["masks"] else
+                    torch.ones_like(w, dtype=torch.bool))
+            assert torch.allclose(v[same], w[same], rtol=1e-3, atol=1e-4), k
+        else:
+            assert torch.equal(v, w), k
+    ref_hist = json.loads((one / "report.json").read_text())["history"]
+    for a, b in zip(rep["history"], ref_hist):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3), (a, b)
+
+
+def _sync_bn_worker(rank, world, init, x, out):
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        bn = kdist.SyncBatchNorm2d(3)
+        nn.init.uniform_(bn.weight, 0.5, 1.5)
+        nn.init.uniform_(bn.bias, -0.5, 0.5)
+        part = x.chunk(world)[rank].clone().requires_grad_(True)
+        y = bn(part)
+        (y * torch.arange(y.numel()).view_as(y).chunk(1)[0]).sum().backward()
+        torch.save({"y": y.detach(), "gx": part.grad, "gw": bn.weight.grad,
+                    "rm": bn.running_mean, "rv": bn.running_var}, f"{out}{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sync_batchnorm_equals_batchnorm_on_the_whole_batch(tmp_path):
+    import torch.multiprocessing as mp
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, 5, 5, generator=g) * 3 + 7     # var << mean^2 on purpose
+    init = f"file://{tmp_path / 'store'}"
+    mp.spawn(_sync_bn_worker, args=(2, init, x, str(tmp_path / "r")), nprocs=2)
+    parts = [torch.load(tmp_path / f"r{i}.pt", weights_only=True) for i in range(2)]
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3)
+    nn.init.uniform_(bn.weight, 0.5, 1.5)
+    nn.init.uniform_(bn.bias, -0.5, 0.5)
+    xx = x.clone().requires_grad_(True)
+    y = bn(xx)
+    # each rank's loss weights its own half with arange(numel of the half)
+    w = torch.cat([torch.arange(y.numel() // 2).view(2, 3, 5, 5)] * 2)
+    (y * w).sum().backward()
+    assert torch.allclose(torch.cat([p["y"] for p in parts]), y.detach(), atol=1e-5)
+    assert torch.allclose(torch.cat([p["gx"] for p in parts]), xx.grad, atol=1e-3, rtol=1e-4)
+    # DDP averages parameter gradients; here each rank holds its half's share: they sum up
+    assert torch.allclose(parts[0]["gw"] + parts[1]["gw"], bn.weight.grad, rtol=1e-4)
+    for p in parts:
+        assert torch.allclose(p["rm"], bn.running_mean, atol=1e-6)
+        assert torch.allclose(p["rv"], bn.running_var, rtol=1e-5)
+
+
+def test_helpers_without_a_process_group(monkeypatch):
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    info = kdist.init_from_env("cpu")
+    assert (info.rank, info.world_size, info.backend) == (0, 1, None)
+    assert kdist.is_main() and kdist.world_size() == 1 and kdist.rank() == 0
+    t = {"a": torch.tensor([True, False]), "b": torch.arange(3)}
+    got = kdist.broadcast_tensors(t)
+    assert torch.equal(got["a"], t["a"]) and got["a"].dtype == torch.bool
+    assert kdist.all_reduce_sum(torch.tensor([1.5, 2.0])).tolist() == [1.5, 2.0]
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    w = model[1].weight
+    kdist.convert_sync_batchnorm(model, torch.device("cpu"))
+    assert type(model[1]) is kdist.SyncBatchNorm2d and model[1].weight is w
+    kdist.revert_sync_batchnorm(model)
+    assert type(model[1]) is nn.BatchNorm2d and model[1].weight is w
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"WORLD_SIZE": "2", "RANK": "0"}, "MASTER_ADDR"),
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE"),
+    ({"WORLD_SIZE": "2", "RANK": "5"}, "RANK=5"),
+])
+def test_bad_torchrun_environment_is_a_kep_error(monkeypatch, env, needle):
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(KepError, match=needle):
+        kdist.init_from_env("cpu")

@@ -1,0 +1,165 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``python -m kep_train imagenet``: resnet18 smoke run on a generated ImageNet-layout folder,
+MAC shares KEP can touch, torchvision weights, determinism of the data pipeline, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from kep_train.__main__ import main
+from kep_train.checkpoint import load_checkpoint
+from kep_train.imagenet import (ImageFolderData, _transforms, load_torchvision_state_dict,
+                                make_tiny_imagenet, mac_shares, touchable_macs)
+
+TINY = ["--model", "resnet18", "--image-size", "32", "--batch-size", "8", "--dense-epochs", "1",
+        "--reg-epochs", "1", "--finetune-epochs", "1", "--workers", "0", "--no-progress",
+        "--threads", "1", "--seed", "2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_imagenet(tmp_path_factory):
+    """4 classes x 8 training and 2 validation JPEGs of 32x32 in the ImageNet layout."""
+    return make_tiny_imagenet(tmp_path_factory.mktemp("imagenet"), classes=4,
+                              train_per_class=8, val_per_class=2, size=32)
+
+
+def run_cli(args):
+    try:
+        return main(args)
+    except SystemExit as e:
+        return e.code
+
+
+def _one_line_error(capsys, code):
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    return lines[0]
+
+
+def test_resnet18_smoke_run(tiny_imagenet, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = run_cli(["imagenet", "--data-dir", str(tiny_imagenet), "--out", str(out),
+                    "--keep", "4"] + TINY)
+    assert code == 0, capsys.readouterr().err
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["dataset"] == "imagenet" and rep["model"] == "resnet18"
+    assert [h["stage"] for h in rep["history"]] == ["dense", "reg", "finetune"]
+    assert rep["totals"]["pruned_layers_macs_reduction"] == pytest.approx(1 - 4 / 9)
+    assert rep["processes"] == 1 and rep["backend"] is None
+    assert "torch" in rep["environment"]
+    share = rep["mac_share"]
+    assert share["this_run"]["input"] == [3, 32, 32] and share["at_224"]["input"] == [3, 224, 224]
+    # resnet18: every 3x3 conv but the 7x7 stem is prunable
+    assert share["at_224"]["touchable_share"] == pytest.approx(0.924042, abs=1e-5)
+    assert share["this_run"]["by_kernel"]["3x3"]["pruned_share"] == \
+        share["this_run"]["touchable_share"]
+    exp = rep["export"]
+    if exp.get("exported", True):
+        assert (out / "model.kep").stat().st_size == exp["bytes"] > 0
+    else:
+        assert exp["reason"] and not (out / "model.kep").exists()
+    ck = load_checkpoint(out / "checkpoint.pt")
+    assert ck["num_classes"] == 4 and ck["input_shape"] == [3, 32, 32]
+    assert len(ck["masks"]) == 16
+    for name, mask in ck["masks"].items():
+        assert torch.all(mask.flatten(2).sum(2) == 4), name
+        assert torch.all(ck["model"][f"{name}.weight"][~mask] == 0), name
+    for name in ("accuracy.png", "kept_fraction.png", "dense.pt"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_resnet50_keeps_1x1_dense_and_reports_touchable_share():
+    r = touchable_macs("resnet50")
+    by = r["by_kernel"]
+    assert r["total_macs"] == 4_089_184_256
+    assert r["touchable_share"] == pytest.approx(0.452337, abs=1e-6)   # 3x3 layers only
+    assert by["3x3"]["pruned_share"] == r["touchable_share"] == by["3x3"]["share"]
+    assert by["1x1"]["share"] == pytest.approx(0.518302, abs=1e-6)
+    assert by["1x1"]["pruned_share"] == 0
+    assert sum(d["share"] for d in by.values()) == pytest.approx(1, abs=1e-5)
+    with_1x1 = touchable_macs("resnet50", prune_1x1=True)
+    assert with_1x1["by_kernel"]["1x1"]["pruned_share"] == by["1x1"]["share"]
+    assert with_1x1["touchable_share"] == pytest.approx(0.970639, abs=1e-6)
+
+
+def test_mac_shares_by_hand():
+    from kep_train.pruning import LayerCost
+    costs = [LayerCost("a", "conv", 3, 1, 1, (1, 1), 9, 9, 300, 300),
+             LayerCost("b", "conv", 1, 1, 1, (1, 1), 1, 1, 100, 100),
+             LayerCost("fc", "linear", 1, 1, 1, (1, 1), 1, 1, 100, 100)]
+    r = mac_shares(costs, ["a"])
+    assert r["total_macs"] == 500 and r["touchable_share"] == 0.6
+    assert r["by_kernel"]["1x1"] == {"macs": 100, "share": 0.2, "pruned_share": 0.0}
+
+
+def test_augmentation_depends_on_seed_key_and_index_only(tiny_imagenet):
+    from kep_train.imagenet import _list_images, find_classes
+    split = tiny_imagenet / "train"
+    samples = _list_images(split, find_classes(split))
+    a = ImageFolderData(samples, _transforms(24, True), seed=5)
+    b = ImageFolderData(samples, _transforms(24, True), seed=5)
+    a.key = b.key = 7
+    torch.manual_seed(123)
+    xa = a[3][0]
+    torch.rand(10)            # the global RNG state does not matter
+    assert torch.equal(xa, b[3][0]) and xa.dtype == torch.uint8 and xa.shape == (3, 24, 24)
+    b.key = 8
+    assert not torch.equal(xa, b[3][0])
+
+
+def test_torchvision_state_dict_as_pretrained(tiny_imagenet, tmp_path, capsys):
+    import torchvision
+    sd = torchvision.models.resnet18(weights=None).state_dict()       # 1000 classes
+    path = tmp_path / "resnet18.pth"
+    torch.save(sd, path)
+    got = load_torchvision_state_dict(path)
+    assert got.keys() == sd.keys()
+    out = tmp_path / "ft"
+    code = run_cli(["imagenet", "--data-dir", str(tiny_imagenet), "--out", str(out),
+                    "--pretrained", str(path), "--halt-after", "1", "--no-export"] + TINY)
+    assert code == 3, capsys.readouterr().err
+    ck = load_checkpoint(out / "checkpoint.pt")
+    assert ck["history"][0]["stage"] == "pretrained" and ck["stage"] == "reg"
+    assert ck["kep"]["pretrained_head_reinitialised"] == ["fc.bias", "fc.weight"]
+    assert torch.equal(ck["model"]["layer1.0.bn1.running_var"], sd["layer1.0.bn1.running_var"])
+
+
+@pytest.mark.parametrize("make, extra, needle", [
+    (None, ["--model", "resnet20"], "unknown model"),
+    ("noval", [], "val"),
+    ("mismatch", [], "class folders"),
+    ("corrupt", [], "cannot read image"),
+    (None, ["--pretrained", "BAD"], "corrupt"),
+])
+def test_bad_input_gives_one_line(tiny_imagenet, tmp_path, capsys, make, extra, needle):
+    data = tiny_imagenet
+    if make is not None:
+        data = make_tiny_imagenet(tmp_path / "d", classes=2, train_per_class=8,
+                                  val_per_class=1, size=16)
+        if make == "noval":
+            import shutil
+            shutil.rmtree(data / "val")
+        elif make == "mismatch":
+            (data / "val" / "n99999999").mkdir()
+        else:
+            for p in (data / "train").rglob("*.JPEG"):
+                p.write_bytes(b"not a jpeg")
+    if "BAD" in extra:
+        bad = tmp_path / "bad.pth"
+        bad.write_bytes(b"PK\x03\x04 nothing")
+        extra = ["--pretrained", str(bad)]
+    code = run_cli(["imagenet", "--data-dir", str(data), "--out", str(tmp_path / "x"),
+                    "--no-export"] + TINY + extra)
+    assert needle in _one_line_error(capsys, code)
+
+
+def test_cifar_refuses_multiple_processes(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code = run_cli(["cifar", "--data-dir", str(tmp_path), "--out", str(tmp_path / "x")])
+    assert "imagenet" in _one_line_error(capsys, code)
