@@ -53,9 +53,9 @@ class FallbackEngine(wiring.Component):
     """A small engine with the interface of ``docs/accelerator.md``.
 
     Per output pixel and channel group: for each input channel, the ``k*k`` window is read
-    (one word per cycle, ``k*k + 1`` cycles) then the P PEs multiply-accumulate K kept
-    elements (``K + 1`` cycles); then the P accumulators are requantized in a 4-stage pipeline
-    (``P + 4`` cycles) and sent as one output transfer.
+    (one word per cycle through a 3-stage address/read pipeline, ``k*k + 3`` cycles) then the
+    P PEs multiply-accumulate K kept elements (``K + 1`` cycles); then the P accumulators are
+    requantized in a 4-stage pipeline (``P + 5`` cycles) and sent as one output transfer.
 
     Parameters
     ----------
@@ -107,7 +107,8 @@ class FallbackEngine(wiring.Component):
         grp_wbase = Signal.like(self.wt.addr)
         grp_wstep = Signal.like(self.wt.addr)
 
-        # window fetch: address of (i, y*s - pad + r, x*s - pad + c)
+        # window fetch: address of (i, y*s - pad + r, x*s - pad + c), two register stages
+        # (row*W + col, then *cwi + word) before the memory, data one cycle later
         iy = Signal(signed(len(cfg.h) + 3))
         ix = Signal(signed(len(cfg.w) + 3))
         m.d.comb += [
@@ -116,15 +117,24 @@ class FallbackEngine(wiring.Component):
         ]
         inb = Signal()
         m.d.comb += inb.eq((iy >= 0) & (iy < cfg.h) & (ix >= 0) & (ix < cfg.w))
-        m.d.comb += self.act.addr.eq(cfg.act_base + (iy * cfg.w + ix) * cfg.cwi + (i >> lg))
-        cap_valid = Signal()
-        cap_t = Signal(4)
-        cap_inb = Signal()
+        f0_valid, f1_valid, cap_valid = Signal(), Signal(), Signal()
+        f0_t, f1_t, cap_t = Signal(4), Signal(4), Signal(4)
+        f0_inb, f1_inb, cap_inb = Signal(), Signal(), Signal()
+        f0_pix = Signal(len(self.act.addr) + 1)
+        act_addr = Signal.like(self.act.addr)
         lane = Signal(range(G))
-        m.d.comb += lane.eq(i[:lg] if lg else 0)
-        m.d.sync += cap_valid.eq(0)
+        m.d.comb += [lane.eq(i[:lg] if lg else 0), self.act.addr.eq(act_addr)]
+        m.d.sync += [
+            f0_valid.eq(0),
+            f0_pix.eq(iy * cfg.w + ix),
+            f1_valid.eq(f0_valid), f1_t.eq(f0_t), f1_inb.eq(f0_inb),
+            act_addr.eq(cfg.act_base + f0_pix * cfg.cwi + (i >> lg)),
+            cap_valid.eq(f1_valid), cap_t.eq(f1_t), cap_inb.eq(f1_inb),
+        ]
         with m.If(cap_valid):
             m.d.sync += win[cap_t].eq(Mux(cap_inb, self.act.data[lane], 0))
+        fetching = Signal()
+        m.d.comb += fetching.eq(f0_valid | f1_valid | cap_valid)
 
         # MAC: weights arrive one cycle after their address
         m.d.comb += self.wt.addr.eq(wt_addr)
@@ -139,9 +149,11 @@ class FallbackEngine(wiring.Component):
 
         # requantization pipeline: issue p, 4 stages
         rq_p = Signal(range(P + 1))
+        res_pix = Signal.like(self.res.addr)      # res_base + (y*Wo + x)*cwo, set per pixel
+        m.d.sync += res_pix.eq(cfg.res_base + (y * cfg.wo + x) * cfg.cwo)
         m.d.comb += [
             self.prm.addr.eq(cfg.prm_base + g * P + rq_p),
-            self.res.addr.eq(cfg.res_base + (y * cfg.wo + x) * cfg.cwo + ((g * P + rq_p) >> lg)),
+            self.res.addr.eq(res_pix + ((g * P + rq_p) >> lg)),
         ]
         v1 = Signal()
         p1 = Signal(range(P))
@@ -193,7 +205,7 @@ class FallbackEngine(wiring.Component):
                     m.d.sync += acc[p].eq(0)
                 m.next = "WIN"
             with m.State("WIN"):
-                m.d.sync += [cap_valid.eq(1), cap_t.eq(t), cap_inb.eq(inb), t.eq(t + 1)]
+                m.d.sync += [f0_valid.eq(1), f0_t.eq(t), f0_inb.eq(inb), t.eq(t + 1)]
                 with m.If(c == cfg.k - 1):
                     m.d.sync += c.eq(0)
                     with m.If(r == cfg.k - 1):
@@ -203,11 +215,12 @@ class FallbackEngine(wiring.Component):
                         m.d.sync += r.eq(r + 1)
                 with m.Else():
                     m.d.sync += c.eq(c + 1)
-            with m.State("WIN_LAST"):       # last window word lands in win[]
-                with m.If(cfg.kk == 0):
-                    m.next = "NEXT_I"
-                with m.Else():
-                    m.next = "MAC"
+            with m.State("WIN_LAST"):       # wait until the last window word is in win[]
+                with m.If(~fetching):
+                    with m.If(cfg.kk == 0):
+                        m.next = "NEXT_I"
+                    with m.Else():
+                        m.next = "MAC"
             with m.State("MAC"):
                 m.d.sync += [mac_valid.eq(1), mac_j.eq(j), j.eq(j + 1), wt_addr.eq(wt_addr + 1)]
                 with m.If(j == cfg.kk - 1):
