@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from . import distributed as kdist
 from .checkpoint import CHECKPOINT_FORMAT
@@ -37,7 +36,8 @@ from .pruning import TaylorImportance, apply_masks, count_costs, current_masks, 
 from .train import STAGES, Pipeline
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageNetPipeline", "ImageFolderData",
-           "find_classes", "make_tiny_imagenet", "mac_shares", "touchable_macs", "load_torchvision_state_dict"]
+           "find_classes", "make_tiny_imagenet", "mac_shares", "touchable_macs",
+           "load_torchvision_state_dict"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

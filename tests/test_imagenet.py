@@ -163,3 +163,21 @@ def test_cifar_refuses_multiple_processes(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     code = run_cli(["cifar", "--data-dir", str(tmp_path), "--out", str(tmp_path / "x")])
     assert "imagenet" in _one_line_error(capsys, code)
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_identical_weights(tmp_path):
+    data = make_tiny_imagenet(tmp_path / "d", classes=2, train_per_class=8, val_per_class=1,
+                              size=16)
+    common = ["imagenet", "--data-dir", str(data), "--keep", "4", "--no-export"] + [
+        "16" if a == "32" else a for a in TINY]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_cli(common + ["--out", str(a)]) == 0
+    assert run_cli(common + ["--out", str(b), "--halt-after", "2"]) == 3
+    assert load_checkpoint(b / "checkpoint.pt")["stage"] == "reg"
+    assert run_cli(common + ["--out", str(b), "--resume"]) == 0
+    wa, wb = load_checkpoint(a / "checkpoint.pt"), load_checkpoint(b / "checkpoint.pt")
+    assert wa["model"].keys() == wb["model"].keys()
+    for k in wa["model"]:
+        assert torch.equal(wa["model"][k], wb["model"][k]), k
+    assert [h["train_loss"] for h in wa["history"]] == [h["train_loss"] for h in wb["history"]]
