@@ -130,11 +130,11 @@ def test_dry_run_writes_tool_inputs(tmp_path):
 @pytest.mark.slow
 def test_real_bitstream_smallest_config(tmp_path):
     out = tmp_path / "b"
-    assert build_main(["--board", "ulx3s-12f", "--pes", "8", "--freq", "40",
+    assert build_main(["--board", "ulx3s-12f", "--pes", "8", "--freq", "30",
                        "--out", str(out)]) == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["status"] == "built" and rep["timing_met"] is True
-    assert rep["fmax_mhz"] >= 40.0
+    assert rep["fmax_mhz"] >= 30.0
     u = rep["utilisation"]
     assert 0 < u["dsps"]["used"] <= u["dsps"]["available"] == 28
     assert 0 < u["brams"]["used"] <= 56 and u["luts"]["used"] > 1000

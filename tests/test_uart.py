@@ -18,8 +18,6 @@ def test_divisor():
     assert uart_divisor(25e6, 115200) == 217
     with pytest.raises(ValueError):
         uart_divisor(1e6, 1_000_000)
-    with pytest.raises(ValueError):
-        UARTTx(3)
 
 
 @pytest.mark.parametrize("divisor", [4, 7, 16])
