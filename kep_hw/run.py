@@ -12,7 +12,6 @@ golden model's top-1 on the same images, every disagreement and the cycles per i
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import torch

@@ -22,7 +22,6 @@ accumulators), used when ``engine="fallback"``; ``engine="kep"`` uses
 
 from __future__ import annotations
 
-import math
 
 from amaranth import Array, Cat, ClockDomain, ClockSignal, Const, Instance, Module, Mux, Signal
 from amaranth import signed, unsigned

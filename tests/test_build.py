@@ -5,8 +5,6 @@ one real bitstream build (the smallest useful configuration)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 
 import pytest
 
