@@ -111,6 +111,7 @@ class FrameReader:
         self.timeout = timeout
         self.byte_timeout = byte_timeout
         self._buf = bytearray()
+        self.stray = 0          # bytes discarded before a SYNC byte (line noise), reported
 
     def _take(self, n: int, deadline: float, what: str) -> bytes:
         while len(self._buf) < n:
@@ -137,7 +138,8 @@ class FrameReader:
         BoardTimeout
             If no frame starts within the timeout.
         ProtocolError
-            On a corrupted or truncated frame (bytes before a SYNC byte are discarded).
+            On a corrupted or truncated frame. Bytes before a SYNC byte are discarded and
+            counted in ``stray``.
         """
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         skipped = 0
@@ -155,8 +157,7 @@ class FrameReader:
         if crc != crc16(hdr + payload):
             raise ProtocolError(f"corrupted frame: CRC mismatch (type 0x{ftype:02x}, "
                                 f"{length} bytes)")
-        if skipped:
-            raise ProtocolError(f"{skipped} stray bytes before a frame")
+        self.stray += skipped
         return ftype, payload
 
 
