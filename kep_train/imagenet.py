@@ -20,6 +20,7 @@ all-reduced, and only rank 0 writes checkpoints, reports and exports.
 
 from __future__ import annotations
 
+import copy
 import gc
 import os
 import sys
@@ -426,7 +427,15 @@ class ImageNetPipeline(Pipeline):
         def loss_fn(m, batch):
             xb, yb = batch
             return F.cross_entropy(m(self.prepare(xb)), yb.to(self.device))
-        return kdist.SummedImportance(TaylorImportance(loss_fn, list(batches())))
+        taylor = TaylorImportance(loss_fn, list(batches()))
+
+        def on_a_copy(model, layers):
+            # a copy's parameters carry no gradient hook of a DDP wrapper, so each process's
+            # gradients stay its own until the scores are summed
+            clone = copy.deepcopy(model)
+            mods = dict(clone.named_modules())
+            return taylor(clone, {n: mods[n] for n in layers})
+        return kdist.SummedImportance(on_a_copy)
 
     # -- pretrained weights -------------------------------------------------------------------
     def _load_pretrained(self, r):
