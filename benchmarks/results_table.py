@@ -35,10 +35,44 @@ def training_rows(root: Path) -> list[str]:
     return rows
 
 
+def golden_rows(root: Path) -> list[str]:
+    rows = ["| model | images | float top-1 (%) | int8 golden top-1 (%) | int8 - float (pt) | "
+            "same prediction | seconds |", "|---|---|---|---|---|---|---|"]
+    for path in sorted(root.glob("*/golden.json")):
+        g = _load(path)
+        if g and g.get("float_top1") is not None:
+            rows.append(f"| {g['model']} | {g['images']} | {g['float_top1']:.2f} | "
+                        f"{g['int8_top1']:.2f} | {g['diff_pt']:+.2f} | {g['agreement']:.2f} % | "
+                        f"{g['int8_seconds']:.0f} |")
+    return rows if len(rows) > 2 else []
+
+
+def hw_rows(root: Path) -> list[str]:
+    rows = []
+    for path in sorted(root.glob("*_model_*.json")):
+        h = _load(path)
+        if not h or "layers" not in h:
+            continue
+        p = h["params"]
+        rows += [f"", f"RTL ({h['simulator']}, P={p['pes']}, {h['source']}): "
+                 f"{len(h['layers'])} conv layers, {h['not_exact']} not bit-exact", "",
+                 "| layer | Cin->Cout | input HxW | K | stride | exact | cycles | ideal | utilization | "
+                 "model error | dense cycles | speed-up |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for ly in h["layers"]:
+            dense = ly.get("dense_cycles")
+            sp = ly.get("speedup")
+            rows.append(f"| {ly['layer']} | {ly['cin']}->{ly['cout']} | {ly['hw'][0]}x{ly['hw'][1]}"
+                        f" | {ly['K']} | {ly['stride']} | {'yes' if ly['exact'] else 'NO'} | "
+                        f"{ly['cycles']} | {ly['ideal_cycles']:.0f} | "
+                        f"{100 * ly['utilization']:.1f} % | {100 * ly['model_error']:.2f} % | "
+                        f"{dense if dense else '-'} | {f'{sp:.2f}' if sp else '-'} |")
+    return rows
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     root = Path(argv[0] if argv else "runs")
-    print("\n".join(training_rows(root)))
+    print("\n".join(training_rows(root) + [""] + golden_rows(root) + hw_rows(root)))
     return 0
 
 
