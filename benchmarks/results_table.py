@@ -69,10 +69,34 @@ def hw_rows(root: Path) -> list[str]:
     return rows
 
 
+def summary_rows(root: Path) -> list[str]:
+    """One line each for the golden-model speed and the random-layer RTL regressions."""
+    rows = []
+    g = _load(Path(__file__).parent / "results" / "golden_speed.json")
+    if g:
+        rows.append(f"- golden model speed (`benchmarks/golden_speed.py`): {g['images']} images in "
+                    f"{g['best_wall_s']:.1f} s ({g['threads']} threads, {g['images_per_s']:.0f} "
+                    f"images/s, bit-exact vs the int64 path: {g['bit_exact']}), model {g['model']}")
+    for path in sorted(root.glob("hw_regression*.json")):
+        h = _load(path)
+        for sim, r in (h or {}).get("simulators", {}).items():
+            rows.append(f"- random-layer RTL regression (`benchmarks/hw_regression.py`, {path.name}):"
+                        f" {sim}, {r['layers']} layers, {r['not_exact']} not bit-exact, "
+                        f"{r['mismatches']} mismatching outputs of {r['outputs']} transfers, "
+                        f"ready stalls {100 * h['stall']:.0f} %, {r['seconds']:.0f} s")
+    for path in sorted(root.glob("*_model_*.json")):
+        h = _load(path)
+        if h and "layers" in h:
+            rows.append(f"- {h['simulator']}: {len(h['layers'])} conv layers of {h['source']}, "
+                        f"{h['not_exact']} not bit-exact ({path.name})")
+    return rows
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     root = Path(argv[0] if argv else "runs")
-    print("\n".join(training_rows(root) + [""] + golden_rows(root) + hw_rows(root)))
+    print("\n".join(training_rows(root) + [""] + golden_rows(root) + hw_rows(root) + [""]
+                    + summary_rows(root)))
     return 0
 
 
