@@ -69,9 +69,38 @@ def hw_rows(root: Path) -> list[str]:
     return rows
 
 
-def summary_rows(root: Path) -> list[str]:
-    """One line each for the golden-model speed and the random-layer RTL regressions."""
+_RUN_ONLY_ARGS = ("out", "resume", "no_progress", "threads", "device")
+
+
+def repeat_rows(root: Path) -> list[str]:
+    """One line per pair of finished runs made with the same options and seed (not the same
+    output folder): are their per-epoch metrics and final top-1 identical?"""
+    runs = []
+    for rep_path in sorted(root.glob("*/report.json")):
+        r = _load(rep_path)
+        if r and "args" in r and r.get("finished"):
+            key = {k: v for k, v in r["args"].items() if k not in _RUN_ONLY_ARGS}
+            runs.append((rep_path.parent.name, key, r))
     rows = []
+    for i, (name_a, key_a, a) in enumerate(runs):
+        for name_b, key_b, b in runs[i + 1:]:
+            if key_a != key_b:
+                continue
+            metrics = ("train_loss", "train_top1", "test_top1")
+            same = ([[h[m] for m in metrics] for h in a["history"]]
+                    == [[h[m] for m in metrics] for h in b["history"]]
+                    and a["top1"] == b["top1"])
+            rows.append(f"- repeatability: {name_a} and {name_b} ran the same options and seed "
+                        f"({len(a['history'])} epochs): identical loss/accuracy in every epoch and "
+                        f"identical final top-1: {'yes' if same else 'NO'} (wall time "
+                        f"{a['seconds']['total']:.0f} s vs {b['seconds']['total']:.0f} s)")
+    return rows
+
+
+def summary_rows(root: Path) -> list[str]:
+    """One line each for the golden-model speed, the random-layer RTL regressions and repeated
+    training runs."""
+    rows = repeat_rows(root)
     g = _load(Path(__file__).parent / "results" / "golden_speed.json")
     if g:
         rows.append(f"- golden model speed (`benchmarks/golden_speed.py`): {g['images']} images in "
