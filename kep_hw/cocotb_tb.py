@@ -29,11 +29,11 @@ __all__ = ["TB", "run_job"]
 class TB:
     """Clock, reset, load driver, output monitor and checker for one ``layer_top``."""
 
-    def __init__(self, dut, pes: int, seed: int):
+    def __init__(self, dut, po: int, seed: int):
         self.dut = dut
-        self.pes = pes
+        self.po = po
         self.rng = random.Random(seed)
-        self.layout = out_word(pes)
+        self.layout = out_word(po)
 
     async def reset(self):
         dut = self.dut
@@ -93,7 +93,7 @@ class TB:
 
 async def run_job(dut, job: dict) -> dict:
     """Run every layer of ``job``; return the result record."""
-    tb = TB(dut, job["pes"], job.get("seed", 0))
+    tb = TB(dut, job["po"], job.get("seed", 0))
     await tb.reset()
     out = []
     for layer in job["layers"]:
@@ -107,7 +107,7 @@ async def run_job(dut, job: dict) -> dict:
             bad_last += int(last != (t == len(layer["expected"]) - 1))
         mismatches = sum(int(a != b) for e, g in zip(layer["expected"], got)
                          for a, b in zip(e, g))
-        mismatches += abs(len(got) - len(layer["expected"])) * job["pes"]
+        mismatches += abs(len(got) - len(layer["expected"])) * job["po"]
         out.append({"name": layer["name"], "cycles": cycles, "outputs": len(got),
                     "expected_outputs": len(layer["expected"]), "mismatches": mismatches,
                     "bad_last": bad_last, "words": got})

@@ -140,9 +140,10 @@ def run_layers(params: EngineParams, jobs: list[LayerJob], *, sim: str | None = 
     ll = load_layout(params)
     layers = []
     rng = random.Random(seed)
+    fmt = params.format_params      # memory images and output stream do not depend on Px
     for n, job in enumerate(jobs):
-        cfg, loads = layer_program(params, job)
-        exp = (expected_words(params, job, golden(job)) if expected is None
+        cfg, loads = layer_program(fmt, job)
+        exp = (expected_words(fmt, job, golden(job)) if expected is None
                else expected[n])
         layers.append({
             "name": job.name,
@@ -154,7 +155,7 @@ def run_layers(params: EngineParams, jobs: list[LayerJob], *, sim: str | None = 
     runner, bdir = _build(params, sim, build_root)
     with tempfile.TemporaryDirectory(dir=bdir) as tmp:
         tmp = Path(tmp)
-        (tmp / "job.json").write_text(json.dumps({"pes": params.pes, "seed": rng.randrange(2**31),
+        (tmp / "job.json").write_text(json.dumps({"po": params.po, "seed": rng.randrange(2**31),
                                                   "layers": layers}))
         xml = tmp / "results.xml"
         try:

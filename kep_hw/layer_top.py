@@ -22,7 +22,7 @@ __all__ = ["LayerTop", "load_layout"]
 
 def load_layout(params: EngineParams):
     """Payload layout of :class:`LayerTop`'s ``load`` stream for ``params``."""
-    width = max(act_word(params.lanes).size, weight_word(params.pes).size, ParamWord.size)
+    width = max(act_word(params.lanes).size, weight_word(params.po).size, ParamWord.size)
     addr = max(params.act_bits, params.wt_bits, params.prm_bits)
     return load_word(addr_bits=addr, data_bits=width)
 
@@ -47,8 +47,8 @@ class LayerTop(wiring.Component):
         Engine busy.
     cycles : Out(32)
         Cycles from ``start`` to the end of the layer (counts while busy).
-    o : Out(stream.Signature(out_word))
-        Output stream.
+    o : Out(stream.Signature(out_word(Po)))
+        Output stream (one transfer per output pixel and group).
     """
 
     def __init__(self, params: EngineParams):
@@ -61,7 +61,7 @@ class LayerTop(wiring.Component):
             "start": In(1),
             "busy": Out(1),
             "cycles": Out(32),
-            "o": Out(stream.Signature(out_word(params.pes))),
+            "o": Out(stream.Signature(out_word(params.po))),
         })
 
     def elaborate(self, platform):
@@ -70,7 +70,7 @@ class LayerTop(wiring.Component):
         m.submodules.engine = eng = Engine(p)
         m.submodules.act_mem = act_mem = Memory(shape=act_word(p.lanes), depth=p.act_depth,
                                                 init=[])
-        m.submodules.wt_mem = wt_mem = Memory(shape=weight_word(p.pes), depth=p.wt_depth,
+        m.submodules.wt_mem = wt_mem = Memory(shape=weight_word(p.po), depth=p.wt_depth,
                                               init=[])
         m.submodules.prm_mem = prm_mem = Memory(shape=ParamWord, depth=p.prm_depth, init=[])
 
@@ -78,7 +78,7 @@ class LayerTop(wiring.Component):
         m.d.comb += self.load.ready.eq(1)
         ld = self.load.payload
         for mem, target, shape in ((act_mem, Target.ACT, act_word(p.lanes)),
-                                   (wt_mem, Target.WT, weight_word(p.pes)),
+                                   (wt_mem, Target.WT, weight_word(p.po)),
                                    (prm_mem, Target.PRM, ParamWord)):
             wp = mem.write_port()
             m.d.comb += [

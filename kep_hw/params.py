@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Engine parameters (the hardware's size) and the layer configuration a host writes.
 
-:class:`EngineParams` fixes P (PEs), G (channels per activation word) and the limits;
+:class:`EngineParams` fixes P (PEs) and their split ``P = Po x Px`` over output channels and
+output pixels, G (channels per activation word) and the limits;
 :func:`layer_config` turns a layer shape into the values of every configuration register of
 ``docs/accelerator.md`` (derived registers included).
 """
@@ -30,10 +31,10 @@ class EngineParams:
     Parameters
     ----------
     pes : int
-        P, processing elements (output channels per group).
+        P, processing elements: ``Po x Px``.
     lanes : int
         G, int8 channels per activation / residual word and requantization lanes;
-        ``pes % lanes == 0``.
+        ``Po % lanes == 0``.
     max_cin, max_cout : int
         Largest input / output channel count of a layer.
     max_hw : int
@@ -50,18 +51,41 @@ class EngineParams:
     act_depth: int = 8192
     wt_depth: int = 4096
     prm_depth: int = 256
+    px: int = 1
 
     def __post_init__(self):
         for name in ("pes", "lanes", "max_cin", "max_cout", "max_hw", "act_depth", "wt_depth",
-                     "prm_depth"):
+                     "prm_depth", "px"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if self.pes % self.lanes:
-            raise ValueError(f"pes ({self.pes!r}) must be a multiple of lanes ({self.lanes!r})")
+        if self.pes % self.px:
+            raise ValueError(f"pes ({self.pes!r}) must be a multiple of px ({self.px!r})")
+        if self.po % self.lanes:
+            raise ValueError(f"pes / px ({self.po!r}) must be a multiple of lanes "
+                             f"({self.lanes!r})")
+        if self.px > 16:
+            raise ValueError(f"px must be at most 16, got {self.px!r}")
         if self.max_hw > 255 or max(self.max_cin, self.max_cout) > 1023:
             raise ValueError(f"limits too large: max_hw={self.max_hw!r}, "
                              f"max_cin={self.max_cin!r}, max_cout={self.max_cout!r}")
+
+    @property
+    def po(self) -> int:
+        """Po, output channels per group (the PEs of one output pixel)."""
+        return self.pes // self.px
+
+    @property
+    def format_params(self) -> "EngineParams":
+        """The ``Px = 1`` engine with the same Po and limits.
+
+        Both engines use the same memory images, configuration registers and output stream
+        (one transfer per output pixel and group); only the cycle counts differ. Host code that
+        packs words from ``pes`` (e.g. :func:`kep_hw.driver.layer_program`) gets this engine.
+        """
+        if self.px == 1:
+            return self
+        return dataclasses.replace(self, pes=self.po, px=1)
 
     # field widths
     @property
@@ -74,7 +98,7 @@ class EngineParams:
 
     @property
     def group_bits(self) -> int:
-        return _bits(math.ceil(self.max_cout / self.pes))
+        return _bits(math.ceil(self.max_cout / self.po))
 
     @property
     def act_bits(self) -> int:
@@ -150,13 +174,13 @@ def layer_config(params: EngineParams, *, cin: int, cout: int, h: int, w: int, k
         raise KepError(f"input {h}x{w} too small for k={k}, pad={pad}")
     cwi = math.ceil(cin / params.lanes)
     cwo = math.ceil(cout / params.lanes)
-    groups = math.ceil(cout / params.pes)
+    groups = math.ceil(cout / params.po)
     if max(act_base + h * w * cwi, res_base + (ho * wo * cwo if residual else 0)) \
             > params.act_depth:
         raise KepError(f"activations do not fit {params.act_depth} words")
     if wt_base + groups * cin * kept > params.wt_depth:
         raise KepError(f"weights do not fit {params.wt_depth} words")
-    if prm_base + groups * params.pes > params.prm_depth:
+    if prm_base + groups * params.po > params.prm_depth:
         raise KepError(f"parameters do not fit {params.prm_depth} words")
     return {
         "cin": cin, "cout": cout, "h": h, "w": w, "ho": ho, "wo": wo,

@@ -1,11 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
 """Cycle model of the engine (``docs/accelerator.md``), output stream always ready.
 
-Per output-channel group the engine loads P parameter words, then computes every output pixel;
-a pixel takes one MAC cycle per (input channel, kept element). The window fetcher supplies a
-window (G channels) every ``k*k`` cycles from a two-entry FIFO, so a channel word costs
-``max(nch * K, k*k)`` cycles, and the requantization unit needs ``P/G + 4`` cycles per pixel.
-Between groups the pipeline drains before the next parameters load.
+Per output-channel group the engine loads Po parameter words, then computes every block of
+``nv <= Px`` horizontally adjacent output pixels (``nv = Px`` except at the end of a row); a
+block takes one MAC cycle per (input channel, kept element). The window fetcher supplies a
+block window (G channels) every ``k * ncols`` cycles (``ncols = (nv-1)*stride + 3`` for 3x3,
+``nv`` for 1x1) from a two-entry FIFO, so a channel word costs ``max(nch * K, k * ncols)``
+cycles, and the requantization unit needs ``nv * Po/G`` issue cycles per block. Between groups
+the pipeline drains before the next parameters load.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ import math
 
 from .params import EngineParams
 
-__all__ = ["LayerShape", "layer_cycles", "ideal_cycles", "useful_macs"]
+__all__ = ["LayerShape", "layer_cycles", "block_cycles", "ideal_cycles", "useful_macs"]
 
 # pipeline constants, from the RTL (see the docstrings of engine.py / requant.py / fetch.py)
 _START = 3          # start -> LOAD, LOAD -> RUN hand-over
-_DRAIN = 11         # last MAC of a group -> next LOAD (S1, S2, shadow, requant issue + 3)
-_END = 9            # last MAC of the layer -> last output transferred
-_RQ_EXTRA = 4       # requantization period = P/G + 4
+_DRAIN = 7          # last MAC of a group -> next LOAD: S1-S3, shadow, requant issue
+                    # (nv * Po/G cycles, added below) and its pipeline
+_END = 5            # last MAC of the layer -> last output transferred (+ nv * Po/G)
+_RQ_EXTRA = 4       # a block's shadow register is free nv * Po/G + 4 cycles after its
+                    # last MAC
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +70,23 @@ def ideal_cycles(shape: LayerShape, params: EngineParams) -> float:
     return useful_macs(shape) / params.pes
 
 
+def block_cycles(shape: LayerShape, params: EngineParams, nv: int) -> int:
+    """Cycles of one block of ``nv`` output pixels (MAC-, fetch- or requantization-bound)."""
+    G = params.lanes
+    keff = max(shape.kept, 1)
+    if shape.k == 3:
+        fetch = 3 * ((nv - 1) * shape.stride + 3)
+    else:
+        fetch = nv
+    cyc = 0
+    left = shape.cin
+    while left > 0:
+        nch = min(G, left)
+        cyc += max(nch * keff, fetch)
+        left -= nch
+    return max(cyc, nv * (params.po // G) + _RQ_EXTRA)
+
+
 def layer_cycles(shape: LayerShape, params: EngineParams) -> int:
     """Predicted cycles from ``start`` to the last output transfer (LayerTop ``cycles``).
 
@@ -81,20 +102,19 @@ def layer_cycles(shape: LayerShape, params: EngineParams) -> int:
     int
         Predicted cycle count.
     """
-    P, G = params.pes, params.lanes
+    PO, PX = params.po, params.px
     ho, wo = shape.out_hw
-    npix = ho * wo
-    keff = max(shape.kept, 1)
     kkw = shape.k * shape.k
-    groups = math.ceil(shape.cout / P)
-    px = 0
-    left = shape.cin
-    while left > 0:
-        nch = min(G, left)
-        px += max(nch * keff, kkw)
-        left -= nch
-    px = max(px, P // G + _RQ_EXTRA)
-    load = P + 2
-    # the first window arrives k*k + 3 cycles after start; the first MAC waits for it
-    first = max(_START + load, kkw + 3)
-    return (first + groups * npix * px + (groups - 1) * (_DRAIN + load) + _END)
+    groups = math.ceil(shape.cout / PO)
+    full, rest = divmod(wo, PX)
+    row = full * block_cycles(shape, params, PX)
+    if rest:
+        row += block_cycles(shape, params, rest)
+    load = PO + 2
+    rq_last = (rest or PX) * (PO // params.lanes)     # requant issue of a row's last block
+    # the first window arrives k * ncols + 3 cycles after start; the first MAC waits for it
+    first_fetch = (3 * ((min(PX, wo) - 1) * shape.stride + 3) if shape.k == 3
+                   else min(PX, wo))
+    first = max(_START + load, first_fetch + 3)
+    return (first + groups * ho * row + (groups - 1) * (_DRAIN + rq_last + load)
+            + _END + rq_last)

@@ -1,25 +1,30 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Pipelined requantization unit: P int32 accumulators -> P int8 outputs, G lanes per cycle.
+"""Pipelined requantization unit: Px x Po int32 accumulators -> Px int8 output transfers.
 
 Per lane (``docs/arithmetic.md``)::
 
     z = (acc * mult + res * res_mult + 2**(shift-1)) >> shift;  relu;  saturate to int8
 
-Pipeline, one lane group (G output channels) issued per cycle:
+The input holds the accumulators of a block of ``nv <= Px`` output pixels; pixel ``q`` owns
+accumulators ``q*Po .. q*Po + Po-1`` and its residual word is ``res_addr + q*res_step``.
+Pipeline, one lane group (G output channels of one pixel) issued per cycle:
 
-- R0: residual word address ``res_addr + c`` presented; accumulators and parameters of the
-  group selected into registers.
+- R0: residual word address ``res_addr + q*res_step + c`` presented; accumulators and
+  parameters of the lane group selected into registers.
 - R1: residual data arrives (read latency 1); ``acc*mult`` (32x16) and ``res*res_mult`` (8x24)
   registered.
 - R2: sum plus rounding term registered.
-- R3: arithmetic shift, ReLU, saturation written into the output register.
+- R3: arithmetic shift, ReLU, saturation written into an output queue slot.
 
-A pixel takes ``P/G`` issue cycles; the output register is handed to ``o`` after the last group
-(latency ``P/G + 3`` cycles from the first issue) and the next pixel starts once it has been
-transferred.
+A pixel takes ``Po/G`` issue cycles; pixels issue back to back while the output queue (``D``
+slots, ``D = max(2, ceil((Po/G + 4) / (Po/G)))``, enough for a ready consumer) has a free slot,
+reserved when the pixel's first lane group issues. A pixel is written to the queue ``Po/G + 2``
+cycles after its first issue and offered on ``o`` in the next cycle.
 """
 
 from __future__ import annotations
+
+import math
 
 from amaranth.hdl import Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
@@ -29,20 +34,28 @@ from amaranth.lib.wiring import In, Out
 from .layouts import ParamWord, act_word, out_word
 from .params import EngineParams
 
-__all__ = ["acc_word", "Requant"]
+__all__ = ["acc_word", "queue_depth", "Requant"]
 
 
 def acc_word(params: EngineParams) -> data.StructLayout:
-    """Accumulators of one output pixel, its residual word address and the layer-end flag."""
+    """Accumulators of one block of output pixels, the residual word address of its first
+    pixel, its valid pixel count and the layer-end flag."""
     return data.StructLayout({
         "acc": data.ArrayLayout(signed(32), params.pes),
         "res_addr": params.act_bits,
+        "nv": range(params.px + 1),
         "last": 1,
     })
 
 
+def queue_depth(params: EngineParams) -> int:
+    """Output queue slots of :class:`Requant`."""
+    ng = params.po // params.lanes
+    return max(2, math.ceil((ng + 4) / ng))
+
+
 class Requant(wiring.Component):
-    """Requantization of one pixel's P accumulators, G lanes per cycle.
+    """Requantization of a block's accumulators, G lanes per cycle, one transfer per pixel.
 
     Parameters
     ----------
@@ -52,18 +65,20 @@ class Requant(wiring.Component):
     Attributes
     ----------
     i : In(stream.Signature(acc_word))
-        Accumulators; the payload is read in place and ``ready`` is raised with the last lane
-        group (the producer's shadow register is freed then).
-    prm : In(ArrayLayout(ParamWord, P))
+        Accumulators; the payload is read in place and ``ready`` is raised with the block's last
+        lane group (the producer's shadow register is freed then).
+    prm : In(ArrayLayout(ParamWord, Po))
         Parameters of the current output-channel group (stable while busy).
     relu, residual : In(1)
         Layer flags.
+    res_step : In(chan_bits)
+        Residual words between horizontally adjacent pixels (``cwo``).
     res : In(ReadPort.Signature)
         Residual read port, data one cycle after addr.
-    o : Out(stream.Signature(out_word))
+    o : Out(stream.Signature(out_word(Po)))
         int8 outputs, one transfer per pixel.
     busy : Out(1)
-        A pixel is being requantized (its output not yet in the output register).
+        A block is being issued or a lane group is in the pipeline (parameters in use).
     """
 
     def __init__(self, params: EngineParams):
@@ -72,56 +87,76 @@ class Requant(wiring.Component):
         self.params = params
         super().__init__({
             "i": In(stream.Signature(acc_word(params))),
-            "prm": In(data.ArrayLayout(ParamWord, params.pes)),
+            "prm": In(data.ArrayLayout(ParamWord, params.po)),
             "relu": In(1),
             "residual": In(1),
+            "res_step": In(params.chan_bits),
             "res": In(ReadPort.Signature(addr_width=params.act_bits,
                                          shape=act_word(params.lanes))),
-            "o": Out(stream.Signature(out_word(params.pes))),
+            "o": Out(stream.Signature(out_word(params.po))),
             "busy": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
-        P, G = self.params.pes, self.params.lanes
-        NG = P // G
+        p = self.params
+        PO, PX, G = p.po, p.px, p.lanes
+        NG = PO // G
+        D = queue_depth(p)
 
-        active = Signal()          # issuing or pipeline in flight for one pixel
-        c = Signal(range(NG))
+        c = Signal(range(NG))            # lane group
+        q = Signal(range(PX))            # pixel of the block
+        qoff = Signal(p.act_bits)        # q * res_step
+        credits = Signal(range(D + 1), init=D)
         issuing = Signal()
-        # ``active`` with c == 0: the pixel's groups are all issued and still in flight
+        pix_start = Signal()
+        end_pix = Signal()
+        end_blk = Signal()
+        r1_valid = Signal()
+        r2_valid = Signal()
+        r3_valid = Signal()
         m.d.comb += [
-            issuing.eq(self.i.valid & ~self.o.valid & (~active | (c != 0))),
-            self.busy.eq(active),
+            issuing.eq(self.i.valid & ((c != 0) | (credits != 0))),
+            pix_start.eq(issuing & (c == 0)),
+            end_pix.eq(c == NG - 1),
+            end_blk.eq(end_pix & (q == self.i.payload.nv - 1)),
+            self.busy.eq((c != 0) | (q != 0) | r1_valid | r2_valid | r3_valid),
             self.res.en.eq(1),
-            self.res.addr.eq(self.i.payload.res_addr + c),
-            self.i.ready.eq(issuing & (c == NG - 1)),
+            self.res.addr.eq(self.i.payload.res_addr + qoff + c),
+            self.i.ready.eq(issuing & end_blk),
         ]
 
         # R0 -> R1
-        r1_valid = Signal()
         r1_c = Signal(range(NG))
         r1_end = Signal()
         r1_last = Signal()
         r1_acc = Signal(data.ArrayLayout(signed(32), G))
         r1_prm = Signal(data.ArrayLayout(ParamWord, G))
-        m.d.sync += [r1_valid.eq(issuing), r1_c.eq(c), r1_end.eq(c == NG - 1),
-                     r1_last.eq(self.i.payload.last)]
+        m.d.sync += [r1_valid.eq(issuing), r1_c.eq(c), r1_end.eq(end_pix),
+                     r1_last.eq(self.i.payload.last & end_blk)]
         with m.Switch(c):
             for grp in range(NG):
                 with m.Case(grp):
                     for lane in range(G):
-                        m.d.sync += [r1_acc[lane].eq(self.i.payload.acc[grp * G + lane]),
-                                     r1_prm[lane].eq(self.prm[grp * G + lane])]
+                        m.d.sync += r1_prm[lane].eq(self.prm[grp * G + lane])
+        sel = Signal(range(PX * NG))
+        m.d.comb += sel.eq(q * NG + c)
+        with m.Switch(sel):
+            for n in range(PX * NG):
+                with m.Case(n):
+                    for lane in range(G):
+                        m.d.sync += r1_acc[lane].eq(self.i.payload.acc[n * G + lane])
         with m.If(issuing):
-            m.d.sync += active.eq(1)
-            with m.If(c == NG - 1):
-                m.d.sync += c.eq(0)
-            with m.Else():
+            with m.If(~end_pix):
                 m.d.sync += c.eq(c + 1)
+            with m.Else():
+                m.d.sync += c.eq(0)
+                with m.If(end_blk):
+                    m.d.sync += [q.eq(0), qoff.eq(0)]
+                with m.Else():
+                    m.d.sync += [q.eq(q + 1), qoff.eq(qoff + self.res_step)]
 
         # R1 -> R2: products
-        r2_valid = Signal()
         r2_c = Signal(range(NG))
         r2_end = Signal()
         r2_last = Signal()
@@ -140,7 +175,6 @@ class Requant(wiring.Component):
             ]
 
         # R2 -> R3: sum and rounding
-        r3_valid = Signal()
         r3_c = Signal(range(NG))
         r3_end = Signal()
         r3_last = Signal()
@@ -154,7 +188,20 @@ class Requant(wiring.Component):
             m.d.sync += [r3_sum[lane].eq(r2_pm[lane] + r2_pr[lane] + rnd),
                          r3_shift[lane].eq(r2_shift[lane])]
 
-        # R3: shift, ReLU, saturation into the output register
+        # R3: shift, ReLU, saturation into the output queue slot ``wp``
+        ow = out_word(PO)
+        queue = Signal(data.ArrayLayout(ow, D))
+        wp = Signal(range(D))
+        rp = Signal(range(D))
+        count = Signal(range(D + 1))
+        push = Signal()
+        pop = Signal()
+        m.d.comb += [
+            push.eq(r3_valid & r3_end),
+            pop.eq(self.o.valid & self.o.ready),
+            self.o.valid.eq(count != 0),
+            self.o.payload.as_value().eq(queue.as_value().word_select(rp, ow.size)),
+        ]
         with m.If(r3_valid):
             for lane in range(G):
                 z = Signal(signed(52), name=f"z{lane}")
@@ -164,13 +211,20 @@ class Requant(wiring.Component):
                     y.eq(Mux(self.relu & (z < 0), 0,
                              Mux(z > 127, 127, Mux(z < -128, -128, z)))),
                 ]
-                with m.Switch(r3_c):
-                    for grp in range(NG):
-                        with m.Case(grp):
-                            m.d.sync += self.o.payload.data[grp * G + lane].eq(y)
+                for d in range(D):
+                    with m.If(wp == d):
+                        with m.Switch(r3_c):
+                            for grp in range(NG):
+                                with m.Case(grp):
+                                    m.d.sync += queue[d].data[grp * G + lane].eq(y)
             with m.If(r3_end):
-                m.d.sync += [self.o.valid.eq(1), self.o.payload.last.eq(r3_last),
-                             active.eq(0)]
-        with m.If(self.o.valid & self.o.ready):
-            m.d.sync += self.o.valid.eq(0)
+                for d in range(D):
+                    with m.If(wp == d):
+                        m.d.sync += queue[d].last.eq(r3_last)
+        with m.If(push):
+            m.d.sync += wp.eq(Mux(wp == D - 1, 0, wp + 1))
+        with m.If(pop):
+            m.d.sync += rp.eq(Mux(rp == D - 1, 0, rp + 1))
+        m.d.sync += [count.eq(count + push - pop),
+                     credits.eq(credits - pix_start + pop)]
         return m

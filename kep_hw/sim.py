@@ -1,12 +1,14 @@
 # SPDX-License-Identifier: Apache-2.0
 """Run conv layers on the RTL (cocotb + Verilator or Icarus) and report exactness and speed.
 
-``python -m kep_hw.sim --model model.kep [--layer NAME] [--sim verilator|icarus] [--pes P]``
+``python -m kep_hw.sim --model model.kep [--layer NAME] [--sim verilator|icarus] [--pes P[xPX]]``
 runs the conv layers of a ``.kep`` model (inputs from the golden network run on a seeded random
 image) and prints per layer: bit-exact yes/no, cycles, ideal cycles (non-zero MACs / P),
 utilization, the cycle model's prediction, and the dense-mode cycles of the same layer.
 ``--resnet20`` does the same with random weights of ResNet-20's layer shapes, ``--random N``
 runs the random-layer regression with back-pressure. ``--json`` writes the report.
+``--pes 64x4 --lanes 8`` (or ``--pes 64 --px 4``): 64 PEs as Px = 4 output pixels x Po = 16
+output channels, 8 channels per activation word.
 """
 
 from __future__ import annotations
@@ -144,7 +146,9 @@ def run_report(params: EngineParams, jobs: list[LayerJob], *, sim: str | None = 
     return rows
 
 
-def _print(rows: list[dict]) -> None:
+def _print(params: EngineParams, rows: list[dict]) -> None:
+    print(f"P = {params.pes} PEs (Po = {params.po} output channels x Px = {params.px} pixels), "
+          f"G = {params.lanes}")
     print(f"{'layer':24s} {'exact':5s} {'cycles':>8s} {'ideal':>8s} {'util':>6s} "
           f"{'model':>8s} {'err%':>6s} {'dense':>8s} {'speedup':>7s}")
     for r in rows:
@@ -195,7 +199,7 @@ def main(argv=None) -> int:
         jobs = random_layers(args.seed, args.random, params)
     rows = run_report(params, jobs, sim=args.sim, dense=not (args.no_dense or args.random),
                       stall=stall, seed=args.seed)
-    _print(rows)
+    _print(params, rows)
     n_bad = sum(not r["exact"] or not r.get("dense_exact", True) for r in rows)
     print(f"{len(rows)} layers, {n_bad} not bit-exact")
     if args.json:

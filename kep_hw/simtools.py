@@ -60,13 +60,14 @@ def run_layers(params: EngineParams, jobs: list[LayerJob], *, seed: int = 0,
     vcd = vcd or os.environ.get("KEP_VCD")
     dut = LayerTop(params)
     rng = random.Random(seed)
-    ow = out_word(params.pes)
+    ow = out_word(params.po)
     ll = load_layout(params)
+    fmt = params.format_params      # memory images and output stream do not depend on Px
     results = []
 
     async def bench(ctx):
         for job in jobs:
-            cfg, loads = layer_program(params, job)
+            cfg, loads = layer_program(fmt, job)
             for target, addr, word in loads:
                 await stream_put(ctx, dut.load, pack(ll, {"target": target, "addr": addr,
                                                           "data": word}), rng=rng, gap=gap)
@@ -75,7 +76,7 @@ def run_layers(params: EngineParams, jobs: list[LayerJob], *, seed: int = 0,
             await ctx.tick()
             ctx.set(dut.start, 0)
             ho, wo = job.out_hw
-            n_words = math.ceil(job.cout / params.pes) * ho * wo
+            n_words = math.ceil(job.cout / params.po) * ho * wo
             words = []
             lasts = []
             while ctx.get(dut.busy):
@@ -96,7 +97,7 @@ def run_layers(params: EngineParams, jobs: list[LayerJob], *, seed: int = 0,
             trimmed = []
             for t, wd in enumerate(words):
                 g = t // per_group
-                trimmed.append(wd[:min(params.pes, job.cout - g * params.pes)])
+                trimmed.append(wd[:min(params.po, job.cout - g * params.po)])
             results.append({"words": trimmed, "cycles": ctx.get(dut.cycles),
                             "last_ok": lasts == [0] * (n_words - 1) + [1]})
 

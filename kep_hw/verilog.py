@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Emit the Verilog of :class:`kep_hw.layer_top.LayerTop` (or the bare engine) for a parameter set.
 
-``python -m kep_hw.verilog --pes 16 --lanes 4 -o layer_top.v``
+``python -m kep_hw.verilog --pes 16 --lanes 4 -o layer_top.v``;
+``--pes 64x4 --lanes 8``: P = 64 PEs split as Po = 16 output channels x Px = 4 output pixels.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from kep_train.fileio import atomic_write_bytes
 
 from .params import EngineParams
 
-__all__ = ["generate", "main"]
+__all__ = ["generate", "parse_pes", "params_from_args", "add_params_args", "main"]
 
 
 def generate(params: EngineParams, *, top: str = "layer_top") -> str:
@@ -35,10 +36,32 @@ def generate(params: EngineParams, *, top: str = "layer_top") -> str:
     raise KepError(f"unknown top {top!r} (expected 'layer_top' or 'engine')")
 
 
-def params_from_args(args) -> EngineParams:
-    """:class:`EngineParams` from parsed ``--pes/--lanes/...`` options (``KepError`` if bad)."""
+def parse_pes(text: str, px: int | None = None) -> tuple[int, int]:
+    """``"64"`` or ``"64x4"`` (P x Px) and an optional separate Px -> ``(P, Px)``.
+
+    Raises
+    ------
+    KepError
+        For a malformed value or two different Px.
+    """
+    text = str(text).strip().lower()
+    p_text, sep, x_text = text.partition("x")
     try:
-        return EngineParams(pes=args.pes, lanes=args.lanes, max_cin=args.max_cin,
+        pes = int(p_text)
+        split = int(x_text) if sep else None
+    except ValueError:
+        raise KepError(f"--pes must be P or PxPX (e.g. 64x4), got {text!r}") from None
+    if split is not None and px is not None and split != px:
+        raise KepError(f"--pes {text} and --px {px} disagree")
+    return pes, split if split is not None else (px if px is not None else 1)
+
+
+def params_from_args(args) -> EngineParams:
+    """:class:`EngineParams` from parsed ``--pes/--px/--lanes/...`` options (``KepError`` if
+    bad)."""
+    pes, px = parse_pes(args.pes, getattr(args, "px", None))
+    try:
+        return EngineParams(pes=pes, px=px, lanes=args.lanes, max_cin=args.max_cin,
                             max_cout=args.max_cout, max_hw=args.max_hw,
                             act_depth=args.act_depth, wt_depth=args.wt_depth,
                             prm_depth=args.prm_depth)
@@ -49,7 +72,12 @@ def params_from_args(args) -> EngineParams:
 def add_params_args(ap: argparse.ArgumentParser) -> None:
     """Add the engine-size options to a parser."""
     d = EngineParams()
-    ap.add_argument("--pes", type=int, default=d.pes, help="processing elements P")
+    ap.add_argument("--pes", default=str(d.pes), metavar="P[xPX]",
+                    help="processing elements P, optionally with their split over output "
+                         "pixels: 64x4 = Px 4 pixels x Po 16 output channels (default "
+                         f"{d.pes}, Px 1)")
+    ap.add_argument("--px", type=int, default=None,
+                    help="Px, output pixels computed at once (same as the x of --pes)")
     ap.add_argument("--lanes", type=int, default=d.lanes, help="channels per activation word G")
     ap.add_argument("--max-cin", type=int, default=d.max_cin)
     ap.add_argument("--max-cout", type=int, default=d.max_cout)
