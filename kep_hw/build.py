@@ -30,7 +30,7 @@ from .boards import list_boards, load_board
 from .hostplan import PARAM_WORD_BITS, WEIGHT_ELEM_BITS, NetworkPlan, plan_network
 
 __all__ = ["estimate_resources", "largest_fitting_pes", "parse_nextpnr_log", "parse_yosys_stats",
-           "main"]
+           "parse_pes", "main"]
 
 BRAM_BITS = 18432          # DP16KD
 LUT_BASE = 4000            # UART, frames, sequencer, address arithmetic, requantization
@@ -47,13 +47,32 @@ def _bram_blocks(width: int, depth: int) -> int:
     return best
 
 
-def estimate_resources(plan: NetworkPlan, *, streamed: bool) -> dict:
+def parse_pes(text: str) -> tuple[int, int]:
+    """``"64"`` -> ``(64, 1)``, ``"64x4"`` -> ``(64, 4)``: PEs and output pixels per block.
+
+    Raises
+    ------
+    KepError
+        If the text is not ``N`` or ``NxPX`` with positive integers and ``PX`` dividing ``N``.
+    """
+    parts = str(text).lower().split("x")
+    try:
+        pes, px = (int(parts[0]), int(parts[1]) if len(parts) == 2 else 1)
+    except ValueError:
+        pes = px = 0
+    if len(parts) > 2 or pes < 1 or px < 1 or pes % px:
+        raise KepError(f"--pes must be N or NxPX (PX dividing N), got {text!r}")
+    return pes, px
+
+
+def estimate_resources(plan: NetworkPlan, *, streamed: bool, px: int = 1) -> dict:
     """Estimated LUT4s, DSPs (MULT18X18D) and block RAMs (DP16KD) of a system.
 
     The LUT estimate is a linear fit (``LUT_BASE + LUT_PER_PE * P``); DSPs are one per PE plus
     the requantization unit; block RAMs follow the memories' widths and depths exactly.
+    ``plan.pes`` is Po (output channels per group), the engine has ``P = Po * px`` PEs.
     """
-    P, G = plan.pes, plan.lanes
+    P, G = plan.pes * px, plan.lanes
     wt_depth = plan.max_layer_weight_words if streamed else plan.weight_words
     prm_depth = plan.max_layer_param_words if streamed else plan.param_words
     brams = sum(_bram_blocks(8 * G, d) for d in plan.buffer_words)
@@ -67,12 +86,13 @@ def _overflow(est: dict, board) -> list:
             if est[k] > getattr(board, k)]
 
 
-def largest_fitting_pes(kep, board, *, lanes: int, streamed: bool, limit: int = 256) -> int:
-    """Largest P (multiple of ``lanes``) whose estimate fits ``board``; 0 if none."""
+def largest_fitting_pes(kep, board, *, lanes: int, streamed: bool, limit: int = 256,
+                        px: int = 1) -> int:
+    """Largest P (a multiple of ``lanes * px``) whose estimate fits ``board``; 0 if none."""
     best = 0
-    for pes in range(lanes, limit + 1, lanes):
-        plan = plan_network(kep, pes=pes, lanes=lanes)
-        if not _overflow(estimate_resources(plan, streamed=streamed), board):
+    for pes in range(lanes * px, limit + 1, lanes * px):
+        plan = plan_network(kep, pes=pes // px, lanes=lanes)
+        if not _overflow(estimate_resources(plan, streamed=streamed, px=px), board):
             best = pes
     return best
 
@@ -128,7 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--board", default="ulx3s",
                    help=f"board profile ({', '.join(list_boards())}; ulx3s = ulx3s-85f)")
     p.add_argument("--model", default=None, help=".kep model (default: small test network)")
-    p.add_argument("--pes", type=int, default=None, help="P (default: the board's)")
+    p.add_argument("--pes", default=None,
+                   help="P, or PxPX: P PEs as PX output pixels x P/PX channels "
+                        "(default: the board's)")
     p.add_argument("--lanes", type=int, default=4, help="channels per activation word (4)")
     p.add_argument("--freq", type=float, default=None, help="core clock MHz (board default)")
     p.add_argument("--weights", choices=("auto", "embedded", "stream"), default="auto",
@@ -136,9 +158,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="build/kep", help="output folder (default build/kep)")
     p.add_argument("--baud", type=int, default=None, help="UART baud rate (board default)")
     p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
-    p.add_argument("--engine", choices=("fallback", "kep"), default="fallback",
-                   help="compute engine: the system's compact one (default) or "
-                        "kep_hw.engine.Engine")
+    p.add_argument("--engine", choices=("kep", "fallback"), default="kep",
+                   help="compute engine: the zero-skipping kep_hw.engine.Engine (default) or "
+                        "the system's compact fallback engine")
     p.add_argument("--program", action="store_true", help="load the bitstream with openFPGALoader")
     p.add_argument("--dry-run", action="store_true",
                    help="elaborate and write the tool inputs without running the tools")
@@ -159,24 +181,27 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     t0 = time.monotonic()
     board = load_board(args.board)
-    pes = args.pes or board.default_pes
+    pes, px = parse_pes(args.pes) if args.pes is not None else (board.default_pes, 1)
+    po = pes // px
     freq = args.freq or board.default_mhz
     baud = args.baud or board.baud
-    if pes < 1 or pes > 255 or pes % args.lanes:
-        raise KepError(f"--pes must be a multiple of --lanes {args.lanes} in [1, 255], "
-                       f"got {pes}")
+    if pes > 255 or po % args.lanes:
+        raise KepError(f"--pes: P/PX must be a multiple of --lanes {args.lanes} and P at most "
+                       f"255, got {pes}x{px}")
+    if px != 1 and args.engine != "kep":
+        raise KepError("--pes NxPX needs --engine kep")
     if not 10 <= freq <= 200:
         raise KepError(f"--freq must lie in [10, 200] MHz, got {freq:g}")
     kep = _load_network(args.model)
-    plan = plan_network(kep, pes=pes, lanes=args.lanes)
+    plan = plan_network(kep, pes=po, lanes=args.lanes)
     if args.weights == "auto":
-        streamed = bool(_overflow(estimate_resources(plan, streamed=False), board))
+        streamed = bool(_overflow(estimate_resources(plan, streamed=False, px=px), board))
     else:
         streamed = args.weights == "stream"
-    est = estimate_resources(plan, streamed=streamed)
+    est = estimate_resources(plan, streamed=streamed, px=px)
     over = _overflow(est, board)
     if over:
-        best = largest_fitting_pes(kep, board, lanes=args.lanes, streamed=streamed)
+        best = largest_fitting_pes(kep, board, lanes=args.lanes, streamed=streamed, px=px)
         raise KepError(f"does not fit {board.name} ({'streamed' if streamed else 'embedded'} "
                        f"weights, P={pes}): estimated {', '.join(over)}; largest --pes that "
                        f"fits: {best or 'none'}")
@@ -192,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     found = find_toolchain(need_programmer=args.program)
     configure_amaranth(found)
     system = KepSystem(plan, streamed=streamed, divisor=divisor, clk_hz=pll["fout"] * 1e6,
-                       byte_timeout=int(pll["fout"] * 1e6 * 0.05), engine=args.engine)
+                       byte_timeout=int(pll["fout"] * 1e6 * 0.05), engine=args.engine,
+                       px=px)
     top = BoardTop(system, board, freq)
     platform = board.make_platform()
     out = Path(args.out)
@@ -214,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             if tim.exists():
                 errs = [ln for ln in tim.read_text().splitlines() if "ERROR" in ln]
                 tail = errs[-1] if errs else ""
-            best = largest_fitting_pes(kep, board, lanes=args.lanes, streamed=streamed)
+            best = largest_fitting_pes(kep, board, lanes=args.lanes, streamed=streamed, px=px)
             raise KepError(f"the tools failed ({e.cmd[0] if e.cmd else 'build'}): "
                            f"{tail or 'see ' + str(build_dir)}; largest --pes that fits by "
                            f"the estimate: {best}") from None
@@ -234,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report = {
         "board": board.name, "device": board.device, "status": status, "pes": pes,
+        "px": px, "po": po,
         "lanes": args.lanes, "weights": "streamed" if streamed else "embedded",
         "engine": args.engine,
         "model": str(args.model) if args.model else "built-in test network",
@@ -249,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "report.json", report)
-    lines = [f"{board.name} ({board.device}), P={pes}, {report['weights']} weights, "
+    lines = [f"{board.name} ({board.device}), P={pes} ({po} channels x {px} pixels), "
+             f"{args.engine} engine, {report['weights']} weights, "
              f"{len(plan.layers)} layers, {status}"]
     for k, v in report["utilisation"].items():
         if v:
@@ -261,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_bytes(out / "summary.txt", ("\n".join(lines) + "\n").encode())
     print("\n".join(lines))
     if status == "built" and met is False:
-        best = largest_fitting_pes(kep, board, lanes=args.lanes, streamed=streamed)
+        best = largest_fitting_pes(kep, board, lanes=args.lanes, streamed=streamed, px=px)
         raise KepError(f"timing missed: fmax {fmax:.2f} MHz < {pll['fout']:.2f} MHz requested; "
                        f"try a lower --freq or --pes (largest fitting by estimate: {best})")
     if args.program:

@@ -27,7 +27,8 @@ __all__ = ["BoardInfo", "BoardLink", "parse_info"]
 
 class BoardInfo(dict):
     """The fields of an ``INFO`` frame: ``version``, ``pes``, ``lanes``, ``streamed``,
-    ``layers``, ``clk_khz``, ``model_id``, ``in_words``, ``out_words``."""
+    ``layers``, ``clk_khz``, ``model_id``, ``in_words``, ``out_words``, ``px`` (``pes`` is Po,
+    the output channels per group; the engine has ``pes * px`` PEs)."""
 
 
 def parse_info(payload: bytes) -> BoardInfo:
@@ -40,9 +41,9 @@ def parse_info(payload: bytes) -> BoardInfo:
     """
     if len(payload) != 18:
         raise ProtocolError(f"INFO frame of {len(payload)} bytes, expected 18")
-    ver, pes, lanes, streamed, layers, _, clk, mid, iw, ow = struct.unpack("<6BIIHH", payload)
+    ver, pes, lanes, streamed, layers, px, clk, mid, iw, ow = struct.unpack("<6BIIHH", payload)
     return BoardInfo(version=ver, pes=pes, lanes=lanes, streamed=bool(streamed), layers=layers,
-                     clk_khz=clk, model_id=mid, in_words=iw, out_words=ow)
+                     clk_khz=clk, model_id=mid, in_words=iw, out_words=ow, px=max(px, 1))
 
 
 class BoardLink:

@@ -54,14 +54,14 @@ def setup_verilator() -> str:
 
 
 def write_system_verilog(plan: NetworkPlan, *, streamed: bool, out_dir: Path,
-                         engine: str = "fallback") -> Path:
+                         engine: str = "kep", px: int = 1) -> Path:
     """Write ``kep_system.v`` for ``plan`` (sim divisor and timeout) into a folder named by
     the hash of the Verilog under ``out_dir``; returns the file."""
     from amaranth.back import verilog
 
     from .system import SIM_BYTE_TIMEOUT, SIM_DIVISOR, KepSystem
     top = KepSystem(plan, streamed=streamed, divisor=SIM_DIVISOR, clk_hz=100e6,
-                    byte_timeout=SIM_BYTE_TIMEOUT, engine=engine)
+                    byte_timeout=SIM_BYTE_TIMEOUT, engine=engine, px=px)
     text = verilog.convert(top, name="kep_system")
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     folder = Path(out_dir) / f"system-{digest}"
@@ -84,12 +84,16 @@ class SimBoard:
         Where Verilog and Verilator builds go (reused when the Verilog is unchanged).
     start_timeout : float
         Seconds to wait for the simulation to open its pseudo-terminal.
+    engine : str
+        ``"kep"`` (default) or ``"fallback"`` (see :class:`kep_hw.system.KepSystem`).
+    px : int
+        Output pixels per engine block (``plan.pes * px`` PEs).
     """
 
     def __init__(self, plan: NetworkPlan, *, streamed: bool = False,
                  build_root: str | os.PathLike = "sim_build", start_timeout: float = 900.0,
-                 engine: str = "fallback"):
-        self.plan, self.streamed, self.engine = plan, streamed, engine
+                 engine: str = "kep", px: int = 1):
+        self.plan, self.streamed, self.engine, self.px = plan, streamed, engine, px
         self.build_root = Path(build_root)
         self.start_timeout = start_timeout
         self._tmp = None
@@ -102,7 +106,8 @@ class SimBoard:
         from cocotb_tools.runner import get_runner
         setup_verilator()
         vfile = write_system_verilog(self.plan, streamed=self.streamed,
-                                     out_dir=self.build_root, engine=self.engine)
+                                     out_dir=self.build_root, engine=self.engine,
+                                     px=self.px)
         self.build_dir = vfile.parent / "verilator"
         runner = get_runner("verilator")
         runner.build(sources=[vfile], hdl_toplevel="kep_system", build_dir=self.build_dir,

@@ -34,15 +34,30 @@ def ideal_cycles(kep, pes: int) -> float:
     return total / pes
 
 
-def classify(link: BoardLink, x: torch.Tensor, *, progress=None) -> tuple[list, list]:
-    """Run int8 images ``[N, C, H, W]`` through ``link``; returns (logits list, cycles list)."""
+def classify(link: BoardLink, x: torch.Tensor, *, progress=None,
+             outputs: list | None = None) -> tuple[list, list]:
+    """Run int8 images ``[N, C, H, W]`` through ``link``; returns (logits list, cycles list).
+
+    Parameters
+    ----------
+    link : BoardLink
+        A connected board (or simulation).
+    x : torch.Tensor
+        int8 images ``[N, C, H, W]``.
+    progress : callable, optional
+        Called as ``progress(n, logits, cycles, out)`` after each image.
+    outputs : list, optional
+        If given, each image's last conv output (int8 ``[C, H, W]``) is appended to it.
+    """
     logits, cycles = [], []
     for n in range(x.shape[0]):
         out, cyc = link.infer(x[n])
         logits.append(run_tail(link.plan.tail, out))
         cycles.append(cyc)
+        if outputs is not None:
+            outputs.append(out)
         if progress:
-            progress(n, logits[-1], cyc)
+            progress(n, logits[-1], cyc, out)
     return logits, cycles
 
 
@@ -56,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", required=True, help="CIFAR-10 folder")
     p.add_argument("--n", type=int, default=20, help="number of test images (default 20)")
     p.add_argument("--offset", type=int, default=0, help="first test image (default 0)")
-    p.add_argument("--pes", type=int, default=16, help="P of the bitstream (default 16)")
+    p.add_argument("--pes", default="16",
+                   help="P of the bitstream, or PxPX (P PEs as PX pixels x P/PX channels; "
+                        "default 16)")
     p.add_argument("--lanes", type=int, default=4, help="channels per activation word (4)")
     p.add_argument("--baud", type=int, default=1000000, help="UART baud rate (board)")
     p.add_argument("--streamed", action="store_true",
@@ -66,8 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fmax", type=float, default=None,
                    help="clock in MHz for the latency (default: the board's reported clock)")
     p.add_argument("--build-root", default="sim_build", help="(--sim) build folder")
-    p.add_argument("--engine", choices=("fallback", "kep"), default="fallback",
-                   help="(--sim) compute engine of the simulated system")
+    p.add_argument("--engine", choices=("kep", "fallback"), default="kep",
+                   help="(--sim) compute engine of the simulated system: the zero-skipping "
+                        "kep_hw.engine.Engine (default) or the compact fallback engine")
     p.add_argument("--out", default=None, help="write a JSON report here")
     return p
 
@@ -78,14 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.n < 1 or args.offset < 0:
         raise KepError(f"--n must be >= 1 and --offset >= 0, got {args.n}, {args.offset}")
-    if args.pes < 1 or args.lanes < 1 or args.lanes & (args.lanes - 1):
-        raise KepError(f"--pes must be >= 1 and --lanes a power of two, got {args.pes}, "
-                       f"{args.lanes}")
+    from .build import parse_pes
+    pes, px = parse_pes(args.pes)
+    if args.lanes < 1 or args.lanes & (args.lanes - 1):
+        raise KepError(f"--lanes must be a power of two, got {args.lanes}")
+    if px != 1 and args.engine != "kep":
+        raise KepError("--pes NxPX needs --engine kep")
     from kep_train.data import load_cifar10
     from kep_train.golden import quantize_input, run_network, top1
     from kep_train.kepfile import load_kep
     kep = load_kep(args.model)
-    plan = plan_network(kep, pes=args.pes, lanes=args.lanes)
+    plan = plan_network(kep, pes=pes // px, lanes=args.lanes)
     images, labels = load_cifar10(args.data_dir, train=False, download=False)
     if args.offset + args.n > images.shape[0]:
         raise KepError(f"only {images.shape[0]} test images, asked for "
@@ -93,20 +114,26 @@ def main(argv: list[str] | None = None) -> int:
     sel = slice(args.offset, args.offset + args.n)
     x = quantize_input(kep, images[sel])
     labels = labels[sel]
-    golden = top1(run_network(kep, x))
+    golden_logits, golden_acts = run_network(kep, x, return_all=True)
+    golden = top1(golden_logits)
+    golden_last = golden_acts[kep.conv_layers[-1].name]
+    mismatched = []
     timeout = args.timeout if args.timeout is not None else (600.0 if args.sim else 10.0)
 
-    def progress(n, logits, cyc):
+    def progress(n, logits, cyc, out):
         pred = int(torch.argmax(logits))
+        bad = int((out != golden_last[n]).sum())
+        mismatched.append(bad)
         flag = "" if pred == int(golden[n]) else "  DISAGREES with golden"
         print(f"image {args.offset + n}: label {int(labels[n])} board {pred} golden "
-              f"{int(golden[n])} cycles {cyc}{flag}", flush=True)
+              f"{int(golden[n])} cycles {cyc} last-conv values differing {bad}{flag}",
+              flush=True)
 
     t0 = time.monotonic()
     if args.sim:
         from .host_sim import SimBoard
         with SimBoard(plan, streamed=args.streamed, build_root=args.build_root,
-                      engine=args.engine) as port:
+                      engine=args.engine, px=px) as port:
             link = BoardLink(port, plan, timeout=timeout)
             info = link.connect()
             logits, cycles = classify(link, x, progress=progress)
@@ -128,25 +155,27 @@ def main(argv: list[str] | None = None) -> int:
     disagree = [args.offset + i for i in range(args.n) if int(board[i]) != int(golden[i])]
     fmax = args.fmax or info["clk_khz"] / 1000
     mean_cyc = sum(cycles) / len(cycles)
-    ideal = ideal_cycles(kep, args.pes)
+    ideal = ideal_cycles(kep, pes)
     report = {
         "n": args.n, "offset": args.offset, "mode": "streamed" if info["streamed"] else
-        "embedded", "target": "sim" if args.sim else args.port, "pes": args.pes,
+        "embedded", "target": "sim" if args.sim else args.port, "pes": pes, "px": px,
         "top1_board": float((board == labels).float().mean()),
         "top1_golden": float((golden == labels).float().mean()),
-        "disagreements": disagree, "cycles": cycles, "cycles_mean": mean_cyc,
+        "disagreements": disagree, "mismatched_values": mismatched,
+        "bit_exact": not any(mismatched), "cycles": cycles, "cycles_mean": mean_cyc,
         "ideal_cycles": ideal, "fmax_mhz": fmax,
         "latency_ms": mean_cyc / fmax / 1e3, "ideal_latency_ms": ideal / fmax / 1e3,
         "seconds": seconds, "environment": environment_info(),
     }
     print(f"top-1 board {report['top1_board']:.2%}  golden {report['top1_golden']:.2%}  "
           f"on {args.n} images; disagreements: {len(disagree)} {disagree or ''}")
+    print(f"last conv output bit-exact on {mismatched.count(0)} of {args.n} images")
     print(f"cycles/image {mean_cyc:.0f} (ideal {ideal:.0f} = non-zero MACs / P, "
           f"{ideal / mean_cyc:.1%}); at {fmax:g} MHz: {report['latency_ms']:.2f} ms/image "
           f"(ideal {report['ideal_latency_ms']:.2f} ms)")
     if args.out:
         atomic_write_json(args.out, report)
-    return 0 if not disagree else 1
+    return 0 if not disagree and not any(mismatched) else 1
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ In streamed mode the sequencer asks for each layer's weights (``NEED``) and wait
 The compute engine follows the interface of ``docs/accelerator.md``. :class:`FallbackEngine` is
 a small implementation of that interface (one window of ``k*k`` activations loaded per input
 channel, then K MAC cycles for all P PEs, then a pipelined requantization of the P
-accumulators), used when ``engine="fallback"``; ``engine="kep"`` uses
+accumulators), used when ``engine="fallback"``; ``engine="kep"`` (the default) uses
 :class:`kep_hw.engine.Engine`.
 """
 
@@ -253,9 +253,10 @@ class FallbackEngine(wiring.Component):
         return m
 
 
-def info_payload(plan: NetworkPlan, *, streamed: bool, clk_hz: float) -> bytes:
-    """The ``INFO`` frame payload a system built for ``plan`` answers to ``PING``."""
-    return (bytes([PROTOCOL_VERSION, plan.pes, plan.lanes, int(streamed), len(plan.layers), 0])
+def info_payload(plan: NetworkPlan, *, streamed: bool, clk_hz: float, px: int = 1) -> bytes:
+    """The ``INFO`` frame payload a system built for ``plan`` answers to ``PING`` (``plan.pes``
+    is Po, the output channels per group; ``px`` the engine's output pixels per block)."""
+    return (bytes([PROTOCOL_VERSION, plan.pes, plan.lanes, int(streamed), len(plan.layers), px])
             + int(round(clk_hz / 1000)).to_bytes(4, "little")
             + plan.model_id(streamed).to_bytes(4, "little")
             + plan.in_words.to_bytes(2, "little") + plan.out_words.to_bytes(2, "little"))
@@ -278,7 +279,12 @@ class KepSystem(wiring.Component):
     byte_timeout : int
         Cycles without a byte after which a partial frame is dropped and reported.
     engine : str
-        ``"fallback"`` (:class:`FallbackEngine`) or ``"kep"`` (:class:`kep_hw.engine.Engine`).
+        ``"kep"`` (:class:`kep_hw.engine.Engine`, the zero-skipping engine, default) or
+        ``"fallback"`` (:class:`FallbackEngine`).
+    px : int
+        Output pixels per block of :class:`kep_hw.engine.Engine` (``engine="kep"`` only): the
+        engine has ``plan.pes * px`` PEs, ``plan.pes`` (Po) output channels per group. Memory
+        images, configuration and output stream are those of ``px = 1``.
 
     Attributes
     ----------
@@ -287,9 +293,13 @@ class KepSystem(wiring.Component):
     """
 
     def __init__(self, plan: NetworkPlan, *, streamed: bool, divisor: int, clk_hz: float,
-                 byte_timeout: int, engine: str = "fallback"):
+                 byte_timeout: int, engine: str = "kep", px: int = 1):
         if engine not in ("fallback", "kep"):
             raise ValueError(f"engine must be 'fallback' or 'kep', got {engine!r}")
+        if not isinstance(px, int) or px < 1 or (px != 1 and engine != "kep"):
+            raise ValueError(f"px must be a positive integer (1 with the fallback engine), "
+                             f"got {px!r}")
+        self.px = px
         self.plan, self.streamed, self.divisor = plan, streamed, divisor
         self.clk_hz, self.byte_timeout, self.engine_kind = clk_hz, byte_timeout, engine
         if plan.in_words * plan.lanes > MAX_PAYLOAD or plan.out_words * plan.lanes + 4 \
@@ -319,9 +329,9 @@ class KepSystem(wiring.Component):
         if self.engine_kind == "kep":
             from .engine import Engine  # noqa: PLC0415 (optional, the main engine)
             from .params import EngineParams  # noqa: PLC0415
-            eng = Engine(EngineParams(pes=P, lanes=G, max_cin=maxc, max_cout=maxc,
-                                      max_hw=maxd, act_depth=2**act_bits, wt_depth=2**wt_bits,
-                                      prm_depth=2**prm_bits))
+            eng = Engine(EngineParams(pes=P * self.px, px=self.px, lanes=G, max_cin=maxc,
+                                      max_cout=maxc, max_hw=maxd, act_depth=2**act_bits,
+                                      wt_depth=2**wt_bits, prm_depth=2**prm_bits))
         else:
             eng = FallbackEngine(pes=P, lanes=G, **widths)
         m.submodules.engine = eng
@@ -626,7 +636,7 @@ class KepSystem(wiring.Component):
 
         # frame transmitter
         m.submodules.tx_crc = tx_crc = Crc16()
-        info = info_payload(plan, streamed=self.streamed, clk_hz=self.clk_hz)
+        info = info_payload(plan, streamed=self.streamed, clk_hz=self.clk_hz, px=self.px)
         t_type = Signal(8)
         t_len = Signal(16)
         t_n = Signal(16)

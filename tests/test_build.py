@@ -10,7 +10,7 @@ import pytest
 
 from kep_hw.boards import list_boards, load_board, parse_profile
 from kep_hw.build import (estimate_resources, largest_fitting_pes, main as build_main,
-                          parse_nextpnr_log, parse_yosys_stats)
+                          parse_nextpnr_log, parse_pes, parse_yosys_stats)
 from kep_hw.host_testnet import random_network
 from kep_hw.hostplan import plan_network
 from kep_hw.toolchain import configure_amaranth, find_toolchain
@@ -90,6 +90,21 @@ def test_estimate_and_largest_pes():
     assert e16["dsps"] - e8["dsps"] == 8 and e16["luts"] > e8["luts"]
     best = largest_fitting_pes(kep, board, lanes=4, streamed=False)
     assert best % 4 == 0 and best == board.dsps - 10 - (board.dsps - 10) % 4
+
+
+def test_pes_split_over_pixels():
+    assert parse_pes("64x4") == (64, 4) and parse_pes("16") == (16, 1)
+    for bad in ("0", "64x3", "x4", "4x4x1", "sixteen"):
+        with pytest.raises(KepError, match="--pes"):
+            parse_pes(bad)
+    kep = random_network(0)
+    plan = plan_network(kep, pes=8, lanes=4)
+    e1 = estimate_resources(plan, streamed=False)
+    e4 = estimate_resources(plan, streamed=False, px=4)
+    # Px multiplies the PEs (DSPs, LUTs), not the memories (words of Po lanes)
+    assert e4["dsps"] - e1["dsps"] == 24 and e4["brams"] == e1["brams"]
+    assert largest_fitting_pes(kep, load_board("ulx3s-12f"), lanes=4, streamed=False,
+                               px=2) % 8 == 0
 
 
 def test_does_not_fit_names_resource_and_largest_pes(capsys, tmp_path):
