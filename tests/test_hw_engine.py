@@ -12,9 +12,9 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
 
-from kep_hw.driver import (LayerJob, expected_words, golden, layer_program, random_job,
-                           random_layers)
-from kep_hw.fetch import WindowFetcher, window_word
+from kep_hw.driver import (LayerJob, dense_job, expected_words, golden, layer_program,
+                           random_job, random_layers)
+from kep_hw.fetch import WindowFetcher, window_cols, window_word
 from kep_hw.layouts import (ParamWord, Target, act_word, out_word, pack, unpack,
                             weight_word)
 from kep_hw.params import EngineParams, layer_config
@@ -26,6 +26,11 @@ from kep_train.intarith import requantize
 
 SMALL = EngineParams(pes=8, lanes=4, max_cin=16, max_cout=24, max_hw=8, act_depth=1024,
                      wt_depth=2048, prm_depth=64)
+#: 16 PEs as Px = 2 pixels x Po = 8 channels, and as Px = 4 pixels x Po = 4 channels
+PX2 = EngineParams(pes=16, px=2, lanes=4, max_cin=16, max_cout=24, max_hw=8, act_depth=1024,
+                   wt_depth=2048, prm_depth=64)
+PX4 = EngineParams(pes=16, px=4, lanes=4, max_cin=16, max_cout=24, max_hw=8, act_depth=1024,
+                   wt_depth=2048, prm_depth=64)
 
 
 def test_layout_roundtrip():
@@ -40,6 +45,13 @@ def test_layout_roundtrip():
 def test_params_validation():
     with pytest.raises(ValueError, match="multiple of lanes"):
         EngineParams(pes=6, lanes=4)
+    with pytest.raises(ValueError, match="multiple of px"):
+        EngineParams(pes=16, px=3)
+    with pytest.raises(ValueError, match="multiple of lanes"):
+        EngineParams(pes=16, px=8, lanes=4)
+    assert (PX4.po, PX4.format_params.pes, PX4.format_params.px) == (4, 4, 1)
+    assert layer_config(PX4, cin=4, cout=9, h=4, w=4, k=3, kept=4, stride=1,
+                        pad=1)["groups"] == 3
     with pytest.raises(ValueError, match="pes"):
         EngineParams(pes=0)
     with pytest.raises(KepError, match="stride"):
@@ -59,7 +71,7 @@ def _check_layers(params, jobs, **kw):
     results = run_layers(params, jobs, **kw)
     assert len(results) == len(jobs)
     for job, res in zip(jobs, results):
-        want = expected_words(params, job, golden(job))
+        want = expected_words(params.format_params, job, golden(job))
         assert res["words"] == want, job.name
         assert res["last_ok"], job.name
     return results
@@ -101,34 +113,42 @@ def test_cycles_match_model():
         assert abs(res["cycles"] - pred) <= 0.02 * pred, (job.name, res["cycles"], pred)
 
 
-def _window_ref(x: torch.Tensor, k: int, stride: int, pad: int, groups: int, lanes: int):
+def _window_ref(x: torch.Tensor, k: int, stride: int, pad: int, groups: int, lanes: int,
+                px: int = 1):
+    """Per block window: the written slots ``{slot: value}`` per lane, nch, first, last."""
     cin, h, w = x.shape
     ho = (h + 2 * pad - k) // stride + 1
     wo = (w + 2 * pad - k) // stride + 1
     nw = -(-cin // lanes)
-    xp = torch.nn.functional.pad(x.to(torch.int64), (pad, pad, pad, pad))
+    nc = window_cols(px)
+    xp = torch.nn.functional.pad(x.to(torch.int64), (pad, pad + 2 * nc, pad, pad + 2 * nc))
     out = []
     for _ in range(groups):
         for y in range(ho):
-            for xx in range(wo):
+            for bx in range(0, wo, px):
+                nv = min(px, wo - bx)
+                ncols = (nv - 1) * stride + 3 if k == 3 else nv
                 for wd in range(nw):
                     win = []
                     for lane in range(lanes):
                         i = wd * lanes + lane
-                        slots = [0] * 9
-                        if i < cin:
-                            for s in range(k * k):
-                                slots[s] = int(xp[i, y * stride + s // k, xx * stride + s % k])
+                        slots = {}
+                        for r in range(k):
+                            for c in range(ncols):
+                                col = bx * stride + (c if k == 3 else c * stride)
+                                v = int(xp[i, y * stride + r, col]) if i < cin else 0
+                                slots[r * nc + c] = v
                         win.append(slots)
                     out.append((win, min(lanes, cin - wd * lanes), int(wd == 0),
                                 int(wd == nw - 1)))
     return out
 
 
-@pytest.mark.parametrize("k,stride,pad,cin,h,w", [(3, 1, 1, 6, 3, 4), (3, 2, 1, 4, 5, 5),
-                                                  (1, 2, 0, 5, 4, 3), (1, 1, 1, 3, 2, 2)])
-def test_window_fetcher(k, stride, pad, cin, h, w):
-    params = SMALL
+@pytest.mark.parametrize("px", [1, 4])
+@pytest.mark.parametrize("k,stride,pad,cin,h,w", [(3, 1, 1, 6, 3, 4), (3, 2, 1, 4, 5, 7),
+                                                  (1, 2, 0, 5, 4, 7), (1, 1, 1, 3, 2, 2)])
+def test_window_fetcher(k, stride, pad, cin, h, w, px):
+    params = SMALL if px == 1 else PX4
     gen = torch.Generator().manual_seed(k * 100 + cin)
     x = torch.randint(-128, 128, (cin, h, w), generator=gen, dtype=torch.int8)
     job = LayerJob(x=x, values=torch.zeros(9, cin, 1, dtype=torch.int8),
@@ -136,7 +156,7 @@ def test_window_fetcher(k, stride, pad, cin, h, w):
                    bias=torch.zeros(9, dtype=torch.int32), mult=torch.ones(9, dtype=torch.int64),
                    shift=torch.ones(9, dtype=torch.int64),
                    res_mult=torch.zeros(9, dtype=torch.int64), k=k, stride=stride, pad=pad)
-    cfg, loads = layer_program(params, job)
+    cfg, loads = layer_program(params.format_params, job)
     init = [0] * params.act_depth
     for target, addr, word in loads:
         if target == Target.ACT:
@@ -146,8 +166,8 @@ def test_window_fetcher(k, stride, pad, cin, h, w):
     m.submodules.mem = mem = Memory(shape=act_word(params.lanes), depth=params.act_depth,
                                     init=[unpack(act_word(params.lanes), v) for v in init])
     wiring.connect(m, dut.act, mem.read_port())
-    ref = _window_ref(x, k, stride, pad, cfg["groups"], params.lanes)
-    wl = window_word(params.lanes)
+    ref = _window_ref(x, k, stride, pad, cfg["groups"], params.lanes, params.px)
+    wl = window_word(params.lanes, params.px)
     rng = random.Random(7)
     got = []
 
@@ -160,8 +180,9 @@ def test_window_fetcher(k, stride, pad, cin, h, w):
             bits = await stream_get(ctx, dut.o, rng=rng, stall=0.5)
             wd = unpack(wl, bits)
             nch = wd["nch"]
-            win = [[v if lane < nch and s < k * k else 0 for s, v in enumerate(slots)]
-                   for lane, slots in enumerate(wd["win"])]
+            want = ref[len(got)][0]
+            win = [{s: (wd["win"][lane][s] if lane < nch else 0) for s in want[lane]}
+                   for lane in range(params.lanes)]
             got.append((win, nch, wd["first"], wd["last"]))
         for _ in range(12):
             await ctx.tick()
@@ -175,23 +196,30 @@ def test_window_fetcher(k, stride, pad, cin, h, w):
     assert got == ref
 
 
-def test_requant_unit():
-    params = EngineParams(pes=8, lanes=4, max_cin=8, max_cout=8, max_hw=4, act_depth=64,
-                          wt_depth=64, prm_depth=16)
-    P, G = params.pes, params.lanes
-    rng = random.Random(3)
-    n_pix = 6
-    accs = [[rng.choice([-2**31, 2**31 - 1, rng.randrange(-2**31, 2**31)]) for _ in range(P)]
+@pytest.mark.parametrize("px", [1, 3])
+def test_requant_unit(px):
+    """Blocks of ``nv <= Px`` pixels (random nv), extreme accumulators and residuals."""
+    params = EngineParams(pes=8 * px, px=px, lanes=4, max_cin=8, max_cout=8, max_hw=4,
+                          act_depth=64, wt_depth=64, prm_depth=16)
+    PO, G = params.po, params.lanes
+    rng = random.Random(3 + px)
+    n_blk = 5
+    nvs = [rng.randrange(1, px + 1) for _ in range(n_blk)]
+    n_pix = sum(nvs)
+    accs = [[rng.choice([-2**31, 2**31 - 1, rng.randrange(-2**31, 2**31)]) for _ in range(PO)]
             for _ in range(n_pix)]
-    res = [[rng.choice([-128, 127, rng.randrange(-128, 128)]) for _ in range(P)]
+    res = [[rng.choice([-128, 127, rng.randrange(-128, 128)]) for _ in range(PO)]
            for _ in range(n_pix)]
-    mult = [rng.randrange(0, 2**16) for _ in range(P)]
-    shift = [rng.randrange(1, 48) for _ in range(P)]
-    res_mult = [rng.randrange(0, 2**24) for _ in range(P)]
+    mult = [rng.randrange(0, 2**16) for _ in range(PO)]
+    shift = [rng.randrange(1, 48) for _ in range(PO)]
+    res_mult = [rng.randrange(0, 2**24) for _ in range(PO)]
     prm = [{"bias": 0, "mult": mult[o], "shift": shift[o], "res_mult": res_mult[o]}
-           for o in range(P)]
-    res_words = [pack(act_word(G), res[n][w * G:(w + 1) * G])
-                 for n in range(n_pix) for w in range(P // G)]
+           for o in range(PO)]
+    step = PO // G + 1                  # residual words between pixels (one spare word)
+    res_words = [0] * params.act_depth
+    for n in range(n_pix):
+        for w in range(PO // G):
+            res_words[n * step + w] = pack(act_word(G), res[n][w * G:(w + 1) * G])
     want = requantize(torch.tensor(accs), torch.tensor(mult), torch.tensor(shift),
                       residual=torch.tensor(res), res_mult=torch.tensor(res_mult), relu=True,
                       channel_dim=1).tolist()
@@ -207,14 +235,23 @@ def test_requant_unit():
         ctx.set(dut.prm.as_value(), pack(dut.prm.shape(), prm))
         ctx.set(dut.relu, 1)
         ctx.set(dut.residual, 1)
-        for n in range(n_pix):
-            bits = pack(aw, {"acc": accs[n], "res_addr": n * (P // G), "last": n == n_pix - 1})
+        ctx.set(dut.res_step, step)
+        n = 0
+        for b, nv in enumerate(nvs):
+            acc = [a for q in range(px) for a in
+                   (accs[n + q] if q < nv else [rng.randrange(-2**31, 2**31)] * PO)]
+            bits = pack(aw, {"acc": acc, "res_addr": n * step, "nv": nv,
+                             "last": b == n_blk - 1})
             await stream_put(ctx, dut.i, bits, rng=rng, gap=0.4)
+            n += nv
 
     async def consumer(ctx):
         for _ in range(n_pix):
             bits = await stream_get(ctx, dut.o, rng=rng, stall=0.4)
-            got.append(unpack(out_word(P), bits))
+            got.append(unpack(out_word(PO), bits))
+        for _ in range(10):
+            await ctx.tick()
+        assert not ctx.get(dut.o.valid)      # no extra output
 
     sim = Simulator(m)
     sim.add_clock(1e-8)
@@ -223,3 +260,49 @@ def test_requant_unit():
     sim.run()
     assert [g["data"] for g in got] == want
     assert [g["last"] for g in got] == [0] * (n_pix - 1) + [1]
+
+
+@pytest.mark.parametrize("params", [PX2, PX4], ids=["px2", "px4"])
+def test_engine_px_random_layers_backpressure(params):
+    """Px > 1: random layers (widths mostly not multiples of Px) with gaps and stalls."""
+    jobs = random_layers(13 + params.px, 6, params, max_hw=7, max_c=10)
+    _check_layers(params, jobs, seed=4, stall=0.4, gap=0.3)
+
+
+def test_engine_px_extremes_strides_empty_planes():
+    """Px = 4 on 7-wide maps: saturation, K=0, residual, stride 2, 1x1, dense mode."""
+    gen = torch.Generator().manual_seed(8)
+    jobs = [
+        random_job(gen, cin=5, cout=6, h=3, w=7, kept=9, extreme=True, residual=True,
+                   name="extreme"),
+        random_job(gen, cin=3, cout=4, h=2, w=7, kept=0, residual=True, name="k0"),
+        random_job(gen, cin=6, cout=5, h=5, w=7, k=1, kept=1, stride=2, pad=0, name="1x1"),
+        random_job(gen, cin=4, cout=8, h=5, w=7, kept=3, stride=2, residual=True,
+                   name="s2"),
+        dense_job(random_job(gen, cin=2, cout=4, h=3, w=8, kept=4, name="dense")),
+    ]
+    jobs[0].values[0] = -128
+    jobs[0].x[:] = -128
+    _check_layers(PX4, jobs, seed=2, stall=0.3)
+
+
+def test_px_cycles_match_model():
+    """Px = 2 (G*K >= fetch) and Px = 4 dense: the RTL's cycle counter equals the model
+    within 2 %, and Px = 2 takes about half the cycles of Px = 1 with the same Po."""
+    gen = torch.Generator().manual_seed(6)
+    jobs = [random_job(gen, cin=8, cout=8, h=6, w=8, kept=4, name="k4"),
+            random_job(gen, cin=8, cout=8, h=7, w=7, kept=4, stride=2, name="s2")]
+    dense = [random_job(gen, cin=4, cout=4, h=4, w=7, kept=9, name="dense")]
+    single = EngineParams(pes=8, lanes=4, max_cin=16, max_cout=24, max_hw=8,
+                          act_depth=1024, wt_depth=2048, prm_depth=64)
+    cycles = {}
+    for params, js in ((PX2, jobs), (PX4, dense), (single, jobs[:1])):
+        for job, res in zip(js, _check_layers(params, js)):
+            shape = LayerShape(cin=job.cin, cout=job.cout, h=job.x.shape[1],
+                               w=job.x.shape[2], k=job.k, kept=job.kept, stride=job.stride,
+                               pad=job.pad)
+            pred = layer_cycles(shape, params)
+            assert abs(res["cycles"] - pred) <= 0.02 * pred, (params.px, job.name,
+                                                               res["cycles"], pred)
+            cycles[params.px, job.name] = res["cycles"]
+    assert 1.9 <= cycles[1, "k4"] / cycles[2, "k4"] <= 2.0
