@@ -76,7 +76,7 @@ def estimate_resources(plan: NetworkPlan, *, streamed: bool, px: int = 1) -> dic
     wt_depth = plan.max_layer_weight_words if streamed else plan.weight_words
     prm_depth = plan.max_layer_param_words if streamed else plan.param_words
     brams = sum(_bram_blocks(8 * G, d) for d in plan.buffer_words)
-    brams += _bram_blocks(WEIGHT_ELEM_BITS * P, wt_depth) + _bram_blocks(PARAM_WORD_BITS,
+    brams += _bram_blocks(WEIGHT_ELEM_BITS * plan.pes, wt_depth) + _bram_blocks(PARAM_WORD_BITS,
                                                                           prm_depth)
     return {"luts": LUT_BASE + LUT_PER_PE * P, "dsps": DSP_BASE + P, "brams": brams}
 
