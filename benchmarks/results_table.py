@@ -84,7 +84,9 @@ def repeat_rows(root: Path) -> list[str]:
     rows = []
     for i, (name_a, key_a, a) in enumerate(runs):
         for name_b, key_b, b in runs[i + 1:]:
-            if key_a != key_b:
+            # an option that a run's version did not have yet counts as its default (off)
+            if any(key_a.get(k) != key_b.get(k) and (key_a.get(k) or key_b.get(k))
+                   for k in key_a.keys() | key_b.keys()):
                 continue
             metrics = ("train_loss", "train_top1", "test_top1")
             same = ([[h[m] for m in metrics] for h in a["history"]]
