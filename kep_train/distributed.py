@@ -191,7 +191,9 @@ class SummedImportance:
     """An :class:`~kep_train.pruning.Importance` whose scores are summed over all processes.
 
     Each process scores its own share of the batches (e.g. Taylor batches ``i`` with
-    ``i % world_size == rank``); the sum equals one process scoring all of them.
+    ``i % world_size == rank``); the sum equals one process scoring all of them. Scores are
+    summed in the dtype ``inner`` returns (float64 keeps the result independent of the order
+    of the sum) and returned as float32.
 
     Parameters
     ----------
@@ -203,7 +205,8 @@ class SummedImportance:
         self.inner = inner
 
     def __call__(self, model, layers):
-        return all_reduce_scores(self.inner(model, layers))
+        summed = all_reduce_scores(self.inner(model, layers))
+        return {n: t.to(torch.float32) for n, t in summed.items()}
 
 
 # ------------------------------------------------------------------------------------------

@@ -251,6 +251,43 @@ def load_torchvision_state_dict(path: str | os.PathLike) -> dict:
 
 
 # ------------------------------------------------------------------------------------------
+# Taylor scores that do not depend on the number of processes
+
+def taylor_scores_float64(loss_fn, batches, model, layers) -> dict[str, torch.Tensor]:
+    """Taylor scores ``sum_batches |w * dL/dw|`` of ``batches``, summed in float64.
+
+    One batch's float32 score does not depend on the process count (the same computation on
+    the same weights); only the order of the sum over batches does, when N processes each sum
+    their share and the shares are then added. In float64 (usually exact for 16 float32
+    terms) that order moves a score by at most about 1e-16 of its value, which the float32
+    result of :class:`~kep_train.distributed.SummedImportance` does not see: 1 and N
+    processes rank the elements alike.
+
+    Parameters
+    ----------
+    loss_fn : callable
+        ``loss_fn(model, batch) -> scalar loss``.
+    batches : list
+        This process's Taylor batches (may be empty on a process without a share).
+    model : nn.Module
+        The model (a copy without DDP hooks).
+    layers : dict
+        ``{name: module}`` of ``model`` to score.
+
+    Returns
+    -------
+    dict
+        ``{name: float64 score tensor}`` shaped like each weight (zeros without batches).
+    """
+    total = {n: torch.zeros(m.weight.shape, dtype=torch.float64) for n, m in layers.items()}
+    for batch in batches:
+        one = TaylorImportance(loss_fn, [batch])(model, layers)
+        for n, s in one.items():
+            total[n] += s.to(torch.float64)
+    return total
+
+
+# ------------------------------------------------------------------------------------------
 # the pipeline
 
 class ImageNetPipeline(Pipeline):
@@ -391,7 +428,10 @@ class ImageNetPipeline(Pipeline):
 
     def _start_pruning(self, r):
         self._release_ddp()
-        return super()._start_pruning(r)
+        out = super()._start_pruning(r)
+        if self.args.rank_states and r.pruner is not None:
+            self._rank_scores = {n: s.detach().cpu().clone() for n, s in r.pruner.scores.items()}
+        return out
 
     def reduce(self, values):
         return kdist.all_reduce_sum(values)
@@ -427,14 +467,15 @@ class ImageNetPipeline(Pipeline):
         def loss_fn(m, batch):
             xb, yb = batch
             return F.cross_entropy(m(self.prepare(xb)), yb.to(self.device))
-        taylor = TaylorImportance(loss_fn, list(batches()))
+        mine_batches = list(batches())
 
         def on_a_copy(model, layers):
             # a copy's parameters carry no gradient hook of a DDP wrapper, so each process's
             # gradients stay its own until the scores are summed
             clone = copy.deepcopy(model)
             mods = dict(clone.named_modules())
-            return taylor(clone, {n: mods[n] for n in layers})
+            return taylor_scores_float64(loss_fn, mine_batches, clone,
+                                         {n: mods[n] for n in layers})
         return kdist.SummedImportance(on_a_copy)
 
     # -- pretrained weights -------------------------------------------------------------------
@@ -482,9 +523,10 @@ class ImageNetPipeline(Pipeline):
 
     def _finish(self, r) -> dict:
         r.model = kdist.revert_sync_batchnorm(r.model)
-        if self.args.rank_states:   # tests: every process's final weights and masks
+        if self.args.rank_states:   # tests: every process's weights, masks, scores
             from .fileio import atomic_torch_save
             plain = {k: v.detach().cpu().clone() for k, v in r._plain_state().items()}
-            atomic_torch_save({"model": plain, "masks": current_masks(r.model)},
+            atomic_torch_save({"model": plain, "masks": current_masks(r.model),
+                               "scores": getattr(self, "_rank_scores", {})},
                               Path(self.args.out) / f"rank{self.dist.rank}.pt")
         return super()._finish(r)

@@ -4,6 +4,7 @@ batch, synchronised batch norm, and the one-process behaviour of the helpers."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,12 +16,21 @@ from torch import nn
 from kep_train import distributed as kdist
 from kep_train.errors import KepError
 from kep_train.imagenet import make_tiny_imagenet
+from kep_train.models import build_model
 
-# resnet18 at 16x16, 16 images, global batch 8: 2 steps per stage, all three stages
-ARGS = ["--model", "resnet18", "--image-size", "16", "--batch-size", "8", "--dense-epochs", "1",
-        "--reg-epochs", "1", "--finetune-epochs", "1", "--workers", "0", "--no-progress",
-        "--threads", "1", "--no-export", "--seed", "1", "--lr", "0.05", "--prune-lr", "0.02",
-        "--penalty-every", "1", "--penalty-step", "0.01", "--keep", "4", "--rank-states"]
+# resnet18 at 16x16, 16 images, global batch 8: 2 steps per epoch
+ARGS = ["--model", "resnet18", "--image-size", "16", "--batch-size", "8", "--workers", "0",
+        "--no-progress", "--threads", "1", "--no-export", "--seed", "1", "--penalty-every", "1",
+        "--penalty-step", "0.01", "--keep", "4", "--rank-states"]
+# a small learning rate: this tiny network amplifies a 1e-7 change of its weights about
+# 100-fold per SGD step at --lr 0.05 (measured in one process, float64 included), so only
+# slow training lets 1 and 2 processes stay comparable within float tolerance
+SLOW = ["--lr", "0.0002", "--prune-lr", "0.0001"]
+# prune layer1 only (16,384 planes): the summed Taylor scores of 1 and 2 processes differ by
+# about 1e-5 of the layer maximum, and among resnet18's 1.2 million planes a few hold two
+# elements that close, which may legitimately swap
+LAYER1_ONLY = ["--ignore", ",".join(f"layer{s}.{b}.conv{c}" for s in (2, 3, 4) for b in (0, 1)
+                                    for c in (1, 2))]
 
 
 def _run(cmd, env):
@@ -29,56 +39,85 @@ def _run(cmd, env):
     return r
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known gap: both ranks agree bit for bit, but the "
-                   "2-process masks differ from the 1-process masks on 0.28 % of the elements "
-                   "(10954218 of 10985472 agree); the cause is not found yet")
-def test_two_gloo_processes_equal_one_process(tmp_path):
+def _one_and_two(tmp_path, extra):
     data = make_tiny_imagenet(tmp_path / "data", classes=2, train_per_class=8,
                               val_per_class=2, size=16)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
-    common = ["-m", "kep_train", "imagenet", "--data-dir", str(data)] + ARGS
+    common = ["-m", "kep_train", "imagenet", "--data-dir", str(data)] + ARGS + extra
     two, one = tmp_path / "two", tmp_path / "one"
     r2 = _run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node", "2"] + common + ["--out", str(two)], env)
     _run([sys.executable] + common + ["--out", str(one)], env)
+    return r2, two, one
+
+
+def _load(p):
+    return torch.load(p, weights_only=True)
+
+
+def _rel(a: dict, b: dict) -> float:
+    """||a - b|| / ||a|| over the floating-point tensors of two state dicts."""
+    num = sum(float((a[k].double() - b[k].double()).norm() ** 2) for k in a
+              if a[k].is_floating_point())
+    den = sum(float(a[k].double().norm() ** 2) for k in a if a[k].is_floating_point())
+    return (num / den) ** 0.5
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_equal_one_process(tmp_path):
+    """Dense stage (2 SGD steps with DDP and synchronised batch norm), summed Taylor scores,
+    masks broadcast from rank 0, pruning: 2 processes equal 1 process with the same global
+    batch."""
+    r2, two, one = _one_and_two(tmp_path, SLOW + LAYER1_ONLY + [
+        "--dense-epochs", "1", "--reg-epochs", "0", "--finetune-epochs", "0"])
     assert r2.stdout.count("dense top-1") == 1          # rank 0 speaks, rank 1 does not
     assert (two / "checkpoint.pt").is_file() and (two / "report.json").is_file()
-    import json
     rep = json.loads((two / "report.json").read_text())
     assert rep["processes"] == 2 and rep["backend"] == "gloo" and rep["sync_bn"] is True
-    assert [h["stage"] for h in rep["history"]] == ["dense", "reg", "finetune"]
-    load = lambda p: torch.load(p, weights_only=True)  # noqa: E731
-    r0, r1, ref = load(two / "rank0.pt"), load(two / "rank1.pt"), load(one / "rank0.pt")
+    assert [h["stage"] for h in rep["history"]] == ["dense"]
+    r0, r1, ref = _load(two / "rank0.pt"), _load(two / "rank1.pt"), _load(one / "rank0.pt")
     assert not (one / "rank1.pt").exists()
-    # both ranks hold identical masks and weights (bit for bit)
-    assert len(r0["masks"]) == 16 and r0["masks"].keys() == r1["masks"].keys()
-    for k in r0["masks"]:
-        assert torch.equal(r0["masks"][k], r1["masks"][k]), k
-        assert torch.all(r0["masks"][k].flatten(2).sum(2) == 4), k
-    assert r0["model"].keys() == r1["model"].keys()
-    for k in r0["model"]:
-        assert torch.equal(r0["model"][k], r1["model"][k]), k
-    # ... and equal one process with the same global batch, within float tolerance
-    agree = total = 0
-    for k in ref["masks"]:
-        agree += int((r0["masks"][k] == ref["masks"][k]).sum())
-        total += ref["masks"][k].numel()
-    assert agree / total > 0.999            # near-tied Taylor scores may flip a few elements
+    # both ranks hold identical masks, scores and weights (bit for bit)
+    assert sorted(r0["masks"]) == [f"layer1.{b}.conv{c}" for b in (0, 1) for c in (1, 2)]
+    for key in ("masks", "scores", "model"):
+        assert r0[key].keys() == r1[key].keys() == ref[key].keys(), key
+        for k in r0[key]:
+            assert torch.equal(r0[key][k], r1[key][k]), (key, k)
+    for k, m in r0["masks"].items():
+        assert torch.all(m.flatten(2).sum(2) == 4), k
+        assert torch.equal(m, ref["masks"][k]), k           # ... equal to one process
+        s, t = r0["scores"][k], ref["scores"][k]
+        assert s.dtype == torch.float32 and float(t.max()) > 0
+        assert float((s - t).abs().max()) <= 1e-4 * float(t.max()), k
+    # the weights moved far more than the tolerance, and 1 and 2 processes agree to 1e-6
+    torch.manual_seed(1)
+    init = build_model("resnet18", 2).state_dict()
+    dense = _load(one / "dense.pt")["model"]
+    assert _rel(init, dense) > 1e-4
+    assert _rel(ref["model"], r0["model"]) < 1e-6
+    assert _rel(dense, _load(two / "dense.pt")["model"]) < 1e-6
     for k, w in ref["model"].items():
-        v = r0["model"][k]
-        assert v.shape == w.shape, k
-        if w.dtype.is_floating_point:
-            same = (r0["masks"][k[:-len(".weight")]] == ref["masks"][k[:-len(".weight")]]
-                    if k.endswith(".weight") and k[:-len(".weight")] in ref["masks"] else
-                    torch.ones_like(w, dtype=torch.bool))
-            assert torch.allclose(v[same], w[same], rtol=1e-3, atol=1e-4), k
-        else:
-            assert torch.equal(v, w), k
-    ref_hist = json.loads((one / "report.json").read_text())["history"]
-    for a, b in zip(rep["history"], ref_hist):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3), (a, b)
+        assert r0["model"][k].shape == w.shape and r0["model"][k].dtype == w.dtype, k
+        if not w.is_floating_point():
+            assert torch.equal(r0["model"][k], w), k
+    a, b = rep["history"][0], json.loads((one / "report.json").read_text())["history"][0]
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5), (a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known gap: at the second step of the regularisation "
+                   "stage the 2-process gradient differs from one process's gradient at the "
+                   "same weights by about 1 % (float64 reference: 1 process 2e-5), in conv1 "
+                   "to layer2.0 only; not DDP (explicit gradient all-reduce does the same), "
+                   "not the tie-break; cause not found yet")
+def test_two_gloo_processes_equal_one_process_after_reg_and_finetune(tmp_path):
+    _, two, one = _one_and_two(tmp_path, SLOW + LAYER1_ONLY + [
+        "--dense-epochs", "1", "--reg-epochs", "1", "--finetune-epochs", "1"])
+    r0, ref = _load(two / "rank0.pt"), _load(one / "rank0.pt")
+    for k, m in r0["masks"].items():
+        assert torch.equal(m, ref["masks"][k]), k
+    assert _rel(ref["model"], r0["model"]) < 1e-5
 
 
 def _sync_bn_worker(rank, world, init, x, out):
