@@ -201,6 +201,31 @@ def test_sync_batchnorm_equals_batchnorm_on_the_whole_batch(tmp_path):
         assert torch.allclose(p["rv"], bn.running_var, rtol=1e-5)
 
 
+def test_taylor_scores_do_not_depend_on_how_batches_are_shared():
+    """Summed in float64, the scores of batches 0..7 equal the sum of two processes' shares
+    (0, 2, 4, 6 and 1, 3, 5, 7) bit for bit once cast to float32."""
+    import torch.nn.functional as F
+    from kep_train.imagenet import taylor_scores_float64
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 5, 3),
+                          nn.Flatten(), nn.LazyLinear(2))
+    g = torch.Generator().manual_seed(2)
+    batches = [(torch.randn(4, 3, 6, 6, generator=g) * 10.0 ** (i % 4),
+                torch.randint(0, 2, (4,), generator=g)) for i in range(8)]
+    model(batches[0][0])
+    layers = {"2": model[2]}
+
+    def loss_fn(m, b):
+        return F.cross_entropy(m(b[0]), b[1])
+    whole = taylor_scores_float64(loss_fn, batches, model, layers)["2"]
+    shares = [taylor_scores_float64(loss_fn, batches[r::2], model, layers)["2"] for r in (0, 1)]
+    assert whole.dtype == torch.float64 and float(whole.min()) >= 0 and float(whole.max()) > 0
+    assert torch.equal((shares[0] + shares[1]).float(), whole.float())
+    assert torch.equal(whole.float(), kdist.SummedImportance(
+        lambda m, ls: taylor_scores_float64(loss_fn, batches, m, ls))(model, layers)["2"])
+    assert taylor_scores_float64(loss_fn, [], model, layers)["2"].abs().sum() == 0
+
+
 def test_helpers_without_a_process_group(monkeypatch):
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
