@@ -47,14 +47,27 @@ def golden_rows(root: Path) -> list[str]:
     return rows if len(rows) > 2 else []
 
 
+def _pe_label(p: dict) -> str:
+    px = p.get("px", 1)
+    split = f" = {p['pes'] // px} channels x {px} pixels" if px > 1 else ""
+    return f"P={p['pes']}{split}, G={p.get('lanes', 4)}"
+
+
 def hw_rows(root: Path) -> list[str]:
-    rows = []
-    for path in sorted(root.glob("*_model_*.json")):
+    """A per-layer table for each engine configuration (Verilator runs first; a configuration
+    seen on several simulators is shown once, the others are summary lines)."""
+    rows, seen = [], set()
+    paths = sorted(root.glob("*_model_*.json"), key=lambda q: ("verilator" not in q.name, q.name))
+    for path in paths:
         h = _load(path)
         if not h or "layers" not in h:
             continue
         p = h["params"]
-        rows += [f"", f"RTL ({h['simulator']}, P={p['pes']}, {h['source']}): "
+        config = (p["pes"], p.get("px", 1), p.get("lanes", 4), h["source"])
+        if config in seen:
+            continue
+        seen.add(config)
+        rows += [f"", f"RTL ({h['simulator']}, {_pe_label(p)}, {h['source']}): "
                  f"{len(h['layers'])} conv layers, {h['not_exact']} not bit-exact", "",
                  "| layer | Cin->Cout | input HxW | K | stride | exact | cycles | ideal | utilization | "
                  "model error | dense cycles | speed-up |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -118,7 +131,8 @@ def summary_rows(root: Path) -> list[str]:
     for path in sorted(root.glob("*_model_*.json")):
         h = _load(path)
         if h and "layers" in h:
-            rows.append(f"- {h['simulator']}: {len(h['layers'])} conv layers of {h['source']}, "
+            rows.append(f"- {h['simulator']} ({_pe_label(h['params'])}): {len(h['layers'])} conv "
+                        f"layers of {h['source']}, "
                         f"{h['not_exact']} not bit-exact ({path.name})")
     return rows
 
