@@ -38,7 +38,7 @@ from .train import STAGES, Pipeline
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageNetPipeline", "ImageFolderData",
            "find_classes", "make_tiny_imagenet", "mac_shares", "touchable_macs",
-           "load_torchvision_state_dict"]
+           "load_torchvision_state_dict", "taylor_scores_float64"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
