@@ -34,8 +34,13 @@ __all__ = ["estimate_resources", "largest_fitting_pes", "parse_nextpnr_log", "pa
 
 BRAM_BITS = 18432          # DP16KD
 LUT_BASE = 4000            # UART, frames, sequencer, address arithmetic, requantization
-LUT_PER_PE = 140           # 9:1 x 8-bit mux, 32-bit accumulator adder, output register
-DSP_BASE = 10              # requantization and address multipliers
+#: LUT4s per PE (9:1 x 8-bit mux, 32-bit accumulator, pipeline and output registers), per
+#: engine; the kep value is fitted to the 85F build (P = 64 as 16x4: 15,678 LUT4 + 2,078 CCU2)
+LUT_PER_PE = {"kep": 250, "fallback": 140}
+#: DSPs besides the one per PE: ``a * G + b`` for the G requantization lanes (32x16 and 8x24
+#: products) and address multipliers; kep fitted to the 85F build (99 with P = 64, G = 8)
+DSP_PER_LANE = {"kep": 4, "fallback": 0}
+DSP_BASE = {"kep": 3, "fallback": 10}
 
 
 def _bram_blocks(width: int, depth: int) -> int:
@@ -65,12 +70,18 @@ def parse_pes(text: str) -> tuple[int, int]:
     return pes, px
 
 
-def estimate_resources(plan: NetworkPlan, *, streamed: bool, px: int = 1) -> dict:
+def estimate_resources(plan: NetworkPlan, *, streamed: bool, px: int = 1,
+                       engine: str = "kep") -> dict:
     """Estimated LUT4s, DSPs (MULT18X18D) and block RAMs (DP16KD) of a system.
 
     The LUT estimate is a linear fit (``LUT_BASE + LUT_PER_PE * P``); DSPs are one per PE plus
-    the requantization unit; block RAMs follow the memories' widths and depths exactly.
+    the requantization lanes; block RAMs follow the memories' widths and depths exactly.
     ``plan.pes`` is Po (output channels per group), the engine has ``P = Po * px`` PEs.
+
+    Raises
+    ------
+    KeyError
+        For an unknown ``engine`` (``"kep"`` or ``"fallback"``).
     """
     P, G = plan.pes * px, plan.lanes
     wt_depth = plan.max_layer_weight_words if streamed else plan.weight_words
@@ -78,7 +89,8 @@ def estimate_resources(plan: NetworkPlan, *, streamed: bool, px: int = 1) -> dic
     brams = sum(_bram_blocks(8 * G, d) for d in plan.buffer_words)
     brams += _bram_blocks(WEIGHT_ELEM_BITS * plan.pes, wt_depth) + _bram_blocks(PARAM_WORD_BITS,
                                                                           prm_depth)
-    return {"luts": LUT_BASE + LUT_PER_PE * P, "dsps": DSP_BASE + P, "brams": brams}
+    return {"luts": LUT_BASE + LUT_PER_PE[engine] * P,
+            "dsps": P + DSP_PER_LANE[engine] * G + DSP_BASE[engine], "brams": brams}
 
 
 def _overflow(est: dict, board) -> list:
@@ -87,12 +99,13 @@ def _overflow(est: dict, board) -> list:
 
 
 def largest_fitting_pes(kep, board, *, lanes: int, streamed: bool, limit: int = 256,
-                        px: int = 1) -> int:
+                        px: int = 1, engine: str = "kep") -> int:
     """Largest P (a multiple of ``lanes * px``) whose estimate fits ``board``; 0 if none."""
     best = 0
     for pes in range(lanes * px, limit + 1, lanes * px):
         plan = plan_network(kep, pes=pes // px, lanes=lanes)
-        if not _overflow(estimate_resources(plan, streamed=streamed, px=px), board):
+        if not _overflow(estimate_resources(plan, streamed=streamed, px=px, engine=engine),
+                         board):
             best = pes
     return best
 
@@ -161,6 +174,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=("kep", "fallback"), default="kep",
                    help="compute engine: the zero-skipping kep_hw.engine.Engine (default) or "
                         "the system's compact fallback engine")
+    p.add_argument("--abc9", action="store_true",
+                   help="map LUTs with Yosys' abc9 (synth_ecp5's own flow); by default "
+                        "classic abc, because Yosys 0.70's abc9 aborts on the kep engine")
     p.add_argument("--program", action="store_true", help="load the bitstream with openFPGALoader")
     p.add_argument("--dry-run", action="store_true",
                    help="elaborate and write the tool inputs without running the tools")
@@ -195,13 +211,15 @@ def main(argv: list[str] | None = None) -> int:
     kep = _load_network(args.model)
     plan = plan_network(kep, pes=po, lanes=args.lanes)
     if args.weights == "auto":
-        streamed = bool(_overflow(estimate_resources(plan, streamed=False, px=px), board))
+        streamed = bool(_overflow(estimate_resources(plan, streamed=False, px=px,
+                                                     engine=args.engine), board))
     else:
         streamed = args.weights == "stream"
-    est = estimate_resources(plan, streamed=streamed, px=px)
+    est = estimate_resources(plan, streamed=streamed, px=px, engine=args.engine)
     over = _overflow(est, board)
     if over:
-        best = largest_fitting_pes(kep, board, lanes=args.lanes, streamed=streamed, px=px)
+        best = largest_fitting_pes(kep, board, lanes=args.lanes, streamed=streamed,
+                                   px=px, engine=args.engine)
         raise KepError(f"does not fit {board.name} ({'streamed' if streamed else 'embedded'} "
                        f"weights, P={pes}): estimated {', '.join(over)}; largest --pes that "
                        f"fits: {best or 'none'}")
@@ -225,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     build_dir = out / "build"
     name = "kep_top"
     overrides = {"nextpnr_opts": f"--timing-allow-fail --seed {args.seed}"}
+    if not args.abc9:
+        # synth_ecp5 up to its LUT mapping, classic ABC for the LUTs, then the rest of it
+        overrides["synth_opts"] = "-run :map_luts"
+        overrides["script_after_synth"] = "\n".join([
+            "techmap -map +/lattice/latches_map.v", "abc -lut 4", "clean",
+            f"synth_ecp5 -top {name} -run map_cells:"])
     if args.dry_run:
         products = platform.build(top, name=name, build_dir=build_dir, do_build=False,
                                   **overrides)
@@ -240,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             if tim.exists():
                 errs = [ln for ln in tim.read_text().splitlines() if "ERROR" in ln]
                 tail = errs[-1] if errs else ""
-            best = largest_fitting_pes(kep, board, lanes=args.lanes, streamed=streamed, px=px)
+            best = largest_fitting_pes(kep, board, lanes=args.lanes, streamed=streamed,
+                                       px=px, engine=args.engine)
             raise KepError(f"the tools failed ({e.cmd[0] if e.cmd else 'build'}): "
                            f"{tail or 'see ' + str(build_dir)}; largest --pes that fits by "
                            f"the estimate: {best}") from None
@@ -262,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         "board": board.name, "device": board.device, "status": status, "pes": pes,
         "px": px, "po": po,
         "lanes": args.lanes, "weights": "streamed" if streamed else "embedded",
-        "engine": args.engine,
+        "engine": args.engine, "abc9": args.abc9,
         "model": str(args.model) if args.model else "built-in test network",
         "layers": len(plan.layers), "uart_baud": baud, "uart_divisor": divisor,
         "freq_requested_mhz": freq, "freq_pll_mhz": pll["fout"], "fmax_mhz": fmax,
@@ -289,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_bytes(out / "summary.txt", ("\n".join(lines) + "\n").encode())
     print("\n".join(lines))
     if status == "built" and met is False:
-        best = largest_fitting_pes(kep, board, lanes=args.lanes, streamed=streamed, px=px)
+        best = largest_fitting_pes(kep, board, lanes=args.lanes, streamed=streamed,
+                                   px=px, engine=args.engine)
         raise KepError(f"timing missed: fmax {fmax:.2f} MHz < {pll['fout']:.2f} MHz requested; "
                        f"try a lower --freq or --pes (largest fitting by estimate: {best})")
     if args.program:

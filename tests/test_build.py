@@ -9,8 +9,8 @@ import json
 import pytest
 
 from kep_hw.boards import list_boards, load_board, parse_profile
-from kep_hw.build import (estimate_resources, largest_fitting_pes, main as build_main,
-                          parse_nextpnr_log, parse_pes, parse_yosys_stats)
+from kep_hw.build import (DSP_BASE, DSP_PER_LANE, estimate_resources, largest_fitting_pes,
+                          main as build_main, parse_nextpnr_log, parse_pes, parse_yosys_stats)
 from kep_hw.host_testnet import random_network
 from kep_hw.hostplan import plan_network
 from kep_hw.toolchain import configure_amaranth, find_toolchain
@@ -89,7 +89,11 @@ def test_estimate_and_largest_pes():
     e16 = estimate_resources(plan_network(kep, pes=16, lanes=4), streamed=False)
     assert e16["dsps"] - e8["dsps"] == 8 and e16["luts"] > e8["luts"]
     best = largest_fitting_pes(kep, board, lanes=4, streamed=False)
-    assert best % 4 == 0 and best == board.dsps - 10 - (board.dsps - 10) % 4
+    base = DSP_PER_LANE["kep"] * 4 + DSP_BASE["kep"]         # DSPs besides one per PE
+    assert best % 4 == 0 and best == (board.dsps - base) // 4 * 4
+    fb = estimate_resources(plan_network(kep, pes=16, lanes=4), streamed=False,
+                            engine="fallback")
+    assert fb["dsps"] == 16 + DSP_BASE["fallback"] and fb["luts"] < e16["luts"]
 
 
 def test_pes_split_over_pixels():
@@ -112,8 +116,8 @@ def test_does_not_fit_names_resource_and_largest_pes(capsys, tmp_path):
         build_main(["--board", "ulx3s-12f", "--pes", "64", "--out", str(tmp_path), "--dry-run"])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert "does not fit ulx3s-12f" in err and "dsps 74 > 28" in err
-    assert "largest --pes that fits: 16" in err
+    assert "does not fit ulx3s-12f" in err and "dsps 83 > 28" in err
+    assert "largest --pes that fits: 8" in err
 
 
 @pytest.mark.parametrize("argv,msg", [
