@@ -34,7 +34,9 @@ class BoardProfile:
     Attributes mirror the TOML keys: ``name``, ``description``, ``platform`` (``module:Class``),
     ``device``, ``program`` (openFPGALoader arguments before the bitstream), ``clk_resource``,
     ``clk_mhz`` (oscillator), ``default_mhz`` (core clock), ``uart`` (dict), ``luts``, ``dsps``,
-    ``brams``, ``default_pes``, ``weights`` (``"embedded"`` or ``"stream"``).
+    ``brams``, ``default_pes``, ``weights`` (``"embedded"`` or ``"stream"``), and the optional
+    ``default_px`` (``[defaults] px``, output pixels per engine block, 1) and
+    ``default_lanes`` (``[defaults] lanes``, G, 4).
     """
     name: str
     description: str
@@ -50,6 +52,8 @@ class BoardProfile:
     brams: int = 0
     default_pes: int = 16
     weights: str = "stream"
+    default_px: int = 1
+    default_lanes: int = 4
 
     @property
     def baud(self) -> int:
@@ -134,7 +138,17 @@ def parse_profile(text: str, where: str = "<text>") -> BoardProfile:
         brams=_require(budget, "brams", int, where),
         default_pes=_require(defaults, "pes", int, where),
         weights=_require(defaults, "weights", str, where),
+        default_px=defaults.get("px", 1),
+        default_lanes=defaults.get("lanes", 4),
     )
+    for key in ("px", "lanes"):
+        v = defaults.get(key, 1)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise KepError(f"board profile {where}: defaults.{key} must be a positive integer, "
+                           f"got {v!r}")
+    if prof.default_pes % prof.default_px or (prof.default_pes // prof.default_px) \
+            % prof.default_lanes:
+        raise KepError(f"board profile {where}: defaults.pes must be a multiple of px x lanes")
     if prof.weights not in WEIGHT_MODES:
         raise KepError(f"board profile {where}: weights must be one of {WEIGHT_MODES}, "
                        f"got {prof.weights!r}")

@@ -164,7 +164,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pes", default=None,
                    help="P, or PxPX: P PEs as PX output pixels x P/PX channels "
                         "(default: the board's)")
-    p.add_argument("--lanes", type=int, default=4, help="channels per activation word (4)")
+    p.add_argument("--lanes", type=int, default=None,
+                   help="channels per activation word (default: the board's, else 4)")
     p.add_argument("--freq", type=float, default=None, help="core clock MHz (board default)")
     p.add_argument("--weights", choices=("auto", "embedded", "stream"), default="auto",
                    help="embed all weights, stream them per layer, or choose by fit (auto)")
@@ -197,7 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     t0 = time.monotonic()
     board = load_board(args.board)
-    pes, px = parse_pes(args.pes) if args.pes is not None else (board.default_pes, 1)
+    pes, px = parse_pes(args.pes) if args.pes is not None else (board.default_pes,
+                                                                 board.default_px)
+    if args.lanes is None:
+        args.lanes = board.default_lanes
+    if args.lanes < 1 or args.lanes & (args.lanes - 1):
+        raise KepError(f"--lanes must be a power of two, got {args.lanes}")
     po = pes // px
     freq = args.freq or board.default_mhz
     baud = args.baud or board.baud
