@@ -175,6 +175,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=("kep", "fallback"), default="kep",
                    help="compute engine: the zero-skipping kep_hw.engine.Engine (default) or "
                         "the system's compact fallback engine")
+    p.add_argument("--router", choices=("router2", "router1"), default="router2",
+                   help="nextpnr router (router2 default: router1 did not converge on the 85F "
+                        "with 64 PEs)")
     p.add_argument("--abc9", action="store_true",
                    help="map LUTs with Yosys' abc9 (synth_ecp5's own flow); by default "
                         "classic abc, because Yosys 0.70's abc9 aborts on the kep engine")
@@ -248,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     build_dir = out / "build"
     name = "kep_top"
-    overrides = {"nextpnr_opts": f"--timing-allow-fail --seed {args.seed}"}
+    overrides = {"nextpnr_opts": f"--timing-allow-fail --seed {args.seed} "
+                                 f"--router {args.router}"}
     if not args.abc9:
         # synth_ecp5 up to its LUT mapping, classic ABC for the LUTs, then the rest of it
         overrides["synth_opts"] = "-run :map_luts"
