@@ -82,6 +82,41 @@ def hw_rows(root: Path) -> list[str]:
     return rows
 
 
+def board_rows(root: Path) -> list[str]:
+    """Bitstream builds (``python -m kep_hw.build ... --out RUNS/build-NAME``) and whole-system
+    runs (``python -m kep_hw.run ... --out RUNS/system_*.json``)."""
+    rows = []
+    builds = [b for b in (_load(q) for q in sorted(root.glob("build-*/report.json")))
+              if b and b.get("status") == "built"]
+    if builds:
+        rows += ["| board | P | weights | LUTs | FFs | DSPs | block RAMs | clock (MHz) | fmax (MHz) |"
+                 " timing met | seconds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for b in builds:
+            u = b["utilisation"]
+            cell = {k: f"{u[k]['used']} / {u[k]['available']}" for k in u}
+            split = f" ({b['po']}x{b['px']})" if b.get("px", 1) > 1 else ""
+            rows.append(f"| {b['board']} | {b['pes']}{split} | {b['weights']} | {cell['luts']} | "
+                        f"{cell['ffs']} | {cell['dsps']} | {cell['brams']} | "
+                        f"{b['freq_requested_mhz']:.0f} | {b['fmax_mhz']:.2f} | "
+                        f"{'yes' if b['timing_met'] else 'NO'} | {b['seconds']:.0f} |")
+    for q in sorted(root.glob("system*.json")):
+        r = _load(q)
+        if not r or "cycles_mean" not in r:
+            continue
+        clocks = sorted({b["freq_requested_mhz"] for b in builds if b["pes"] == r["pes"]
+                         and b.get("px", 1) == r.get("px", 1) and b["timing_met"]})
+        lat = "; ".join(f"{r['cycles_mean'] / (f * 1e3):.2f} ms at {f:.0f} MHz (ideal "
+                        f"{r['ideal_cycles'] / (f * 1e3):.2f} ms)" for f in clocks)
+        rows += ["", f"- whole system ({q.name}, {r['target']}, P={r['pes']}, {r['mode']} weights): "
+                 f"{r['n']} images, board top-1 {100 * r['top1_board']:.1f} %, golden top-1 "
+                 f"{100 * r['top1_golden']:.1f} %, {len(r['disagreements'])} disagreements, "
+                 f"bit-exact last conv output: {r['bit_exact']}; {r['cycles_mean']:.0f} cycles per "
+                 f"image (ideal {r['ideal_cycles']:.0f} = non-zero MACs / P, "
+                 f"{100 * r['ideal_cycles'] / r['cycles_mean']:.1f} %)"
+                 + (f"; latency {lat}" if lat else "")]
+    return rows
+
+
 _RUN_ONLY_ARGS = ("out", "resume", "no_progress", "threads", "device")
 
 
@@ -141,7 +176,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     root = Path(argv[0] if argv else "runs")
     print("\n".join(training_rows(root) + [""] + golden_rows(root) + hw_rows(root) + [""]
-                    + summary_rows(root)))
+                    + summary_rows(root) + [""] + board_rows(root)))
     return 0
 
 
