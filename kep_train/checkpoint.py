@@ -27,6 +27,32 @@ CHECKPOINT_FORMAT = "kep-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
+def load_tensors_file(path: str | os.PathLike, label: str, kind: str):
+    """``torch.load(weights_only=True)`` on CPU with one-line errors.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+    label : str
+        How the error names the file (e.g. ``"checkpoint"``, ``"--pretrained"``).
+    kind : str
+        What the file should be, for the corrupt-file error (e.g. ``"a KEP checkpoint"``).
+
+    Raises
+    ------
+    KepError
+        Missing file, or one that torch cannot load without unpickling arbitrary objects.
+    """
+    if not os.path.isfile(path):
+        raise KepError(f"{label} {str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt input
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise KepError(f"{label} {str(path)!r} is corrupt or not {kind} ({msg})")
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Load and validate a checkpoint without unpickling arbitrary objects.
 
@@ -35,13 +61,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     KepError
         Missing, truncated, corrupt or foreign file.
     """
-    if not os.path.isfile(path):
-        raise KepError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for corrupt input
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise KepError(f"checkpoint {str(path)!r} is corrupt or not a KEP checkpoint ({msg})")
+    ckpt = load_tensors_file(path, "checkpoint", "a KEP checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise KepError(f"{str(path)!r} is not a KEP checkpoint")
     if ckpt.get("version") != CHECKPOINT_VERSION:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed as kdist
-from .checkpoint import CHECKPOINT_FORMAT
+from .checkpoint import CHECKPOINT_FORMAT, load_tensors_file
 from .errors import KepError
 from .models import IMAGENET_MODELS, build_model
 from .pruning import TaylorImportance, apply_masks, count_costs, current_masks, prunable_convs
@@ -230,13 +230,7 @@ def load_torchvision_state_dict(path: str | os.PathLike) -> dict:
     KepError
         Missing, corrupt or non-tensor file.
     """
-    if not os.path.isfile(path):
-        raise KepError(f"--pretrained {str(path)!r} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for corrupt input
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise KepError(f"--pretrained {str(path)!r} is corrupt or not a weights file ({msg})")
+    obj = load_tensors_file(path, "--pretrained", "a weights file")
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         return obj
     if isinstance(obj, dict):

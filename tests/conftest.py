@@ -33,3 +33,17 @@ def tiny_cifar(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _cache_in_tmp(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("KEP_CACHE", str(tmp_path_factory.getbasetemp() / "kep_cache"))
+
+
+@pytest.fixture
+def one_line_error(capsys):
+    """Check that a CLI failed with exit code 2 and exactly one ``error: ...`` line on stderr
+    (no traceback); returns that line."""
+    def check(code):
+        err = capsys.readouterr().err.strip()
+        assert code == 2
+        assert "Traceback" not in err
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:"), err
+        return lines[0]
+    return check

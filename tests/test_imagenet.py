@@ -33,15 +33,6 @@ def run_cli(args):
         return e.code
 
 
-def _one_line_error(capsys, code):
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    return lines[0]
-
-
 def test_resnet18_smoke_run(tiny_imagenet, tmp_path, capsys):
     out = tmp_path / "run"
     code = run_cli(["imagenet", "--data-dir", str(tiny_imagenet), "--out", str(out),
@@ -140,7 +131,7 @@ def test_torchvision_state_dict_as_pretrained(tiny_imagenet, tmp_path, capsys):
     ("corrupt", [], "cannot read image"),
     (None, ["--pretrained", "BAD"], "corrupt"),
 ])
-def test_bad_input_gives_one_line(tiny_imagenet, tmp_path, capsys, make, extra, needle):
+def test_bad_input_gives_one_line(tiny_imagenet, tmp_path, make, extra, needle, one_line_error):
     data = tiny_imagenet
     if make is not None:
         data = make_tiny_imagenet(tmp_path / "d", classes=2, train_per_class=8,
@@ -159,13 +150,13 @@ def test_bad_input_gives_one_line(tiny_imagenet, tmp_path, capsys, make, extra, 
         extra = ["--pretrained", str(bad)]
     code = run_cli(["imagenet", "--data-dir", str(data), "--out", str(tmp_path / "x"),
                     "--no-export"] + TINY + extra)
-    assert needle in _one_line_error(capsys, code)
+    assert needle in one_line_error(code)
 
 
-def test_cifar_refuses_multiple_processes(tmp_path, capsys, monkeypatch):
+def test_cifar_refuses_multiple_processes(tmp_path, monkeypatch, one_line_error):
     monkeypatch.setenv("WORLD_SIZE", "2")
     code = run_cli(["cifar", "--data-dir", str(tmp_path), "--out", str(tmp_path / "x")])
-    assert "imagenet" in _one_line_error(capsys, code)
+    assert "imagenet" in one_line_error(code)
 
 
 @pytest.mark.slow

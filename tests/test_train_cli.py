@@ -82,15 +82,6 @@ def test_baselines_run_from_pretrained(tiny_cifar, tmp_path, method):
         assert red > 0.4 and kep_kept < 1
 
 
-def _one_line_error(capsys, code):
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    return lines[0]
-
-
 @pytest.mark.parametrize("extra, needle", [
     (["--model", "resnet7"], "unknown model"),
     (["--keep", "0"], "--keep"),
@@ -99,18 +90,18 @@ def _one_line_error(capsys, code):
     (["--target-macs", "1.5"], "--target-macs"),
     (["--keep", "4", "--target-macs", "0.5"], "only one of"),
 ])
-def test_bad_options_give_one_line(tiny_cifar, tmp_path, capsys, extra, needle):
+def test_bad_options_give_one_line(tiny_cifar, tmp_path, extra, needle, one_line_error):
     code = run_cli(["cifar", "--data-dir", str(tiny_cifar), "--out", str(tmp_path / "x")]
                    + TINY + extra)
-    assert needle in _one_line_error(capsys, code)
+    assert needle in one_line_error(code)
 
 
-def test_corrupt_checkpoint_gives_one_line(tiny_cifar, tmp_path, capsys):
+def test_corrupt_checkpoint_gives_one_line(tiny_cifar, tmp_path, one_line_error):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"PK\x03\x04 this is not a checkpoint")
     code = run_cli(["cifar", "--data-dir", str(tiny_cifar), "--out", str(tmp_path / "x"),
                     "--pretrained", str(bad)] + TINY)
-    assert "corrupt" in _one_line_error(capsys, code)
+    assert "corrupt" in one_line_error(code)
     # a truncated real checkpoint placed for --resume
     out = tmp_path / "r"
     assert run_cli(["cifar", "--data-dir", str(tiny_cifar), "--out", str(out), "--no-export",
@@ -119,23 +110,23 @@ def test_corrupt_checkpoint_gives_one_line(tiny_cifar, tmp_path, capsys):
     (out / "checkpoint.pt").write_bytes(data[: len(data) // 2])
     code = run_cli(["cifar", "--data-dir", str(tiny_cifar), "--out", str(out), "--resume"]
                    + TINY)
-    assert "corrupt" in _one_line_error(capsys, code)
+    assert "corrupt" in one_line_error(code)
 
 
-def test_missing_data_gives_one_line_naming_both_layouts(tmp_path, capsys):
+def test_missing_data_gives_one_line_naming_both_layouts(tmp_path, one_line_error):
     code = run_cli(["cifar", "--data-dir", str(tmp_path / "nothing"), "--out",
                     str(tmp_path / "x"), "--no-download"] + TINY)
-    line = _one_line_error(capsys, code)
+    line = one_line_error(code)
     assert "cifar-10-batches-py" in line and "train/<class>" in line
 
 
-def test_existing_run_is_not_overwritten(tiny_cifar, tmp_path, capsys):
+def test_existing_run_is_not_overwritten(tiny_cifar, tmp_path, one_line_error):
     out = tmp_path / "o"
     assert run_cli(["cifar", "--data-dir", str(tiny_cifar), "--out", str(out), "--no-export",
                     "--halt-after", "1"] + TINY) == 3
     before = (out / "checkpoint.pt").read_bytes()
     code = run_cli(["cifar", "--data-dir", str(tiny_cifar), "--out", str(out)] + TINY)
-    assert "--resume" in _one_line_error(capsys, code)
+    assert "--resume" in one_line_error(code)
     assert (out / "checkpoint.pt").read_bytes() == before
 
 
