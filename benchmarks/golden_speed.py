@@ -22,15 +22,15 @@ from pathlib import Path
 
 import torch
 
-from kep_train.errors import KepError, cli_errors
+from kep_common.errors import KepError, cli_errors
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _reference(kep, x):
     """Logits through sparse_conv2d (int64) layer by layer (slow, for the exactness check)."""
-    from kep_train.intarith import wrap_int32
-    from kep_train.sparseconv import sparse_conv2d
+    from kep_train.golden.intarith import wrap_int32
+    from kep_train.golden.sparseconv import sparse_conv2d
     import torch.nn.functional as F
     acts = {"input": x}
     for ly in kep.layers:
@@ -55,9 +55,9 @@ def _reference(kep, x):
 
 @cli_errors
 def main(argv=None) -> int:
-    from kep_train.fileio import atomic_write_json, environment_info
-    from kep_train.golden import load_test_images, quantize_input, run_network
-    from kep_train.kepfile import load_kep
+    from kep_common.fileio import atomic_write_json, environment_info
+    from kep_train.golden.evaluate import load_test_images, quantize_input, run_network
+    from kep_train.export.kepfile import load_kep
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help=".kep file (default: random ResNet-20, K=4)")
     p.add_argument("--data-dir", help="CIFAR-10 folder (default: random int8 inputs)")
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     if args.model:
         kep = load_kep(args.model)
     else:
-        from kep_train.quantize import random_kep
+        from kep_train.export.quantize import random_kep
         kep = random_kep("resnet20", K=4, seed=0)
     if args.data_dir:
         images, _ = load_test_images(args.data_dir, train=False)

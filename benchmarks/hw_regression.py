@@ -18,11 +18,11 @@ import dataclasses
 import random
 import time
 
-from kep_hw import cosim
-from kep_hw.driver import random_layers
-from kep_hw.verilog import add_params_args, params_from_args
-from kep_train.errors import KepError, cli_errors
-from kep_train.fileio import atomic_write_json, environment_info
+from kep_hw.bench import cosim
+from kep_hw.host.driver import random_layers
+from kep_hw.gateware.verilog import add_params_args, params_from_args
+from kep_common.errors import KepError, cli_errors
+from kep_common.fileio import atomic_write_json, environment_info
 
 
 @cli_errors

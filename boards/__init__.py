@@ -1,2 +1,3 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Board profiles (TOML data files) read by :mod:`kep_hw.boards`; this file makes them a package."""
+"""Board profiles (TOML data files), installed as the data package ``kep_hw.boards`` and read by
+:mod:`kep_hw.board.profiles`. There is no top-level ``boards`` package."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import KepError
+from kep_common.errors import KepError
 
 __all__ = ["CIFAR_MODELS", "IMAGENET_MODELS", "build_model", "BasicBlock", "CifarResNet",
            "VGG"]

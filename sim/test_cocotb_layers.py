@@ -15,10 +15,10 @@ import shutil
 import pytest
 import torch
 
-from kep_hw import cosim
-from kep_hw.driver import expected_words, golden, random_job, random_layers
-from kep_hw.params import EngineParams
-from kep_hw.perf import LayerShape, layer_cycles
+from kep_hw.bench import cosim
+from kep_hw.host.driver import expected_words, golden, random_job, random_layers
+from kep_hw.gateware.params import EngineParams
+from kep_hw.gateware.perf import LayerShape, layer_cycles
 
 CI = os.environ.get("CI", "").lower() == "true"
 #: the default engine (P=16, G=4), the one ``python -m kep_hw.sim`` runs (one shared build)
@@ -82,7 +82,7 @@ def test_cycles_and_wrong_expectation(sim):
 def test_resnet20_stage3_performance():
     """ResNet-20 stage-3 shapes (64 channels, 8x8, K=4; 1x1 stride-2 shortcut): bit-exact,
     utilization >= 90 %, sparse vs dense speed-up >= 0.9 * 9/K, model within 2 %."""
-    from kep_hw.sim import resnet20_jobs, run_report
+    from kep_hw.bench.sim import resnet20_jobs, run_report
     jobs = [j for j in resnet20_jobs(seed=3) if j.name in ("layer3.0.shortcut",
                                                           "layer3.1.conv1")]
     assert len(jobs) == 2

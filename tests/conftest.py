@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kep_train.data import CIFAR10_CLASSES
+from kep_train.data.cifar import CIFAR10_CLASSES
 
 
 def make_image_folder(root, n_train=12, n_test=3, seed=0):

@@ -8,13 +8,13 @@ import json
 
 import pytest
 
-from kep_hw.boards import list_boards, load_board, parse_profile
-from kep_hw.build import (DSP_BASE, DSP_PER_LANE, estimate_resources, largest_fitting_pes,
+from kep_hw.board.profiles import list_boards, load_board, parse_profile
+from kep_hw.board.build import (DSP_BASE, DSP_PER_LANE, estimate_resources, largest_fitting_pes,
                           main as build_main, parse_nextpnr_log, parse_pes, parse_yosys_stats)
-from kep_hw.host_testnet import random_network
-from kep_hw.hostplan import plan_network
-from kep_hw.toolchain import configure_amaranth, find_toolchain
-from kep_train.errors import KepError
+from kep_hw.testing import random_network
+from kep_hw.system.plan import plan_network
+from kep_hw.board.toolchain import configure_amaranth, find_toolchain
+from kep_common.errors import KepError
 
 NEXTPNR_LOG = """\
 Info: Device utilisation:
@@ -62,7 +62,7 @@ def test_toolchain_found_and_env_set():
     assert set(env) == {"YOSYS", "NEXTPNR_ECP5", "ECPPACK", "OPENFPGALOADER"}
     assert env["YOSYS"] == found["yosys"][0]
     with pytest.raises(KepError):
-        from kep_hw.toolchain import find_tool
+        from kep_hw.board.toolchain import find_tool
         find_tool("vivado")
 
 

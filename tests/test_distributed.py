@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from kep_train import distributed as kdist
-from kep_train.errors import KepError
-from kep_train.imagenet import make_tiny_imagenet
+from kep_train.train import distributed as kdist
+from kep_common.errors import KepError
+from kep_train.train.imagenet import make_tiny_imagenet
 from kep_train.models import build_model
 
 # resnet18 at 16x16, 16 images, global batch 8: 2 steps per epoch
@@ -205,7 +205,7 @@ def test_taylor_scores_do_not_depend_on_how_batches_are_shared():
     """Summed in float64, the scores of batches 0..7 equal the sum of two processes' shares
     (0, 2, 4, 6 and 1, 3, 5, 7) bit for bit once cast to float32."""
     import torch.nn.functional as F
-    from kep_train.imagenet import taylor_scores_float64
+    from kep_train.train.imagenet import taylor_scores_float64
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 5, 3),
                           nn.Flatten(), nn.LazyLinear(2))

@@ -12,14 +12,14 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kep_train.errors import KepError
-from kep_train.golden import (conv_acc_exact_dtype, conv_layer, main, quantize_input,
+from kep_common.errors import KepError
+from kep_train.golden.evaluate import (conv_acc_exact_dtype, conv_layer, main, quantize_input,
                               run_network, top1)
-from kep_train.intarith import requantize, wrap_int32
-from kep_train.kepfile import KepLayer, save_kep
+from kep_train.golden.intarith import requantize, wrap_int32
+from kep_train.export.kepfile import KepLayer, save_kep
 from kep_train.models import VGG, CifarResNet
-from kep_train.quantize import random_kep
-from kep_train.sparseconv import expand_dense, sparse_conv2d, sparse_conv2d_acc
+from kep_train.export.quantize import random_kep
+from kep_train.golden.sparseconv import expand_dense, sparse_conv2d, sparse_conv2d_acc
 
 
 @st.composite
@@ -196,8 +196,8 @@ def test_top1_ties_lowest_index():
 
 
 def test_golden_cli(tiny_cifar, tmp_path, capsys):
-    from kep_train.fileio import atomic_torch_save
-    from kep_train.golden import evaluate_int8, load_test_images
+    from kep_common.fileio import atomic_torch_save
+    from kep_train.golden.evaluate import evaluate_int8, load_test_images
     from kep_train.models import build_model
     torch.manual_seed(0)
     model = build_model("resnet20")

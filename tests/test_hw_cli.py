@@ -5,27 +5,28 @@ from __future__ import annotations
 
 import pytest
 
-from kep_hw import cosim, sim, verilog
-from kep_hw.perf import LayerShape, block_cycles, ideal_cycles, layer_cycles, useful_macs
-from kep_hw.params import EngineParams
-from kep_hw.verilog import generate, parse_pes
-from kep_train.errors import KepError
+from kep_hw.bench import cosim, sim
+from kep_hw.gateware import verilog
+from kep_hw.gateware.perf import LayerShape, block_cycles, ideal_cycles, layer_cycles, useful_macs
+from kep_hw.gateware.params import EngineParams
+from kep_hw.gateware.verilog import generate, parse_pes
+from kep_common.errors import KepError
 
 
-MAINS = {"kep_hw.sim": sim.main, "kep_hw.verilog": verilog.main}
+MAINS = {"kep_hw.bench.sim": sim.main, "kep_hw.gateware.verilog": verilog.main}
 
 
 @pytest.mark.parametrize("args,msg", [
-    (("kep_hw.sim", "--random", "0"), "--random must be >= 1"),
-    (("kep_hw.sim", "--model", "/nonexistent/model.kep"), "error:"),
-    (("kep_hw.sim", "--resnet20", "--pes", "6"), "multiple of lanes"),
-    (("kep_hw.sim", "--resnet20", "--stall", "1.5"), "--stall"),
-    (("kep_hw.sim", "--resnet20", "--layer", "conv1"), "need --model"),
-    (("kep_hw.verilog", "--lanes", "0"), "lanes"),
-    (("kep_hw.sim", "--resnet20", "--pes", "64x"), "--pes must be P or PxPX"),
-    (("kep_hw.sim", "--resnet20", "--pes", "64x4", "--px", "2"), "disagree"),
-    (("kep_hw.sim", "--resnet20", "--pes", "64x3"), "multiple of px"),
-    (("kep_hw.sim", "--resnet20", "--pes", "64x8", "--lanes", "16"), "multiple of lanes"),
+    (("kep_hw.bench.sim", "--random", "0"), "--random must be >= 1"),
+    (("kep_hw.bench.sim", "--model", "/nonexistent/model.kep"), "error:"),
+    (("kep_hw.bench.sim", "--resnet20", "--pes", "6"), "multiple of lanes"),
+    (("kep_hw.bench.sim", "--resnet20", "--stall", "1.5"), "--stall"),
+    (("kep_hw.bench.sim", "--resnet20", "--layer", "conv1"), "need --model"),
+    (("kep_hw.gateware.verilog", "--lanes", "0"), "lanes"),
+    (("kep_hw.bench.sim", "--resnet20", "--pes", "64x"), "--pes must be P or PxPX"),
+    (("kep_hw.bench.sim", "--resnet20", "--pes", "64x4", "--px", "2"), "disagree"),
+    (("kep_hw.bench.sim", "--resnet20", "--pes", "64x3"), "multiple of px"),
+    (("kep_hw.bench.sim", "--resnet20", "--pes", "64x8", "--lanes", "16"), "multiple of lanes"),
 ])
 def test_cli_errors(args, msg, capsys):
     with pytest.raises(SystemExit) as exc:

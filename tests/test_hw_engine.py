@@ -12,17 +12,17 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
 
-from kep_hw.driver import (LayerJob, dense_job, expected_words, golden, layer_program,
+from kep_hw.host.driver import (LayerJob, dense_job, expected_words, golden, layer_program,
                            random_job, random_layers)
-from kep_hw.fetch import WindowFetcher, window_cols, window_word
-from kep_hw.layouts import (ParamWord, Target, act_word, out_word, pack, unpack,
+from kep_hw.gateware.fetch import WindowFetcher, window_cols, window_word
+from kep_hw.gateware.layouts import (ParamWord, Target, act_word, out_word, pack, unpack,
                             weight_word)
-from kep_hw.params import EngineParams, layer_config
-from kep_hw.perf import LayerShape, layer_cycles
-from kep_hw.requant import Requant, acc_word
-from kep_hw.simtools import run_layers, stream_get, stream_put
-from kep_train.errors import KepError
-from kep_train.intarith import requantize
+from kep_hw.gateware.params import EngineParams, layer_config
+from kep_hw.gateware.perf import LayerShape, layer_cycles
+from kep_hw.gateware.requant import Requant, acc_word
+from kep_hw.bench.amaranth_sim import run_layers, stream_get, stream_put
+from kep_common.errors import KepError
+from kep_train.golden.intarith import requantize
 
 SMALL = EngineParams(pes=8, lanes=4, max_cin=16, max_cout=24, max_hw=8, act_depth=1024,
                      wt_depth=2048, prm_depth=64)

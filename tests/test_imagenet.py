@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from kep_train.__main__ import main
-from kep_train.checkpoint import load_checkpoint
-from kep_train.imagenet import (ImageFolderData, _transforms, load_torchvision_state_dict,
+from kep_train.train.checkpoint import load_checkpoint
+from kep_train.train.imagenet import (ImageFolderData, _transforms, load_torchvision_state_dict,
                                 make_tiny_imagenet, mac_shares, touchable_macs)
 
 TINY = ["--model", "resnet18", "--image-size", "32", "--batch-size", "8", "--dense-epochs", "1",
@@ -90,7 +90,7 @@ def test_mac_shares_by_hand():
 
 
 def test_augmentation_depends_on_seed_key_and_index_only(tiny_imagenet):
-    from kep_train.imagenet import _list_images, find_classes
+    from kep_train.train.imagenet import _list_images, find_classes
     split = tiny_imagenet / "train"
     samples = _list_images(split, find_classes(split))
     a = ImageFolderData(samples, _transforms(24, True), seed=5)

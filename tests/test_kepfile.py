@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save
 
-from kep_train.errors import KepError
-from kep_train.kepfile import (MAX_HEADER_BYTES, KepFormatError, dumps_kep, load_kep, loads_kep,
+from kep_common.errors import KepError
+from kep_train.export.kepfile import (MAX_HEADER_BYTES, KepFormatError, dumps_kep, load_kep, loads_kep,
                                save_kep)
 from kep_train.models import VGG
-from kep_train.quantize import random_kep
+from kep_train.export.quantize import random_kep
 
 FIELDS = ("values", "index", "weight", "bias", "mult", "shift", "res_mult", "w_scale")
 
@@ -219,7 +219,7 @@ def test_unknown_layer_kind_and_bad_fields(tiny, tmp_path):
 
 
 def test_cli_inspect_rejects_with_one_line(tiny, tmp_path, capsys):
-    from kep_train.export import inspect_main
+    from kep_train.export.cli import inspect_main
     p = tmp_path / "bad.kep"
     p.write_bytes(dumps_kep(tiny)[:100])
     with pytest.raises(SystemExit) as e:

@@ -9,7 +9,7 @@ import time
 import pytest
 from amaranth.sim import Simulator
 
-from kep_hw.protocol import (MAX_PAYLOAD, SYNC, BoardTimeout, Crc16, FrameReader, FrameType,
+from kep_hw.system.protocol import (MAX_PAYLOAD, SYNC, BoardTimeout, Crc16, FrameReader, FrameType,
                              ProtocolError, crc16, encode_frame)
 
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from kep_train.errors import KepError
-from kep_train.fileio import atomic_torch_save
-from kep_train.intarith import quantize_multiplier
-from kep_train.kepfile import load_kep
+from kep_common.errors import KepError
+from kep_common.fileio import atomic_torch_save
+from kep_train.golden.intarith import quantize_multiplier
+from kep_train.export.kepfile import load_kep
 from kep_train.models import VGG, CifarResNet, build_model
-from kep_train.quantize import (export_kep, extract_graph, float_sparse_tensors, fold_bn,
+from kep_train.export.quantize import (export_kep, extract_graph, float_sparse_tensors, fold_bn,
                                 input_scale, quantize_model, random_pruned_model)
-from kep_train.sparseconv import expand_dense
+from kep_train.golden.sparseconv import expand_dense
 
 META = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "model_name": "test"}
 
@@ -196,7 +196,7 @@ def _checkpoint(tmp_path):
 
 
 def test_export_and_inspect_cli(tiny_cifar, tmp_path, capsys):
-    from kep_train.export import inspect_main, layer_table, main
+    from kep_train.export.cli import inspect_main, layer_table, main
     ckpt = _checkpoint(tmp_path)
     out = tmp_path / "m.kep"
     assert main(["--checkpoint", str(ckpt), "--out", str(out), "--data-dir", str(tiny_cifar),
@@ -226,7 +226,7 @@ def test_export_and_inspect_cli(tiny_cifar, tmp_path, capsys):
 
 
 def test_export_cli_errors(tmp_path, capsys):
-    from kep_train.export import main
+    from kep_train.export.cli import main
     with pytest.raises(SystemExit) as e:
         main(["--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "m.kep")])
     assert e.value.code == 2 and "does not exist" in capsys.readouterr().err

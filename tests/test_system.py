@@ -10,14 +10,14 @@ import time
 import pytest
 import torch
 
-from kep_hw.host import BoardLink
-from kep_hw.host_testnet import random_network, reference_activations
-from kep_hw.hostplan import (pack_param_words, pack_weight_words, plan_network,
+from kep_hw.host.link import BoardLink
+from kep_hw.testing import random_network, reference_activations
+from kep_hw.system.plan import (pack_param_words, pack_weight_words, plan_network,
                              tensor_to_words, words_to_tensor)
-from kep_hw.layouts import ParamWord, pack, weight_word
-from kep_hw.protocol import BoardTimeout, ErrorCode, FrameReader, FrameType, encode_frame
-from kep_hw.system import ecp5_pll_params
-from kep_train.errors import KepError
+from kep_hw.gateware.layouts import ParamWord, pack, weight_word
+from kep_hw.system.protocol import BoardTimeout, ErrorCode, FrameReader, FrameType, encode_frame
+from kep_hw.system.top import ecp5_pll_params
+from kep_common.errors import KepError
 
 
 def test_plan_buffers_follow_liveness():
@@ -85,7 +85,7 @@ def _images(n, size, seed):
 @pytest.mark.slow
 @pytest.mark.parametrize("engine,streamed", [("kep", False), ("kep", True), ("fallback", False)])
 def test_system_rtl_bit_exact_and_rejects_bad_frames(engine, streamed, tmp_path_factory):
-    from kep_hw.host_sim import SimBoard
+    from kep_hw.bench.system_sim import SimBoard
     kep = random_network(1)
     plan = plan_network(kep, pes=8, lanes=4)
     # the network covers one and two output-channel groups (Cout = P and Cout = 2P), a

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kep_train.__main__ import main
-from kep_train.checkpoint import load_checkpoint
+from kep_train.train.checkpoint import load_checkpoint
 
 TINY = ["--model", "resnet20", "--batch-size", "16", "--dense-epochs", "1", "--reg-epochs", "1",
         "--finetune-epochs", "1", "--subset", "48", "--test-subset", "20", "--no-progress",
@@ -139,7 +139,7 @@ def test_module_entry_point_help():
 
 
 def test_pipeline_exports_kep_model(tiny_cifar, tmp_path):
-    from kep_train.kepfile import load_kep
+    from kep_train.export.kepfile import load_kep
     out = tmp_path / "e"
     assert run_cli(["cifar", "--data-dir", str(tiny_cifar), "--out", str(out), "--keep", "2",
                     "--calib-batches", "1"] + TINY) == 0

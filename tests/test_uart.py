@@ -10,7 +10,7 @@ import pytest
 from amaranth import Module
 from amaranth.sim import Simulator
 
-from kep_hw.uart import UARTRx, UARTTx, uart_divisor
+from kep_hw.gateware.uart import UARTRx, UARTTx, uart_divisor
 
 
 def test_divisor():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from .cost import count_costs
+from kep_train.pruning.cost import count_costs
 
 __all__ = ["magnitude_masks", "filter_l1_masks", "filter_consumers"]
 

@@ -8,9 +8,9 @@ import math
 import torch
 from torch import nn
 
-from .importance import Importance
-from .masks import apply_masks
-from .schedule import PenaltySchedule, penalty_lambda
+from kep_train.pruning.importance import Importance
+from kep_train.pruning.masks import apply_masks
+from kep_train.pruning.schedule import PenaltySchedule, penalty_lambda
 
 __all__ = ["prunable_convs", "plane_topk_masks", "allocate_keep", "KEPPruner"]
 

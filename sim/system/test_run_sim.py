@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kep_hw.host_testnet import random_network
-from kep_hw.run import main as run_main
-from kep_train.data import CIFAR10_CLASSES
-from kep_train.kepfile import save_kep
+from kep_hw.testing import random_network
+from kep_hw.host.run import main as run_main
+from kep_train.data.cifar import CIFAR10_CLASSES
+from kep_train.export.kepfile import save_kep
 
 
 def _fake_cifar(root, per_class=1, seed=0):

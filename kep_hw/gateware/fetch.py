@@ -1,0 +1,266 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Window fetcher: reads activation words and supplies the input windows of Px output pixels.
+
+For every (group, block of Px horizontally adjacent output pixels, input channel word) in the
+engine's loop order it reads the activation words of the block's window (one read per cycle;
+out-of-image positions read as 0 without a memory access) into one of two window buffers. A
+block of ``nv`` valid pixels (``nv = Px`` except at the end of a row) needs ``k`` input rows of
+``(nv-1)*stride + 3`` columns (3x3) or ``nv`` positions (1x1, every ``stride``-th column), so
+``k*ncols`` reads: 9 for ``Px = 1`` 3x3, 18 / 27 for ``Px = 4`` 3x3 at stride 1 / 2. The buffers
+form a two-entry FIFO whose head is the ``o`` stream, so the next window is assembled while the
+MAC array works on the current one.
+
+Buffer slot of the position (row ``r``, column ``c``) of a block: ``r * cols + c`` with
+``cols = window_cols(Px) = 2*Px + 1`` (3 for ``Px = 1``, so the ``Px = 1`` buffer is the plain
+3x3 window, slot ``r*3 + c``). Output pixel ``q`` of the block reads columns ``q*stride + 0..2``
+(3x3) or column ``q`` (1x1).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import ReadPort
+from amaranth.lib.wiring import In, Out
+
+from kep_hw.gateware.layouts import act_word
+from kep_hw.gateware.params import EngineParams
+
+__all__ = ["window_cols", "window_word", "WindowFetcher"]
+
+
+def window_cols(px: int) -> int:
+    """Columns of a block's window buffer: ``(px-1)*2 + 3`` (stride 2, the widest)."""
+    return 2 * px + 1
+
+
+def window_word(lanes: int, px: int = 1) -> data.StructLayout:
+    """One block window: ``lanes`` channels x ``3 * window_cols(px)`` positions, valid
+    channel count and pixel flags."""
+    return data.StructLayout({
+        "win": data.ArrayLayout(data.ArrayLayout(signed(8), 3 * window_cols(px)), lanes),
+        "nch": range(lanes + 1),
+        "first": 1,       # first channel word of the output block
+        "last": 1,        # last channel word of the output block
+    })
+
+
+class WindowFetcher(wiring.Component):
+    """Reads activation windows for the engine's loop order.
+
+    Parameters
+    ----------
+    params : EngineParams
+        Engine size.
+
+    Attributes
+    ----------
+    cfg : In(LayerConfig)
+        Layer configuration, stable while busy.
+    start : In(1)
+        Starts a layer.
+    act : In(ReadPort.Signature)
+        Activation read port (data one cycle after addr).
+    o : Out(stream.Signature(window_word))
+        Windows in loop order.
+    """
+
+    def __init__(self, params: EngineParams):
+        if not isinstance(params, EngineParams):
+            raise TypeError(f"params must be EngineParams, got {params!r}")
+        self.params = params
+        super().__init__({
+            "cfg": In(params.config_layout),
+            "start": In(1),
+            "busy": Out(1),
+            "act": In(ReadPort.Signature(addr_width=params.act_bits,
+                                         shape=act_word(params.lanes))),
+            "o": Out(stream.Signature(window_word(params.lanes, params.px))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        cfg = self.cfg
+        G, PX = p.lanes, p.px
+        NC = window_cols(PX)
+        aw = p.act_bits + p.dim_bits + 8   # signed address arithmetic (may go negative)
+        dw = p.dim_bits + 6                # signed image coordinates
+
+        # loop counters
+        run = Signal()
+        g = Signal(p.group_bits)
+        oy = Signal(p.dim_bits)
+        ox = Signal(p.dim_bits)                   # first output column of the block
+        iw = Signal(p.chan_bits)
+        ch_left = Signal(p.chan_bits + 1)
+        r = Signal(2)
+        c = Signal(range(NC))
+        cx = Signal(range(2 * NC))               # input column offset of position c
+        iy0 = Signal(signed(dw))                  # oy*stride - pad
+        ix0 = Signal(signed(dw))                  # ox*stride - pad
+        prow = Signal(signed(aw))                 # address of (iy0, -pad), channel word 0
+        pa = Signal(signed(aw))                   # address of (iy0, ix0), channel word 0
+        ra = Signal(signed(aw))                   # address of (iy0 + r, ix0), word iw
+        ca = Signal(signed(aw))                   # address of (iy0 + r, ix0 + cx), word iw
+
+        # two window buffers (a two-entry FIFO) and their flags
+        wl = window_word(G, PX)
+        bufs = [Signal(wl, name=f"buf{b}") for b in range(2)]
+        full = Signal(2)
+        wr = Signal()
+        rd = Signal()
+
+        # derived from the (stable) configuration, registered; a layer's first cycle after
+        # ``start`` (``init``) waits for them
+        k3 = Signal()
+        s2 = Signal()
+        wrow = Signal(p.act_bits)                 # words per input row
+        cstep = Signal(signed(aw))                # words between fetched columns
+        bstep = Signal(signed(aw))                # words between blocks
+        bstep_x = Signal(range(2 * PX + 1))       # input columns between blocks
+        init = Signal()
+        m.d.comb += [k3.eq(cfg.k == 3), s2.eq(cfg.stride == 2)]
+        m.d.sync += [
+            wrow.eq(cfg.w * cfg.cwi),
+            cstep.eq(Mux(~k3 & s2, cfg.cwi << 1, cfg.cwi)),
+            bstep.eq(Mux(s2, cfg.cwi * (2 * PX), cfg.cwi * PX)),
+            bstep_x.eq(Mux(s2, 2 * PX, PX)),
+        ]
+        m.d.comb += self.busy.eq(run | init)
+        base = Signal(signed(aw))     # address of input position (-pad, -pad)
+
+        # stream head
+        m.d.comb += [
+            self.o.valid.eq(full.bit_select(rd, 1)),
+        ]
+        with m.If(rd):
+            m.d.comb += self.o.payload.eq(bufs[1])
+        with m.Else():
+            m.d.comb += self.o.payload.eq(bufs[0])
+        pop = Signal()
+        m.d.comb += pop.eq(self.o.valid & self.o.ready)
+        with m.If(pop):
+            m.d.sync += rd.eq(~rd)
+
+        # block size: nv valid pixels, ncols window columns
+        left = Signal(range(p.max_hw + 1))
+        nv = Signal(range(PX + 1))
+        ncols = Signal(range(NC + 1))
+        last_blk = Signal()
+        m.d.comb += [
+            left.eq(cfg.wo - ox),
+            last_blk.eq(left <= PX),
+            nv.eq(Mux(last_blk, left, PX)),
+            ncols.eq(Mux(k3, Mux(s2, (nv << 1) + 1, nv + 2), nv)),
+        ]
+
+        # issue stage: one window position per cycle
+        iy = Signal(signed(dw))
+        ix = Signal(signed(dw))
+        inb = Signal()
+        slot = Signal(range(3 * NC))
+        end_r = Signal()
+        end_c = Signal()
+        m.d.comb += [
+            iy.eq(iy0 + r),
+            ix.eq(ix0 + cx),
+            inb.eq((iy >= 0) & (iy < cfg.h) & (ix >= 0) & (ix < cfg.w)),
+            slot.eq(r * NC + c),
+            end_c.eq(c == ncols - 1),
+            end_r.eq(~k3 | (r == 2)),
+        ]
+        issue = Signal()
+        m.d.comb += [
+            issue.eq(run & ~full.bit_select(wr, 1)),
+            self.act.en.eq(1),
+            self.act.addr.eq(ca),
+        ]
+
+        # read data stage (one cycle after issue)
+        f1_valid = Signal()
+        f1_inb = Signal()
+        f1_slot = Signal(range(3 * NC))
+        f1_buf = Signal()
+        f1_end = Signal()
+        m.d.sync += [
+            f1_valid.eq(issue),
+            f1_inb.eq(inb),
+            f1_slot.eq(slot),
+            f1_buf.eq(wr),
+            f1_end.eq(end_r & end_c),
+        ]
+        for b in range(2):
+            with m.If(f1_valid & (f1_buf == b)):
+                for lane in range(G):
+                    val = Signal(signed(8), name=f"rdval{b}_{lane}")
+                    m.d.comb += val.eq(Mux(f1_inb, self.act.data[lane], 0))
+                    m.d.sync += bufs[b].win[lane].as_value().word_select(f1_slot, 8).eq(val)
+        set_full = Signal(2)
+        clr_full = Signal(2)
+        m.d.comb += [
+            set_full.eq((f1_valid & f1_end) << f1_buf),
+            clr_full.eq(pop << rd),
+        ]
+        m.d.sync += full.eq((full | set_full) & ~clr_full)
+
+        # loop advance
+        nch = Signal(range(G + 1))
+        m.d.comb += nch.eq(Mux(ch_left >= G, G, ch_left))
+        step_y = Signal(signed(aw))
+        m.d.comb += step_y.eq(Mux(s2, wrow << 1, wrow))
+        with m.If(issue):
+            with m.If((r == 0) & (c == 0)):
+                for b in range(2):
+                    with m.If(wr == b):
+                        m.d.sync += [
+                            bufs[b].nch.eq(nch),
+                            bufs[b].first.eq(iw == 0),
+                            bufs[b].last.eq(iw == cfg.cwi - 1),
+                        ]
+            with m.If(~end_c):
+                m.d.sync += [c.eq(c + 1), cx.eq(cx + Mux(~k3 & s2, 2, 1)),
+                             ca.eq(ca + cstep)]
+            with m.Else():
+                m.d.sync += [c.eq(0), cx.eq(0)]
+                with m.If(~end_r):
+                    m.d.sync += [r.eq(r + 1), ra.eq(ra + wrow), ca.eq(ra + wrow)]
+                with m.Else():
+                    # window done: next channel word / block / row / group
+                    m.d.sync += [r.eq(0), wr.eq(~wr)]
+                    with m.If(iw != cfg.cwi - 1):
+                        m.d.sync += [iw.eq(iw + 1), ch_left.eq(ch_left - G),
+                                     ra.eq(pa + iw + 1), ca.eq(pa + iw + 1)]
+                    with m.Else():
+                        m.d.sync += [iw.eq(0), ch_left.eq(cfg.cin)]
+                        with m.If(~last_blk):
+                            m.d.sync += [ox.eq(ox + PX), ix0.eq(ix0 + bstep_x),
+                                         pa.eq(pa + bstep), ra.eq(pa + bstep),
+                                         ca.eq(pa + bstep)]
+                        with m.Else():
+                            m.d.sync += [ox.eq(0), ix0.eq(-cfg.pad)]
+                            with m.If(oy != cfg.ho - 1):
+                                m.d.sync += [oy.eq(oy + 1), iy0.eq(iy0 + cfg.stride),
+                                             prow.eq(prow + step_y), pa.eq(prow + step_y),
+                                             ra.eq(prow + step_y), ca.eq(prow + step_y)]
+                            with m.Else():
+                                m.d.sync += [oy.eq(0), iy0.eq(-cfg.pad), prow.eq(base),
+                                             pa.eq(base), ra.eq(base), ca.eq(base)]
+                                with m.If(g != cfg.groups - 1):
+                                    m.d.sync += g.eq(g + 1)
+                                with m.Else():
+                                    m.d.sync += run.eq(0)
+
+        m.d.comb += base.eq(cfg.act_base - Mux(cfg.pad != 0, wrow + cfg.cwi, 0))
+
+        # start: counters now, addresses one cycle later (once ``wrow`` is valid)
+        with m.If(self.start & ~run & ~init):
+            m.d.sync += [
+                init.eq(1), g.eq(0), oy.eq(0), ox.eq(0), iw.eq(0), ch_left.eq(cfg.cin),
+                r.eq(0), c.eq(0), cx.eq(0), iy0.eq(-cfg.pad), ix0.eq(-cfg.pad),
+                full.eq(0), wr.eq(0), rd.eq(0),
+            ]
+        with m.If(init):
+            m.d.sync += [init.eq(0), run.eq(1), prow.eq(base), pa.eq(base), ra.eq(base),
+                         ca.eq(base)]
+        return m

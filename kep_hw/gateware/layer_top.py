@@ -1,0 +1,103 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Standalone wrapper around the engine: on-chip memories loaded by a stream, a cycle counter.
+
+This is the top level the cocotb regression drives (``docs/accelerator.md``): load words into
+the activation (+ residual), weight and parameter memories through ``load``, set ``cfg``, pulse
+``start``, collect outputs from ``o`` (with back-pressure) and read ``cycles``.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from kep_hw.gateware.engine import Engine
+from kep_hw.gateware.layouts import ParamWord, Target, act_word, load_word, out_word, weight_word
+from kep_hw.gateware.params import EngineParams
+
+__all__ = ["LayerTop", "load_layout"]
+
+
+def load_layout(params: EngineParams):
+    """Payload layout of :class:`LayerTop`'s ``load`` stream for ``params``."""
+    width = max(act_word(params.lanes).size, weight_word(params.po).size, ParamWord.size)
+    addr = max(params.act_bits, params.wt_bits, params.prm_bits)
+    return load_word(addr_bits=addr, data_bits=width)
+
+
+class LayerTop(wiring.Component):
+    """Engine + memories + loader + cycle counter.
+
+    Parameters
+    ----------
+    params : EngineParams
+        Engine size (also the memory depths).
+
+    Attributes
+    ----------
+    load : In(stream.Signature(load_layout))
+        Memory writes, always ready.
+    cfg : In(LayerConfig)
+        Layer configuration.
+    start : In(1)
+        Start pulse.
+    busy : Out(1)
+        Engine busy.
+    cycles : Out(32)
+        Cycles from ``start`` to the end of the layer (counts while busy).
+    o : Out(stream.Signature(out_word(Po)))
+        Output stream (one transfer per output pixel and group).
+    """
+
+    def __init__(self, params: EngineParams):
+        if not isinstance(params, EngineParams):
+            raise TypeError(f"params must be EngineParams, got {params!r}")
+        self.params = params
+        super().__init__({
+            "load": In(stream.Signature(load_layout(params))),
+            "cfg": In(params.config_layout),
+            "start": In(1),
+            "busy": Out(1),
+            "cycles": Out(32),
+            "o": Out(stream.Signature(out_word(params.po))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        m.submodules.engine = eng = Engine(p)
+        m.submodules.act_mem = act_mem = Memory(shape=act_word(p.lanes), depth=p.act_depth,
+                                                init=[])
+        m.submodules.wt_mem = wt_mem = Memory(shape=weight_word(p.po), depth=p.wt_depth,
+                                              init=[])
+        m.submodules.prm_mem = prm_mem = Memory(shape=ParamWord, depth=p.prm_depth, init=[])
+
+        # loader
+        m.d.comb += self.load.ready.eq(1)
+        ld = self.load.payload
+        for mem, target, shape in ((act_mem, Target.ACT, act_word(p.lanes)),
+                                   (wt_mem, Target.WT, weight_word(p.po)),
+                                   (prm_mem, Target.PRM, ParamWord)):
+            wp = mem.write_port()
+            m.d.comb += [
+                wp.addr.eq(ld.addr),
+                wp.data.eq(ld.data[:shape.size]),
+                wp.en.eq(self.load.valid & (ld.target == target)),
+            ]
+
+        # engine
+        wiring.connect(m, eng.act, act_mem.read_port())
+        wiring.connect(m, eng.res, act_mem.read_port())
+        wiring.connect(m, eng.wt, wt_mem.read_port())
+        wiring.connect(m, eng.prm, prm_mem.read_port())
+        wiring.connect(m, eng.o, wiring.flipped(self.o))
+        m.d.comb += [eng.cfg.eq(self.cfg), eng.start.eq(self.start), self.busy.eq(eng.busy)]
+
+        # cycle counter: reset by start, counts while busy
+        with m.If(self.start & ~eng.busy):
+            m.d.sync += self.cycles.eq(1)
+        with m.Elif(eng.busy):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+        return m

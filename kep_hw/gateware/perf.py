@@ -1,0 +1,120 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Cycle model of the engine (``docs/accelerator.md``), output stream always ready.
+
+Per output-channel group the engine loads Po parameter words, then computes every block of
+``nv <= Px`` horizontally adjacent output pixels (``nv = Px`` except at the end of a row); a
+block takes one MAC cycle per (input channel, kept element). The window fetcher supplies a
+block window (G channels) every ``k * ncols`` cycles (``ncols = (nv-1)*stride + 3`` for 3x3,
+``nv`` for 1x1) from a two-entry FIFO, so a channel word costs ``max(nch * K, k * ncols)``
+cycles, and the requantization unit needs ``nv * Po/G`` issue cycles per block. Between groups
+the pipeline drains before the next parameters load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from kep_hw.gateware.params import EngineParams
+
+__all__ = ["LayerShape", "layer_cycles", "block_cycles", "ideal_cycles", "useful_macs"]
+
+# pipeline constants, from the RTL (see the docstrings of engine.py / requant.py / fetch.py)
+_START = 3          # start -> LOAD, LOAD -> RUN hand-over
+_DRAIN = 7          # last MAC of a group -> next LOAD: S1-S3, shadow, requant issue
+                    # (nv * Po/G cycles, added below) and its pipeline
+_END = 5            # last MAC of the layer -> last output transferred (+ nv * Po/G)
+_RQ_EXTRA = 4       # a block's shadow register is free nv * Po/G + 4 cycles after its
+                    # last MAC
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerShape:
+    """Shape of one convolution layer (batch of one).
+
+    Parameters
+    ----------
+    cin, cout, h, w : int
+        Channels and input size.
+    k : int
+        Kernel size (1 or 3).
+    kept : int
+        K, kept elements per plane (``k*k`` for dense mode).
+    stride, pad : int
+        Stride and zero padding.
+    """
+
+    cin: int
+    cout: int
+    h: int
+    w: int
+    k: int = 3
+    kept: int = 4
+    stride: int = 1
+    pad: int = 1
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        return ((self.h + 2 * self.pad - self.k) // self.stride + 1,
+                (self.w + 2 * self.pad - self.k) // self.stride + 1)
+
+
+def useful_macs(shape: LayerShape) -> int:
+    """Non-zero MACs: ``Ho * Wo * Cout * Cin * K``."""
+    ho, wo = shape.out_hw
+    return ho * wo * shape.cout * shape.cin * shape.kept
+
+
+def ideal_cycles(shape: LayerShape, params: EngineParams) -> float:
+    """Useful MACs / P."""
+    return useful_macs(shape) / params.pes
+
+
+def block_cycles(shape: LayerShape, params: EngineParams, nv: int) -> int:
+    """Cycles of one block of ``nv`` output pixels (MAC-, fetch- or requantization-bound)."""
+    G = params.lanes
+    keff = max(shape.kept, 1)
+    if shape.k == 3:
+        fetch = 3 * ((nv - 1) * shape.stride + 3)
+    else:
+        fetch = nv
+    cyc = 0
+    left = shape.cin
+    while left > 0:
+        nch = min(G, left)
+        cyc += max(nch * keff, fetch)
+        left -= nch
+    return max(cyc, nv * (params.po // G) + _RQ_EXTRA)
+
+
+def layer_cycles(shape: LayerShape, params: EngineParams) -> int:
+    """Predicted cycles from ``start`` to the last output transfer (LayerTop ``cycles``).
+
+    Parameters
+    ----------
+    shape : LayerShape
+        The layer.
+    params : EngineParams
+        The engine.
+
+    Returns
+    -------
+    int
+        Predicted cycle count.
+    """
+    PO, PX = params.po, params.px
+    ho, wo = shape.out_hw
+    kkw = shape.k * shape.k
+    groups = math.ceil(shape.cout / PO)
+    full, rest = divmod(wo, PX)
+    row = full * block_cycles(shape, params, PX)
+    if rest:
+        row += block_cycles(shape, params, rest)
+    load = PO + 2
+    rq_last = (rest or PX) * (PO // params.lanes)     # requant issue of a row's last block
+    # the first window arrives k * ncols + 3 cycles after start; the first MAC waits for it
+    first_fetch = (3 * ((min(PX, wo) - 1) * shape.stride + 3) if shape.k == 3
+                   else min(PX, wo))
+    first = max(_START + load, first_fetch + 3)
+    return (first + groups * ho * row + (groups - 1) * (_DRAIN + rq_last + load)
+            + _END + rq_last)

@@ -1,0 +1,182 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Host runtime: classify CIFAR-10 test images on the board (or its RTL simulation).
+
+``python -m kep_hw.run --port /dev/ttyUSB0 --model model.kep --data-dir DIR --n N`` sends each
+int8 image over the UART, receives the last conv output and the hardware cycle counter, runs
+global average pooling and the classifier on the host (exact integers), and prints top-1, the
+golden model's top-1 on the same images, every disagreement and the cycles per image.
+``--sim`` runs the same code against the Verilator simulation of the whole top level
+(:mod:`kep_hw.host_sim`) instead of a serial port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from kep_common.errors import KepError, cli_errors
+from kep_common.fileio import atomic_write_json, environment_info
+
+from kep_hw.host.link import BoardLink
+from kep_hw.system.plan import plan_network, run_tail
+
+__all__ = ["main", "ideal_cycles", "classify"]
+
+
+def ideal_cycles(kep, pes: int) -> float:
+    """Non-zero MACs of all conv layers divided by P (the lower bound on cycles per image)."""
+    total = 0
+    for layer in kep.conv_layers:
+        cout, ho, wo = layer.out_shape
+        total += ho * wo * cout * layer.in_shape[0] * layer.K
+    return total / pes
+
+
+def classify(link: BoardLink, x: torch.Tensor, *, progress=None,
+             outputs: list | None = None) -> tuple[list, list]:
+    """Run int8 images ``[N, C, H, W]`` through ``link``; returns (logits list, cycles list).
+
+    Parameters
+    ----------
+    link : BoardLink
+        A connected board (or simulation).
+    x : torch.Tensor
+        int8 images ``[N, C, H, W]``.
+    progress : callable, optional
+        Called as ``progress(n, logits, cycles, out)`` after each image.
+    outputs : list, optional
+        If given, each image's last conv output (int8 ``[C, H, W]``) is appended to it.
+    """
+    logits, cycles = [], []
+    for n in range(x.shape[0]):
+        out, cyc = link.infer(x[n])
+        logits.append(run_tail(link.plan.tail, out))
+        cycles.append(cyc)
+        if outputs is not None:
+            outputs.append(out)
+        if progress:
+            progress(n, logits[-1], cyc, out)
+    return logits, cycles
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m kep_hw.run", description=__doc__.split("\n")[0])
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", help="serial port of the board, e.g. /dev/ttyUSB0")
+    where.add_argument("--sim", action="store_true",
+                       help="run against the Verilator simulation of the whole top level")
+    p.add_argument("--model", required=True, help=".kep model the bitstream was built for")
+    p.add_argument("--data-dir", required=True, help="CIFAR-10 folder")
+    p.add_argument("--n", type=int, default=20, help="number of test images (default 20)")
+    p.add_argument("--offset", type=int, default=0, help="first test image (default 0)")
+    p.add_argument("--pes", default="16",
+                   help="P of the bitstream, or PxPX (P PEs as PX pixels x P/PX channels; "
+                        "default 16)")
+    p.add_argument("--lanes", type=int, default=4, help="channels per activation word (4)")
+    p.add_argument("--baud", type=int, default=1000000, help="UART baud rate (board)")
+    p.add_argument("--streamed", action="store_true",
+                   help="(--sim) build the streamed-weights variant")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds to wait for each answer (default 10, --sim 600)")
+    p.add_argument("--fmax", type=float, default=None,
+                   help="clock in MHz for the latency (default: the board's reported clock)")
+    p.add_argument("--build-root", default="sim_build", help="(--sim) build folder")
+    p.add_argument("--engine", choices=("kep", "fallback"), default="kep",
+                   help="(--sim) compute engine of the simulated system: the zero-skipping "
+                        "kep_hw.engine.Engine (default) or the compact fallback engine")
+    p.add_argument("--out", default=None, help="write a JSON report here")
+    return p
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point (see the module docstring)."""
+    args = _parser().parse_args(argv)
+    if args.n < 1 or args.offset < 0:
+        raise KepError(f"--n must be >= 1 and --offset >= 0, got {args.n}, {args.offset}")
+    from kep_hw.board.build import parse_pes
+    pes, px = parse_pes(args.pes)
+    if args.lanes < 1 or args.lanes & (args.lanes - 1):
+        raise KepError(f"--lanes must be a power of two, got {args.lanes}")
+    if px != 1 and args.engine != "kep":
+        raise KepError("--pes NxPX needs --engine kep")
+    from kep_train.data.cifar import load_cifar10
+    from kep_train.golden.evaluate import quantize_input, run_network, top1
+    from kep_train.export.kepfile import load_kep
+    kep = load_kep(args.model)
+    plan = plan_network(kep, pes=pes // px, lanes=args.lanes)
+    images, labels = load_cifar10(args.data_dir, train=False, download=False)
+    if args.offset + args.n > images.shape[0]:
+        raise KepError(f"only {images.shape[0]} test images, asked for "
+                       f"{args.offset}..{args.offset + args.n}")
+    sel = slice(args.offset, args.offset + args.n)
+    x = quantize_input(kep, images[sel])
+    labels = labels[sel]
+    golden_logits, golden_acts = run_network(kep, x, return_all=True)
+    golden = top1(golden_logits)
+    golden_last = golden_acts[kep.conv_layers[-1].name]
+    mismatched = []
+    timeout = args.timeout if args.timeout is not None else (600.0 if args.sim else 10.0)
+
+    def progress(n, logits, cyc, out):
+        pred = int(torch.argmax(logits))
+        bad = int((out != golden_last[n]).sum())
+        mismatched.append(bad)
+        flag = "" if pred == int(golden[n]) else "  DISAGREES with golden"
+        print(f"image {args.offset + n}: label {int(labels[n])} board {pred} golden "
+              f"{int(golden[n])} cycles {cyc} last-conv values differing {bad}{flag}",
+              flush=True)
+
+    t0 = time.monotonic()
+    if args.sim:
+        from kep_hw.bench.system_sim import SimBoard
+        with SimBoard(plan, streamed=args.streamed, build_root=args.build_root,
+                      engine=args.engine, px=px) as port:
+            link = BoardLink(port, plan, timeout=timeout)
+            info = link.connect()
+            logits, cycles = classify(link, x, progress=progress)
+    else:
+        try:
+            import serial
+        except ImportError:
+            raise KepError("pyserial is missing: pip install pyserial") from None
+        try:
+            port = serial.Serial(args.port, args.baud, timeout=0.05)
+        except serial.SerialException as e:
+            raise KepError(f"cannot open {args.port}: {e}") from None
+        with port:
+            link = BoardLink(port, plan, timeout=timeout)
+            info = link.connect()
+            logits, cycles = classify(link, x, progress=progress)
+    seconds = time.monotonic() - t0
+    board = torch.stack([top1(lg.unsqueeze(0))[0] for lg in logits])
+    disagree = [args.offset + i for i in range(args.n) if int(board[i]) != int(golden[i])]
+    fmax = args.fmax or info["clk_khz"] / 1000
+    mean_cyc = sum(cycles) / len(cycles)
+    ideal = ideal_cycles(kep, pes)
+    report = {
+        "n": args.n, "offset": args.offset, "mode": "streamed" if info["streamed"] else
+        "embedded", "target": "sim" if args.sim else args.port, "pes": pes, "px": px,
+        "top1_board": float((board == labels).float().mean()),
+        "top1_golden": float((golden == labels).float().mean()),
+        "disagreements": disagree, "mismatched_values": mismatched,
+        "bit_exact": not any(mismatched), "cycles": cycles, "cycles_mean": mean_cyc,
+        "ideal_cycles": ideal, "fmax_mhz": fmax,
+        "latency_ms": mean_cyc / fmax / 1e3, "ideal_latency_ms": ideal / fmax / 1e3,
+        "seconds": seconds, "environment": environment_info(),
+    }
+    print(f"top-1 board {report['top1_board']:.2%}  golden {report['top1_golden']:.2%}  "
+          f"on {args.n} images; disagreements: {len(disagree)} {disagree or ''}")
+    print(f"last conv output bit-exact on {mismatched.count(0)} of {args.n} images")
+    print(f"cycles/image {mean_cyc:.0f} (ideal {ideal:.0f} = non-zero MACs / P, "
+          f"{ideal / mean_cyc:.1%}); at {fmax:g} MHz: {report['latency_ms']:.2f} ms/image "
+          f"(ideal {report['ideal_latency_ms']:.2f} ms)")
+    if args.out:
+        atomic_write_json(args.out, report)
+    return 0 if not disagree and not any(mismatched) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,195 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The framed UART protocol between the host and the board (both sides).
+
+Frame (all multi-byte fields little-endian)::
+
+    SYNC 0xA5 | TYPE u8 | LEN u16 | PAYLOAD (LEN bytes) | CRC u16
+
+``CRC`` is CRC-16/CCITT-FALSE (polynomial 0x1021, initial value 0xFFFF, no reflection, no final
+XOR) over ``TYPE, LEN, PAYLOAD``. ``LEN`` is at most :data:`MAX_PAYLOAD`. A receiver that sees
+a CRC mismatch, an unknown type, a length out of range or a gap longer than its inter-byte
+timeout inside a frame drops the frame and reports it (the board answers with an ``ERROR``
+frame; the host raises :class:`ProtocolError`). See ``docs/boards.md`` for the message flow.
+
+Host to board: ``PING`` (empty) -> ``INFO``; ``WRITE`` (u8 memory, u16 word address, words)
+writes weight or parameter words (streamed mode); ``IMAGE`` (the int8 input tensor, CHW) runs
+the network -> ``RESULT`` (u32 cycles, int8 output tensor CHW), preceded in streamed mode by
+one ``NEED`` (u8 layer) per layer, each answered with the layer's ``WRITE`` frames and ``GO``.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import time
+
+from amaranth import Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from kep_common.errors import KepError
+
+__all__ = ["SYNC", "MAX_PAYLOAD", "PROTOCOL_VERSION", "FrameType", "ErrorCode", "ProtocolError",
+           "BoardTimeout", "crc16", "encode_frame", "FrameReader", "Crc16"]
+
+SYNC = 0xA5
+MAX_PAYLOAD = 8192
+PROTOCOL_VERSION = 1
+
+
+class FrameType(enum.IntEnum):
+    """Frame types (host to board < 0x80, board to host >= 0x80)."""
+    PING = 0x01
+    WRITE = 0x02
+    IMAGE = 0x03
+    GO = 0x04
+    INFO = 0x81
+    NEED = 0x82
+    RESULT = 0x83
+    ERROR = 0x8F
+
+
+class ErrorCode(enum.IntEnum):
+    """Payload byte 0 of an ``ERROR`` frame (byte 1: the offending frame's type)."""
+    CRC = 1
+    TYPE = 2
+    LENGTH = 3
+    STATE = 4
+    TIMEOUT = 5
+
+
+class ProtocolError(KepError):
+    """A frame was corrupted, truncated or unexpected."""
+
+
+class BoardTimeout(KepError):
+    """The board did not answer in time."""
+
+
+def crc16(data: bytes, crc: int = 0xFFFF) -> int:
+    """CRC-16/CCITT-FALSE of ``data`` (``crc16(b"123456789") == 0x29B1``)."""
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
+            crc &= 0xFFFF
+    return crc
+
+
+def encode_frame(ftype: int, payload: bytes = b"") -> bytes:
+    """Encode one frame.
+
+    Raises
+    ------
+    ValueError
+        If the type is not a byte or the payload is longer than :data:`MAX_PAYLOAD`.
+    """
+    if not 0 <= int(ftype) <= 0xFF:
+        raise ValueError(f"frame type must be a byte, got {ftype!r}")
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    body = struct.pack("<BH", int(ftype), len(payload)) + bytes(payload)
+    return bytes([SYNC]) + body + struct.pack("<H", crc16(body))
+
+
+class FrameReader:
+    """Read frames from a byte transport with timeouts (host side).
+
+    Parameters
+    ----------
+    read : callable
+        ``read(n) -> bytes`` returning at most ``n`` bytes, possibly fewer (or none) after the
+        transport's own short timeout (e.g. a ``serial.Serial`` with ``timeout=0.05``).
+    timeout : float
+        Seconds to wait for the first byte of a frame.
+    byte_timeout : float
+        Seconds allowed between two bytes inside a frame (a longer gap = truncated frame).
+    """
+
+    def __init__(self, read, *, timeout: float = 5.0, byte_timeout: float = 1.0):
+        self._read = read
+        self.timeout = timeout
+        self.byte_timeout = byte_timeout
+        self._buf = bytearray()
+        self.stray = 0          # bytes discarded before a SYNC byte (line noise), reported
+
+    def _take(self, n: int, deadline: float, what: str) -> bytes:
+        while len(self._buf) < n:
+            if time.monotonic() > deadline:
+                got = len(self._buf)
+                self._buf.clear()
+                raise (BoardTimeout if what == "frame" else ProtocolError)(
+                    f"no answer from the board within {self.timeout:g} s" if what == "frame"
+                    else f"truncated frame: {what} stopped after {got} of {n} bytes")
+            chunk = self._read(n - len(self._buf))
+            if chunk:
+                self._buf += chunk
+                if what != "frame":
+                    deadline = time.monotonic() + self.byte_timeout
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    def read_frame(self, timeout: float | None = None) -> tuple[int, bytes]:
+        """Return the next valid frame as ``(type, payload)``.
+
+        Raises
+        ------
+        BoardTimeout
+            If no frame starts within the timeout.
+        ProtocolError
+            On a corrupted or truncated frame. Bytes before a SYNC byte are discarded and
+            counted in ``stray``.
+        """
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        skipped = 0
+        while True:
+            b = self._take(1, deadline, "frame")
+            if b[0] == SYNC:
+                break
+            skipped += 1
+        hdr = self._take(3, time.monotonic() + self.byte_timeout, "header")
+        ftype, length = struct.unpack("<BH", hdr)
+        if length > MAX_PAYLOAD:
+            raise ProtocolError(f"corrupted frame: length {length} exceeds {MAX_PAYLOAD}")
+        rest = self._take(length + 2, time.monotonic() + self.byte_timeout, "payload")
+        payload, (crc,) = rest[:length], struct.unpack("<H", rest[length:])
+        if crc != crc16(hdr + payload):
+            raise ProtocolError(f"corrupted frame: CRC mismatch (type 0x{ftype:02x}, "
+                                f"{length} bytes)")
+        self.stray += skipped
+        return ftype, payload
+
+
+class Crc16(wiring.Component):
+    """CRC-16/CCITT-FALSE, one byte per cycle (gateware).
+
+    Attributes
+    ----------
+    clear : In(1)
+        Reset the CRC to 0xFFFF (takes precedence over ``valid``).
+    valid : In(1)
+        Fold ``data`` into the CRC this cycle.
+    data : In(8)
+    crc : Out(16)
+        The CRC of the bytes folded since the last ``clear``.
+    """
+
+    def __init__(self):
+        super().__init__({"clear": In(1), "valid": In(1), "data": In(8),
+                          "crc": Out(16, init=0xFFFF)})
+
+    def elaborate(self, platform):
+        m = Module()
+        c = Signal(16)
+        m.d.comb += c.eq(self.crc ^ (self.data << 8))
+        for n in range(8):      # one signal per bit step keeps the expression tree small
+            step = Signal(16, name=f"step{n}")
+            m.d.comb += step.eq((c << 1)[:16] ^ (c[15].replicate(16) & 0x1021))
+            c = step
+        nxt = c
+        with m.If(self.clear):
+            m.d.sync += self.crc.eq(0xFFFF)
+        with m.Elif(self.valid):
+            m.d.sync += self.crc.eq(nxt)
+        return m

@@ -1,0 +1,595 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Post-training int8 quantization of a (KEP-pruned) float model into a :class:`KepModel`.
+
+Steps (``docs/kep-format.md`` "How a float model becomes a .kep"):
+
+1. **Graph extraction** with ``torch.fx.symbolic_trace``; patterns ``conv[->bn][->relu]``,
+   ``conv[->bn] + tensor [->relu]`` (residual add fused into the conv), ``maxpool``,
+   ``adaptive avgpool(1) [-> flatten]``, final ``linear``. Anything else raises
+   :class:`~kep_train.errors.KepError` naming the node.
+2. **BN folding** into the conv weight and bias.
+3. **Calibration** of one activation scale per layer output on float training images:
+   ``scale = a / 127`` with ``a`` the mean over calibration batches of the ``percentile``-th
+   percentile of ``|x|`` (method ``"percentile"``, default 99.99) or the maximum of ``|x|`` over
+   all batches (method ``"max"``). The input scale is exact: the largest ``|x|`` that a
+   normalized [0, 1] pixel can take, over 127.
+4. **Weights** per output channel, symmetric: ``s_w = max|w| / 127``, ``q = round(w / s_w)``.
+   Pruned elements (mask False) are exactly zero and are not stored; a kept element that
+   rounds to 0 is still stored. **Bias** ``round(b / (s_in * s_w))`` in int32.
+5. **Requantization** ``(mult, shift, res_mult)`` from
+   :func:`kep_train.intarith.quantize_multiplier`. The classifier uses one per-tensor weight scale and outputs int32 logits.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from kep_common.errors import KepError
+from kep_train.golden.intarith import INT8_MAX, quantize_multiplier
+from kep_train.export.kepfile import KEP_FORMAT_VERSION, KepLayer, KepModel, save_kep
+
+__all__ = ["CALIB_METHODS", "extract_graph", "fold_bn", "calibrate", "quantize_model",
+           "export_kep", "kep_from_checkpoint", "float_sparse_tensors", "input_scale",
+           "random_pruned_model", "random_kep"]
+
+CALIB_METHODS = ("percentile", "max")
+_RELU_FUNCS = (F.relu, torch.relu)
+_ADD_FUNCS = (operator.add, torch.add)
+
+
+@dataclass
+class _Node:
+    """A layer under construction while walking the fx graph."""
+
+    name: str
+    op: str
+    input: str
+    module: nn.Module | None = None
+    bn: nn.Module | None = None
+    relu: bool = False
+    residual: str | None = None
+    last: fx.Node | None = None     # the fx node whose value is this layer's float output
+    stage: str = "final"            # conv -> bn -> add -> relu while fusing
+    kernel_size: int = 1
+    stride: int = 1
+    padding: int = 0
+
+
+def _pair(v, what, node) -> int:
+    if isinstance(v, (tuple, list)):
+        if len(set(v)) != 1:
+            raise KepError(f"unsupported graph at node {node.name!r}: non-square {what} {v!r}")
+        v = v[0]
+    return int(v)
+
+
+def extract_graph(model: nn.Module) -> tuple[list, fx.GraphModule]:
+    """Trace ``model`` and return the layer list (execution order) and the traced module.
+
+    Raises
+    ------
+    KepError
+        For any operation outside the supported patterns (the message names the fx node).
+    """
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as e:  # fx raises many types for untraceable code
+        raise KepError(f"cannot trace the model with torch.fx: {str(e).splitlines()[0]}")
+    modules = dict(gm.named_modules())
+    env: dict = {}          # fx node -> _Node (pending or final)
+    order: list = []        # final layers in execution order
+    names: set = {"input"}
+
+    def bad(node, why=""):
+        what = node.target if node.op != "call_module" else type(modules[node.target]).__name__
+        raise KepError(f"unsupported graph at node {node.name!r} ({node.op} {what})"
+                       + (f": {why}" if why else ""))
+
+    def finalize(node) -> str:
+        if node not in env:
+            bad(node, "its input is not a supported layer output")
+        ly = env[node]
+        if isinstance(ly, str):
+            return ly
+        if ly.stage != "final":
+            ly.stage = "final"
+            order.append(ly)
+        return ly.name
+
+    def unique(name):
+        base, i = name, 1
+        while name in names:
+            name, i = f"{base}_{i}", i + 1
+        names.add(name)
+        return name
+
+    def fusable(arg, stages):
+        ly = env.get(arg)
+        return (isinstance(ly, _Node) and ly.stage in stages and len(arg.users) == 1)
+
+    for node in gm.graph.nodes:
+        args = node.args
+        if node.op == "placeholder":
+            if any(isinstance(v, str) for v in env.values()):
+                bad(node, "only one input is supported")
+            env[node] = "input"
+            continue
+        if node.op == "output":
+            out = args[0]
+            if not isinstance(out, fx.Node):
+                bad(node, "the model must return one tensor")
+            finalize(out)
+            if not order or env[out] is not order[-1]:
+                bad(node, "the output must be the last layer")
+            continue
+        mod = modules.get(node.target) if node.op == "call_module" else None
+        is_relu = (isinstance(mod, nn.ReLU) or (node.op == "call_function"
+                   and node.target in _RELU_FUNCS) or (node.op == "call_method"
+                                                       and node.target == "relu"))
+        is_add = ((node.op == "call_function" and node.target in _ADD_FUNCS
+                   and len(args) == 2 and not node.kwargs)
+                  or (node.op == "call_method" and node.target == "add" and not node.kwargs))
+        is_flatten = ((node.op == "call_function" and node.target is torch.flatten)
+                      or (node.op == "call_method" and node.target == "flatten")
+                      or isinstance(mod, nn.Flatten))
+        if isinstance(mod, (nn.Identity, nn.Dropout)):
+            env[node] = env.get(args[0]) if args[0] in env else bad(node)
+        elif isinstance(mod, nn.Conv2d):
+            if mod.groups != 1 or _pair(mod.dilation, "dilation", node) != 1:
+                bad(node, "grouped or dilated convolution")
+            if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+                bad(node, "only explicit zero padding is supported")
+            src = finalize(args[0])
+            ly = _Node(name=unique(node.target), op="conv", input=src, module=mod, last=node,
+                       stage="conv", kernel_size=_pair(mod.kernel_size, "kernel", node),
+                       stride=_pair(mod.stride, "stride", node),
+                       padding=_pair(mod.padding, "padding", node))
+            env[node] = ly
+        elif isinstance(mod, nn.BatchNorm2d):
+            if not fusable(args[0], ("conv",)):
+                bad(node, "batch norm must directly follow a conv with no other user")
+            ly = env[args[0]]
+            ly.bn, ly.stage, ly.last = mod, "bn", node
+            env[node] = ly
+        elif is_relu:
+            if not fusable(args[0], ("conv", "bn", "add")):
+                bad(node, "ReLU must follow a conv, conv-bn or residual add with no other user")
+            ly = env[args[0]]
+            ly.relu, ly.stage, ly.last = True, "relu", node
+            env[node] = ly
+            finalize(node)
+        elif is_add:
+            a, b = args[0], args[1]
+            if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
+                bad(node, "add of a constant")
+            main, other = ((a, b) if fusable(a, ("conv", "bn")) else
+                           (b, a) if fusable(b, ("conv", "bn")) else (None, None))
+            if main is None:
+                bad(node, "a residual add needs a conv or conv-bn operand with no other user")
+            ly = env[main]
+            ly.residual = finalize(other)
+            ly.stage, ly.last = "add", node
+            env[node] = ly
+        elif isinstance(mod, nn.MaxPool2d):
+            if mod.dilation != 1 or mod.ceil_mode or mod.return_indices:
+                bad(node, "dilated / ceil_mode max pooling")
+            src = finalize(args[0])
+            k = _pair(mod.kernel_size, "kernel", node)
+            s = _pair(mod.stride if mod.stride is not None else k, "stride", node)
+            ly = _Node(name=unique(node.target), op="maxpool", input=src, last=node,
+                       kernel_size=k, stride=s, padding=_pair(mod.padding, "padding", node))
+            env[node] = ly
+            order.append(ly)
+        elif isinstance(mod, nn.AdaptiveAvgPool2d):
+            if mod.output_size not in (1, (1, 1), [1, 1]):
+                bad(node, "only global average pooling (output size 1)")
+            src = finalize(args[0])
+            ly = _Node(name=unique(node.target), op="avgpool", input=src, last=node)
+            env[node] = ly
+            order.append(ly)
+        elif is_flatten:
+            prev = env.get(args[0])
+            start = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 1)
+            if isinstance(mod, nn.Flatten):
+                start = mod.start_dim
+            if not (isinstance(prev, _Node) and prev.op == "avgpool" and start == 1):
+                bad(node, "flatten(x, 1) is supported only after global average pooling")
+            env[node] = prev
+        elif isinstance(mod, nn.Linear):
+            prev = env.get(args[0])
+            if not (isinstance(prev, _Node) and prev.op == "avgpool"):
+                bad(node, "a linear layer must follow global average pooling")
+            ly = _Node(name=unique(node.target), op="linear", input=prev.name, module=mod,
+                       last=node)
+            env[node] = ly
+            order.append(ly)
+        else:
+            bad(node)
+    for ly in order[:-1]:
+        if ly.op == "linear":
+            raise KepError(f"unsupported graph: linear layer {ly.name!r} is not the last layer")
+    return order, gm
+
+
+def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold an eval-mode batch norm into the conv: returns float64 ``(weight, bias)``.
+
+    ``w' = w * g / sqrt(var + eps)``, ``b' = (b - mean) * g / sqrt(var + eps) + beta``; an
+    exact zero weight stays exactly zero.
+    """
+    w = conv.weight.detach().to(torch.float64)
+    b = (conv.bias.detach().to(torch.float64) if conv.bias is not None
+         else torch.zeros(w.shape[0], dtype=torch.float64))
+    if bn is None:
+        return w.clone(), b
+    g = (bn.weight.detach().to(torch.float64) if bn.weight is not None
+         else torch.ones_like(b))
+    beta = bn.bias.detach().to(torch.float64) if bn.bias is not None else torch.zeros_like(b)
+    if bn.running_mean is None or bn.running_var is None:
+        raise KepError("batch norm without running statistics cannot be folded")
+    f = g / torch.sqrt(bn.running_var.detach().to(torch.float64) + bn.eps)
+    return w * f.view(-1, 1, 1, 1), (b - bn.running_mean.detach().to(torch.float64)) * f + beta
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm, watch):
+        super().__init__(gm)
+        self.watch = watch      # fx node -> layer name
+        self.values = {}
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        if n in self.watch:
+            self.values[self.watch[n]] = out
+        return out
+
+
+def calibrate(gm: fx.GraphModule, layers: list, calib: torch.Tensor, *,
+              method: str = "percentile", percentile: float = 99.99,
+              batch_size: int = 256) -> tuple[dict, dict]:
+    """Activation ranges of every layer output over ``calib`` (float, normalized images).
+
+    Returns
+    -------
+    ranges : dict
+        layer name -> calibrated ``|x|`` bound (the scale is ``bound / 127``).
+    shapes : dict
+        layer name -> output shape without the batch dimension.
+    """
+    if method not in CALIB_METHODS:
+        raise KepError(f"unknown calibration method {method!r}; choose one of "
+                       f"{', '.join(CALIB_METHODS)}")
+    if not 0 < percentile <= 100:
+        raise KepError(f"percentile must lie in (0, 100], got {percentile!r}")
+    if calib.dim() != 4 or calib.shape[0] == 0 or not calib.is_floating_point():
+        raise KepError(f"calibration images must be a float tensor [N, C, H, W], got "
+                       f"{calib.dtype} {list(calib.shape)}")
+    watch = {ly.last: ly.name for ly in layers}
+    rec = _Recorder(gm, watch)
+    stats: dict = {ly.name: [] for ly in layers}
+    shapes: dict = {}
+    with torch.inference_mode():
+        for start in range(0, calib.shape[0], batch_size):
+            rec.values = {}
+            rec.run(calib[start:start + batch_size].float())
+            for name, v in rec.values.items():
+                shapes[name] = tuple(v.shape[1:])
+                a = v.detach().abs().flatten().to(torch.float64)
+                if method == "max" or percentile >= 100:
+                    stats[name].append(float(a.max()))
+                else:
+                    kth = max(1, min(a.numel(), math.ceil(a.numel() * percentile / 100)))
+                    stats[name].append(float(a.kthvalue(kth).values))
+    ranges = {}
+    for name, s in stats.items():
+        if not s:
+            continue
+        r = max(s) if method == "max" or percentile >= 100 else sum(s) / len(s)
+        ranges[name] = r if r > 0 and math.isfinite(r) else 1.0
+    return ranges, shapes
+
+
+def input_scale(mean, std) -> float:
+    """Exact int8 scale of normalized [0, 1] pixels: ``max |(p - mean) / std| / 127``."""
+    m = torch.as_tensor(mean, dtype=torch.float64)
+    s = torch.as_tensor(std, dtype=torch.float64)
+    if not bool((s > 0).all()):
+        raise KepError(f"std must be positive, got {s.tolist()}")
+    return float(torch.maximum((0 - m).abs() / s, (1 - m).abs() / s).max()) / INT8_MAX
+
+
+def _check_masks(layers: list, masks: dict) -> None:
+    conv = {ly.name: ly for ly in layers if ly.op == "conv"}
+    for name, m in masks.items():
+        if name not in conv:
+            raise KepError(f"mask for {name!r}, which is not a conv layer of the model")
+        w = conv[name].module.weight
+        if not isinstance(m, torch.Tensor) or tuple(m.shape) != tuple(w.shape):
+            raise KepError(f"mask of {name!r} must be a tensor of the weight shape "
+                           f"{list(w.shape)}")
+        kept = m.bool().flatten(2).sum(2)
+        if kept.numel() and int(kept.min()) != int(kept.max()):
+            raise KepError(f"layer {name!r}: KEP needs the same number of kept elements in "
+                           f"every plane, found {int(kept.min())} to {int(kept.max())}")
+        if kept.numel() and int(kept.min()) == 0:
+            raise KepError(f"layer {name!r}: planes with K=0 are not supported")
+        if bool((w.detach()[~m.bool()] != 0).any()):
+            raise KepError(f"layer {name!r}: pruned elements (mask False) are not exactly 0")
+
+
+def _quant_conv(ly: _Node, s_in: float, s_out: float, s_res: float | None, mask,
+                in_shape, out_shape) -> KepLayer:
+    w, b = fold_bn(ly.module, ly.bn)
+    cout = w.shape[0]
+    amax = w.abs().flatten(1).max(1).values
+    s_w = torch.where(amax > 0, amax / INT8_MAX, torch.ones_like(amax))
+    q = torch.round(w / s_w.view(-1, 1, 1, 1)).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    bias = torch.round(b / (s_in * s_w))
+    if bool((bias.abs() >= 2**31).any()):
+        raise KepError(f"layer {ly.name!r}: bias does not fit int32 after quantization")
+    mults, shifts, rmults = [], [], []
+    for o in range(cout):
+        try:
+            m, s, r = quantize_multiplier(s_in * float(s_w[o]) / s_out,
+                                          res_real=None if s_res is None else s_res / s_out)
+        except ValueError as e:
+            raise KepError(f"layer {ly.name!r}, channel {o}: {e}")
+        mults.append(m)
+        shifts.append(s)
+        rmults.append(r)
+    k = ly.kernel_size
+    layer = KepLayer(name=ly.name, op="conv", input=ly.input, in_shape=tuple(in_shape),
+                     out_shape=tuple(out_shape), in_scale=s_in, out_scale=s_out,
+                     kernel_size=k, stride=ly.stride, padding=ly.padding, relu=ly.relu,
+                     residual=ly.residual, sparse=mask is not None,
+                     bias=bias.to(torch.int32),
+                     mult=torch.tensor(mults, dtype=torch.int32),
+                     shift=torch.tensor(shifts, dtype=torch.int32),
+                     res_mult=torch.tensor(rmults, dtype=torch.int32),
+                     w_scale=s_w.to(torch.float32))
+    if mask is None:
+        layer.weight = q.contiguous()
+    else:
+        flat = mask.bool().flatten(2)                               # [Cout, Cin, k*k]
+        big_k = int(flat[0, 0].sum())
+        pos = torch.arange(k * k).expand_as(flat)
+        # ascending positions of the kept elements: sort keys put kept ones first, in order
+        key = torch.where(flat, pos, pos + k * k)
+        index = key.sort(dim=2).values[..., :big_k]
+        layer.index = index.to(torch.uint8).contiguous()
+        layer.values = q.flatten(2).gather(2, index).contiguous()
+    return layer
+
+
+def quantize_model(model: nn.Module, *, masks: dict, calib: torch.Tensor, meta: dict,
+                   method: str = "percentile", percentile: float = 99.99) -> KepModel:
+    """Quantize a float model (eval mode, pruned elements exactly 0) to a :class:`KepModel`.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Float model; it is traced with ``torch.fx`` and put in eval mode.
+    masks : dict
+        ``{conv module name: bool tensor shaped like its weight}`` (True = kept); these layers
+        are stored sparse with the same K in every plane, all others dense.
+    calib : torch.Tensor
+        Float normalized training images ``[N, C, H, W]`` for activation calibration.
+    meta : dict
+        Metadata to store: at least ``mean`` and ``std`` (per input channel); also e.g.
+        ``model_name``, ``dataset``, ``num_classes``, ``kep`` settings.
+    method, percentile
+        Calibration rule (see the module docstring).
+
+    Returns
+    -------
+    KepModel
+
+    Raises
+    ------
+    KepError
+        Unsupported graph, bad masks (unequal K, non-zero pruned elements), bad metadata.
+    """
+    model = model.eval()
+    masks = dict(masks or {})
+    meta = dict(meta or {})
+    for key in ("mean", "std"):
+        if key not in meta:
+            raise KepError(f"meta must contain {key!r} (input normalization)")
+    layers, gm = extract_graph(model)
+    _check_masks(layers, masks)
+    ranges, shapes = calibrate(gm, layers, calib, method=method, percentile=percentile)
+    s_input = input_scale(meta["mean"], meta["std"])
+    scales = {"input": s_input}
+    out_shapes = {"input": tuple(calib.shape[1:])}
+    out = []
+    for ly in layers:
+        s_in, in_shape = scales[ly.input], out_shapes[ly.input]
+        oshape = shapes[ly.name]
+        if ly.op == "conv":
+            s_out = ranges[ly.name] / INT8_MAX
+            s_res = scales[ly.residual] if ly.residual else None
+            kl = _quant_conv(ly, s_in, s_out, s_res, masks.get(ly.name), in_shape, oshape)
+        elif ly.op == "maxpool":
+            s_out = s_in
+            kl = KepLayer(name=ly.name, op="maxpool", input=ly.input, in_shape=in_shape,
+                          out_shape=oshape, in_scale=s_in, out_scale=s_out,
+                          kernel_size=ly.kernel_size, stride=ly.stride, padding=ly.padding)
+        elif ly.op == "avgpool":
+            oshape = (in_shape[0],)
+            s_out = s_in / (in_shape[1] * in_shape[2])
+            kl = KepLayer(name=ly.name, op="avgpool", input=ly.input, in_shape=in_shape,
+                          out_shape=oshape, in_scale=s_in, out_scale=s_out)
+        else:  # linear
+            w = ly.module.weight.detach().to(torch.float64)
+            b = (ly.module.bias.detach().to(torch.float64) if ly.module.bias is not None
+                 else torch.zeros(w.shape[0], dtype=torch.float64))
+            amax = float(w.abs().max())
+            s_w = amax / INT8_MAX if amax > 0 else 1.0
+            s_out = s_in * s_w
+            bias = torch.round(b / s_out)
+            if bool((bias.abs() >= 2**31).any()):
+                raise KepError(f"layer {ly.name!r}: bias does not fit int32")
+            oshape = (w.shape[0],)
+            kl = KepLayer(name=ly.name, op="linear", input=ly.input, in_shape=in_shape,
+                          out_shape=oshape, in_scale=s_in, out_scale=s_out,
+                          weight=torch.round(w / s_w).clamp(-INT8_MAX, INT8_MAX)
+                          .to(torch.int8), bias=bias.to(torch.int32))
+        scales[ly.name], out_shapes[ly.name] = s_out, tuple(oshape)
+        out.append(kl)
+    meta.update(format_version=KEP_FORMAT_VERSION, input_shape=list(calib.shape[1:]),
+                input_scale=s_input, mean=[float(v) for v in meta["mean"]],
+                std=[float(v) for v in meta["std"]],
+                calibration={"method": method, "percentile": percentile,
+                             "images": int(calib.shape[0])})
+    from kep_train import __version__
+    meta.setdefault("toolkit_version", __version__)
+    kep = KepModel(layers=out, meta=meta)
+    from kep_train.export.kepfile import dumps_kep
+    dumps_kep(kep)  # validate now: a defect is a bug here, not in a later reader
+    return kep
+
+
+def export_kep(model: nn.Module, path: str | os.PathLike, *, masks: dict,
+               calib: torch.Tensor, meta: dict, method: str = "percentile",
+               percentile: float = 99.99) -> KepModel:
+    """Quantize ``model`` (:func:`quantize_model`) and write it to ``path`` atomically.
+
+    Parameters and exceptions are those of :func:`quantize_model`; returns the
+    :class:`KepModel` that was written.
+    """
+    kep = quantize_model(model, masks=masks, calib=calib, meta=meta, method=method,
+                         percentile=percentile)
+    save_kep(path, kep)
+    return kep
+
+
+def kep_from_checkpoint(ckpt_path: str | os.PathLike, calib: torch.Tensor, *,
+                        method: str = "percentile", percentile: float = 99.99) -> KepModel:
+    """Quantize the model of a training checkpoint (masks, mean/std and KEP settings from it).
+
+    Raises
+    ------
+    KepError
+        Bad checkpoint (see :func:`kep_train.checkpoint.load_checkpoint`) or quantization error.
+    """
+    from kep_train.train.checkpoint import model_from_checkpoint
+    model, ckpt = model_from_checkpoint(ckpt_path)
+    meta = {"model_name": ckpt["model_name"], "num_classes": int(ckpt["num_classes"]),
+            "dataset": ckpt.get("dataset", "cifar10"), "checkpoint": str(ckpt_path),
+            "kep": _jsonable(ckpt.get("kep") or {})}
+    for key in ("mean", "std"):
+        if key not in ckpt:
+            raise KepError(f"checkpoint {str(ckpt_path)!r} lacks {key!r}")
+        meta[key] = [float(v) for v in torch.as_tensor(ckpt[key]).flatten()]
+    masks = {k: v.bool() for k, v in (ckpt.get("masks") or {}).items()}
+    return quantize_model(model, masks=masks, calib=calib, meta=meta, method=method,
+                          percentile=percentile)
+
+
+def _jsonable(obj):
+    """Plain JSON types from checkpoint settings (tensors become lists)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
+
+
+def float_sparse_tensors(model: nn.Module, masks: dict) -> dict:
+    """Float ``(values, index)`` of every masked conv (no BN folding, no quantization).
+
+    Returns
+    -------
+    dict
+        ``{name: {"values": float [Cout, Cin, K], "index": uint8 [Cout, Cin, K]}}``.
+
+    Raises
+    ------
+    KepError
+        Unknown layer, wrong mask shape or unequal K per plane.
+    """
+    mods = dict(model.named_modules())
+    out = {}
+    for name, m in masks.items():
+        mod = mods.get(name)
+        if not isinstance(mod, nn.Conv2d) or tuple(m.shape) != tuple(mod.weight.shape):
+            raise KepError(f"mask {name!r} does not match a conv layer of the model")
+        flat = m.bool().flatten(2)
+        kept = flat.sum(2)
+        if int(kept.min()) != int(kept.max()):
+            raise KepError(f"layer {name!r}: unequal K per plane")
+        kk = flat.shape[2]
+        pos = torch.arange(kk).expand_as(flat)
+        index = torch.where(flat, pos, pos + kk).sort(dim=2).values[..., :int(kept.max())]
+        out[name] = {"values": mod.weight.detach().flatten(2).gather(2, index),
+                     "index": index.to(torch.uint8)}
+    return out
+
+
+def random_pruned_model(model: nn.Module, *, K: int = 4, seed: int = 0,
+                        skip: tuple | None = None) -> tuple[nn.Module, dict]:
+    """Give ``model`` random weights, random KEP masks (K kept elements per plane of every
+    conv with k > 1 except those named in ``skip``, default: the first conv) and random BN
+    statistics, in place; for tests and hardware checks.
+
+    Returns
+    -------
+    model : nn.Module
+        The same module, eval mode, pruned elements zeroed.
+    masks : dict
+        ``{conv name: bool mask}``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    masks = {}
+    if skip is None:
+        skip = tuple(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))[:1]
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if isinstance(mod, nn.Conv2d):
+                mod.weight.copy_(torch.randn(mod.weight.shape, generator=g)
+                                 * (2.0 / mod.weight[0].numel()) ** 0.5)
+                kk = mod.weight.shape[2] * mod.weight.shape[3]
+                if kk > 1 and name not in skip:
+                    if not 1 <= K <= kk:
+                        raise KepError(f"K must lie in [1, {kk}], got {K!r}")
+                    score = torch.rand(mod.weight.shape, generator=g).flatten(2)
+                    idx = score.topk(K, dim=2).indices
+                    m = torch.zeros_like(score, dtype=torch.bool).scatter_(2, idx, True)
+                    masks[name] = m.view_as(mod.weight)
+                    mod.weight.mul_(masks[name])
+            elif isinstance(mod, nn.BatchNorm2d):
+                c = mod.num_features
+                mod.running_mean.copy_(torch.rand(c, generator=g) * 0.2 - 0.1)
+                mod.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
+                mod.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                mod.bias.copy_(torch.rand(c, generator=g) * 0.2 - 0.1)
+    return model.eval(), masks
+
+
+def random_kep(model: nn.Module | str = "resnet20", *, K: int = 4, seed: int = 0,
+               n_calib: int = 16, input_shape: tuple = (3, 32, 32)) -> KepModel:
+    """A :class:`KepModel` of a randomly initialised, randomly KEP-pruned model (tests,
+    hardware bring-up). ``model`` is a module or a name for :func:`kep_train.models.build_model`.
+    """
+    if isinstance(model, str):
+        from kep_train.models import build_model
+        torch.manual_seed(seed)
+        model = build_model(model)
+    model, masks = random_pruned_model(model, K=K, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    calib = torch.randn((n_calib, *input_shape), generator=g)
+    meta = {"model_name": type(model).__name__, "dataset": "random", "num_classes": None,
+            "mean": [0.5] * input_shape[0], "std": [0.25] * input_shape[0],
+            "kep": {"K": K, "random": True, "seed": seed}}
+    return quantize_model(model, masks=masks, calib=calib, meta=meta)

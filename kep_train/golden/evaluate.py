@@ -1,0 +1,368 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The golden model: a whole ``.kep`` network in the one integer arithmetic, bit exact.
+
+Every conv layer is the paper's sparse convolution (shift-and-accumulate over the kept
+elements, :mod:`kep_train.sparseconv`), followed by the requantization of
+:mod:`kep_train.intarith` (``docs/arithmetic.md``). The accelerator computes exactly this.
+
+Speed: the accumulation of a conv layer runs as one float32 matrix product per kernel offset
+``(r, c)`` that holds at least one kept element (``acc += W_rc @ shifted input``). That is exact:
+every product ``v * x`` is an integer of magnitude <= 2**14, and every partial sum of a dot
+product is an integer bounded by ``B = max_o sum_{i,j} |v[o,i,j]| * 128``; when ``B < 2**24``
+every intermediate value is representable in float32, so the result is the exact integer
+whatever the summation order. A layer with ``B >= 2**24`` runs in float64 (exact below 2**53).
+The bias is added and the sum wrapped to int32 in int64. ``tests/test_golden.py`` checks this
+path against :func:`kep_train.sparseconv.sparse_conv2d` (pure int64) and ``F.conv2d``.
+
+Command line: ``python -m kep_train golden --model model.kep --data-dir DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from kep_common.errors import KepError, cli_errors
+from kep_train.golden.intarith import INT8_MAX, INT8_MIN, quantize_tensor, requantize, wrap_int32
+from kep_train.export.kepfile import KepLayer, KepModel, load_kep
+
+__all__ = ["run_network", "quantize_input", "conv_layer", "conv_acc_exact_dtype",
+           "top1", "load_test_images", "main"]
+
+_F32_EXACT = 2**24
+_F64_EXACT = 2**53
+
+
+def quantize_input(kep: KepModel, images_uint8: torch.Tensor) -> torch.Tensor:
+    """Normalize uint8 images with the model's mean/std and quantize them to int8.
+
+    Parameters
+    ----------
+    kep : KepModel
+        Gives ``meta["mean"]``, ``meta["std"]`` and ``meta["input_scale"]``.
+    images_uint8 : torch.Tensor
+        ``uint8 [N, C, H, W]`` pixels.
+
+    Returns
+    -------
+    torch.Tensor
+        int8 ``[N, C, H, W]``: ``round_half_even(((p / 255) - mean) / std / input_scale)``
+        clamped to [-128, 127] (computed in float64).
+
+    Raises
+    ------
+    KepError
+        Wrong dtype or shape.
+    """
+    if images_uint8.dtype != torch.uint8 or images_uint8.dim() != 4:
+        raise KepError(f"images must be uint8 [N, C, H, W], got {images_uint8.dtype} "
+                       f"{list(images_uint8.shape)}")
+    expect = tuple(kep.meta.get("input_shape", images_uint8.shape[1:]))
+    if tuple(images_uint8.shape[1:]) != expect:
+        raise KepError(f"images have shape {list(images_uint8.shape[1:])}, the model expects "
+                       f"{list(expect)}")
+    mean = torch.tensor(kep.meta["mean"], dtype=torch.float64).view(1, -1, 1, 1)
+    std = torch.tensor(kep.meta["std"], dtype=torch.float64).view(1, -1, 1, 1)
+    x = (images_uint8.to(torch.float64) / 255.0 - mean) / std
+    return quantize_tensor(x, kep.input_scale)
+
+
+def conv_acc_exact_dtype(values: torch.Tensor) -> torch.dtype:
+    """The float dtype in which a conv with these int8 ``values [Cout, Cin, K]`` (any int8
+    input) accumulates exactly: float32 when ``max_o sum |v| * 128 < 2**24``, else float64."""
+    bound = int(values.to(torch.int64).abs().flatten(1).sum(1).max()) * 128 if values.numel() \
+        else 0
+    if bound < _F32_EXACT and torch.get_float32_matmul_precision() == "highest":
+        return torch.float32
+    if bound < _F64_EXACT:
+        return torch.float64
+    raise KepError(f"conv accumulation bound {bound} is too large for an exact float path")
+
+
+def _prepare(layer: KepLayer, cache: dict):
+    """Per-layer constants: accumulation dtype, the ``[Cout, Cin]`` weight matrix of every
+    kernel offset holding a kept element, and whether int32 wrap-around is impossible."""
+    if layer.name not in cache:
+        k = layer.kernel_size
+        values, index = layer.planes()
+        dtype = conv_acc_exact_dtype(values)
+        cout, cin, _ = values.shape
+        dense = torch.zeros(cout, cin, k * k, dtype=dtype)
+        dense.scatter_(2, index.to(torch.int64), values.to(dtype))
+        kept = index.to(torch.int64).flatten().unique().tolist()  # offsets with kept elements
+        bias = layer.bias.to(torch.int64)
+        bound = (int(values.to(torch.int64).abs().flatten(1).sum(1).max()) * 128
+                 + int(bias.abs().max()) if values.numel() else 0)
+        cache[layer.name] = (dtype, [(j, dense[:, :, j].contiguous()) for j in kept],
+                             bound < 2**31)
+    return cache[layer.name]
+
+
+def _conv_acc_cnhw(x: torch.Tensor, layer: KepLayer, cache: dict) -> tuple:
+    """Sparse shift-and-accumulate on ``[Cin, N, H, W]`` activations.
+
+    Returns ``(acc, no_wrap)``: the exact sums ``[Cout, N, Ho, Wo]`` (float, bias NOT included)
+    and whether ``acc + bias`` provably fits int32 without wrap-around.
+
+    Stride 1 uses flat shifts: on the zero-padded input flattened to ``[Cin, N*Hp*Wp]``, the
+    input shifted by ``(r, c)`` is the column window starting at ``r*Wp + c`` (a view, no copy).
+    Outputs are computed on the padded grid and cropped to ``[:Ho, :Wo]``; a valid output
+    ``(y, x)`` reads ``xp[y + r, x + c]`` with ``y + r < Hp`` and ``x + c < Wp``, so it never
+    reads across a row or image boundary.
+    """
+    k, s, p = layer.kernel_size, layer.stride, layer.padding
+    dtype, offsets, no_wrap = _prepare(layer, cache)
+    cout = layer.out_shape[0]
+    cin, n, h, w = x.shape
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    xp = F.pad(x.to(dtype), (p, p, p, p))
+    hp, wp = h + 2 * p, w + 2 * p
+    if s == 1:
+        length = n * hp * wp
+        flat = torch.zeros(cin, length + (k - 1) * (wp + 1), dtype=dtype)
+        flat[:, :length] = xp.reshape(cin, length)
+        acc = torch.zeros(cout, length, dtype=dtype)
+        for j, wj in offsets:
+            r, c = divmod(j, k)
+            off = r * wp + c
+            acc.addmm_(wj, flat[:, off:off + length])
+        return acc.view(cout, n, hp, wp)[:, :, :ho, :wo], no_wrap
+    acc = torch.zeros(cout, n * ho * wo, dtype=dtype)
+    for j, wj in offsets:
+        r, c = divmod(j, k)
+        shifted = xp[:, :, r:r + s * (ho - 1) + 1:s, c:c + s * (wo - 1) + 1:s]
+        acc.addmm_(wj, shifted.reshape(cin, n * ho * wo))
+    return acc.view(cout, n, ho, wo), no_wrap
+
+
+def _conv_requant(x: torch.Tensor, layer: KepLayer, res: torch.Tensor | None,
+                  cache: dict) -> torch.Tensor:
+    """A conv layer on ``[C, N, H, W]`` activations: exact accumulation, bias, requantization.
+
+    When ``acc + bias`` provably fits int32 (no wrap), the arithmetic of
+    :func:`kep_train.intarith.requantize` is evaluated in place in int64 with the bias folded
+    into the rounding constant: ``(acc + b) * m + r + 2**(s-1) = acc * m + (b * m + 2**(s-1))
+    + r`` exactly (all terms < 2**50). Otherwise the reference path (wrap, requantize) runs.
+    Both are tested equal.
+    """
+    acc, no_wrap = _conv_acc_cnhw(x, layer, cache)
+    shape = (-1, 1, 1, 1)
+    if not no_wrap:
+        acc = wrap_int32(acc.to(torch.int64) + layer.bias.to(torch.int64).view(shape))
+        return requantize(acc, layer.mult, layer.shift, residual=res,
+                          res_mult=layer.res_mult if res is not None else None,
+                          relu=layer.relu, channel_dim=0)
+    m = layer.mult.to(torch.int64).view(shape)
+    s = layer.shift.to(torch.int64).view(shape)
+    const = layer.bias.to(torch.int64).view(shape) * m + (torch.ones_like(s) << (s - 1))
+    z = acc.to(torch.int64)
+    z.mul_(m).add_(const)
+    if res is not None:
+        z.add_(res.to(torch.int64) * layer.res_mult.to(torch.int64).view(shape))
+    z.bitwise_right_shift_(s)
+    z.clamp_(0 if layer.relu else INT8_MIN, INT8_MAX)
+    return z.to(torch.int8)
+
+
+def conv_layer(x: torch.Tensor, layer: KepLayer, residual: torch.Tensor | None = None,
+               ) -> torch.Tensor:
+    """One int8 conv layer of a .kep (fast exact path), ``[N, Cin, H, W]`` -> ``[N, Cout, Ho,
+    Wo]`` int8; equal to :func:`kep_train.sparseconv.sparse_conv2d` with the layer's
+    ``planes()``, bias, mult, shift, res_mult, relu (tested)."""
+    res = residual.transpose(0, 1) if residual is not None else None
+    return _conv_requant(x.transpose(0, 1), layer, res, {}).transpose(0, 1).contiguous()
+
+
+def run_network(kep: KepModel, x_int8: torch.Tensor, *, return_all: bool = False,
+                _cache: dict | None = None):
+    """Run a whole .kep network on int8 inputs in the integer arithmetic.
+
+    Parameters
+    ----------
+    kep : KepModel
+        The model.
+    x_int8 : torch.Tensor
+        int8 ``[N, C, H, W]`` (see :func:`quantize_input`).
+    return_all : bool
+        Also return every layer's output.
+
+    Returns
+    -------
+    torch.Tensor or (torch.Tensor, dict)
+        The last layer's output: int32 logits ``[N, classes]`` for a classifier (int8
+        ``[N, C, H, W]`` if the network ends with a conv). With ``return_all``, also
+        ``{"input": x_int8, layer name: output}``: int8 ``[N, C, H, W]`` for conv/maxpool,
+        int32 ``[N, C]`` for avgpool (sums over H x W) and linear.
+
+    Raises
+    ------
+    KepError
+        If the input is not int8 of the model's input shape.
+    """
+    if x_int8.dtype != torch.int8 or x_int8.dim() != 4:
+        raise KepError(f"input must be int8 [N, C, H, W], got {x_int8.dtype} "
+                       f"{list(x_int8.shape)}")
+    expect = tuple(kep.meta.get("input_shape", x_int8.shape[1:]))
+    if tuple(x_int8.shape[1:]) != expect:
+        raise KepError(f"input has shape {list(x_int8.shape[1:])}, the model expects "
+                       f"{list(expect)}")
+    cache = {} if _cache is None else _cache
+    acts = {"input": x_int8.transpose(0, 1)}     # internal layout [C, N, H, W] / [C, N]
+    with torch.inference_mode():
+        for layer in kep.layers:
+            x = acts[layer.input]
+            if layer.op == "conv":
+                res = acts[layer.residual] if layer.residual is not None else None
+                y = _conv_requant(x, layer, res, cache)
+            elif layer.op == "maxpool":
+                p = layer.padding
+                xf = F.pad(x.to(torch.float32), (p, p, p, p), value=float(INT8_MIN))
+                y = F.max_pool2d(xf, layer.kernel_size, layer.stride).to(torch.int8)
+            elif layer.op == "avgpool":
+                y = wrap_int32(x.to(torch.int64).sum(dim=(2, 3))).to(torch.int32)
+            elif layer.op == "linear":
+                acc = layer.weight.to(torch.int64) @ x.to(torch.int64)
+                y = wrap_int32(acc + layer.bias.to(torch.int64).view(-1, 1)).to(torch.int32)
+            else:  # the reader rejects unknown kinds; this guards hand-built models
+                raise KepError(f"layer {layer.name!r}: unknown kind {layer.op!r}")
+            acts[layer.name] = y
+    out = acts[kep.layers[-1].name].transpose(0, 1).contiguous()
+    if not return_all:
+        return out
+    return out, {name: v.transpose(0, 1).contiguous() for name, v in acts.items()}
+
+
+def top1(logits: torch.Tensor) -> torch.Tensor:
+    """Predicted classes: argmax with ties to the lowest class index."""
+    return logits.to(torch.int64).argmax(dim=1)  # torch.argmax returns the first maximum
+
+
+def load_test_images(data_dir: str | os.PathLike, *, train: bool = False,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10 images ``uint8 [N, 3, 32, 32]`` and labels ``int64 [N]``.
+
+    Uses ``kep_train.data.load_cifar10`` when available, else reads the image-folder layout
+    (``<dir>/{train,test}/<class>/*.jpg``, classes in alphabetical order).
+
+    Raises
+    ------
+    KepError
+        Missing or empty data folder.
+    """
+    try:
+        from kep_train.data.cifar import load_cifar10
+    except ImportError:
+        load_cifar10 = None
+    if not Path(data_dir).is_dir():
+        raise KepError(f"data folder {str(data_dir)!r} does not exist")
+    if load_cifar10 is not None:
+        return load_cifar10(data_dir, train=train, download=False)
+    return _load_image_folder(Path(data_dir) / ("train" if train else "test"))
+
+
+def _load_image_folder(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    import numpy as np
+    from PIL import Image
+    if not root.is_dir():
+        raise KepError(f"data folder {str(root)!r} does not exist")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        for f in sorted((root / cls).iterdir()):
+            if f.suffix.lower() not in (".jpg", ".jpeg", ".png"):
+                continue
+            try:
+                with Image.open(f) as im:
+                    images.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+            except OSError as e:
+                raise KepError(f"cannot read image {str(f)!r}: {e}")
+            labels.append(label)
+    if not images:
+        raise KepError(f"no images under {str(root)!r}")
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    return x, torch.tensor(labels, dtype=torch.int64)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m kep_train golden",
+                                description="top-1 of the bit-exact int8 golden model of a "
+                                            ".kep file on the CIFAR-10 test set")
+    p.add_argument("--model", required=True, help=".kep file")
+    p.add_argument("--data-dir", required=True, help="CIFAR-10 folder (holding test/)")
+    p.add_argument("--checkpoint", help="float checkpoint to compare with (default: the one "
+                   "named in the .kep metadata, if it exists)")
+    p.add_argument("--n", type=int, default=None, help="use the first N test images")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--out", help="write a JSON report here")
+    return p
+
+
+def evaluate_int8(kep: KepModel, images: torch.Tensor, batch_size: int = 1000,
+                  ) -> torch.Tensor:
+    """Predicted classes of the golden model for uint8 images, in batches."""
+    cache: dict = {}
+    preds = []
+    for s in range(0, images.shape[0], batch_size):
+        x = quantize_input(kep, images[s:s + batch_size])
+        preds.append(top1(run_network(kep, x, _cache=cache)))
+    return torch.cat(preds)
+
+
+def evaluate_float(ckpt_path, kep: KepModel, images: torch.Tensor,
+                   batch_size: int = 1000) -> torch.Tensor:
+    """Predicted classes of a checkpoint's float model on the same images."""
+    from kep_train.train.checkpoint import model_from_checkpoint
+    model, _ = model_from_checkpoint(ckpt_path)
+    mean = torch.tensor(kep.meta["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(kep.meta["std"], dtype=torch.float32).view(1, -1, 1, 1)
+    preds = []
+    with torch.inference_mode():
+        for s in range(0, images.shape[0], batch_size):
+            x = (images[s:s + batch_size].float() / 255.0 - mean) / std
+            preds.append(model(x).argmax(1))
+    return torch.cat(preds)
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> int:
+    """``python -m kep_train golden``: int8 top-1 next to the float pruned model's."""
+    from kep_common.fileio import atomic_write_json, environment_info
+    args = _parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise KepError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.n is not None and args.n < 1:
+        raise KepError(f"--n must be >= 1, got {args.n}")
+    kep = load_kep(args.model)
+    images, labels = load_test_images(args.data_dir, train=False)
+    if args.n is not None:
+        images, labels = images[:args.n], labels[:args.n]
+    t0 = time.perf_counter()
+    pred = evaluate_int8(kep, images, args.batch_size)
+    seconds = time.perf_counter() - t0
+    n = int(labels.numel())
+    report = {"model": str(args.model), "images": n,
+              "int8_top1": 100.0 * float((pred == labels).float().mean()),
+              "int8_seconds": seconds}
+    ckpt = args.checkpoint or kep.meta.get("checkpoint")
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        raise KepError(f"checkpoint {args.checkpoint!r} does not exist")
+    if ckpt and os.path.isfile(ckpt):
+        fpred = evaluate_float(ckpt, kep, images, args.batch_size)
+        report.update(checkpoint=str(ckpt),
+                      float_top1=100.0 * float((fpred == labels).float().mean()),
+                      agreement=100.0 * float((fpred == pred).float().mean()))
+        report["diff_pt"] = report["int8_top1"] - report["float_top1"]
+    print(f"int8 golden top-1: {report['int8_top1']:.2f} % on {n} images "
+          f"({seconds:.1f} s, {n / max(seconds, 1e-9):.0f} images/s)")
+    if "float_top1" in report:
+        print(f"float pruned top-1: {report['float_top1']:.2f} %  (int8 - float = "
+              f"{report['diff_pt']:+.2f} pt, same prediction on {report['agreement']:.2f} %)")
+    report["environment"] = environment_info()
+    if args.out:
+        atomic_write_json(args.out, report)
+    return 0

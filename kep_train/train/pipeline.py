@@ -1,0 +1,739 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``python -m kep_train cifar``: dense training, KEP pruning, fine-tuning, export, reports.
+
+The pipeline has three stages, each a number of epochs:
+
+1. ``dense``: train the dense model (skipped with ``--pretrained``).
+2. ``reg``: KEP's regularization stage. Element significance is estimated, K is fixed per layer,
+   the prior mask marks the ``k*k - K`` least significant elements of every plane, and the
+   controllable penalty ``(lambda_t/2) * sum((M*W)^2)`` pushes them towards zero while lambda grows.
+3. ``finetune``: masked elements are set to zero and kept there (parametrized masks), fine-tune.
+
+Every method runs the same stages 2 and 3 with the same learning rates, so methods compare at
+equal epochs: ``kep`` (penalty in stage 2, prune at the start of stage 3), ``kep`` with
+``--no-penalty`` (the ablation: direct top-K pruning at the start of stage 2), ``magnitude``
+(unstructured, same kept count per layer as KEP, pruned at the start of stage 2), ``filter-l1``
+(Li et al. 2017 at KEP's MACs, pruned at the start of stage 2) and ``dense`` (never pruned).
+A checkpoint is written atomically after every epoch; ``--resume`` continues from it to the same
+final weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kep_train.data import cifar as kdata
+from kep_train.train import distributed as kdist
+from kep_train.train.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint
+from kep_common.errors import KepError, cli_errors
+from kep_common.fileio import atomic_torch_save, atomic_write_json, environment_info
+from kep_train.models import CIFAR_MODELS, IMAGENET_MODELS, build_model
+from kep_train.pruning import (KEPPruner, MagnitudeImportance, PenaltySchedule, TaylorImportance,
+                      allocate_keep, apply_masks, bake_masks, cosine_lr, count_costs,
+                      current_masks, filter_l1_masks, magnitude_masks, prunable_convs)
+
+__all__ = ["Schedule", "SCHEDULES", "get_args_parser", "train_one_epoch", "evaluate", "main",
+           "main_cifar", "main_imagenet"]
+
+STAGES = ("dense", "reg", "finetune")
+METHODS = ("kep", "magnitude", "filter-l1", "dense")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Hyper-parameters of a schedule preset (epochs, learning rates, batch size)."""
+
+    dense_epochs: int
+    reg_epochs: int
+    finetune_epochs: int
+    batch_size: int = 256
+    lr: float = 0.2                # peak LR of the dense stage (SGD, Nesterov momentum)
+    warmup: float = 0.1            # fraction of the dense stage with linear warm-up
+    prune_lr: float = 0.04         # LR of the reg stage (constant) and start of fine-tune cosine
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    penalty: PenaltySchedule = PenaltySchedule()
+    taylor_batches: int = 16       # batches for the Taylor importance estimate
+
+
+SCHEDULES = {
+    # 2 CPU cores: ResNet-20 end to end in under an hour (about 140 s per epoch here)
+    "quick": Schedule(dense_epochs=8, reg_epochs=2, finetune_epochs=5,
+                      penalty=PenaltySchedule(init=0.0, step=3e-3, every=10, cap=0.2,
+                                              threshold=0.02)),
+    # GPU schedule (our choice; the paper's own values are not published in the abstract)
+    "paper": Schedule(dense_epochs=160, reg_epochs=40, finetune_epochs=60, batch_size=128,
+                      lr=0.1, warmup=0.02, prune_lr=0.01,
+                      penalty=PenaltySchedule(init=0.0, step=1e-4, every=50, cap=0.05,
+                                              threshold=0.01)),
+}
+
+
+# ------------------------------------------------------------------------------------------
+# argument parsing
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _fraction(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {v}")
+    return v
+
+
+def _nonneg_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return v
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with exit code 2 and one line on error (argparse's own format)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message}\n")
+
+
+def get_args_parser(dataset: str = "cifar") -> argparse.ArgumentParser:
+    """The options of ``python -m kep_train cifar`` (and ``imagenet``)."""
+    p = _Parser(
+        prog=f"python -m kep_train {dataset}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Train a CNN, prune the unimportant elements of every kernel plane with KEP "
+            "(prior mask +\ncontrollable penalty), fine-tune, and export the compressed int8 "
+            "model.\n\nStages: dense (--dense-epochs) -> reg (--reg-epochs, penalty on masked "
+            "elements) ->\nfinetune (--finetune-epochs, masked elements fixed at zero). "
+            "Schedules are presets whose\nvalues each option below overrides."),
+        epilog=("examples:\n"
+                f"  python -m kep_train {dataset} --data-dir DATA --out runs/r20-k4\n"
+                f"  python -m kep_train {dataset} --data-dir DATA --out runs/l1 --method "
+                "filter-l1 --pretrained runs/r20-k4/dense.pt\n"
+                f"  python -m kep_train {dataset} --data-dir DATA --out runs/smoke --subset 512 "
+                "--dense-epochs 1 --reg-epochs 1 --finetune-epochs 1"))
+    g = p.add_argument_group("data and output")
+    g.add_argument("--data-dir", default="data/cifar10" if dataset == "cifar" else None,
+                   required=dataset != "cifar",
+                   help="CIFAR-10 folder: torchvision's cifar-10-batches-py (downloaded when "
+                        "missing and online) or image folders train/<class>/*, test/<class>/* "
+                        "(default: %(default)s)" if dataset == "cifar" else
+                        "ImageNet layout: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG")
+    g.add_argument("--out", default="runs/kep", help="output folder (default: %(default)s)")
+    g.add_argument("--subset", type=_positive_int, default=0,
+                   help="use only the first N training images (smoke runs); 0 = all")
+    g.add_argument("--no-download", action="store_true",
+                   help="never download CIFAR-10 through torchvision (offline machines)")
+    g.add_argument("--test-subset", type=_positive_int, default=0,
+                   help="evaluate on the first N test images only; 0 = all 10,000")
+    g = p.add_argument_group("model and method")
+    g.add_argument("--model", default="resnet20" if dataset == "cifar" else "resnet18",
+                   help="model name: " + ", ".join(CIFAR_MODELS if dataset == "cifar"
+                                                   else IMAGENET_MODELS)
+                        + " (default: %(default)s)")
+    g.add_argument("--method", default="kep", choices=METHODS,
+                   help="kep | magnitude (unstructured, same sparsity) | filter-l1 (Li et al., "
+                        "same MACs) | dense (default: %(default)s)")
+    g.add_argument("--keep", type=int, default=None,
+                   help="K: elements kept in every pruned kernel plane (1..k*k; default 4)")
+    g.add_argument("--target-macs", type=_fraction, default=None,
+                   help="instead of --keep: choose K per layer to keep this fraction of the "
+                        "whole network's MACs")
+    g.add_argument("--target-params", type=_fraction, default=None,
+                   help="instead of --keep: choose K per layer to keep this fraction of the "
+                        "whole network's weights")
+    g.add_argument("--importance", default="taylor", choices=("taylor", "magnitude"),
+                   help="element significance: |w*dL/dw| over batches, or |w| "
+                        "(default: %(default)s)")
+    g.add_argument("--no-penalty", action="store_true",
+                   help="ablation: prune the top-K directly, no regularization stage penalty")
+    g.add_argument("--remask-every", type=_positive_int, default=0,
+                   help="re-estimate the prior mask every N epochs of the reg stage (0 = never)")
+    g.add_argument("--prune-first", action="store_true",
+                   help="also prune the first conv (3 input channels)")
+    g.add_argument("--prune-1x1", action="store_true", help="also prune 1x1 convs (K=1 only)")
+    g.add_argument("--ignore", default="", help="comma-separated layer names never pruned")
+    g = p.add_argument_group("schedule (preset values unless given)")
+    g.add_argument("--schedule", default="quick", choices=tuple(SCHEDULES),
+                   help="quick: ResNet-20 in under an hour on 2 CPU cores; paper: long GPU "
+                        "schedule (default: %(default)s)")
+    g.add_argument("--dense-epochs", type=_positive_int, default=None)
+    g.add_argument("--reg-epochs", type=_positive_int, default=None)
+    g.add_argument("--finetune-epochs", type=_positive_int, default=None)
+    g.add_argument("--batch-size", type=_positive_int, default=None)
+    g.add_argument("--lr", type=_nonneg_float, default=None, help="peak LR of the dense stage")
+    g.add_argument("--prune-lr", type=_nonneg_float, default=None,
+                   help="LR of the reg stage and start of the fine-tune cosine")
+    g.add_argument("--penalty-init", type=_nonneg_float, default=None,
+                   help="lambda at the start of the reg stage")
+    g.add_argument("--penalty-step", type=_nonneg_float, default=None,
+                   help="lambda grows by this ...")
+    g.add_argument("--penalty-every", type=_positive_int, default=None,
+                   help="... every this many iterations ...")
+    g.add_argument("--penalty-cap", type=_nonneg_float, default=None, help="... up to this cap")
+    g.add_argument("--penalty-threshold", type=_nonneg_float, default=None,
+                   help="growth stops when ||M*W||/||W|| falls below this")
+    g = p.add_argument_group("run")
+    g.add_argument("--pretrained", default=None, metavar="CKPT",
+                   help="start from this checkpoint's weights and skip the dense stage")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint.pt (same final result as no interruption)")
+    g.add_argument("--seed", type=_positive_int, default=0)
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    g.add_argument("--threads", type=_positive_int, default=0,
+                   help="CPU threads for torch (0 = torch's default)")
+    g.add_argument("--calib-batches", type=_positive_int, default=4,
+                   help="training batches used to calibrate int8 activation scales")
+    g.add_argument("--no-export", action="store_true", help="do not write model.kep")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--halt-after", type=_positive_int, default=0, help=argparse.SUPPRESS)
+    if dataset == "imagenet":
+        g = p.add_argument_group("ImageNet data and multi-process runs (torchrun)")
+        g.add_argument("--image-size", type=_positive_int, default=224,
+                       help="training crop and validation size in pixels (default: %(default)s; "
+                            "small values for smoke runs)")
+        g.add_argument("--workers", type=_positive_int, default=min(8, os.cpu_count() or 1),
+                       help="data-loading worker processes per training process "
+                            "(default: %(default)s)")
+        g.add_argument("--no-sync-bn", action="store_true",
+                       help="multi-process runs: batch norm over each process's share of the "
+                            "batch instead of the whole batch (faster, not equal to one process)")
+        g.add_argument("--rank-states", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def resolve_schedule(args) -> Schedule:
+    """The preset with the command line's overrides applied."""
+    s = SCHEDULES[args.schedule]
+    pen = s.penalty
+    pen_over = {k: getattr(args, f"penalty_{k}") for k in ("init", "step", "every", "cap",
+                                                            "threshold")}
+    pen = dataclasses.replace(pen, **{k: v for k, v in pen_over.items() if v is not None})
+    over = {k: getattr(args, k) for k in ("dense_epochs", "reg_epochs", "finetune_epochs",
+                                          "batch_size", "lr", "prune_lr")}
+    s = dataclasses.replace(s, penalty=pen, **{k: v for k, v in over.items() if v is not None})
+    if s.batch_size < 1:
+        raise KepError("--batch-size must be >= 1")
+    return s
+
+
+# ------------------------------------------------------------------------------------------
+# training primitives
+
+def train_one_epoch(model, batches, optimizer, lr_at, *, device, pruner=None,
+                    label_smoothing=0.0, progress=None, prepare=None, reduce=None):
+    """One epoch of SGD. ``lr_at(i)`` gives the LR of iteration ``i``; ``pruner`` (when given)
+    adds its penalty and advances its schedule every iteration. ``prepare(xb)`` turns a batch
+    into the model's float input on ``device`` (default: CIFAR normalisation of uint8 images);
+    ``reduce(tensor)`` sums the epoch's (loss sum, correct, seen) over processes (default: none).
+    Returns (loss, top-1 %)."""
+    model.train()
+    total_loss = correct = seen = 0
+    for i, (xb, yb) in enumerate(batches):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(i)
+        xb = (prepare(xb) if prepare is not None
+              else kdata.normalize(xb).to(device, non_blocking=True))
+        yb = yb.to(device, non_blocking=True)
+        out = model(xb)
+        loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
+        full = loss + pruner.penalty() if pruner is not None else loss
+        optimizer.zero_grad(set_to_none=True)
+        full.backward()
+        optimizer.step()
+        if pruner is not None:
+            pruner.step()
+        total_loss += loss.item() * yb.numel()
+        correct += int((out.argmax(1) == yb).sum())
+        seen += yb.numel()
+        if progress is not None:
+            post = {"loss": f"{total_loss / seen:.3f}", "acc": f"{100 * correct / seen:.1f}"}
+            if pruner is not None:
+                post["lambda"] = f"{pruner.lam:.3g}"
+            progress.set_postfix(post, refresh=False)
+            progress.update(1)
+    if reduce is not None:
+        total_loss, correct, seen = reduce(torch.tensor([total_loss, correct, seen])).tolist()
+    return total_loss / max(seen, 1), 100.0 * correct / max(seen, 1)
+
+
+@torch.inference_mode()
+def evaluate(model, images, labels, *, device, batch_size=1000) -> float:
+    """Top-1 accuracy (%) on uint8 images."""
+    model.eval()
+    correct = 0
+    for xb, yb in kdata.iterate_batches(images, labels, batch_size):
+        out = model(kdata.normalize(xb).to(device))
+        correct += int((out.argmax(1).cpu() == yb).sum())
+    return 100.0 * correct / max(len(labels), 1)
+
+
+def _epoch_generator(seed: int, stage: str, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + STAGES.index(stage) * 10_007 + epoch)
+
+
+def _make_optimizer(model, sched: Schedule):
+    return torch.optim.SGD(model.parameters(), lr=sched.lr, momentum=sched.momentum,
+                           weight_decay=sched.weight_decay, nesterov=True)
+
+
+# ------------------------------------------------------------------------------------------
+# the pipeline
+
+class Run:
+    """State of one pipeline run (model, masks, stage, history), saved after every epoch."""
+
+    def __init__(self, args, sched: Schedule, device):
+        self.args, self.sched, self.device = args, sched, device
+        self.out = Path(args.out)
+        self.ckpt_path = self.out / "checkpoint.pt"
+        self.history: list[dict] = []
+        self.stage_seconds = {s: 0.0 for s in STAGES}
+        self.stage, self.epoch = "dense", 0
+        self.kep: dict = {}
+        self.dense_top1 = None
+        self.pruner: KEPPruner | None = None
+        self.optimizer = None
+        self.epochs_this_process = 0
+
+    # -- persistence --------------------------------------------------------------------------
+    def state(self) -> dict:
+        plain = {k: v.detach().cpu().clone() for k, v in self._plain_state().items()}
+        return {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+            "model_name": self.args.model, "num_classes": self.num_classes,
+            "dataset": self.dataset, "mean": list(self.mean), "std": list(self.std),
+            "input_shape": list(self.input_shape),
+            "model": plain, "masks": current_masks(self.model),
+            "kep": self.kep, "stage": self.stage, "epoch": self.epoch,
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "pruner": self.pruner.state_dict() if self.pruner else None,
+            "args": {k: v for k, v in vars(self.args).items() if k != "halt_after"},
+            "history": self.history, "stage_seconds": self.stage_seconds,
+            "dense_top1": self.dense_top1,
+        }
+
+    def _plain_state(self):
+        """State dict with parametrized weights replaced by their masked value."""
+        sd = {}
+        for k, v in self.model.state_dict().items():
+            if ".parametrizations.weight.original" in k:
+                continue
+            if ".parametrizations.weight.0.mask" in k:
+                continue
+            sd[k] = v
+        for name, mod in self.model.named_modules():
+            if hasattr(mod, "parametrizations") and "weight" in mod.parametrizations:
+                sd[f"{name}.weight"] = mod.weight.detach()
+        return sd
+
+    def save(self, path=None):
+        """Write the checkpoint (on the main process only; a no-op on the others)."""
+        if kdist.is_main():
+            atomic_torch_save(self.state(), path or self.ckpt_path)
+
+
+def _stage_epochs(sched: Schedule, stage: str) -> int:
+    return {"dense": sched.dense_epochs, "reg": sched.reg_epochs,
+            "finetune": sched.finetune_epochs}[stage]
+
+
+def _progress(total, desc, disable):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, leave=False, disable=disable, dynamic_ncols=True,
+                file=sys.stderr)
+
+
+class Pipeline:
+    """The CIFAR/ImageNet pipeline around :class:`Run` (dataset-specific parts injected)."""
+
+    def __init__(self, args, dataset: str):
+        self.args = args
+        self.dataset = dataset
+        self.sched = resolve_schedule(args)
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise KepError("--device cuda asked for, but no CUDA device is available")
+        self.device = torch.device(
+            "cuda" if args.device == "cuda" or (args.device == "auto"
+                                                and torch.cuda.is_available()) else "cpu")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        budgets = [x is not None for x in (args.keep, args.target_macs, args.target_params)]
+        if sum(budgets) > 1:
+            raise KepError("give only one of --keep, --target-macs, --target-params")
+        if not any(budgets):
+            args.keep = 4
+        if args.keep is not None and not 1 <= args.keep <= 9:
+            raise KepError(f"--keep must be in 1..9 (k*k for 3x3 kernels), got {args.keep}")
+        if args.method == "filter-l1" and args.target_params is not None:
+            raise KepError("filter-l1 matches MACs: use --keep or --target-macs")
+
+    # -- data ---------------------------------------------------------------------------------
+    def load_data(self):
+        a = self.args
+        if not a.data_dir:
+            raise KepError("--data-dir is required")
+        dl = not a.no_download
+        self.train_x, self.train_y = kdata.load_cifar10(a.data_dir, True, download=dl)
+        self.test_x, self.test_y = kdata.load_cifar10(a.data_dir, False, download=dl)
+        if a.subset:
+            self.train_x, self.train_y = self.train_x[:a.subset], self.train_y[:a.subset]
+        if a.test_subset:
+            self.test_x, self.test_y = self.test_x[:a.test_subset], self.test_y[:a.test_subset]
+        self.mean, self.std = kdata.CIFAR10_MEAN, kdata.CIFAR10_STD
+        self.num_classes = 10
+        self.input_shape = (3, 32, 32)
+
+    def batches(self, stage, epoch):
+        g = _epoch_generator(self.args.seed, stage, epoch)
+        return kdata.iterate_batches(self.train_x, self.train_y, self.sched.batch_size,
+                                     generator=g, train=True, drop_last=True)
+
+    def steps_per_epoch(self):
+        return max(1, len(self.train_y) // self.sched.batch_size)
+
+    # -- hooks that the ImageNet / multi-process pipeline overrides ---------------------------
+    def build(self):
+        """The model, randomly initialised (same seed on every process), on the device."""
+        return build_model(self.args.model, self.num_classes).to(self.device)
+
+    def prepare(self, xb):
+        """A training batch as the model's float input on the device."""
+        return kdata.normalize(xb, self.mean, self.std).to(self.device, non_blocking=True)
+
+    def evaluate_model(self, model) -> float:
+        """Top-1 (%) on the test/validation set."""
+        return evaluate(model, self.test_x, self.test_y, device=self.device)
+
+    def wrap(self, model):
+        """The module that trains (e.g. a DDP wrapper); pruning acts on ``model`` itself."""
+        return model
+
+    def reduce(self, values):
+        """Sum metrics over processes (one process: unchanged)."""
+        return values
+
+    def sync_masks(self, r):
+        """Make masks identical on every process (one process: nothing to do)."""
+
+    def report_extra(self, r) -> dict:
+        """Extra entries of report.json."""
+        return {}
+
+    # -- run ----------------------------------------------------------------------------------
+    def run(self) -> dict:
+        a = self.args
+        out = Path(a.out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise KepError(f"cannot create output folder {a.out!r}: {e.strerror}") from None
+        r = Run(a, self.sched, self.device)
+        resume_state = None
+        if a.resume and r.ckpt_path.is_file():
+            resume_state = load_checkpoint(r.ckpt_path)
+            self._check_resume_args(resume_state)
+        elif a.resume:
+            print(f"no checkpoint in {a.out!r}; starting from scratch", file=sys.stderr)
+        elif r.ckpt_path.is_file():
+            raise KepError(f"{str(r.ckpt_path)!r} exists: add --resume to continue that run, "
+                           "or choose another --out")
+        kdist.barrier()  # every process has looked for the checkpoint before any writes
+        self.load_data()
+        for name in ("mean", "std", "num_classes", "input_shape", "dataset"):
+            setattr(r, name, getattr(self, name))
+        torch.manual_seed(a.seed)
+        if a.model not in CIFAR_MODELS and self.dataset == "cifar":
+            raise KepError(f"unknown model {a.model!r}; choose one of {', '.join(CIFAR_MODELS)}")
+        r.model = self.build()
+        self.layers = prunable_convs(r.model, ignored_layers=[s for s in a.ignore.split(",") if s],
+                                     prune_first=a.prune_first, prune_1x1=a.prune_1x1)
+        if a.method != "dense" and not self.layers:
+            raise KepError(f"model {a.model!r} has no prunable convolution")
+        self.costs_dense = count_costs(r.model, self.input_shape)
+        r.kep = {"method": a.method, "penalty": not a.no_penalty and a.method == "kep",
+                 "importance": a.importance, "layers": list(self.layers)}
+        if resume_state is not None:
+            self._restore(r, resume_state)
+        elif a.pretrained:
+            self._load_pretrained(r)
+        self.r = r
+        for stage in STAGES:
+            if STAGES.index(stage) < STAGES.index(r.stage):
+                continue
+            self._run_stage(r, stage)
+        r.stage = "done"
+        r.save()
+        return self._finish(r)
+
+    def _check_resume_args(self, ck):
+        saved = ck.get("args", {})
+        for key in ("model", "method", "keep", "target_macs", "target_params", "seed",
+                    "schedule", "dense_epochs", "reg_epochs", "finetune_epochs", "subset",
+                    "pretrained", "no_penalty", "importance", "batch_size"):
+            if key in saved and saved[key] != getattr(self.args, key):
+                raise KepError(f"--resume: --{key.replace('_', '-')} is {getattr(self.args, key)!r}"
+                               f" but the checkpoint was made with {saved[key]!r}")
+
+    def _restore(self, r, ck):
+        r.stage, r.epoch = ck["stage"], int(ck["epoch"])
+        r.history = list(ck.get("history", []))
+        r.stage_seconds.update(ck.get("stage_seconds", {}))
+        r.kep = ck.get("kep", r.kep)
+        r.dense_top1 = ck.get("dense_top1")
+        masks = ck.get("masks") or {}
+        if masks:
+            apply_masks(r.model, masks)
+        missing = r.model.load_state_dict(self._to_parametrized(r.model, ck["model"]),
+                                          strict=False)
+        if missing.unexpected_keys:
+            raise KepError(f"checkpoint does not fit the model: {missing.unexpected_keys[:3]}")
+        if ck.get("pruner") is not None:
+            r.pruner = self._make_pruner(r.model)
+            r.pruner.load_state_dict(ck["pruner"])
+        if r.stage != "done":
+            r.optimizer = _make_optimizer(r.model, self.sched)
+            if ck.get("optimizer") is not None:
+                r.optimizer.load_state_dict(ck["optimizer"])
+        print(f"resumed {r.ckpt_path} at stage {r.stage}, epoch {r.epoch}", file=sys.stderr)
+
+    @staticmethod
+    def _to_parametrized(model, plain):
+        """Map a plain state dict onto a model whose weights may be parametrized."""
+        sd = dict(plain)
+        for name, mod in model.named_modules():
+            if hasattr(mod, "parametrizations") and "weight" in mod.parametrizations:
+                key = f"{name}.weight" if name else "weight"
+                if key in sd:
+                    sd[f"{name}.parametrizations.weight.original"] = sd.pop(key)
+        return sd
+
+    def _load_pretrained(self, r):
+        ck = load_checkpoint(self.args.pretrained)
+        if ck["model_name"] != self.args.model:
+            raise KepError(f"--pretrained holds a {ck['model_name']!r}, not {self.args.model!r}")
+        if ck.get("masks"):
+            raise KepError("--pretrained must be a dense checkpoint (this one is pruned)")
+        try:
+            r.model.load_state_dict(ck["model"])
+        except RuntimeError as e:
+            raise KepError(f"--pretrained does not fit the model: {str(e).splitlines()[0]}")
+        r.stage, r.epoch = "reg", 0
+        r.kep["pretrained"] = str(self.args.pretrained)
+        r.dense_top1 = self.evaluate_model(r.model)
+        r.history.append({"stage": "pretrained", "epoch": 0, "test_top1": r.dense_top1})
+
+    # -- stages -------------------------------------------------------------------------------
+    def taylor_importance(self):
+        """The Taylor element-significance estimator (fixed batches from the seed)."""
+        g = torch.Generator().manual_seed(self.args.seed + 12345)
+        n = self.sched.taylor_batches
+        xs = kdata.iterate_batches(self.train_x, self.train_y, min(128, len(self.train_y)),
+                                   generator=g, train=True)
+        batches = [b for _, b in zip(range(n), xs)]
+
+        def loss_fn(m, batch):
+            xb, yb = batch
+            return F.cross_entropy(m(kdata.normalize(xb).to(self.device)),
+                                   yb.to(self.device))
+        return TaylorImportance(loss_fn, batches)
+
+    def _make_pruner(self, model):
+        imp = (self.taylor_importance() if self.args.importance == "taylor"
+               else MagnitudeImportance())
+        return KEPPruner(model, imp, layers=self.layers, penalty=self.sched.penalty)
+
+    def _budget(self, pruner):
+        """Per-layer K from --keep / --target-macs / --target-params."""
+        a = self.args
+        if a.keep is not None:
+            for n, m in self.layers.items():
+                kk = m.weight[0, 0].numel()
+                if a.keep > kk:
+                    raise KepError(f"--keep {a.keep} exceeds k*k={kk} of layer {n!r}")
+            return {n: a.keep for n in self.layers}
+        scores = pruner.importance(pruner.model, self.layers)
+        costs = {c.name: c for c in self.costs_dense}
+        if a.target_macs is not None:
+            per_el = {n: costs[n].out_hw[0] * costs[n].out_hw[1] for n in self.layers}
+            other = sum(c.macs for c in self.costs_dense if c.name not in self.layers)
+            frac = a.target_macs
+        else:
+            per_el = {n: 1 for n in self.layers}
+            other = sum(c.params for c in self.costs_dense if c.name not in self.layers)
+            frac = a.target_params
+        try:
+            return allocate_keep(scores, per_el, frac, other_macs=other)
+        except ValueError as e:
+            raise KepError(str(e)) from None
+
+    def _start_pruning(self, r):
+        """Called once, at the start of the reg stage: fix K, masks, and for the baselines (and
+        the no-penalty ablation) prune right away."""
+        a = self.args
+        if a.method == "dense":
+            return
+        r.pruner = self._make_pruner(r.model)
+        keep = self._budget(r.pruner)
+        r.pruner.estimate(keep)
+        r.kep["keep"] = keep
+        self.sync_masks(r)
+        if a.method == "kep" and not a.no_penalty:
+            return  # penalty during reg, prune at the start of fine-tune
+        if a.method == "kep":
+            r.pruner.prune()
+        elif a.method == "magnitude":
+            kept = {n: int(keep[n] * m.weight.shape[0] * m.weight.shape[1])
+                    for n, m in self.layers.items()}
+            apply_masks(r.model, magnitude_masks(self.layers, kept))
+        elif a.method == "filter-l1":
+            target = sum(c.macs for c in self.costs_dense if c.name not in self.layers) + sum(
+                c.out_hw[0] * c.out_hw[1] * c.in_channels * c.out_channels * keep[c.name]
+                for c in self.costs_dense if c.name in self.layers)
+            try:
+                masks, frac = filter_l1_masks(r.model, target, self.input_shape)
+            except ValueError as e:
+                raise KepError(str(e)) from None
+            apply_masks(r.model, masks)
+            r.kep["filter_fraction"] = frac
+        self.sync_masks(r)
+        r.pruner = None
+
+    def _stage_lr(self, stage):
+        s = self.sched
+        if stage == "dense":
+            return lambda p: cosine_lr(s.lr, p, warmup=s.warmup)
+        if stage == "reg":
+            return lambda p: s.prune_lr
+        return lambda p: cosine_lr(s.prune_lr, p)
+
+    def _run_stage(self, r, stage):
+        a, sched = self.args, self.sched
+        n_epochs = _stage_epochs(sched, stage)
+        if a.method == "dense" and not a.pretrained and stage != "dense":
+            # dense baseline without a pretrained start: one schedule over all epochs
+            return
+        if a.method == "dense" and not a.pretrained and stage == "dense":
+            n_epochs = sched.dense_epochs + sched.reg_epochs + sched.finetune_epochs
+        if r.stage != stage:
+            r.stage, r.epoch = stage, 0
+            r.optimizer = None
+        if r.epoch == 0 and r.optimizer is None:
+            if stage == "reg":
+                if r.dense_top1 is None:
+                    r.dense_top1 = r.history[-1]["test_top1"] if r.history else None
+                self._start_pruning(r)
+            if stage == "finetune" and r.pruner is not None:
+                r.pruner.prune()
+                r.pruner = None
+            r.optimizer = _make_optimizer(r.model, sched)
+        lr_fn = self._stage_lr(stage)
+        steps = self.steps_per_epoch()
+        trainee = self.wrap(r.model) if r.epoch < n_epochs else r.model
+        while r.epoch < n_epochs:
+            if (stage == "reg" and r.pruner is not None and a.remask_every and r.epoch
+                    and r.epoch % a.remask_every == 0):
+                r.pruner.estimate()
+            t0 = time.time()
+            bar = _progress(steps, f"{stage} {r.epoch + 1}/{n_epochs}",
+                            a.no_progress or not kdist.is_main())
+            base = r.epoch * steps
+            loss, acc = train_one_epoch(
+                trainee, self.batches(stage, r.epoch), r.optimizer,
+                lambda i: lr_fn((base + i) / (n_epochs * steps)), device=self.device,
+                pruner=r.pruner if stage == "reg" else None,
+                label_smoothing=sched.label_smoothing, progress=bar, prepare=self.prepare,
+                reduce=self.reduce)
+            bar.close()
+            top1 = self.evaluate_model(r.model)
+            dt = time.time() - t0
+            r.stage_seconds[stage] += dt
+            r.epoch += 1
+            rec = {"stage": stage, "epoch": r.epoch, "train_loss": round(loss, 5),
+                   "train_top1": round(acc, 3), "test_top1": round(top1, 3),
+                   "seconds": round(dt, 2)}
+            if r.pruner is not None:
+                rec["lambda"] = r.pruner.lam
+                rec["masked_share"] = round(r.pruner.masked_share(), 6)
+            r.history.append(rec)
+            if kdist.is_main():
+                print(json.dumps(rec), flush=True)
+            if stage == "dense" and r.epoch == n_epochs:
+                r.dense_top1 = top1
+            r.save()
+            if stage == "dense" and r.epoch == n_epochs:
+                r.save(Path(a.out) / "dense.pt")
+            r.epochs_this_process += 1
+            if a.halt_after and r.epochs_this_process >= a.halt_after:
+                raise SystemExit(3)
+
+    # -- outputs ------------------------------------------------------------------------------
+    def _finish(self, r) -> dict:
+        from kep_train.train.report import write_outputs
+        if kdist.is_main():
+            report = write_outputs(self, r)
+        else:
+            report = {"top1": {"dense": r.dense_top1,
+                               "pruned": r.history[-1]["test_top1"] if r.history else None}}
+        kdist.barrier()
+        return report
+
+
+def _main(argv, dataset):
+    args = get_args_parser(dataset).parse_args(argv)
+    if dataset == "cifar":
+        if kdist.env_world_size() > 1:
+            raise KepError("multi-process (torchrun) runs are supported by the imagenet "
+                           "command; run cifar as one process")
+        pipe = Pipeline(args, "cifar")
+    else:
+        from kep_train.train.imagenet import ImageNetPipeline
+        pipe = ImageNetPipeline(args, "imagenet")
+    main_process = kdist.is_main()   # before the run leaves its process group
+    report = pipe.run()
+    if main_process:
+        print(f"dense top-1 {report['top1']['dense']}  pruned top-1 "
+              f"{report['top1']['pruned']}  -> {args.out}/report.json")
+    return 0
+
+
+@cli_errors
+def main_cifar(argv=None) -> int:
+    """Entry of ``python -m kep_train cifar``."""
+    return _main(argv, "cifar")
+
+
+@cli_errors
+def main_imagenet(argv=None) -> int:
+    """Entry of ``python -m kep_train imagenet``."""
+    return _main(argv, "imagenet")
+
+
+main = main_cifar
