@@ -85,13 +85,13 @@ def test_parse_yosys_stats():
 def test_estimate_and_largest_pes():
     kep = random_network(0)
     board = load_board("ulx3s-12f")
-    e8 = estimate_resources(plan_network(kep, pes=8, lanes=4), streamed=False)
-    e16 = estimate_resources(plan_network(kep, pes=16, lanes=4), streamed=False)
+    e8 = estimate_resources(plan_network(kep, po=8, lanes=4), streamed=False)
+    e16 = estimate_resources(plan_network(kep, po=16, lanes=4), streamed=False)
     assert e16["dsps"] - e8["dsps"] == 8 and e16["luts"] > e8["luts"]
     best = largest_fitting_pes(kep, board, lanes=4, streamed=False)
     base = DSP_PER_LANE["kep"] * 4 + DSP_BASE["kep"]         # DSPs besides one per PE
     assert best % 4 == 0 and best == (board.dsps - base) // 4 * 4
-    fb = estimate_resources(plan_network(kep, pes=16, lanes=4), streamed=False,
+    fb = estimate_resources(plan_network(kep, po=16, lanes=4), streamed=False,
                             engine="fallback")
     assert fb["dsps"] == 16 + DSP_BASE["fallback"] and fb["luts"] < e16["luts"]
 
@@ -102,7 +102,7 @@ def test_pes_split_over_pixels():
         with pytest.raises(KepError, match="--pes"):
             parse_pes(bad)
     kep = random_network(0)
-    plan = plan_network(kep, pes=8, lanes=4)
+    plan = plan_network(kep, po=8, lanes=4)
     e1 = estimate_resources(plan, streamed=False)
     e4 = estimate_resources(plan, streamed=False, px=4)
     # Px multiplies the PEs (DSPs, LUTs), not the memories (words of Po lanes)

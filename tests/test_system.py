@@ -21,7 +21,7 @@ from kep_common.errors import KepError
 
 
 def test_plan_buffers_follow_liveness():
-    plan = plan_network(random_network(0), pes=8, lanes=4)
+    plan = plan_network(random_network(0), po=8, lanes=4)
     by = {lp.name: lp for lp in plan.layers}
     assert len(plan.buffer_words) == 3
     # conv2 of block 1 reads conv1's buffer and the residual conv0, writes a third one
@@ -63,9 +63,9 @@ def test_plan_rejects_unsupported():
     kep = random_network(0)
     kep.layers.insert(1, kep.layers[-2])          # avgpool between conv layers
     with pytest.raises(KepError, match="not supported"):
-        plan_network(kep, pes=8, lanes=4)
+        plan_network(kep, po=8, lanes=4)
     with pytest.raises(KepError, match="multiple"):
-        plan_network(random_network(0), pes=6, lanes=4)
+        plan_network(random_network(0), po=6, lanes=4)
 
 
 def test_pll_settings():
@@ -87,7 +87,7 @@ def _images(n, size, seed):
 def test_system_rtl_bit_exact_and_rejects_bad_frames(engine, streamed, tmp_path_factory):
     from kep_hw.bench.system_sim import SimBoard
     kep = random_network(1)
-    plan = plan_network(kep, pes=8, lanes=4)
+    plan = plan_network(kep, po=8, lanes=4)
     # the network covers one and two output-channel groups (Cout = P and Cout = 2P), a
     # stride-2 3x3 layer, a 1x1 shortcut and residual adds into a two-group layer
     groups = {lp.name: lp.cfg["groups"] for lp in plan.layers}
@@ -96,7 +96,7 @@ def test_system_rtl_bit_exact_and_rejects_bad_frames(engine, streamed, tmp_path_
     with SimBoard(plan, streamed=streamed, build_root=root, engine=engine) as port:
         link = BoardLink(port, plan, timeout=120)
         info = link.connect()
-        assert info["streamed"] == streamed and info["pes"] == 8
+        assert info["streamed"] == streamed and info["po"] == 8
         cycles = set()
         for x in _images(2, 8, 5):
             out, cyc = link.infer(x)

@@ -87,7 +87,7 @@ class SimBoard:
     engine : str
         ``"kep"`` (default) or ``"fallback"`` (see :class:`kep_hw.system.KepSystem`).
     px : int
-        Output pixels per engine block (``plan.pes * px`` PEs).
+        Output pixels per engine block (``plan.po * px`` PEs).
     """
 
     def __init__(self, plan: NetworkPlan, *, streamed: bool = False,

@@ -76,18 +76,18 @@ def estimate_resources(plan: NetworkPlan, *, streamed: bool, px: int = 1,
 
     The LUT estimate is a linear fit (``LUT_BASE + LUT_PER_PE * P``); DSPs are one per PE plus
     the requantization lanes; block RAMs follow the memories' widths and depths exactly.
-    ``plan.pes`` is Po (output channels per group), the engine has ``P = Po * px`` PEs.
+    ``plan.po`` is Po (output channels per group), the engine has ``P = Po * px`` PEs.
 
     Raises
     ------
     KeyError
         For an unknown ``engine`` (``"kep"`` or ``"fallback"``).
     """
-    P, G = plan.pes * px, plan.lanes
+    P, G = plan.po * px, plan.lanes
     wt_depth = plan.max_layer_weight_words if streamed else plan.weight_words
     prm_depth = plan.max_layer_param_words if streamed else plan.param_words
     brams = sum(_bram_blocks(8 * G, d) for d in plan.buffer_words)
-    brams += _bram_blocks(WEIGHT_ELEM_BITS * plan.pes, wt_depth) + _bram_blocks(PARAM_WORD_BITS,
+    brams += _bram_blocks(WEIGHT_ELEM_BITS * plan.po, wt_depth) + _bram_blocks(PARAM_WORD_BITS,
                                                                           prm_depth)
     return {"luts": LUT_BASE + LUT_PER_PE[engine] * P,
             "dsps": P + DSP_PER_LANE[engine] * G + DSP_BASE[engine], "brams": brams}
@@ -103,7 +103,7 @@ def largest_fitting_pes(kep, board, *, lanes: int, streamed: bool, limit: int = 
     """Largest P (a multiple of ``lanes * px``) whose estimate fits ``board``; 0 if none."""
     best = 0
     for pes in range(lanes * px, limit + 1, lanes * px):
-        plan = plan_network(kep, pes=pes // px, lanes=lanes)
+        plan = plan_network(kep, po=pes // px, lanes=lanes)
         if not _overflow(estimate_resources(plan, streamed=streamed, px=px, engine=engine),
                          board):
             best = pes
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 10 <= freq <= 200:
         raise KepError(f"--freq must lie in [10, 200] MHz, got {freq:g}")
     kep = _load_network(args.model)
-    plan = plan_network(kep, pes=po, lanes=args.lanes)
+    plan = plan_network(kep, po=po, lanes=args.lanes)
     if args.weights == "auto":
         streamed = bool(_overflow(estimate_resources(plan, streamed=False, px=px,
                                                      engine=args.engine), board))

@@ -26,9 +26,9 @@ __all__ = ["BoardInfo", "BoardLink", "parse_info"]
 
 
 class BoardInfo(dict):
-    """The fields of an ``INFO`` frame: ``version``, ``pes``, ``lanes``, ``streamed``,
-    ``layers``, ``clk_khz``, ``model_id``, ``in_words``, ``out_words``, ``px`` (``pes`` is Po,
-    the output channels per group; the engine has ``pes * px`` PEs)."""
+    """The fields of an ``INFO`` frame: ``version``, ``po``, ``lanes``, ``streamed``,
+    ``layers``, ``clk_khz``, ``model_id``, ``in_words``, ``out_words``, ``px`` (``po`` is Po,
+    the output channels per group; the engine has ``P = po * px`` PEs)."""
 
 
 def parse_info(payload: bytes) -> BoardInfo:
@@ -41,8 +41,8 @@ def parse_info(payload: bytes) -> BoardInfo:
     """
     if len(payload) != 18:
         raise ProtocolError(f"INFO frame of {len(payload)} bytes, expected 18")
-    ver, pes, lanes, streamed, layers, px, clk, mid, iw, ow = struct.unpack("<6BIIHH", payload)
-    return BoardInfo(version=ver, pes=pes, lanes=lanes, streamed=bool(streamed), layers=layers,
+    ver, po, lanes, streamed, layers, px, clk, mid, iw, ow = struct.unpack("<6BIIHH", payload)
+    return BoardInfo(version=ver, po=po, lanes=lanes, streamed=bool(streamed), layers=layers,
                      clk_khz=clk, model_id=mid, in_words=iw, out_words=ow, px=max(px, 1))
 
 
@@ -96,11 +96,11 @@ class BoardLink:
         if info["version"] != PROTOCOL_VERSION:
             raise KepError(f"board speaks protocol {info['version']}, host {PROTOCOL_VERSION}")
         want = self.plan.model_id(info["streamed"])
-        if (info["pes"], info["lanes"], info["layers"], info["model_id"]) != \
-                (self.plan.pes, self.plan.lanes, len(self.plan.layers), want):
+        if (info["po"], info["lanes"], info["layers"], info["model_id"]) != \
+                (self.plan.po, self.plan.lanes, len(self.plan.layers), want):
             raise KepError("the board's bitstream was built for another model or --pes "
-                           f"(board P={info['pes']}, {info['layers']} layers, id "
-                           f"{info['model_id']:08x}; host P={self.plan.pes}, "
+                           f"(board Po={info['po']}, {info['layers']} layers, id "
+                           f"{info['model_id']:08x}; host Po={self.plan.po}, "
                            f"{len(self.plan.layers)} layers, id {want:08x})")
         self.info = info
         return info
@@ -117,7 +117,7 @@ class BoardLink:
     def send_layer(self, n: int) -> None:
         """Stream layer ``n``'s weight and parameter words (streamed mode), then ``GO``."""
         lp = self.plan.layers[n]
-        self._send_words(0, lp.wt_words, WEIGHT_ELEM_BITS * self.plan.pes)
+        self._send_words(0, lp.wt_words, WEIGHT_ELEM_BITS * self.plan.po)
         self._send_words(1, lp.prm_words, PARAM_WORD_BITS)
         self.t.write(encode_frame(FrameType.GO))
 

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     from kep_train.golden.evaluate import quantize_input, run_network, top1
     from kep_train.export.kepfile import load_kep
     kep = load_kep(args.model)
-    plan = plan_network(kep, pes=pes // px, lanes=args.lanes)
+    plan = plan_network(kep, po=pes // px, lanes=args.lanes)
     images, labels = load_cifar10(args.data_dir, train=False, download=False)
     if args.offset + args.n > images.shape[0]:
         raise KepError(f"only {images.shape[0]} test images, asked for "

@@ -47,12 +47,12 @@ class LayerPlan:
 
 @dataclass
 class NetworkPlan:
-    """Everything the system needs for one network at given ``pes``/``lanes``.
+    """Everything the system needs for one network at given ``po``/``lanes``.
 
     ``buffer_words[b]`` is the depth of activation buffer ``b``; ``input_buffer`` receives the
     image, ``output_buffer`` holds the last conv output; ``tail`` are the host-side layers.
     """
-    pes: int
+    po: int
     lanes: int
     layers: list
     buffer_words: list
@@ -96,7 +96,7 @@ class NetworkPlan:
 
     def model_id(self, streamed: bool) -> int:
         """32-bit fingerprint of the layer table (and weights when embedded)."""
-        crc = zlib.crc32(repr((self.pes, self.lanes, streamed,
+        crc = zlib.crc32(repr((self.po, self.lanes, streamed,
                                [(lp.cfg, lp.src, lp.res, lp.dst) for lp in self.layers]))
                          .encode())
         if not streamed:
@@ -116,17 +116,17 @@ class NetworkPlan:
         return out
 
 
-def pack_weight_words(values: torch.Tensor, index: torch.Tensor, pes: int) -> list:
+def pack_weight_words(values: torch.Tensor, index: torch.Tensor, po: int) -> list:
     """Weight words of a layer (``docs/accelerator.md``): word ``(g*Cin + i)*K + j`` holds, in
     lane ``p``, ``(value, index)`` of output channel ``g*P + p`` (zeros past ``Cout``)."""
     cout, cin, k = values.shape
-    groups = math.ceil(cout / pes)
-    v = torch.zeros(groups * pes, cin, k, dtype=torch.int64)
-    x = torch.zeros(groups * pes, cin, k, dtype=torch.int64)
+    groups = math.ceil(cout / po)
+    v = torch.zeros(groups * po, cin, k, dtype=torch.int64)
+    x = torch.zeros(groups * po, cin, k, dtype=torch.int64)
     v[:cout] = values.to(torch.int64)
     x[:cout] = index.to(torch.int64)
     elem = (v & 0xFF) | (x << 8)                                 # [G*P, Cin, K]
-    elem = elem.reshape(groups, pes, cin, k).permute(0, 2, 3, 1).reshape(-1, pes).tolist()
+    elem = elem.reshape(groups, po, cin, k).permute(0, 2, 3, 1).reshape(-1, po).tolist()
     words = []
     for lanes in elem:
         w = 0
@@ -136,12 +136,12 @@ def pack_weight_words(values: torch.Tensor, index: torch.Tensor, pes: int) -> li
     return words
 
 
-def pack_param_words(layer, pes: int) -> list:
+def pack_param_words(layer, po: int) -> list:
     """Parameter words of a layer, one per output channel, padded to whole groups with 0."""
     cout = int(layer.bias.shape[0])
     res_mult = layer.res_mult if layer.res_mult is not None else torch.zeros(cout)
     words = []
-    for o in range(math.ceil(cout / pes) * pes):
+    for o in range(math.ceil(cout / po) * po):
         if o >= cout:
             words.append(0)
             continue
@@ -186,15 +186,16 @@ def run_tail(tail: list, act: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def plan_network(kep, *, pes: int, lanes: int) -> NetworkPlan:
+def plan_network(kep, *, po: int, lanes: int) -> NetworkPlan:
     """Plan a whole network for the board.
 
     Parameters
     ----------
     kep : kep_train.kepfile.KepModel
         The network.
-    pes, lanes : int
-        P processing elements and G channels per activation word (``pes % lanes == 0``).
+    po, lanes : int
+        Po output channels per group (the engine's P / Px) and G channels per activation word
+        (``po % lanes == 0``).
 
     Returns
     -------
@@ -206,8 +207,9 @@ def plan_network(kep, *, pes: int, lanes: int) -> NetworkPlan:
         If the network has an operation the board cannot run (conv layers must come first,
         then only avgpool/linear), or a conv shape outside the engine's support.
     """
-    if pes < 1 or lanes < 1 or pes % lanes:
-        raise KepError(f"--pes {pes} must be a positive multiple of the {lanes} lanes")
+    if po < 1 or lanes < 1 or po % lanes:
+        raise KepError(f"Po {po} (output channels per group: --pes / Px) must be a positive "
+                       f"multiple of the {lanes} lanes")
     convs, tail = [], []
     for layer in kep.layers:
         if layer.op == "conv" and not tail:
@@ -267,15 +269,15 @@ def plan_network(kep, *, pes: int, lanes: int) -> NetworkPlan:
         dst = alloc(layer.name, n)
         last_use.update({kk: max(v, saved.get(kk, v)) for kk, v in last_use.items()})
         cfg = dict(cin=cin, cout=cout, h=h, w=w, ho=ho, wo=wo, cwi=math.ceil(cin / lanes),
-                   cwo=math.ceil(cout / lanes), groups=math.ceil(cout / pes), k=k, kk=K,
+                   cwo=math.ceil(cout / lanes), groups=math.ceil(cout / po), k=k, kk=K,
                    stride=s, pad=p, relu=int(bool(layer.relu)),
                    residual=int(layer.residual is not None), dense=0)
         layers.append(LayerPlan(
             name=layer.name, cfg=cfg, src=where[layer.input],
             res=where[layer.residual] if layer.residual is not None else None, dst=dst,
-            wt_words=pack_weight_words(values, index, pes),
-            prm_words=pack_param_words(layer, pes)))
-    return NetworkPlan(pes=pes, lanes=lanes, layers=layers, buffer_words=sizes,
+            wt_words=pack_weight_words(values, index, po),
+            prm_words=pack_param_words(layer, po)))
+    return NetworkPlan(po=po, lanes=lanes, layers=layers, buffer_words=sizes,
                        input_buffer=where["input"], output_buffer=where[convs[-1].name],
                        in_shape=tuple(convs[0].in_shape), out_shape=tuple(convs[-1].out_shape),
                        tail=tail)

@@ -254,9 +254,9 @@ class FallbackEngine(wiring.Component):
 
 
 def info_payload(plan: NetworkPlan, *, streamed: bool, clk_hz: float, px: int = 1) -> bytes:
-    """The ``INFO`` frame payload a system built for ``plan`` answers to ``PING`` (``plan.pes``
+    """The ``INFO`` frame payload a system built for ``plan`` answers to ``PING`` (``plan.po``
     is Po, the output channels per group; ``px`` the engine's output pixels per block)."""
-    return (bytes([PROTOCOL_VERSION, plan.pes, plan.lanes, int(streamed), len(plan.layers), px])
+    return (bytes([PROTOCOL_VERSION, plan.po, plan.lanes, int(streamed), len(plan.layers), px])
             + int(round(clk_hz / 1000)).to_bytes(4, "little")
             + plan.model_id(streamed).to_bytes(4, "little")
             + plan.in_words.to_bytes(2, "little") + plan.out_words.to_bytes(2, "little"))
@@ -283,7 +283,7 @@ class KepSystem(wiring.Component):
         ``"fallback"`` (:class:`FallbackEngine`).
     px : int
         Output pixels per block of :class:`kep_hw.engine.Engine` (``engine="kep"`` only): the
-        engine has ``plan.pes * px`` PEs, ``plan.pes`` (Po) output channels per group. Memory
+        engine has ``plan.po * px`` PEs, ``plan.po`` (Po) output channels per group. Memory
         images, configuration and output stream are those of ``px = 1``.
 
     Attributes
@@ -310,7 +310,7 @@ class KepSystem(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         plan = self.plan
-        P, G = plan.pes, plan.lanes
+        P, G = plan.po, plan.lanes
         lg = G.bit_length() - 1
         nb = len(plan.buffer_words)
         nl = len(plan.layers)
