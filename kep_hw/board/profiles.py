@@ -63,17 +63,25 @@ class BoardProfile:
     def platform_class(self):
         """Import and return the amaranth-boards platform class.
 
+        Only an Amaranth platform class is accepted (a subclass of
+        :class:`amaranth.build.Platform`): a profile cannot make the toolkit call anything else.
+
         Raises
         ------
         KepError
-            If the module or class does not exist.
+            If the module or class does not exist or is no Amaranth platform.
         """
+        from amaranth.build import Platform
         mod_name, _, cls_name = self.platform.partition(":")
         try:
-            return getattr(importlib.import_module(mod_name), cls_name)
-        except (ImportError, AttributeError) as e:
+            cls = getattr(importlib.import_module(mod_name), cls_name)
+        except (ImportError, AttributeError, ValueError) as e:
             raise KepError(f"board {self.name!r}: cannot import platform {self.platform!r} "
                            f"({e})") from None
+        if not (isinstance(cls, type) and issubclass(cls, Platform)):
+            raise KepError(f"board {self.name!r}: platform {self.platform!r} is not an Amaranth "
+                           f"platform class")
+        return cls
 
     def make_platform(self):
         """Instantiate the platform, adding the UART resource when the profile gives pins."""
@@ -87,8 +95,19 @@ class BoardProfile:
         return plat
 
 
-def _require(data: dict, key: str, kind, where: str):
+#: Upper bounds of a profile's numbers (far above any ECP5 board; they catch typos and junk).
+_MAX_MHZ = 1000.0
+_MAX_BAUD = 50_000_000
+_MAX_COUNT = 10_000_000
+_MAX_PES = 4096
+
+
+def _require(data: dict, key: str, kind, where: str, *, optional=None):
+    """``data[key]`` checked to be of ``kind`` (bool never counts as a number); ``optional``
+    is returned when the key is absent (``None``: the key is required)."""
     if key not in data:
+        if optional is not None:
+            return optional
         raise KepError(f"board profile {where}: missing key {key!r}")
     value = data[key]
     if not isinstance(value, kind) or isinstance(value, bool):
@@ -96,8 +115,24 @@ def _require(data: dict, key: str, kind, where: str):
     return value
 
 
+def _number(data: dict, key: str, where: str, *, low: float, high: float, integer: bool,
+            optional=None):
+    value = _require(data, key, int if integer else (int, float), where, optional=optional)
+    if not (low <= value <= high):      # also False for NaN
+        raise KepError(f"board profile {where}: {key!r} must be between {low:g} and {high:g}, "
+                       f"got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _name(data: dict, key: str, where: str, *, optional=None) -> str:
+    value = _require(data, key, str, where, optional=optional)
+    if value is not optional and not value.strip():
+        raise KepError(f"board profile {where}: {key!r} must not be empty")
+    return value
+
+
 def parse_profile(text: str, where: str = "<text>") -> BoardProfile:
-    """Parse one TOML profile.
+    """Parse and validate one TOML profile (every field: type, range, no unknown keys).
 
     Parameters
     ----------
@@ -113,48 +148,66 @@ def parse_profile(text: str, where: str = "<text>") -> BoardProfile:
     Raises
     ------
     KepError
-        On invalid TOML, a missing key or a value of the wrong type or range.
+        On invalid TOML, a missing or unknown key, or a value of the wrong type or range.
     """
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise KepError(f"board profile {where}: invalid TOML ({e})") from None
-    clock = _require(data, "clock", dict, where)
-    uart = _require(data, "uart", dict, where)
-    budget = _require(data, "budget", dict, where)
-    defaults = _require(data, "defaults", dict, where)
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError) as e:
+        raise KepError(f"board profile {where}: invalid TOML ({str(e)[:200]})") from None
+    sections = {"": ("name", "description", "platform", "device", "program", "clock", "uart",
+                     "budget", "defaults"),
+                "clock": ("resource", "freq_mhz", "default_mhz"),
+                "uart": ("resource", "tx_enable", "baud", "rx_pin", "tx_pin", "io_type"),
+                "budget": ("luts", "dsps", "brams"),
+                "defaults": ("pes", "px", "lanes", "weights")}
+    for section, keys in sections.items():
+        table = data if not section else _require(data, section, dict, where)
+        unknown = sorted(set(table) - set(keys))
+        if unknown:
+            name = f"[{section}] " if section else ""
+            raise KepError(f"board profile {where}: unknown key {name}{unknown[0]!r} "
+                           f"(known: {', '.join(keys)})")
+    clock, uart, budget, defaults = (data[k] for k in ("clock", "uart", "budget", "defaults"))
+    program = _require(data, "program", list, where, optional=[])
+    if not all(isinstance(a, str) for a in program):
+        raise KepError(f"board profile {where}: 'program' must be a list of strings")
+    platform = _name(data, "platform", where)
+    if platform.count(":") != 1 or not all(platform.split(":")):
+        raise KepError(f"board profile {where}: 'platform' must be 'module:Class', "
+                       f"got {platform!r}")
+    for key in ("tx_enable", "rx_pin", "tx_pin", "io_type"):
+        _name(uart, key, where, optional="")
+    if ("rx_pin" in uart) != ("tx_pin" in uart):
+        raise KepError(f"board profile {where}: [uart] needs both rx_pin and tx_pin, or neither")
     prof = BoardProfile(
-        name=_require(data, "name", str, where),
-        description=data.get("description", ""),
-        platform=_require(data, "platform", str, where),
-        device=_require(data, "device", str, where),
-        program=tuple(data.get("program", [])),
-        clk_resource=_require(clock, "resource", str, where),
-        clk_mhz=float(_require(clock, "freq_mhz", (int, float), where)),
-        default_mhz=float(_require(clock, "default_mhz", (int, float), where)),
-        uart=dict(uart),
-        luts=_require(budget, "luts", int, where),
-        dsps=_require(budget, "dsps", int, where),
-        brams=_require(budget, "brams", int, where),
-        default_pes=_require(defaults, "pes", int, where),
-        weights=_require(defaults, "weights", str, where),
-        default_px=defaults.get("px", 1),
-        default_lanes=defaults.get("lanes", 4),
+        name=_name(data, "name", where),
+        description=_require(data, "description", str, where, optional=""),
+        platform=platform,
+        device=_name(data, "device", where),
+        program=tuple(program),
+        clk_resource=_name(clock, "resource", where),
+        clk_mhz=_number(clock, "freq_mhz", where, low=1.0, high=_MAX_MHZ, integer=False),
+        default_mhz=_number(clock, "default_mhz", where, low=1.0, high=_MAX_MHZ,
+                            integer=False),
+        uart={**uart, "resource": _name(uart, "resource", where),
+              "baud": _number(uart, "baud", where, low=300, high=_MAX_BAUD, integer=True,
+                              optional=115200)},
+        luts=_number(budget, "luts", where, low=1, high=_MAX_COUNT, integer=True),
+        dsps=_number(budget, "dsps", where, low=1, high=_MAX_COUNT, integer=True),
+        brams=_number(budget, "brams", where, low=1, high=_MAX_COUNT, integer=True),
+        default_pes=_number(defaults, "pes", where, low=1, high=_MAX_PES, integer=True),
+        weights=_name(defaults, "weights", where),
+        default_px=_number(defaults, "px", where, low=1, high=_MAX_PES, integer=True,
+                           optional=1),
+        default_lanes=_number(defaults, "lanes", where, low=1, high=_MAX_PES, integer=True,
+                              optional=4),
     )
-    for key in ("px", "lanes"):
-        v = defaults.get(key, 1)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise KepError(f"board profile {where}: defaults.{key} must be a positive integer, "
-                           f"got {v!r}")
     if prof.default_pes % prof.default_px or (prof.default_pes // prof.default_px) \
             % prof.default_lanes:
         raise KepError(f"board profile {where}: defaults.pes must be a multiple of px x lanes")
     if prof.weights not in WEIGHT_MODES:
         raise KepError(f"board profile {where}: weights must be one of {WEIGHT_MODES}, "
                        f"got {prof.weights!r}")
-    if min(prof.luts, prof.dsps, prof.brams, prof.default_pes) <= 0 or prof.clk_mhz <= 0:
-        raise KepError(f"board profile {where}: budget, pes and clock must be positive")
-    _require(uart, "resource", str, where)
     return prof
 
 

