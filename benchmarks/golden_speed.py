@@ -6,7 +6,7 @@ whole .kep network, against the 60 s budget on 2 CPU cores.
 
 Without ``--model`` a randomly pruned ResNet-20 (K=4) is used; without ``--data-dir`` random
 int8 inputs (the arithmetic does not depend on the pixels). The fast path is checked bit for
-bit against the pure int64 reference (:func:`kep_train.sparseconv.sparse_conv2d`) on a subset.
+bit against the pure int64 reference (:func:`kep_train.testing.reference_network`) on a subset.
 Writes ``benchmarks/results/golden_speed.json`` (with versions, machine and load average: the
 CPU may be shared, so the process CPU time is reported next to the wall time).
 """
@@ -27,37 +27,12 @@ from kep_common.errors import KepError, cli_errors
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _reference(kep, x):
-    """Logits through sparse_conv2d (int64) layer by layer (slow, for the exactness check)."""
-    from kep_train.golden.intarith import wrap_int32
-    from kep_train.golden.sparseconv import sparse_conv2d
-    import torch.nn.functional as F
-    acts = {"input": x}
-    for ly in kep.layers:
-        a = acts[ly.input]
-        if ly.op == "conv":
-            v, i = ly.planes()
-            res = acts[ly.residual] if ly.residual else None
-            y = sparse_conv2d(a, v, i, ly.bias, ly.mult, ly.shift, kernel_size=ly.kernel_size,
-                              stride=ly.stride, padding=ly.padding, relu=ly.relu, residual=res,
-                              res_mult=ly.res_mult if res is not None else None)
-        elif ly.op == "maxpool":
-            p = ly.padding
-            y = F.max_pool2d(F.pad(a.float(), (p, p, p, p), value=-128.0), ly.kernel_size,
-                             ly.stride).to(torch.int8)
-        elif ly.op == "avgpool":
-            y = a.to(torch.int64).sum(dim=(2, 3))
-        else:
-            y = wrap_int32(a.to(torch.int64) @ ly.weight.to(torch.int64).T + ly.bias)
-        acts[ly.name] = y
-    return acts[kep.layers[-1].name]
-
-
 @cli_errors
 def main(argv=None) -> int:
     from kep_common.fileio import atomic_write_json, environment_info
     from kep_train.golden.evaluate import load_test_images, quantize_input, run_network
     from kep_train.export.kepfile import load_kep
+    from kep_train.testing import random_kep, reference_network
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help=".kep file (default: random ResNet-20, K=4)")
     p.add_argument("--data-dir", help="CIFAR-10 folder (default: random int8 inputs)")
@@ -75,7 +50,6 @@ def main(argv=None) -> int:
     if args.model:
         kep = load_kep(args.model)
     else:
-        from kep_train.export.quantize import random_kep
         kep = random_kep("resnet20", K=4, seed=0)
     if args.data_dir:
         images, _ = load_test_images(args.data_dir, train=False)
@@ -99,7 +73,7 @@ def main(argv=None) -> int:
     m = min(args.check, n)
     x = quantize_input(kep, images[:m])
     t0 = time.perf_counter()
-    ref = _reference(kep, x)
+    ref = reference_network(kep, x)[kep.layers[-1].name]
     ref_s = time.perf_counter() - t0
     fast = run_network(kep, x)
     exact = bool(torch.equal(ref.to(torch.int64), fast.to(torch.int64)))

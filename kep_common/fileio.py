@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Atomic file output (temp file in the same folder, fsync, then rename) and run metadata."""
+"""Atomic file output (temp file in the same folder, fsync, then rename), plain JSON values and
+run metadata."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -12,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_torch_save",
-           "environment_info"]
+           "jsonable", "environment_info"]
 
 
 @contextlib.contextmanager
@@ -52,6 +54,37 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     import torch
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def jsonable(obj):
+    """``obj`` as plain JSON types, for settings read from checkpoints or held in dataclasses.
+
+    Dataclass instances become dicts, tuples become lists, dict keys become strings, tensors
+    become (nested) lists; ``None``, bools, numbers and strings stay as they are, and anything
+    else becomes its ``str()``.
+
+    Parameters
+    ----------
+    obj : object
+        The value to convert (not modified).
+
+    Returns
+    -------
+    object
+        A value that :func:`json.dumps` accepts.
+    """
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {k: jsonable(v) for k, v in dataclasses.asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    torch = sys.modules.get("torch")   # no tensor exists unless torch was imported
+    if torch is not None and isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    return str(obj)
 
 
 def environment_info() -> dict:

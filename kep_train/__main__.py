@@ -12,12 +12,14 @@ import sys
 from kep_common.cli import dispatch
 
 COMMANDS = {
-    "cifar": ("kep_train.train.pipeline", "main_cifar",
+    "cifar": ("kep_train.train.cifar", "main",
               "train, prune (KEP), fine-tune and export a CIFAR-10 model"),
-    "imagenet": ("kep_train.train.pipeline", "main_imagenet",
+    "imagenet": ("kep_train.train.imagenet", "main",
                  "the same pipeline on ImageNet-layout data with torchvision models"),
-    "export": ("kep_train.export.cli", "main", "write a compressed int8 .kep model from a checkpoint"),
-    "inspect": ("kep_train.export.cli", "inspect_main", "print the per-layer table of a .kep model"),
+    "export": ("kep_train.export.cli", "main",
+               "write a compressed int8 .kep model from a checkpoint"),
+    "inspect": ("kep_train.export.cli", "inspect_main",
+                "print the per-layer table of a .kep model"),
     "golden": ("kep_train.golden.evaluate", "main",
                "top-1 of the bit-exact int8 golden model on CIFAR-10"),
 }

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Shared fixtures: a tiny CIFAR-10-shaped image-folder data set made on the fly."""
+"""Shared fixtures: a tiny CIFAR-10-shaped image-folder data set made on the fly, and the
+``python -m kep_train`` command line run in the test process."""
 
 from __future__ import annotations
 
@@ -33,6 +34,20 @@ def tiny_cifar(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _cache_in_tmp(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("KEP_CACHE", str(tmp_path_factory.getbasetemp() / "kep_cache"))
+
+
+@pytest.fixture
+def run_cli():
+    """``python -m kep_train ARGS`` in the test process: ``run_cli(args)`` returns the exit
+    code, also when the command ends with ``SystemExit``."""
+    from kep_train.__main__ import main
+
+    def run(args):
+        try:
+            return main(args)
+        except SystemExit as e:
+            return e.code
+    return run
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from torch import nn
 
 from kep_train.train import distributed as kdist
 from kep_common.errors import KepError
-from kep_train.train.imagenet import make_tiny_imagenet
+from kep_train.data.imagenet import make_tiny_imagenet
 from kep_train.models import build_model
 
 # resnet18 at 16x16, 16 images, global batch 8: 2 steps per epoch

@@ -13,13 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kep_common.errors import KepError
-from kep_train.golden.evaluate import (conv_acc_exact_dtype, conv_layer, main, quantize_input,
-                              run_network, top1)
-from kep_train.golden.intarith import requantize, wrap_int32
 from kep_train.export.kepfile import KepLayer, save_kep
-from kep_train.models import VGG, CifarResNet
-from kep_train.export.quantize import random_kep
+from kep_train.golden.evaluate import (conv_acc_exact_dtype, conv_layer, main, quantize_input,
+                                       run_network, top1)
+from kep_train.golden.intarith import requantize, wrap_int32
 from kep_train.golden.sparseconv import expand_dense, sparse_conv2d, sparse_conv2d_acc
+from kep_train.models import VGG, CifarResNet
+from kep_train.testing import random_kep, reference_network
 
 
 @st.composite
@@ -120,32 +120,6 @@ def test_exact_dtype_bound():
         c["x"], big, c["index"], c["bias"], kernel_size=3, padding=0)) == acc
 
 
-def _reference_network(kep, x):
-    """Layer by layer with sparse_conv2d (int64) and plain torch ops: independent of the fast
-    path of kep_train.golden."""
-    acts = {"input": x}
-    for ly in kep.layers:
-        a = acts[ly.input]
-        if ly.op == "conv":
-            v, i = ly.planes()
-            res = acts[ly.residual] if ly.residual else None
-            y = sparse_conv2d(a, v, i, ly.bias, ly.mult, ly.shift, kernel_size=ly.kernel_size,
-                              stride=ly.stride, padding=ly.padding, relu=ly.relu, residual=res,
-                              res_mult=ly.res_mult if res is not None else None)
-        elif ly.op == "maxpool":
-            p = ly.padding
-            ap = F.pad(a.to(torch.int64), (p, p, p, p), value=-128)
-            u = ap.unfold(2, ly.kernel_size, ly.stride).unfold(3, ly.kernel_size, ly.stride)
-            y = u.amax(dim=(4, 5)).to(torch.int8)
-        elif ly.op == "avgpool":
-            y = a.to(torch.int64).sum(dim=(2, 3)).to(torch.int32)
-        else:
-            y = wrap_int32(a.to(torch.int64) @ ly.weight.to(torch.int64).T
-                           + ly.bias.to(torch.int64)).to(torch.int32)
-        acts[ly.name] = y
-    return acts
-
-
 @pytest.mark.parametrize("make,shape", [
     (lambda: CifarResNet(8), (3, 8, 8)),
     (lambda: VGG([4, "M", 8, "M", 8]), (3, 8, 8)),
@@ -155,7 +129,7 @@ def test_run_network_equals_reference(make, shape):
     x = torch.randint(-128, 128, (3, *shape), generator=torch.Generator().manual_seed(0),
                       dtype=torch.int8)
     logits, acts = run_network(kep, x, return_all=True)
-    ref = _reference_network(kep, x)
+    ref = reference_network(kep, x)
     assert set(acts) == set(ref)
     for name, r in ref.items():
         assert acts[name].dtype == r.dtype and torch.equal(acts[name], r), name

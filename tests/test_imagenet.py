@@ -9,10 +9,9 @@ import json
 import pytest
 import torch
 
-from kep_train.__main__ import main
 from kep_train.train.checkpoint import load_checkpoint
-from kep_train.train.imagenet import (ImageFolderData, _transforms, load_torchvision_state_dict,
-                                make_tiny_imagenet, mac_shares, touchable_macs)
+from kep_train.data.imagenet import ImageFolderData, imagenet_transforms, make_tiny_imagenet
+from kep_train.train.imagenet import load_torchvision_state_dict, mac_shares, touchable_macs
 
 TINY = ["--model", "resnet18", "--image-size", "32", "--batch-size", "8", "--dense-epochs", "1",
         "--reg-epochs", "1", "--finetune-epochs", "1", "--workers", "0", "--no-progress",
@@ -26,14 +25,7 @@ def tiny_imagenet(tmp_path_factory):
                               train_per_class=8, val_per_class=2, size=32)
 
 
-def run_cli(args):
-    try:
-        return main(args)
-    except SystemExit as e:
-        return e.code
-
-
-def test_resnet18_smoke_run(tiny_imagenet, tmp_path, capsys):
+def test_resnet18_smoke_run(run_cli, tiny_imagenet, tmp_path, capsys):
     out = tmp_path / "run"
     code = run_cli(["imagenet", "--data-dir", str(tiny_imagenet), "--out", str(out),
                     "--keep", "4"] + TINY)
@@ -90,11 +82,12 @@ def test_mac_shares_by_hand():
 
 
 def test_augmentation_depends_on_seed_key_and_index_only(tiny_imagenet):
-    from kep_train.train.imagenet import _list_images, find_classes
+    from kep_train.data.folders import list_images
+    from kep_train.data.imagenet import find_classes
     split = tiny_imagenet / "train"
-    samples = _list_images(split, find_classes(split))
-    a = ImageFolderData(samples, _transforms(24, True), seed=5)
-    b = ImageFolderData(samples, _transforms(24, True), seed=5)
+    samples = list_images(split, find_classes(split))
+    a = ImageFolderData(samples, imagenet_transforms(24, True), seed=5)
+    b = ImageFolderData(samples, imagenet_transforms(24, True), seed=5)
     a.key = b.key = 7
     torch.manual_seed(123)
     xa = a[3][0]
@@ -104,7 +97,7 @@ def test_augmentation_depends_on_seed_key_and_index_only(tiny_imagenet):
     assert not torch.equal(xa, b[3][0])
 
 
-def test_torchvision_state_dict_as_pretrained(tiny_imagenet, tmp_path, capsys):
+def test_torchvision_state_dict_as_pretrained(run_cli, tiny_imagenet, tmp_path, capsys):
     import torchvision
     sd = torchvision.models.resnet18(weights=None).state_dict()       # 1000 classes
     sd["layer1.0.bn1.running_var"] = torch.linspace(0.5, 2.0, 64)       # recognisable
@@ -131,7 +124,8 @@ def test_torchvision_state_dict_as_pretrained(tiny_imagenet, tmp_path, capsys):
     ("corrupt", [], "cannot read image"),
     (None, ["--pretrained", "BAD"], "corrupt"),
 ])
-def test_bad_input_gives_one_line(tiny_imagenet, tmp_path, make, extra, needle, one_line_error):
+def test_bad_input_gives_one_line(run_cli, tiny_imagenet, tmp_path, make, extra, needle,
+                                  one_line_error):
     data = tiny_imagenet
     if make is not None:
         data = make_tiny_imagenet(tmp_path / "d", classes=2, train_per_class=8,
@@ -153,14 +147,14 @@ def test_bad_input_gives_one_line(tiny_imagenet, tmp_path, make, extra, needle, 
     assert needle in one_line_error(code)
 
 
-def test_cifar_refuses_multiple_processes(tmp_path, monkeypatch, one_line_error):
+def test_cifar_refuses_multiple_processes(run_cli, tmp_path, monkeypatch, one_line_error):
     monkeypatch.setenv("WORLD_SIZE", "2")
     code = run_cli(["cifar", "--data-dir", str(tmp_path), "--out", str(tmp_path / "x")])
     assert "imagenet" in one_line_error(code)
 
 
 @pytest.mark.slow
-def test_kill_and_resume_gives_identical_weights(tmp_path):
+def test_kill_and_resume_gives_identical_weights(run_cli, tmp_path):
     data = make_tiny_imagenet(tmp_path / "d", classes=2, train_per_class=8, val_per_class=1,
                               size=16)
     common = ["imagenet", "--data-dir", str(data), "--keep", "4", "--no-export"] + [

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from safetensors.torch import save
 
 from kep_common.errors import KepError
-from kep_train.export.kepfile import (MAX_HEADER_BYTES, KepFormatError, dumps_kep, load_kep, loads_kep,
-                               save_kep)
+from kep_train.export.kepfile import (MAX_HEADER_BYTES, KepFormatError, dumps_kep, load_kep,
+                                      loads_kep, save_kep)
 from kep_train.models import VGG
-from kep_train.export.quantize import random_kep
+from kep_train.testing import random_kep
 
 FIELDS = ("values", "index", "weight", "bias", "mult", "shift", "res_mult", "w_scale")
 

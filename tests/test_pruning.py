@@ -39,7 +39,8 @@ def test_mac_counts_match_hand_computed():
     assert costs["c2"].macs == 16 * 6 * 4 * 9
     assert costs["c3"].macs == 16 * 5 * 6
     assert costs["fc"].macs == 15
-    apply_masks(net, {"c2": plane_topk_masks({"c2": net.c2.weight.detach().abs()}, {"c2": 4})["c2"]})
+    apply_masks(net, {"c2": plane_topk_masks({"c2": net.c2.weight.detach().abs()},
+                                             {"c2": 4})["c2"]})
     costs = {c.name: c for c in count_costs(net, (3, 8, 8))}
     assert costs["c2"].macs_kept == 16 * 6 * 4 * 4
     assert costs["c2"].params_kept == 6 * 4 * 4

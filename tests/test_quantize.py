@@ -11,12 +11,13 @@ from torch import nn
 
 from kep_common.errors import KepError
 from kep_common.fileio import atomic_torch_save
-from kep_train.golden.intarith import quantize_multiplier
 from kep_train.export.kepfile import load_kep
-from kep_train.models import VGG, CifarResNet, build_model
 from kep_train.export.quantize import (export_kep, extract_graph, float_sparse_tensors, fold_bn,
-                                input_scale, quantize_model, random_pruned_model)
+                                       input_scale, quantize_model)
+from kep_train.golden.intarith import quantize_multiplier
 from kep_train.golden.sparseconv import expand_dense
+from kep_train.models import VGG, CifarResNet, build_model
+from kep_train.testing import random_pruned_model
 
 META = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "model_name": "test"}
 

@@ -10,7 +10,6 @@ import sys
 import pytest
 import torch
 
-from kep_train.__main__ import main
 from kep_train.train.checkpoint import load_checkpoint
 
 TINY = ["--model", "resnet20", "--batch-size", "16", "--dense-epochs", "1", "--reg-epochs", "1",
@@ -18,14 +17,7 @@ TINY = ["--model", "resnet20", "--batch-size", "16", "--dense-epochs", "1", "--r
         "--seed", "3", "--threads", "1"]
 
 
-def run_cli(args):
-    try:
-        return main(args)
-    except SystemExit as e:
-        return e.code
-
-
-def test_smoke_run_writes_report_and_k_nonzeros(tiny_cifar, tmp_path, capsys):
+def test_smoke_run_writes_report_and_k_nonzeros(run_cli, tiny_cifar, tmp_path, capsys):
     out = tmp_path / "run"
     code = run_cli(["cifar", "--data-dir", str(tiny_cifar), "--out", str(out), "--keep", "3",
                     "--no-export"] + TINY)
@@ -45,7 +37,7 @@ def test_smoke_run_writes_report_and_k_nonzeros(tiny_cifar, tmp_path, capsys):
         assert torch.all(w[~mask] == 0)
 
 
-def test_kill_and_resume_gives_identical_weights(tiny_cifar, tmp_path):
+def test_kill_and_resume_gives_identical_weights(run_cli, tiny_cifar, tmp_path):
     two = {"--dense-epochs": "2", "--reg-epochs": "2", "--finetune-epochs": "2"}
     tiny = [two.get(TINY[i - 1], a) if i else a for i, a in enumerate(TINY)]
     common = ["cifar", "--data-dir", str(tiny_cifar), "--keep", "4", "--no-export"] + tiny
@@ -65,7 +57,7 @@ def test_kill_and_resume_gives_identical_weights(tiny_cifar, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["filter-l1", "magnitude", "dense"])
-def test_baselines_run_from_pretrained(tiny_cifar, tmp_path, method):
+def test_baselines_run_from_pretrained(run_cli, tiny_cifar, tmp_path, method):
     dense = tmp_path / "d"
     assert run_cli(["cifar", "--data-dir", str(tiny_cifar), "--out", str(dense), "--method",
                     "dense", "--no-export"] + TINY) == 0
@@ -90,13 +82,13 @@ def test_baselines_run_from_pretrained(tiny_cifar, tmp_path, method):
     (["--target-macs", "1.5"], "--target-macs"),
     (["--keep", "4", "--target-macs", "0.5"], "only one of"),
 ])
-def test_bad_options_give_one_line(tiny_cifar, tmp_path, extra, needle, one_line_error):
+def test_bad_options_give_one_line(run_cli, tiny_cifar, tmp_path, extra, needle, one_line_error):
     code = run_cli(["cifar", "--data-dir", str(tiny_cifar), "--out", str(tmp_path / "x")]
                    + TINY + extra)
     assert needle in one_line_error(code)
 
 
-def test_corrupt_checkpoint_gives_one_line(tiny_cifar, tmp_path, one_line_error):
+def test_corrupt_checkpoint_gives_one_line(run_cli, tiny_cifar, tmp_path, one_line_error):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"PK\x03\x04 this is not a checkpoint")
     code = run_cli(["cifar", "--data-dir", str(tiny_cifar), "--out", str(tmp_path / "x"),
@@ -113,14 +105,14 @@ def test_corrupt_checkpoint_gives_one_line(tiny_cifar, tmp_path, one_line_error)
     assert "corrupt" in one_line_error(code)
 
 
-def test_missing_data_gives_one_line_naming_both_layouts(tmp_path, one_line_error):
+def test_missing_data_gives_one_line_naming_both_layouts(run_cli, tmp_path, one_line_error):
     code = run_cli(["cifar", "--data-dir", str(tmp_path / "nothing"), "--out",
                     str(tmp_path / "x"), "--no-download"] + TINY)
     line = one_line_error(code)
     assert "cifar-10-batches-py" in line and "train/<class>" in line
 
 
-def test_existing_run_is_not_overwritten(tiny_cifar, tmp_path, one_line_error):
+def test_existing_run_is_not_overwritten(run_cli, tiny_cifar, tmp_path, one_line_error):
     out = tmp_path / "o"
     assert run_cli(["cifar", "--data-dir", str(tiny_cifar), "--out", str(out), "--no-export",
                     "--halt-after", "1"] + TINY) == 3
@@ -138,7 +130,7 @@ def test_module_entry_point_help():
         assert opt in r.stdout
 
 
-def test_pipeline_exports_kep_model(tiny_cifar, tmp_path):
+def test_pipeline_exports_kep_model(run_cli, tiny_cifar, tmp_path):
     from kep_train.export.kepfile import load_kep
     out = tmp_path / "e"
     assert run_cli(["cifar", "--data-dir", str(tiny_cifar), "--out", str(out), "--keep", "2",

@@ -1,2 +1,3 @@
 # SPDX-License-Identifier: Apache-2.0
-"""kep_train.data.cifar."""
+"""Data sets: CIFAR-10 as whole uint8 tensors (:mod:`.cifar`), ImageNet-layout folders
+(:mod:`.imagenet`), and the one image-folder reader both use (:mod:`.folders`)."""

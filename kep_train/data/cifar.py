@@ -4,8 +4,12 @@
 Two layouts are read from ``data_dir``:
 
 * torchvision's ``cifar-10-batches-py`` (downloaded through torchvision when missing and online);
-* an image-folder tree ``train/<class>/*`` and ``test/<class>/*`` (classes in alphabetical order;
-  images are put in a fixed shuffled order so that the first N are a class-balanced sample).
+* an image-folder tree ``train/<class>/*`` and ``test/<class>/*`` (read by
+  :mod:`kep_train.data.folders`; classes in alphabetical order; images are put in a fixed
+  shuffled order so that the first N are a class-balanced sample).
+
+:func:`load_cifar10_data` gives both splits as one :class:`CifarData`, the data set object of the
+``cifar`` pipeline.
 
 Decoded images are cached as a ``.pt`` file of plain tensors (loaded with ``weights_only=True``)
 in the cache folder, keyed by the data folder's path, size and modification time.
@@ -15,21 +19,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from kep_common.errors import KepError
 from kep_common.fileio import atomic_torch_save
+from kep_train.data.folders import class_folders, list_images, read_rgb
 
-__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10_CLASSES", "load_cifar10", "cache_dir",
-           "normalize", "augment_batch", "iterate_batches"]
+__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10_CLASSES", "CifarData", "load_cifar10",
+           "load_cifar10_data", "cache_dir", "normalize", "augment_batch", "iterate_batches"]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck")
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp"}
 
 
 def cache_dir() -> Path:
@@ -53,29 +58,20 @@ def _folder_key(split_dir: Path) -> str:
 
 
 def _decode_folder(split_dir: Path, classes=None) -> tuple[torch.Tensor, torch.Tensor]:
-    from PIL import Image, UnidentifiedImageError
     import numpy as np
-    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    found = class_folders(split_dir)
     if classes is not None and tuple(found) != tuple(classes):
         raise KepError(f"{str(split_dir)!r} has class folders {found}, expected {list(classes)}")
     if not found:
         raise KepError(f"{str(split_dir)!r} holds no class folders")
     images, labels = [], []
-    for label, cls in enumerate(found):
-        files = sorted(f for f in (split_dir / cls).iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES)
-        for f in files:
-            try:
-                with Image.open(f) as im:
-                    arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-            except (UnidentifiedImageError, OSError) as e:
-                raise KepError(f"cannot decode image {str(f)!r}: {e}") from None
-            if arr.shape != (32, 32, 3):
-                raise KepError(f"image {str(f)!r} is {arr.shape[1]}x{arr.shape[0]}, "
-                               "CIFAR-10 images are 32x32")
-            images.append(arr)
-            labels.append(label)
-    if not images:
-        raise KepError(f"no images found under {str(split_dir)!r}")
+    for path, label in list_images(split_dir, found):
+        arr = np.asarray(read_rgb(path), dtype=np.uint8)
+        if arr.shape != (32, 32, 3):
+            raise KepError(f"image {path!r} is {arr.shape[1]}x{arr.shape[0]}, "
+                           "CIFAR-10 images are 32x32")
+        images.append(arr)
+        labels.append(label)
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     return x, torch.tensor(labels, dtype=torch.int64)
 
@@ -145,6 +141,52 @@ def load_cifar10(data_dir: str | os.PathLike, train: bool, *, download: bool = T
         f"CIFAR-10 not found in {str(root)!r}: expected {str(root)}/cifar-10-batches-py "
         f"(torchvision layout, downloaded automatically when online) or image folders "
         f"{str(root)}/train/<class>/* and {str(root)}/test/<class>/*")
+
+
+@dataclass
+class CifarData:
+    """Both CIFAR-10 splits as whole tensors: the data set of the ``cifar`` pipeline.
+
+    ``name``, ``num_classes``, ``mean``, ``std`` and ``input_shape`` are what
+    :class:`kep_train.train.pipeline.Pipeline` reads from any data set.
+    """
+
+    train_x: torch.Tensor                   # uint8 [N, 3, 32, 32]
+    train_y: torch.Tensor                   # int64 [N]
+    test_x: torch.Tensor                    # uint8 [M, 3, 32, 32]
+    test_y: torch.Tensor                    # int64 [M]
+    name: str = "cifar"
+    num_classes: int = 10
+    mean: tuple = CIFAR10_MEAN              # per channel, of pixels scaled to [0, 1]
+    std: tuple = CIFAR10_STD
+    input_shape: tuple = (3, 32, 32)        # C, H, W
+
+
+def load_cifar10_data(data_dir: str | os.PathLike, *, download: bool = True, subset: int = 0,
+                      test_subset: int = 0) -> CifarData:
+    """Both splits of CIFAR-10 (see :func:`load_cifar10`), optionally cut to their first images.
+
+    Parameters
+    ----------
+    data_dir : path
+        Folder with ``cifar-10-batches-py`` or ``train/`` + ``test/`` image folders.
+    download : bool
+        Allow torchvision to download the data set when neither layout is present.
+    subset, test_subset : int
+        Keep only the first N training / test images; 0 keeps all.
+
+    Raises
+    ------
+    KepError
+        Missing data (offline), unreadable images, wrong class folders.
+    """
+    train_x, train_y = load_cifar10(data_dir, True, download=download)
+    test_x, test_y = load_cifar10(data_dir, False, download=download)
+    if subset:
+        train_x, train_y = train_x[:subset], train_y[:subset]
+    if test_subset:
+        test_x, test_y = test_x[:test_subset], test_y[:test_subset]
+    return CifarData(train_x, train_y, test_x, test_y)
 
 
 def normalize(images_u8: torch.Tensor, mean=CIFAR10_MEAN, std=CIFAR10_STD) -> torch.Tensor:

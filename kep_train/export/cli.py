@@ -37,15 +37,14 @@ def calibration_images(data_dir, mean, std, *, n: int, seed: int = 0) -> torch.T
     KepError
         Missing data folder or ``n < 1``.
     """
+    from kep_train.data.cifar import normalize
     from kep_train.golden.evaluate import load_test_images
     if n < 1:
         raise KepError(f"need at least one calibration image, got {n}")
     images, _ = load_test_images(data_dir, train=True)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(images.shape[0], generator=g)[:n]
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return (images[idx].float() / 255.0 - m) / s
+    return normalize(images[idx], mean, std)
 
 
 def _export_parser() -> argparse.ArgumentParser:
@@ -104,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def layer_table(kep) -> tuple[list, dict]:
-    """Per-layer storage rows and totals of a :class:`~kep_train.kepfile.KepModel`.
+    """Per-layer storage rows and totals of a :class:`~kep_train.export.kepfile.KepModel`.
 
     Returns
     -------

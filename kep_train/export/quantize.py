@@ -6,7 +6,7 @@ Steps (``docs/kep-format.md`` "How a float model becomes a .kep"):
 1. **Graph extraction** with ``torch.fx.symbolic_trace``; patterns ``conv[->bn][->relu]``,
    ``conv[->bn] + tensor [->relu]`` (residual add fused into the conv), ``maxpool``,
    ``adaptive avgpool(1) [-> flatten]``, final ``linear``. Anything else raises
-   :class:`~kep_train.errors.KepError` naming the node.
+   :class:`~kep_common.errors.KepError` naming the node.
 2. **BN folding** into the conv weight and bias.
 3. **Calibration** of one activation scale per layer output on float training images:
    ``scale = a / 127`` with ``a`` the mean over calibration batches of the ``percentile``-th
@@ -17,7 +17,8 @@ Steps (``docs/kep-format.md`` "How a float model becomes a .kep"):
    Pruned elements (mask False) are exactly zero and are not stored; a kept element that
    rounds to 0 is still stored. **Bias** ``round(b / (s_in * s_w))`` in int32.
 5. **Requantization** ``(mult, shift, res_mult)`` from
-   :func:`kep_train.intarith.quantize_multiplier`. The classifier uses one per-tensor weight scale and outputs int32 logits.
+   :func:`kep_train.golden.intarith.quantize_multiplier`. The classifier uses one per-tensor
+   weight scale and outputs int32 logits.
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from kep_common.errors import KepError
+from kep_common.fileio import jsonable
 from kep_train.golden.intarith import INT8_MAX, quantize_multiplier
 from kep_train.export.kepfile import KEP_FORMAT_VERSION, KepLayer, KepModel, save_kep
 
 __all__ = ["CALIB_METHODS", "extract_graph", "fold_bn", "calibrate", "quantize_model",
-           "export_kep", "kep_from_checkpoint", "float_sparse_tensors", "input_scale",
-           "random_pruned_model", "random_kep"]
+           "export_kep", "kep_from_checkpoint", "float_sparse_tensors", "input_scale"]
 
 CALIB_METHODS = ("percentile", "max")
 _RELU_FUNCS = (F.relu, torch.relu)
@@ -477,13 +478,14 @@ def kep_from_checkpoint(ckpt_path: str | os.PathLike, calib: torch.Tensor, *,
     Raises
     ------
     KepError
-        Bad checkpoint (see :func:`kep_train.checkpoint.load_checkpoint`) or quantization error.
+        Bad checkpoint (see :func:`kep_train.train.checkpoint.load_checkpoint`) or quantization
+        error.
     """
     from kep_train.train.checkpoint import model_from_checkpoint
     model, ckpt = model_from_checkpoint(ckpt_path)
     meta = {"model_name": ckpt["model_name"], "num_classes": int(ckpt["num_classes"]),
             "dataset": ckpt.get("dataset", "cifar10"), "checkpoint": str(ckpt_path),
-            "kep": _jsonable(ckpt.get("kep") or {})}
+            "kep": jsonable(ckpt.get("kep") or {})}
     for key in ("mean", "std"):
         if key not in ckpt:
             raise KepError(f"checkpoint {str(ckpt_path)!r} lacks {key!r}")
@@ -491,19 +493,6 @@ def kep_from_checkpoint(ckpt_path: str | os.PathLike, calib: torch.Tensor, *,
     masks = {k: v.bool() for k, v in (ckpt.get("masks") or {}).items()}
     return quantize_model(model, masks=masks, calib=calib, meta=meta, method=method,
                           percentile=percentile)
-
-
-def _jsonable(obj):
-    """Plain JSON types from checkpoint settings (tensors become lists)."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    return str(obj)
 
 
 def float_sparse_tensors(model: nn.Module, masks: dict) -> dict:
@@ -535,61 +524,3 @@ def float_sparse_tensors(model: nn.Module, masks: dict) -> dict:
         out[name] = {"values": mod.weight.detach().flatten(2).gather(2, index),
                      "index": index.to(torch.uint8)}
     return out
-
-
-def random_pruned_model(model: nn.Module, *, K: int = 4, seed: int = 0,
-                        skip: tuple | None = None) -> tuple[nn.Module, dict]:
-    """Give ``model`` random weights, random KEP masks (K kept elements per plane of every
-    conv with k > 1 except those named in ``skip``, default: the first conv) and random BN
-    statistics, in place; for tests and hardware checks.
-
-    Returns
-    -------
-    model : nn.Module
-        The same module, eval mode, pruned elements zeroed.
-    masks : dict
-        ``{conv name: bool mask}``.
-    """
-    g = torch.Generator().manual_seed(seed)
-    masks = {}
-    if skip is None:
-        skip = tuple(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))[:1]
-    with torch.no_grad():
-        for name, mod in model.named_modules():
-            if isinstance(mod, nn.Conv2d):
-                mod.weight.copy_(torch.randn(mod.weight.shape, generator=g)
-                                 * (2.0 / mod.weight[0].numel()) ** 0.5)
-                kk = mod.weight.shape[2] * mod.weight.shape[3]
-                if kk > 1 and name not in skip:
-                    if not 1 <= K <= kk:
-                        raise KepError(f"K must lie in [1, {kk}], got {K!r}")
-                    score = torch.rand(mod.weight.shape, generator=g).flatten(2)
-                    idx = score.topk(K, dim=2).indices
-                    m = torch.zeros_like(score, dtype=torch.bool).scatter_(2, idx, True)
-                    masks[name] = m.view_as(mod.weight)
-                    mod.weight.mul_(masks[name])
-            elif isinstance(mod, nn.BatchNorm2d):
-                c = mod.num_features
-                mod.running_mean.copy_(torch.rand(c, generator=g) * 0.2 - 0.1)
-                mod.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-                mod.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                mod.bias.copy_(torch.rand(c, generator=g) * 0.2 - 0.1)
-    return model.eval(), masks
-
-
-def random_kep(model: nn.Module | str = "resnet20", *, K: int = 4, seed: int = 0,
-               n_calib: int = 16, input_shape: tuple = (3, 32, 32)) -> KepModel:
-    """A :class:`KepModel` of a randomly initialised, randomly KEP-pruned model (tests,
-    hardware bring-up). ``model`` is a module or a name for :func:`kep_train.models.build_model`.
-    """
-    if isinstance(model, str):
-        from kep_train.models import build_model
-        torch.manual_seed(seed)
-        model = build_model(model)
-    model, masks = random_pruned_model(model, K=K, seed=seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    calib = torch.randn((n_calib, *input_shape), generator=g)
-    meta = {"model_name": type(model).__name__, "dataset": "random", "num_classes": None,
-            "mean": [0.5] * input_shape[0], "std": [0.25] * input_shape[0],
-            "kep": {"K": K, "random": True, "seed": seed}}
-    return quantize_model(model, masks=masks, calib=calib, meta=meta)

@@ -2,8 +2,8 @@
 """The golden model: a whole ``.kep`` network in the one integer arithmetic, bit exact.
 
 Every conv layer is the paper's sparse convolution (shift-and-accumulate over the kept
-elements, :mod:`kep_train.sparseconv`), followed by the requantization of
-:mod:`kep_train.intarith` (``docs/arithmetic.md``). The accelerator computes exactly this.
+elements, :mod:`kep_train.golden.sparseconv`), followed by the requantization of
+:mod:`kep_train.golden.intarith` (``docs/arithmetic.md``). The accelerator computes exactly this.
 
 Speed: the accumulation of a conv layer runs as one float32 matrix product per kernel offset
 ``(r, c)`` that holds at least one kept element (``acc += W_rc @ shifted input``). That is exact:
@@ -12,7 +12,7 @@ product is an integer bounded by ``B = max_o sum_{i,j} |v[o,i,j]| * 128``; when 
 every intermediate value is representable in float32, so the result is the exact integer
 whatever the summation order. A layer with ``B >= 2**24`` runs in float64 (exact below 2**53).
 The bias is added and the sum wrapped to int32 in int64. ``tests/test_golden.py`` checks this
-path against :func:`kep_train.sparseconv.sparse_conv2d` (pure int64) and ``F.conv2d``.
+path against :func:`kep_train.golden.sparseconv.sparse_conv2d` (pure int64) and ``F.conv2d``.
 
 Command line: ``python -m kep_train golden --model model.kep --data-dir DIR``.
 """
@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from kep_common.errors import KepError, cli_errors
+from kep_train.data.cifar import load_cifar10, normalize
 from kep_train.golden.intarith import INT8_MAX, INT8_MIN, quantize_tensor, requantize, wrap_int32
 from kep_train.export.kepfile import KepLayer, KepModel, load_kep
 
@@ -36,6 +37,17 @@ __all__ = ["run_network", "quantize_input", "conv_layer", "conv_acc_exact_dtype"
 
 _F32_EXACT = 2**24
 _F64_EXACT = 2**53
+
+
+def _check_input(kep: KepModel, x: torch.Tensor, dtype: torch.dtype, what: str, has: str):
+    """KepError unless ``x`` is ``dtype [N, C, H, W]`` with the model's input shape."""
+    if x.dtype != dtype or x.dim() != 4:
+        raise KepError(f"{what} must be {str(dtype).removeprefix('torch.')} [N, C, H, W], got "
+                       f"{x.dtype} {list(x.shape)}")
+    expect = tuple(kep.meta.get("input_shape", x.shape[1:]))
+    if tuple(x.shape[1:]) != expect:
+        raise KepError(f"{what} {has} shape {list(x.shape[1:])}, the model expects "
+                       f"{list(expect)}")
 
 
 def quantize_input(kep: KepModel, images_uint8: torch.Tensor) -> torch.Tensor:
@@ -59,13 +71,7 @@ def quantize_input(kep: KepModel, images_uint8: torch.Tensor) -> torch.Tensor:
     KepError
         Wrong dtype or shape.
     """
-    if images_uint8.dtype != torch.uint8 or images_uint8.dim() != 4:
-        raise KepError(f"images must be uint8 [N, C, H, W], got {images_uint8.dtype} "
-                       f"{list(images_uint8.shape)}")
-    expect = tuple(kep.meta.get("input_shape", images_uint8.shape[1:]))
-    if tuple(images_uint8.shape[1:]) != expect:
-        raise KepError(f"images have shape {list(images_uint8.shape[1:])}, the model expects "
-                       f"{list(expect)}")
+    _check_input(kep, images_uint8, torch.uint8, "images", "have")
     mean = torch.tensor(kep.meta["mean"], dtype=torch.float64).view(1, -1, 1, 1)
     std = torch.tensor(kep.meta["std"], dtype=torch.float64).view(1, -1, 1, 1)
     x = (images_uint8.to(torch.float64) / 255.0 - mean) / std
@@ -145,7 +151,7 @@ def _conv_requant(x: torch.Tensor, layer: KepLayer, res: torch.Tensor | None,
     """A conv layer on ``[C, N, H, W]`` activations: exact accumulation, bias, requantization.
 
     When ``acc + bias`` provably fits int32 (no wrap), the arithmetic of
-    :func:`kep_train.intarith.requantize` is evaluated in place in int64 with the bias folded
+    :func:`kep_train.golden.intarith.requantize` is evaluated in place in int64 with the bias folded
     into the rounding constant: ``(acc + b) * m + r + 2**(s-1) = acc * m + (b * m + 2**(s-1))
     + r`` exactly (all terms < 2**50). Otherwise the reference path (wrap, requantize) runs.
     Both are tested equal.
@@ -172,7 +178,7 @@ def _conv_requant(x: torch.Tensor, layer: KepLayer, res: torch.Tensor | None,
 def conv_layer(x: torch.Tensor, layer: KepLayer, residual: torch.Tensor | None = None,
                ) -> torch.Tensor:
     """One int8 conv layer of a .kep (fast exact path), ``[N, Cin, H, W]`` -> ``[N, Cout, Ho,
-    Wo]`` int8; equal to :func:`kep_train.sparseconv.sparse_conv2d` with the layer's
+    Wo]`` int8; equal to :func:`kep_train.golden.sparseconv.sparse_conv2d` with the layer's
     ``planes()``, bias, mult, shift, res_mult, relu (tested)."""
     res = residual.transpose(0, 1) if residual is not None else None
     return _conv_requant(x.transpose(0, 1), layer, res, {}).transpose(0, 1).contiguous()
@@ -204,13 +210,7 @@ def run_network(kep: KepModel, x_int8: torch.Tensor, *, return_all: bool = False
     KepError
         If the input is not int8 of the model's input shape.
     """
-    if x_int8.dtype != torch.int8 or x_int8.dim() != 4:
-        raise KepError(f"input must be int8 [N, C, H, W], got {x_int8.dtype} "
-                       f"{list(x_int8.shape)}")
-    expect = tuple(kep.meta.get("input_shape", x_int8.shape[1:]))
-    if tuple(x_int8.shape[1:]) != expect:
-        raise KepError(f"input has shape {list(x_int8.shape[1:])}, the model expects "
-                       f"{list(expect)}")
+    _check_input(kep, x_int8, torch.int8, "input", "has")
     cache = {} if _cache is None else _cache
     acts = {"input": x_int8.transpose(0, 1)}     # internal layout [C, N, H, W] / [C, N]
     with torch.inference_mode():
@@ -244,48 +244,17 @@ def top1(logits: torch.Tensor) -> torch.Tensor:
 
 def load_test_images(data_dir: str | os.PathLike, *, train: bool = False,
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """CIFAR-10 images ``uint8 [N, 3, 32, 32]`` and labels ``int64 [N]``.
-
-    Uses ``kep_train.data.load_cifar10`` when available, else reads the image-folder layout
-    (``<dir>/{train,test}/<class>/*.jpg``, classes in alphabetical order).
+    """CIFAR-10 images ``uint8 [N, 3, 32, 32]`` and labels ``int64 [N]`` of an existing folder
+    (:func:`kep_train.data.cifar.load_cifar10`, never downloading).
 
     Raises
     ------
     KepError
         Missing or empty data folder.
     """
-    try:
-        from kep_train.data.cifar import load_cifar10
-    except ImportError:
-        load_cifar10 = None
     if not Path(data_dir).is_dir():
         raise KepError(f"data folder {str(data_dir)!r} does not exist")
-    if load_cifar10 is not None:
-        return load_cifar10(data_dir, train=train, download=False)
-    return _load_image_folder(Path(data_dir) / ("train" if train else "test"))
-
-
-def _load_image_folder(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    import numpy as np
-    from PIL import Image
-    if not root.is_dir():
-        raise KepError(f"data folder {str(root)!r} does not exist")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    images, labels = [], []
-    for label, cls in enumerate(classes):
-        for f in sorted((root / cls).iterdir()):
-            if f.suffix.lower() not in (".jpg", ".jpeg", ".png"):
-                continue
-            try:
-                with Image.open(f) as im:
-                    images.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
-            except OSError as e:
-                raise KepError(f"cannot read image {str(f)!r}: {e}")
-            labels.append(label)
-    if not images:
-        raise KepError(f"no images under {str(root)!r}")
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-    return x, torch.tensor(labels, dtype=torch.int64)
+    return load_cifar10(data_dir, train=train, download=False)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -318,12 +287,10 @@ def evaluate_float(ckpt_path, kep: KepModel, images: torch.Tensor,
     """Predicted classes of a checkpoint's float model on the same images."""
     from kep_train.train.checkpoint import model_from_checkpoint
     model, _ = model_from_checkpoint(ckpt_path)
-    mean = torch.tensor(kep.meta["mean"], dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(kep.meta["std"], dtype=torch.float32).view(1, -1, 1, 1)
     preds = []
     with torch.inference_mode():
         for s in range(0, images.shape[0], batch_size):
-            x = (images[s:s + batch_size].float() / 255.0 - mean) / std
+            x = normalize(images[s:s + batch_size], kep.meta["mean"], kep.meta["std"])
             preds.append(model(x).argmax(1))
     return torch.cat(preds)
 

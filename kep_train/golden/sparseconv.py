@@ -4,7 +4,7 @@
 Not a sliding window: for each kept element ``j`` of the planes, the zero-padded input shifted by
 that element's offset ``(r_j, c_j)`` is scaled by its value and accumulated. Pruned elements are
 never touched. See ``docs/arithmetic.md`` for the arithmetic and
-:mod:`kep_train.intarith` for requantization.
+:mod:`kep_train.golden.intarith` for requantization.
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ def sparse_conv2d(x: torch.Tensor, values: torch.Tensor, index: torch.Tensor,
 
 
 def expand_dense(values: torch.Tensor, index: torch.Tensor, kernel_size: int = 3) -> torch.Tensor:
-    """Scatter ``[Cout, Cin, K]`` (value, index) planes into a dense ``[Cout, Cin, k, k]`` tensor."""
+    """Scatter ``[Cout, Cin, K]`` (value, index) planes into a dense ``[Cout, Cin, k, k]``
+    tensor."""
     cout, cin, _ = values.shape
     dense = torch.zeros(cout, cin, kernel_size * kernel_size, dtype=values.dtype)
     dense.scatter_(2, index.to(torch.int64), values)

@@ -1,2 +1,4 @@
 # SPDX-License-Identifier: Apache-2.0
-"""kep_train.train.pipeline."""
+"""Training stage: the generic dense -> reg -> finetune pipeline (:mod:`.pipeline`), its CIFAR-10
+and ImageNet command lines (:mod:`.cifar`, :mod:`.imagenet`), multi-process helpers
+(:mod:`.distributed`), checkpoints (:mod:`.checkpoint`) and run outputs (:mod:`.report`)."""

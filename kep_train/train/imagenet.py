@@ -2,10 +2,9 @@
 """``python -m kep_train imagenet``: the KEP pipeline on torchvision's ImageNet models.
 
 Data: the standard image-folder layout ``DATA/train/<wnid>/*.JPEG`` and ``DATA/val/<wnid>/*``
-(the number of class folders sets the classifier's size). Images are decoded by DataLoader
-worker processes with the usual transforms (training: RandomResizedCrop + horizontal flip;
-validation: Resize(size * 256/224) + CenterCrop(size)) and travel as uint8; normalisation
-happens on the device (:meth:`ImageNetPipeline.prepare`).
+(:mod:`kep_train.data.imagenet`; the number of class folders sets the classifier's size).
+Images are decoded by DataLoader worker processes and travel as uint8; normalisation happens on
+the device (:meth:`ImageNetPipeline.prepare`).
 
 Every random augmentation is seeded from (seed, stage, epoch, image index), not from the
 worker or the process: the same command gives the same training on 1 or N processes, with
@@ -20,6 +19,7 @@ all-reduced, and only rank 0 writes checkpoints, reports and exports.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import gc
 import os
@@ -29,105 +29,26 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from kep_common.errors import KepError, cli_errors
+from kep_common.fileio import atomic_torch_save
+from kep_train.data.imagenet import (ImageFolderData, ImageNetData, imagenet_transforms,
+                                     load_imagenet_data)
+from kep_train.models import IMAGENET_MODELS, build_model
+from kep_train.pruning import (TaylorImportance, apply_masks, count_costs, current_masks,
+                               prunable_convs)
 from kep_train.train import distributed as kdist
 from kep_train.train.checkpoint import CHECKPOINT_FORMAT, load_tensors_file
-from kep_common.errors import KepError
-from kep_train.models import IMAGENET_MODELS, build_model
-from kep_train.pruning import TaylorImportance, apply_masks, count_costs, current_masks, prunable_convs
-from kep_train.train.pipeline import STAGES, Pipeline
+from kep_train.train.pipeline import (STAGES, Pipeline, base_args_parser, positive_int,
+                                      run_command)
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageNetPipeline", "ImageFolderData",
-           "find_classes", "make_tiny_imagenet", "mac_shares", "touchable_macs",
+__all__ = ["ImageNetPipeline", "get_args_parser", "main", "mac_shares", "touchable_macs",
            "load_torchvision_state_dict", "taylor_scores_float64"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
 _HEADS = ("fc.", "classifier.6.")   # final classifiers of the torchvision models used here
 
 
 # ------------------------------------------------------------------------------------------
-# data
-
-def find_classes(split_dir: Path) -> list[str]:
-    """Sorted class folder names of ``split_dir``.
-
-    Raises
-    ------
-    KepError
-        Missing folder or no class folders.
-    """
-    if not split_dir.is_dir():
-        raise KepError(f"{str(split_dir)!r} is missing: expected the ImageNet layout "
-                       "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG")
-    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-    if not classes:
-        raise KepError(f"{str(split_dir)!r} has no class folders")
-    return classes
-
-
-def _list_images(split_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
-    samples = []
-    for c, cls in enumerate(classes):
-        for p in sorted((split_dir / cls).iterdir()):
-            if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file():
-                samples.append((str(p), c))
-    if not samples:
-        raise KepError(f"{str(split_dir)!r} holds no images")
-    return samples
-
-
-def _sample_seed(seed: int, key: int, index: int) -> int:
-    return ((seed * 1_000_003 + key) * 1_000_000_007 + index) % (2 ** 63)
-
-
-class ImageFolderData(torch.utils.data.Dataset):
-    """Images of an ImageNet-layout split as ``(uint8 CHW tensor, label)``.
-
-    The transform of image ``i`` runs under the seed ``(seed, key, i)``; set ``key`` (e.g.
-    stage and epoch) before creating a DataLoader iterator.
-
-    Parameters
-    ----------
-    samples : list of (path, label)
-        The images.
-    transform : callable
-        PIL image -> uint8 tensor.
-    seed : int
-        Run seed.
-    """
-
-    def __init__(self, samples, transform, seed: int):
-        self.samples = list(samples)
-        self.transform = transform
-        self.seed = int(seed)
-        self.key = 0
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, i):
-        from PIL import Image, UnidentifiedImageError
-        path, label = self.samples[i]
-        try:
-            with Image.open(path) as im:
-                img = im.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise KepError(f"cannot read image {path!r}: {type(e).__name__}") from None
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_sample_seed(self.seed, self.key, i))
-            x = self.transform(img)
-        return x, label
-
-
-def _transforms(size: int, train: bool):
-    from torchvision import transforms as T
-    if train:
-        return T.Compose([T.RandomResizedCrop(size, antialias=True),
-                          T.RandomHorizontalFlip(), T.PILToTensor()])
-    return T.Compose([T.Resize(max(size, round(size * 256 / 224)), antialias=True),
-                      T.CenterCrop(size), T.PILToTensor()])
-
+# data loading
 
 def _loader_errors(it):
     """Iterate a DataLoader; a worker's KepError becomes one line again."""
@@ -136,33 +57,6 @@ def _loader_errors(it):
     except KepError as e:
         line = str(e).strip().splitlines()[-1]
         raise KepError(line.split("KepError: ", 1)[-1]) from None
-
-
-def make_tiny_imagenet(root: str | os.PathLike, *, classes: int = 4, train_per_class: int = 8,
-                       val_per_class: int = 2, size: int = 32, seed: int = 0) -> Path:
-    """Write a tiny generated data set in the ImageNet layout (smoke runs and tests).
-
-    ``root/{train,val}/nXXXXXXXX/NNNN.JPEG``: class-coloured noise images, so that a few steps
-    of training can learn something.
-
-    Returns
-    -------
-    Path
-        ``root``.
-    """
-    import numpy as np
-    from PIL import Image
-    root = Path(root)
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", train_per_class), ("val", val_per_class)):
-        for c in range(classes):
-            d = root / split / f"n{c:08d}"
-            d.mkdir(parents=True, exist_ok=True)
-            base = np.array([(c * 67) % 256, (c * 131) % 256, (c * 29 + 90) % 256])
-            for i in range(n):
-                img = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255)
-                Image.fromarray(img.astype(np.uint8)).save(d / f"{i:04d}.JPEG", quality=95)
-    return root
 
 
 # ------------------------------------------------------------------------------------------
@@ -254,7 +148,7 @@ def taylor_scores_float64(loss_fn, batches, model, layers) -> dict[str, torch.Te
     the same weights); only the order of the sum over batches does, when N processes each sum
     their share and the shares are then added. In float64 (usually exact for 16 float32
     terms) that order moves a score by at most about 1e-16 of its value, which the float32
-    result of :class:`~kep_train.distributed.SummedImportance` does not see: 1 and N
+    result of :class:`~kep_train.train.distributed.SummedImportance` does not see: 1 and N
     processes rank the elements alike.
 
     Parameters
@@ -285,9 +179,12 @@ def taylor_scores_float64(loss_fn, batches, model, layers) -> dict[str, torch.Te
 # the pipeline
 
 class ImageNetPipeline(Pipeline):
-    """:class:`~kep_train.train.Pipeline` on ImageNet-layout folders, one or many processes."""
+    """:class:`~kep_train.train.pipeline.Pipeline` on ImageNet-layout folders, one or many
+    processes."""
 
-    def __init__(self, args, dataset: str = "imagenet"):
+    strict_export = False   # torchvision graphs the exporter does not know: results still count
+
+    def __init__(self, args):
         if args.model not in IMAGENET_MODELS:
             raise KepError(f"unknown model {args.model!r}; choose one of "
                            f"{', '.join(IMAGENET_MODELS)}")
@@ -295,7 +192,7 @@ class ImageNetPipeline(Pipeline):
             raise KepError(f"--image-size must be >= 16, got {args.image_size}")
         self.dist = kdist.init_from_env(args.device)
         try:
-            super().__init__(args, dataset)
+            super().__init__(args)
         except BaseException:
             kdist.cleanup()
             raise
@@ -308,35 +205,16 @@ class ImageNetPipeline(Pipeline):
         self.local_batch = self.sched.batch_size // w
 
     # -- data ---------------------------------------------------------------------------------
-    def load_data(self):
+    def load_data(self) -> ImageNetData:
         a = self.args
         if not a.data_dir:
             raise KepError("--data-dir is required")
-        root = Path(a.data_dir)
-        classes = find_classes(root / "train")
-        val_classes = find_classes(root / "val")
-        if val_classes != classes:
-            raise KepError(f"{str(root / 'val')!r} has {len(val_classes)} class folders, "
-                           f"train has {len(classes)}: they must be the same")
-        train = _list_images(root / "train", classes)
-        val = _list_images(root / "val", classes)
-        g = torch.Generator().manual_seed(0)   # fixed: subsets are class-balanced samples
-        if a.subset:
-            train = [train[i] for i in torch.randperm(len(train), generator=g)[:a.subset]]
-        if a.test_subset:
-            val = [val[i] for i in torch.randperm(len(val), generator=g)[:a.test_subset]]
-        if len(train) < self.sched.batch_size:
-            raise KepError(f"{len(train)} training images, fewer than one batch "
+        data = load_imagenet_data(a.data_dir, image_size=a.image_size, seed=a.seed,
+                                  subset=a.subset, test_subset=a.test_subset)
+        if len(data.train) < self.sched.batch_size:
+            raise KepError(f"{len(data.train)} training images, fewer than one batch "
                            f"(--batch-size {self.sched.batch_size})")
-        self.classes = classes
-        self.num_classes = len(classes)
-        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
-        s = a.image_size
-        self.input_shape = (3, s, s)
-        self.train_set = ImageFolderData(train, _transforms(s, True), a.seed)
-        self.val_set = ImageFolderData(val, _transforms(s, False), a.seed)
-        self.train_y = torch.tensor([y for _, y in train])   # sizes and labels only
-        self.test_y = torch.tensor([y for _, y in val])
+        return data
 
     def _loader(self, dataset, batch_size, *, sampler=None, drop_last=False):
         return torch.utils.data.DataLoader(
@@ -346,24 +224,24 @@ class ImageNetPipeline(Pipeline):
 
     def _sampler(self):
         return torch.utils.data.distributed.DistributedSampler(
-            self.train_set, num_replicas=self.dist.world_size, rank=self.dist.rank,
+            self.data.train, num_replicas=self.dist.world_size, rank=self.dist.rank,
             shuffle=True, seed=self.args.seed * 1_000_003, drop_last=False)
 
     def batches(self, stage, epoch):
         key = (STAGES.index(stage) + 1) * 100_000 + epoch
-        self.train_set.key = key
+        self.data.train.key = key
         sampler = self._sampler()
         sampler.set_epoch(key)
-        return _loader_errors(iter(self._loader(self.train_set, self.local_batch,
+        return _loader_errors(iter(self._loader(self.data.train, self.local_batch,
                                                 sampler=sampler, drop_last=True)))
 
     def steps_per_epoch(self):
-        per_rank = -(-len(self.train_set) // self.dist.world_size)
+        per_rank = -(-len(self.data.train) // self.dist.world_size)
         return max(1, per_rank // self.local_batch)
 
     def prepare(self, xb):
-        mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+        mean = torch.tensor(self.data.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.data.std, device=self.device).view(1, 3, 1, 1)
         x = xb.to(self.device, non_blocking=True).float().div_(255)
         return (x - mean) / std
 
@@ -372,7 +250,7 @@ class ImageNetPipeline(Pipeline):
         """Top-1 (%) on the validation images; each process takes every N-th image."""
         model.eval()
         w, rk = self.dist.world_size, self.dist.rank
-        part = torch.utils.data.Subset(self.val_set, range(rk, len(self.val_set), w))
+        part = torch.utils.data.Subset(self.data.val, range(rk, len(self.data.val), w))
         correct = seen = 0
         if len(part):
             bs = max(1, min(2 * self.local_batch, 250))
@@ -387,19 +265,20 @@ class ImageNetPipeline(Pipeline):
         """Normalised float images (validation transform) of training images for int8
         calibration: ``32 * --calib-batches`` of them, chosen by the seed."""
         g = torch.Generator().manual_seed(self.args.seed + 777)
-        n = min(len(self.train_set), 32 * max(1, self.args.calib_batches))
-        idx = torch.randperm(len(self.train_set), generator=g)[:n].tolist()
-        data = ImageFolderData([self.train_set.samples[i] for i in idx],
-                               _transforms(self.args.image_size, False), self.args.seed)
+        n = min(len(self.data.train), 32 * max(1, self.args.calib_batches))
+        idx = torch.randperm(len(self.data.train), generator=g)[:n].tolist()
+        data = ImageFolderData([self.data.train.samples[i] for i in idx],
+                               imagenet_transforms(self.args.image_size, False),
+                               self.args.seed)
         xs = [data[i][0] for i in range(len(data))]
         x = torch.stack(xs).float().div_(255)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        mean = torch.tensor(self.data.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.data.std).view(1, 3, 1, 1)
         return (x - mean) / std
 
     # -- model and processes ------------------------------------------------------------------
     def build(self):
-        model = build_model(self.args.model, self.num_classes).to(self.device)
+        model = build_model(self.args.model, self.data.num_classes).to(self.device)
         if self.dist.world_size > 1 and not self.args.no_sync_bn:
             model = kdist.convert_sync_batchnorm(model, self.device)
         return model
@@ -445,11 +324,11 @@ class ImageNetPipeline(Pipeline):
         ``i % N == r`` and the scores are summed over processes (same as one process)."""
         a, w, rk = self.args, self.dist.world_size, self.dist.rank
         n = max(self.sched.taylor_batches, w)
-        tb = min(128, len(self.train_set))
+        tb = min(128, len(self.data.train))
         g = torch.Generator().manual_seed(a.seed + 12345)
-        order = torch.cat([torch.randperm(len(self.train_set), generator=g)
-                           for _ in range(-(-n * tb // len(self.train_set)))])
-        data = ImageFolderData(self.train_set.samples, self.train_set.transform, a.seed)
+        order = torch.cat([torch.randperm(len(self.data.train), generator=g)
+                           for _ in range(-(-n * tb // len(self.data.train)))])
+        data = ImageFolderData(self.data.train.samples, self.data.train.transform, a.seed)
         data.key = 99 * 100_000
         mine = [order[i * tb:(i + 1) * tb].tolist() for i in range(rk, n, w)]
 
@@ -493,7 +372,8 @@ class ImageNetPipeline(Pipeline):
         if dropped:
             r.kep["pretrained_head_reinitialised"] = sorted(dropped)
             if kdist.is_main():
-                print(f"--pretrained: classifier re-initialised for {self.num_classes} classes",
+                print(f"--pretrained: classifier re-initialised for {self.data.num_classes} "
+                      "classes",
                       file=sys.stderr)
         r.dense_top1 = self.evaluate_model(r.model)
         r.history.append({"stage": "pretrained", "epoch": 0, "test_top1": r.dense_top1})
@@ -508,8 +388,8 @@ class ImageNetPipeline(Pipeline):
     def report_extra(self, r) -> dict:
         a = self.args
         ours = mac_shares(self.costs_dense, self.layers)
-        ours["input"] = list(self.input_shape)
-        ref = touchable_macs(a.model, image_size=224, num_classes=self.num_classes,
+        ours["input"] = list(self.data.input_shape)
+        ref = touchable_macs(a.model, image_size=224, num_classes=self.data.num_classes,
                              prune_first=a.prune_first, prune_1x1=a.prune_1x1)
         return {"mac_share": {"this_run": ours, "at_224": ref},
                 "processes": self.dist.world_size, "backend": self.dist.backend,
@@ -518,9 +398,37 @@ class ImageNetPipeline(Pipeline):
     def _finish(self, r) -> dict:
         r.model = kdist.revert_sync_batchnorm(r.model)
         if self.args.rank_states:   # tests: every process's weights, masks, scores
-            from kep_common.fileio import atomic_torch_save
             plain = {k: v.detach().cpu().clone() for k, v in r._plain_state().items()}
             atomic_torch_save({"model": plain, "masks": current_masks(r.model),
                                "scores": getattr(self, "_rank_scores", {})},
                               Path(self.args.out) / f"rank{self.dist.rank}.pt")
         return super()._finish(r)
+
+
+# ------------------------------------------------------------------------------------------
+# command line
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The options of ``python -m kep_train imagenet``."""
+    p = base_args_parser(
+        "imagenet", model_default="resnet18", model_names=IMAGENET_MODELS,
+        data_dir=dict(default=None, required=True,
+                      help="ImageNet layout: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG"))
+    g = p.add_argument_group("ImageNet data and multi-process runs (torchrun)")
+    g.add_argument("--image-size", type=positive_int, default=224,
+                   help="training crop and validation size in pixels (default: %(default)s; "
+                        "small values for smoke runs)")
+    g.add_argument("--workers", type=positive_int, default=min(8, os.cpu_count() or 1),
+                   help="data-loading worker processes per training process "
+                        "(default: %(default)s)")
+    g.add_argument("--no-sync-bn", action="store_true",
+                   help="multi-process runs: batch norm over each process's share of the "
+                        "batch instead of the whole batch (faster, not equal to one process)")
+    g.add_argument("--rank-states", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> int:
+    """Entry of ``python -m kep_train imagenet`` (one process, or one of ``torchrun``'s)."""
+    return run_command(ImageNetPipeline(get_args_parser().parse_args(argv)))

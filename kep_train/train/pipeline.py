@@ -1,5 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``python -m kep_train cifar``: dense training, KEP pruning, fine-tuning, export, reports.
+"""The generic pipeline: dense training, KEP pruning, fine-tuning, export, reports.
+
+The data set is an object (:class:`DataSet`) that a front end loads: :mod:`kep_train.train.cifar`
+(``python -m kep_train cifar``) and :mod:`kep_train.train.imagenet` (``python -m kep_train
+imagenet``) subclass :class:`Pipeline` with their data set and its batches; nothing here
+depends on a particular data set.
 
 The pipeline has three stages, each a number of epochs:
 
@@ -24,28 +29,27 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from kep_train.data import cifar as kdata
+from kep_common.errors import KepError
+from kep_common.fileio import atomic_torch_save
+from kep_train.models import build_model
+from kep_train.pruning import (KEPPruner, MagnitudeImportance, PenaltySchedule, allocate_keep,
+                               apply_masks, cosine_lr, count_costs, current_masks,
+                               filter_l1_masks, magnitude_masks, prunable_convs)
 from kep_train.train import distributed as kdist
 from kep_train.train.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint
-from kep_common.errors import KepError, cli_errors
-from kep_common.fileio import atomic_torch_save, atomic_write_json, environment_info
-from kep_train.models import CIFAR_MODELS, IMAGENET_MODELS, build_model
-from kep_train.pruning import (KEPPruner, MagnitudeImportance, PenaltySchedule, TaylorImportance,
-                      allocate_keep, apply_masks, bake_masks, cosine_lr, count_costs,
-                      current_masks, filter_l1_masks, magnitude_masks, prunable_convs)
 
-__all__ = ["Schedule", "SCHEDULES", "get_args_parser", "train_one_epoch", "evaluate", "main",
-           "main_cifar", "main_imagenet"]
+__all__ = ["STAGES", "METHODS", "Schedule", "SCHEDULES", "DataSet", "Pipeline", "Run",
+           "base_args_parser", "resolve_schedule", "train_one_epoch", "run_command",
+           "positive_int", "fraction", "nonneg_float"]
 
 STAGES = ("dense", "reg", "finetune")
 METHODS = ("kep", "magnitude", "filter-l1", "dense")
@@ -82,34 +86,50 @@ SCHEDULES = {
 }
 
 
+class DataSet(Protocol):
+    """What the pipeline reads from its data set; the front end that loads it
+    (:meth:`Pipeline.load_data`) also gives its batches (:meth:`Pipeline.batches`, ...).
+
+    Implemented by :class:`kep_train.data.cifar.CifarData` and
+    :class:`kep_train.data.imagenet.ImageNetData`.
+    """
+
+    name: str                               # "cifar", "imagenet": checkpoints, reports, .kep
+    num_classes: int
+    mean: tuple                             # per channel, of pixels scaled to [0, 1]
+    std: tuple
+    input_shape: tuple                      # C, H, W of the model's input
+
+
 # ------------------------------------------------------------------------------------------
 # argument parsing
 
-def _positive_int(text):
+def _number(text, convert, what):
     try:
-        v = int(text)
+        return convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def positive_int(text):
+    """argparse type: an integer >= 0."""
+    v = _number(text, int, "an integer")
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
     return v
 
 
-def _fraction(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+def fraction(text):
+    """argparse type: a number in (0, 1]."""
+    v = _number(text, float, "a number")
     if not 0 < v <= 1:
         raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {v}")
     return v
 
 
-def _nonneg_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+def nonneg_float(text):
+    """argparse type: a finite number >= 0."""
+    v = _number(text, float, "a number")
     if not (math.isfinite(v) and v >= 0):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
     return v
@@ -122,10 +142,28 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}\n")
 
 
-def get_args_parser(dataset: str = "cifar") -> argparse.ArgumentParser:
-    """The options of ``python -m kep_train cifar`` (and ``imagenet``)."""
+def base_args_parser(command: str, *, data_dir: dict, model_default: str,
+                     model_names) -> argparse.ArgumentParser:
+    """The options that every pipeline command shares; a front end adds its own groups.
+
+    Parameters
+    ----------
+    command : str
+        The command's name (``python -m kep_train COMMAND``).
+    data_dir : dict
+        Keyword arguments of ``--data-dir`` (``default``, ``required``, ``help``).
+    model_default : str
+        Default of ``--model``.
+    model_names : iterable of str
+        The models the command trains (listed in the help of ``--model``).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        Exit code 2 and one line on a bad option.
+    """
     p = _Parser(
-        prog=f"python -m kep_train {dataset}",
+        prog=f"python -m kep_train {command}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Train a CNN, prune the unimportant elements of every kernel plane with KEP "
@@ -134,39 +172,32 @@ def get_args_parser(dataset: str = "cifar") -> argparse.ArgumentParser:
             "elements) ->\nfinetune (--finetune-epochs, masked elements fixed at zero). "
             "Schedules are presets whose\nvalues each option below overrides."),
         epilog=("examples:\n"
-                f"  python -m kep_train {dataset} --data-dir DATA --out runs/r20-k4\n"
-                f"  python -m kep_train {dataset} --data-dir DATA --out runs/l1 --method "
+                f"  python -m kep_train {command} --data-dir DATA --out runs/r20-k4\n"
+                f"  python -m kep_train {command} --data-dir DATA --out runs/l1 --method "
                 "filter-l1 --pretrained runs/r20-k4/dense.pt\n"
-                f"  python -m kep_train {dataset} --data-dir DATA --out runs/smoke --subset 512 "
+                f"  python -m kep_train {command} --data-dir DATA --out runs/smoke --subset 512 "
                 "--dense-epochs 1 --reg-epochs 1 --finetune-epochs 1"))
     g = p.add_argument_group("data and output")
-    g.add_argument("--data-dir", default="data/cifar10" if dataset == "cifar" else None,
-                   required=dataset != "cifar",
-                   help="CIFAR-10 folder: torchvision's cifar-10-batches-py (downloaded when "
-                        "missing and online) or image folders train/<class>/*, test/<class>/* "
-                        "(default: %(default)s)" if dataset == "cifar" else
-                        "ImageNet layout: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG")
+    g.add_argument("--data-dir", **data_dir)
     g.add_argument("--out", default="runs/kep", help="output folder (default: %(default)s)")
-    g.add_argument("--subset", type=_positive_int, default=0,
+    g.add_argument("--subset", type=positive_int, default=0,
                    help="use only the first N training images (smoke runs); 0 = all")
     g.add_argument("--no-download", action="store_true",
                    help="never download CIFAR-10 through torchvision (offline machines)")
-    g.add_argument("--test-subset", type=_positive_int, default=0,
+    g.add_argument("--test-subset", type=positive_int, default=0,
                    help="evaluate on the first N test images only; 0 = all 10,000")
     g = p.add_argument_group("model and method")
-    g.add_argument("--model", default="resnet20" if dataset == "cifar" else "resnet18",
-                   help="model name: " + ", ".join(CIFAR_MODELS if dataset == "cifar"
-                                                   else IMAGENET_MODELS)
-                        + " (default: %(default)s)")
+    g.add_argument("--model", default=model_default,
+                   help="model name: " + ", ".join(model_names) + " (default: %(default)s)")
     g.add_argument("--method", default="kep", choices=METHODS,
                    help="kep | magnitude (unstructured, same sparsity) | filter-l1 (Li et al., "
                         "same MACs) | dense (default: %(default)s)")
     g.add_argument("--keep", type=int, default=None,
                    help="K: elements kept in every pruned kernel plane (1..k*k; default 4)")
-    g.add_argument("--target-macs", type=_fraction, default=None,
+    g.add_argument("--target-macs", type=fraction, default=None,
                    help="instead of --keep: choose K per layer to keep this fraction of the "
                         "whole network's MACs")
-    g.add_argument("--target-params", type=_fraction, default=None,
+    g.add_argument("--target-params", type=fraction, default=None,
                    help="instead of --keep: choose K per layer to keep this fraction of the "
                         "whole network's weights")
     g.add_argument("--importance", default="taylor", choices=("taylor", "magnitude"),
@@ -174,7 +205,7 @@ def get_args_parser(dataset: str = "cifar") -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     g.add_argument("--no-penalty", action="store_true",
                    help="ablation: prune the top-K directly, no regularization stage penalty")
-    g.add_argument("--remask-every", type=_positive_int, default=0,
+    g.add_argument("--remask-every", type=positive_int, default=0,
                    help="re-estimate the prior mask every N epochs of the reg stage (0 = never)")
     g.add_argument("--prune-first", action="store_true",
                    help="also prune the first conv (3 input channels)")
@@ -184,48 +215,36 @@ def get_args_parser(dataset: str = "cifar") -> argparse.ArgumentParser:
     g.add_argument("--schedule", default="quick", choices=tuple(SCHEDULES),
                    help="quick: ResNet-20 in under an hour on 2 CPU cores; paper: long GPU "
                         "schedule (default: %(default)s)")
-    g.add_argument("--dense-epochs", type=_positive_int, default=None)
-    g.add_argument("--reg-epochs", type=_positive_int, default=None)
-    g.add_argument("--finetune-epochs", type=_positive_int, default=None)
-    g.add_argument("--batch-size", type=_positive_int, default=None)
-    g.add_argument("--lr", type=_nonneg_float, default=None, help="peak LR of the dense stage")
-    g.add_argument("--prune-lr", type=_nonneg_float, default=None,
+    g.add_argument("--dense-epochs", type=positive_int, default=None)
+    g.add_argument("--reg-epochs", type=positive_int, default=None)
+    g.add_argument("--finetune-epochs", type=positive_int, default=None)
+    g.add_argument("--batch-size", type=positive_int, default=None)
+    g.add_argument("--lr", type=nonneg_float, default=None, help="peak LR of the dense stage")
+    g.add_argument("--prune-lr", type=nonneg_float, default=None,
                    help="LR of the reg stage and start of the fine-tune cosine")
-    g.add_argument("--penalty-init", type=_nonneg_float, default=None,
+    g.add_argument("--penalty-init", type=nonneg_float, default=None,
                    help="lambda at the start of the reg stage")
-    g.add_argument("--penalty-step", type=_nonneg_float, default=None,
+    g.add_argument("--penalty-step", type=nonneg_float, default=None,
                    help="lambda grows by this ...")
-    g.add_argument("--penalty-every", type=_positive_int, default=None,
+    g.add_argument("--penalty-every", type=positive_int, default=None,
                    help="... every this many iterations ...")
-    g.add_argument("--penalty-cap", type=_nonneg_float, default=None, help="... up to this cap")
-    g.add_argument("--penalty-threshold", type=_nonneg_float, default=None,
+    g.add_argument("--penalty-cap", type=nonneg_float, default=None, help="... up to this cap")
+    g.add_argument("--penalty-threshold", type=nonneg_float, default=None,
                    help="growth stops when ||M*W||/||W|| falls below this")
     g = p.add_argument_group("run")
     g.add_argument("--pretrained", default=None, metavar="CKPT",
                    help="start from this checkpoint's weights and skip the dense stage")
     g.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoint.pt (same final result as no interruption)")
-    g.add_argument("--seed", type=_positive_int, default=0)
+    g.add_argument("--seed", type=positive_int, default=0)
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    g.add_argument("--threads", type=_positive_int, default=0,
+    g.add_argument("--threads", type=positive_int, default=0,
                    help="CPU threads for torch (0 = torch's default)")
-    g.add_argument("--calib-batches", type=_positive_int, default=4,
+    g.add_argument("--calib-batches", type=positive_int, default=4,
                    help="training batches used to calibrate int8 activation scales")
     g.add_argument("--no-export", action="store_true", help="do not write model.kep")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
-    g.add_argument("--halt-after", type=_positive_int, default=0, help=argparse.SUPPRESS)
-    if dataset == "imagenet":
-        g = p.add_argument_group("ImageNet data and multi-process runs (torchrun)")
-        g.add_argument("--image-size", type=_positive_int, default=224,
-                       help="training crop and validation size in pixels (default: %(default)s; "
-                            "small values for smoke runs)")
-        g.add_argument("--workers", type=_positive_int, default=min(8, os.cpu_count() or 1),
-                       help="data-loading worker processes per training process "
-                            "(default: %(default)s)")
-        g.add_argument("--no-sync-bn", action="store_true",
-                       help="multi-process runs: batch norm over each process's share of the "
-                            "batch instead of the whole batch (faster, not equal to one process)")
-        g.add_argument("--rank-states", action="store_true", help=argparse.SUPPRESS)
+    g.add_argument("--halt-after", type=positive_int, default=0, help=argparse.SUPPRESS)
     return p
 
 
@@ -247,20 +266,18 @@ def resolve_schedule(args) -> Schedule:
 # ------------------------------------------------------------------------------------------
 # training primitives
 
-def train_one_epoch(model, batches, optimizer, lr_at, *, device, pruner=None,
-                    label_smoothing=0.0, progress=None, prepare=None, reduce=None):
+def train_one_epoch(model, batches, optimizer, lr_at, *, device, prepare, pruner=None,
+                    label_smoothing=0.0, progress=None, reduce=None):
     """One epoch of SGD. ``lr_at(i)`` gives the LR of iteration ``i``; ``pruner`` (when given)
     adds its penalty and advances its schedule every iteration. ``prepare(xb)`` turns a batch
-    into the model's float input on ``device`` (default: CIFAR normalisation of uint8 images);
-    ``reduce(tensor)`` sums the epoch's (loss sum, correct, seen) over processes (default: none).
-    Returns (loss, top-1 %)."""
+    into the model's float input on ``device``; ``reduce(tensor)`` sums the epoch's (loss sum,
+    correct, seen) over processes (default: none). Returns (loss, top-1 %)."""
     model.train()
     total_loss = correct = seen = 0
     for i, (xb, yb) in enumerate(batches):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(i)
-        xb = (prepare(xb) if prepare is not None
-              else kdata.normalize(xb).to(device, non_blocking=True))
+        xb = prepare(xb)
         yb = yb.to(device, non_blocking=True)
         out = model(xb)
         loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
@@ -284,21 +301,6 @@ def train_one_epoch(model, batches, optimizer, lr_at, *, device, pruner=None,
     return total_loss / max(seen, 1), 100.0 * correct / max(seen, 1)
 
 
-@torch.inference_mode()
-def evaluate(model, images, labels, *, device, batch_size=1000) -> float:
-    """Top-1 accuracy (%) on uint8 images."""
-    model.eval()
-    correct = 0
-    for xb, yb in kdata.iterate_batches(images, labels, batch_size):
-        out = model(kdata.normalize(xb).to(device))
-        correct += int((out.argmax(1).cpu() == yb).sum())
-    return 100.0 * correct / max(len(labels), 1)
-
-
-def _epoch_generator(seed: int, stage: str, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + STAGES.index(stage) * 10_007 + epoch)
-
-
 def _make_optimizer(model, sched: Schedule):
     return torch.optim.SGD(model.parameters(), lr=sched.lr, momentum=sched.momentum,
                            weight_decay=sched.weight_decay, nesterov=True)
@@ -312,6 +314,7 @@ class Run:
 
     def __init__(self, args, sched: Schedule, device):
         self.args, self.sched, self.device = args, sched, device
+        self.data: DataSet | None = None
         self.out = Path(args.out)
         self.ckpt_path = self.out / "checkpoint.pt"
         self.history: list[dict] = []
@@ -328,9 +331,9 @@ class Run:
         plain = {k: v.detach().cpu().clone() for k, v in self._plain_state().items()}
         return {
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-            "model_name": self.args.model, "num_classes": self.num_classes,
-            "dataset": self.dataset, "mean": list(self.mean), "std": list(self.std),
-            "input_shape": list(self.input_shape),
+            "model_name": self.args.model, "num_classes": self.data.num_classes,
+            "dataset": self.data.name, "mean": list(self.data.mean),
+            "std": list(self.data.std), "input_shape": list(self.data.input_shape),
             "model": plain, "masks": current_masks(self.model),
             "kep": self.kep, "stage": self.stage, "epoch": self.epoch,
             "optimizer": self.optimizer.state_dict() if self.optimizer else None,
@@ -372,11 +375,31 @@ def _progress(total, desc, disable):
 
 
 class Pipeline:
-    """The CIFAR/ImageNet pipeline around :class:`Run` (dataset-specific parts injected)."""
+    """The dense -> reg -> finetune pipeline around :class:`Run`.
 
-    def __init__(self, args, dataset: str):
+    A front end subclasses it with its data set: :meth:`load_data` returns the
+    :class:`DataSet`, and :meth:`batches`, :meth:`steps_per_epoch`, :meth:`prepare`,
+    :meth:`evaluate_model`, :meth:`taylor_importance` and :meth:`calibration_batch` read it.
+    The other hooks (:meth:`build`, :meth:`wrap`, :meth:`reduce`, :meth:`sync_masks`,
+    :meth:`report_extra`) have one-process defaults.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Options of :func:`base_args_parser` (and the front end's own).
+
+    Raises
+    ------
+    KepError
+        Inconsistent options, or ``--device cuda`` without CUDA.
+    """
+
+    #: a failed export of ``model.kep`` fails the run (otherwise report.json says why)
+    strict_export = True
+
+    def __init__(self, args):
         self.args = args
-        self.dataset = dataset
+        self.data: DataSet | None = None
         self.sched = resolve_schedule(args)
         if args.device == "cuda" and not torch.cuda.is_available():
             raise KepError("--device cuda asked for, but no CUDA device is available")
@@ -395,42 +418,39 @@ class Pipeline:
         if args.method == "filter-l1" and args.target_params is not None:
             raise KepError("filter-l1 matches MACs: use --keep or --target-macs")
 
-    # -- data ---------------------------------------------------------------------------------
-    def load_data(self):
-        a = self.args
-        if not a.data_dir:
-            raise KepError("--data-dir is required")
-        dl = not a.no_download
-        self.train_x, self.train_y = kdata.load_cifar10(a.data_dir, True, download=dl)
-        self.test_x, self.test_y = kdata.load_cifar10(a.data_dir, False, download=dl)
-        if a.subset:
-            self.train_x, self.train_y = self.train_x[:a.subset], self.train_y[:a.subset]
-        if a.test_subset:
-            self.test_x, self.test_y = self.test_x[:a.test_subset], self.test_y[:a.test_subset]
-        self.mean, self.std = kdata.CIFAR10_MEAN, kdata.CIFAR10_STD
-        self.num_classes = 10
-        self.input_shape = (3, 32, 32)
+    # -- the data set: every front end implements these ---------------------------------------
+    def load_data(self) -> DataSet:
+        """Load the data set (once, in :meth:`run`, before the model is built)."""
+        raise NotImplementedError
 
-    def batches(self, stage, epoch):
-        g = _epoch_generator(self.args.seed, stage, epoch)
-        return kdata.iterate_batches(self.train_x, self.train_y, self.sched.batch_size,
-                                     generator=g, train=True, drop_last=True)
+    def batches(self, stage: str, epoch: int):
+        """The training batches ``(images, labels)`` of one epoch of ``stage``."""
+        raise NotImplementedError
 
-    def steps_per_epoch(self):
-        return max(1, len(self.train_y) // self.sched.batch_size)
-
-    # -- hooks that the ImageNet / multi-process pipeline overrides ---------------------------
-    def build(self):
-        """The model, randomly initialised (same seed on every process), on the device."""
-        return build_model(self.args.model, self.num_classes).to(self.device)
+    def steps_per_epoch(self) -> int:
+        """Number of training batches per epoch."""
+        raise NotImplementedError
 
     def prepare(self, xb):
         """A training batch as the model's float input on the device."""
-        return kdata.normalize(xb, self.mean, self.std).to(self.device, non_blocking=True)
+        raise NotImplementedError
 
     def evaluate_model(self, model) -> float:
         """Top-1 (%) on the test/validation set."""
-        return evaluate(model, self.test_x, self.test_y, device=self.device)
+        raise NotImplementedError
+
+    def taylor_importance(self):
+        """The Taylor element-significance estimator (fixed batches from the seed)."""
+        raise NotImplementedError
+
+    def calibration_batch(self) -> torch.Tensor:
+        """Normalised float training images for the int8 calibration of ``model.kep``."""
+        raise NotImplementedError
+
+    # -- hooks that the multi-process pipeline overrides --------------------------------------
+    def build(self):
+        """The model, randomly initialised (same seed on every process), on the device."""
+        return build_model(self.args.model, self.data.num_classes).to(self.device)
 
     def wrap(self, model):
         """The module that trains (e.g. a DDP wrapper); pruning acts on ``model`` itself."""
@@ -466,18 +486,14 @@ class Pipeline:
             raise KepError(f"{str(r.ckpt_path)!r} exists: add --resume to continue that run, "
                            "or choose another --out")
         kdist.barrier()  # every process has looked for the checkpoint before any writes
-        self.load_data()
-        for name in ("mean", "std", "num_classes", "input_shape", "dataset"):
-            setattr(r, name, getattr(self, name))
+        self.data = r.data = self.load_data()
         torch.manual_seed(a.seed)
-        if a.model not in CIFAR_MODELS and self.dataset == "cifar":
-            raise KepError(f"unknown model {a.model!r}; choose one of {', '.join(CIFAR_MODELS)}")
         r.model = self.build()
         self.layers = prunable_convs(r.model, ignored_layers=[s for s in a.ignore.split(",") if s],
                                      prune_first=a.prune_first, prune_1x1=a.prune_1x1)
         if a.method != "dense" and not self.layers:
             raise KepError(f"model {a.model!r} has no prunable convolution")
-        self.costs_dense = count_costs(r.model, self.input_shape)
+        self.costs_dense = count_costs(r.model, self.data.input_shape)
         r.kep = {"method": a.method, "penalty": not a.no_penalty and a.method == "kep",
                  "importance": a.importance, "layers": list(self.layers)}
         if resume_state is not None:
@@ -551,20 +567,6 @@ class Pipeline:
         r.history.append({"stage": "pretrained", "epoch": 0, "test_top1": r.dense_top1})
 
     # -- stages -------------------------------------------------------------------------------
-    def taylor_importance(self):
-        """The Taylor element-significance estimator (fixed batches from the seed)."""
-        g = torch.Generator().manual_seed(self.args.seed + 12345)
-        n = self.sched.taylor_batches
-        xs = kdata.iterate_batches(self.train_x, self.train_y, min(128, len(self.train_y)),
-                                   generator=g, train=True)
-        batches = [b for _, b in zip(range(n), xs)]
-
-        def loss_fn(m, batch):
-            xb, yb = batch
-            return F.cross_entropy(m(kdata.normalize(xb).to(self.device)),
-                                   yb.to(self.device))
-        return TaylorImportance(loss_fn, batches)
-
     def _make_pruner(self, model):
         imp = (self.taylor_importance() if self.args.importance == "taylor"
                else MagnitudeImportance())
@@ -618,7 +620,7 @@ class Pipeline:
                 c.out_hw[0] * c.out_hw[1] * c.in_channels * c.out_channels * keep[c.name]
                 for c in self.costs_dense if c.name in self.layers)
             try:
-                masks, frac = filter_l1_masks(r.model, target, self.input_shape)
+                masks, frac = filter_l1_masks(r.model, target, self.data.input_shape)
             except ValueError as e:
                 raise KepError(str(e)) from None
             apply_masks(r.model, masks)
@@ -706,34 +708,11 @@ class Pipeline:
         return report
 
 
-def _main(argv, dataset):
-    args = get_args_parser(dataset).parse_args(argv)
-    if dataset == "cifar":
-        if kdist.env_world_size() > 1:
-            raise KepError("multi-process (torchrun) runs are supported by the imagenet "
-                           "command; run cifar as one process")
-        pipe = Pipeline(args, "cifar")
-    else:
-        from kep_train.train.imagenet import ImageNetPipeline
-        pipe = ImageNetPipeline(args, "imagenet")
+def run_command(pipe: Pipeline) -> int:
+    """Run ``pipe`` and print the one-line summary (on the main process); exit code 0."""
     main_process = kdist.is_main()   # before the run leaves its process group
     report = pipe.run()
     if main_process:
         print(f"dense top-1 {report['top1']['dense']}  pruned top-1 "
-              f"{report['top1']['pruned']}  -> {args.out}/report.json")
+              f"{report['top1']['pruned']}  -> {pipe.args.out}/report.json")
     return 0
-
-
-@cli_errors
-def main_cifar(argv=None) -> int:
-    """Entry of ``python -m kep_train cifar``."""
-    return _main(argv, "cifar")
-
-
-@cli_errors
-def main_imagenet(argv=None) -> int:
-    """Entry of ``python -m kep_train imagenet``."""
-    return _main(argv, "imagenet")
-
-
-main = main_cifar

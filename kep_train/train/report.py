@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from kep_common.errors import KepError
-from kep_common.fileio import atomic_path, atomic_write_json, environment_info
+from kep_common.fileio import atomic_path, atomic_write_json, environment_info, jsonable
 from kep_train.pruning import bake_masks, count_costs
 
 __all__ = ["write_outputs", "plot_accuracy", "plot_kept_fraction", "plot_kernel_heatmap",
@@ -47,17 +47,18 @@ def write_outputs(pipe, r) -> dict:
     model = copy.deepcopy(r.model).cpu()
     masks = bake_masks(model)
     model.eval()
-    costs = count_costs(model, pipe.input_shape)
+    data = pipe.data
+    costs = count_costs(model, data.input_shape)
     keep = r.kep.get("keep", {}) if r.kep.get("method") == "kep" else {}
     layers = _layer_table(pipe.costs_dense, costs, keep, masks)
     tot = lambda rows, key: sum(x[key] for x in rows)  # noqa: E731
     pruned_rows = [x for x in layers if x["name"] in pipe.layers]
     final = r.history[-1]["test_top1"] if r.history else None
     report = {
-        "command": "python -m kep_train " + pipe.dataset,
+        "command": "python -m kep_train " + data.name,
         "args": {k: v for k, v in vars(a).items() if k != "halt_after"},
-        "schedule": _jsonable(pipe.sched),
-        "model": a.model, "method": a.method, "dataset": pipe.dataset,
+        "schedule": jsonable(pipe.sched),
+        "model": a.model, "method": a.method, "dataset": data.name,
         "top1": {"dense": r.dense_top1, "pruned": final},
         "kep": {k: v for k, v in r.kep.items() if k != "layers"},
         "totals": {
@@ -84,9 +85,9 @@ def write_outputs(pipe, r) -> dict:
         try:
             report["export"] = _export(pipe, model, masks, keep, out, report)
         except KepError as e:
-            if pipe.dataset == "cifar":
+            if pipe.strict_export:
                 raise
-            # torchvision graphs the exporter does not know: the run's results still count
+            # e.g. torchvision graphs the exporter does not know: the results still count
             report["export"] = {"exported": False, "reason": str(e)}
             print(f"warning: model.kep not written: {e}")
     atomic_write_json(out / "report.json", report)
@@ -100,27 +101,14 @@ def write_outputs(pipe, r) -> dict:
     return report
 
 
-def _jsonable(obj):
-    import dataclasses
-    if dataclasses.is_dataclass(obj):
-        return {k: _jsonable(v) for k, v in dataclasses.asdict(obj).items()}
-    return obj
-
-
 def _export(pipe, model, masks, keep, out: Path, report) -> dict:
-    """Write ``model.kep`` (int8, calibrated on training batches)."""
-    from kep_train.data import cifar as kdata
+    """Write ``model.kep`` (int8, calibrated on training images)."""
     from kep_train.export.quantize import export_kep
-    if hasattr(pipe, "calibration_batch"):
-        calib = pipe.calibration_batch()
-    else:
-        g = torch.Generator().manual_seed(pipe.args.seed + 777)
-        n = min(len(pipe.train_y), 128 * max(1, pipe.args.calib_batches))
-        idx = torch.randperm(len(pipe.train_y), generator=g)[:n]
-        calib = kdata.normalize(pipe.train_x[idx], pipe.mean, pipe.std)
+    data = pipe.data
+    calib = pipe.calibration_batch()
     sparse = {n: m for n, m in masks.items() if n in keep}
-    meta = {"model_name": pipe.args.model, "dataset": pipe.dataset, "mean": list(pipe.mean),
-            "std": list(pipe.std), "input_shape": list(pipe.input_shape),
+    meta = {"model_name": pipe.args.model, "dataset": data.name, "mean": list(data.mean),
+            "std": list(data.std), "input_shape": list(data.input_shape),
             "kep": {"method": pipe.args.method, "keep": keep,
                     "importance": pipe.args.importance,
                     "penalty": report["kep"].get("penalty")},

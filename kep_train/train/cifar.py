@@ -1,0 +1,112 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``python -m kep_train cifar``: the KEP pipeline on CIFAR-10, one process.
+
+The whole data set lives in memory as uint8 tensors (:class:`kep_train.data.cifar.CifarData`);
+batches are shuffled, cropped and flipped on tensors under a generator seeded from (seed, stage,
+epoch), so a run resumed from its checkpoint ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kep_common.errors import KepError, cli_errors
+from kep_train.data import cifar as kdata
+from kep_train.models import CIFAR_MODELS
+from kep_train.pruning import TaylorImportance
+from kep_train.train import distributed as kdist
+from kep_train.train.pipeline import STAGES, Pipeline, base_args_parser, run_command
+
+__all__ = ["CifarPipeline", "get_args_parser", "evaluate", "main"]
+
+
+@torch.inference_mode()
+def evaluate(model, images, labels, *, device, batch_size=1000) -> float:
+    """Top-1 accuracy (%) on uint8 CIFAR-10 images."""
+    model.eval()
+    correct = 0
+    for xb, yb in kdata.iterate_batches(images, labels, batch_size):
+        out = model(kdata.normalize(xb).to(device))
+        correct += int((out.argmax(1).cpu() == yb).sum())
+    return 100.0 * correct / max(len(labels), 1)
+
+
+def _epoch_generator(seed: int, stage: str, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + STAGES.index(stage) * 10_007 + epoch)
+
+
+class CifarPipeline(Pipeline):
+    """:class:`~kep_train.train.pipeline.Pipeline` on CIFAR-10 tensors, one process."""
+
+    # -- data ---------------------------------------------------------------------------------
+    def load_data(self) -> kdata.CifarData:
+        a = self.args
+        if not a.data_dir:
+            raise KepError("--data-dir is required")
+        return kdata.load_cifar10_data(a.data_dir, download=not a.no_download,
+                                       subset=a.subset, test_subset=a.test_subset)
+
+    def batches(self, stage, epoch):
+        g = _epoch_generator(self.args.seed, stage, epoch)
+        return kdata.iterate_batches(self.data.train_x, self.data.train_y, self.sched.batch_size,
+                                     generator=g, train=True, drop_last=True)
+
+    def steps_per_epoch(self):
+        return max(1, len(self.data.train_y) // self.sched.batch_size)
+
+    def prepare(self, xb):
+        return kdata.normalize(xb, self.data.mean, self.data.std).to(self.device,
+                                                                      non_blocking=True)
+
+    def evaluate_model(self, model) -> float:
+        return evaluate(model, self.data.test_x, self.data.test_y, device=self.device)
+
+    def taylor_importance(self):
+        g = torch.Generator().manual_seed(self.args.seed + 12345)
+        n = self.sched.taylor_batches
+        d = self.data
+        xs = kdata.iterate_batches(d.train_x, d.train_y, min(128, len(d.train_y)),
+                                   generator=g, train=True)
+        batches = [b for _, b in zip(range(n), xs)]
+
+        def loss_fn(m, batch):
+            xb, yb = batch
+            return F.cross_entropy(m(kdata.normalize(xb).to(self.device)),
+                                   yb.to(self.device))
+        return TaylorImportance(loss_fn, batches)
+
+    def calibration_batch(self) -> torch.Tensor:
+        """``128 * --calib-batches`` normalised training images, chosen by the seed."""
+        d = self.data
+        g = torch.Generator().manual_seed(self.args.seed + 777)
+        n = min(len(d.train_y), 128 * max(1, self.args.calib_batches))
+        idx = torch.randperm(len(d.train_y), generator=g)[:n]
+        return kdata.normalize(d.train_x[idx], d.mean, d.std)
+
+    # -- model ----------------------------------------------------------------------------------
+    def build(self):
+        if self.args.model not in CIFAR_MODELS:
+            raise KepError(f"unknown model {self.args.model!r}; choose one of "
+                           f"{', '.join(CIFAR_MODELS)}")
+        return super().build()
+
+
+def get_args_parser():
+    """The options of ``python -m kep_train cifar``."""
+    return base_args_parser(
+        "cifar", model_default="resnet20", model_names=CIFAR_MODELS,
+        data_dir=dict(default="data/cifar10", required=False,
+                      help="CIFAR-10 folder: torchvision's cifar-10-batches-py (downloaded "
+                           "when missing and online) or image folders train/<class>/*, "
+                           "test/<class>/* (default: %(default)s)"))
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> int:
+    """Entry of ``python -m kep_train cifar``."""
+    args = get_args_parser().parse_args(argv)
+    if kdist.env_world_size() > 1:
+        raise KepError("multi-process (torchrun) runs are supported by the imagenet "
+                       "command; run cifar as one process")
+    return run_command(CifarPipeline(args))
