@@ -19,8 +19,8 @@ import random
 import time
 
 from kep_hw.bench import cosim
-from kep_hw.host.driver import random_layers
 from kep_hw.gateware.verilog import add_params_args, params_from_args
+from kep_hw.testing import random_layers
 from kep_common.errors import KepError, cli_errors
 from kep_common.fileio import atomic_write_json, environment_info
 

@@ -1,10 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
-"""A tiny random ResNet-shaped int8 network and its exact reference, for system tests.
+"""Test fixtures: random layers for the engine, a tiny random network for the system.
 
-The network has every feature the board system handles: a dense 3x3 first layer, sparse K=4
-layers, a stride-2 layer with a 1x1 shortcut, residual adds, ReLU, then global average pooling
-and a linear classifier on the host. :func:`reference_logits` computes it layer by layer with
-the golden layer :func:`kep_train.sparseconv.sparse_conv2d`.
+:func:`random_job` and :func:`random_layers` draw valid layers
+(:class:`~kep_hw.host.driver.LayerJob`) for the engine's regressions. The network of
+:func:`random_network` has every feature the board system handles: a dense 3x3 first layer,
+sparse K=4 layers, a stride-2 layer with a 1x1 shortcut, residual adds, ReLU, then global
+average pooling and a linear classifier on the host. :func:`reference_logits` computes it layer
+by layer with the golden layer :func:`kep_train.golden.sparseconv.sparse_conv2d`.
 """
 
 from __future__ import annotations
@@ -14,11 +16,87 @@ import torch
 from kep_train.export.kepfile import KepLayer, KepModel
 from kep_train.golden.sparseconv import sparse_conv2d
 
+from kep_hw.gateware.params import EngineParams
+from kep_hw.host.driver import LayerJob, dense_job
 from kep_hw.system.plan import run_tail
 
-__all__ = ["random_network", "reference_activations", "reference_logits"]
+__all__ = ["random_job", "random_layers", "random_network", "reference_activations",
+           "reference_logits"]
 
 SCALE = 1.0 / 64     # every activation scale of the test network (consistent for save_kep)
+
+
+def random_job(gen: torch.Generator, *, cin: int, cout: int, h: int, w: int, k: int = 3,
+               kept: int = 4, stride: int = 1, pad: int | None = None, relu: bool = True,
+               residual: bool = False, extreme: bool = False, name: str = "random") -> LayerJob:
+    """A random valid layer (deterministic given ``gen``).
+
+    ``extreme`` draws values, activations and residuals only from {-128, 127} and uses large
+    multipliers, to exercise products like -128 * -128 and saturation.
+    """
+    if pad is None:
+        pad = 1 if k == 3 else 0
+
+    def i8(*shape):
+        if extreme:
+            return torch.where(torch.rand(*shape, generator=gen) < 0.5,
+                               torch.tensor(-128), torch.tensor(127)).to(torch.int8)
+        return torch.randint(-128, 128, shape, generator=gen, dtype=torch.int8)
+
+    kk = k * k
+    x = i8(cin, h, w)
+    scores = torch.rand(cout, cin, kk, generator=gen)
+    index = scores.argsort(dim=2)[..., :kept].sort(dim=2).values.to(torch.uint8)
+    values = i8(cout, cin, kept)
+    bias = torch.randint(-2**20, 2**20, (cout,), generator=gen, dtype=torch.int32)
+    shift = torch.randint(8, 24, (cout,), generator=gen, dtype=torch.int64)
+    mult = torch.randint(1, 2**16, (cout,), generator=gen, dtype=torch.int64)
+    res_mult = torch.randint(0, 2**24, (cout,), generator=gen, dtype=torch.int64)
+    if extreme:
+        mult[:] = 2**16 - 1
+        shift[:] = torch.randint(1, 48, (cout,), generator=gen)
+        bias = torch.randint(-2**31, 2**31 - 1, (cout,), generator=gen, dtype=torch.int64)
+        bias = bias.to(torch.int32)
+    ho = (h + 2 * pad - k) // stride + 1
+    wo = (w + 2 * pad - k) // stride + 1
+    res = i8(cout, ho, wo) if residual else None
+    if not residual:
+        res_mult = torch.zeros(cout, dtype=torch.int64)
+    return LayerJob(x=x, values=values, index=index, bias=bias, mult=mult, shift=shift,
+                    res_mult=res_mult, k=k, stride=stride, pad=pad, relu=relu, residual=res,
+                    name=name)
+
+
+def random_layers(seed: int, n: int, params: EngineParams, *, max_hw: int = 7,
+                  max_c: int = 40) -> list[LayerJob]:
+    """``n`` random valid layers for the regression (deterministic given ``seed``).
+
+    Shapes, strides, kernel size (3x3 or 1x1), K (0 .. k*k), ReLU, residual, dense mode and
+    extreme values (only -128 / 127) are all drawn at random, within ``params``' limits.
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw(lo, hi):
+        return int(torch.randint(lo, hi + 1, (1,), generator=gen))
+
+    jobs = []
+    for t in range(n):
+        k = 3 if draw(0, 3) else 1
+        kept = draw(0, k * k)
+        stride = draw(1, 2)
+        pad = 1 if k == 3 else draw(0, 1)
+        cin = draw(1, min(max_c, params.max_cin))
+        cout = draw(1, min(max_c, params.max_cout))
+        h = draw(max(1, k - 2 * pad), min(max_hw, params.max_hw))
+        w = draw(max(1, k - 2 * pad), min(max_hw, params.max_hw))
+        job = random_job(gen, cin=cin, cout=cout, h=h, w=w, k=k, kept=kept, stride=stride,
+                         pad=pad, relu=bool(draw(0, 1)), residual=bool(draw(0, 1)),
+                         extreme=draw(0, 5) == 0, name=f"rand{t}")
+        if draw(0, 7) == 0:
+            job = dense_job(job)
+            job.name = f"rand{t}:dense"
+        jobs.append(job)
+    return jobs
 
 
 def _conv(gen, name, inp, cin, cout, h, *, k=3, stride=1, K=None, relu=True, residual=None):

@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from kep_hw.bench import cosim
-from kep_hw.host.driver import expected_words, golden, random_job, random_layers
+from kep_hw.host.driver import expected_words, golden
 from kep_hw.gateware.params import EngineParams
-from kep_hw.gateware.perf import LayerShape, layer_cycles
+from kep_hw.gateware.perf import layer_cycles
+from kep_hw.testing import random_job, random_layers
 
 CI = os.environ.get("CI", "").lower() == "true"
 #: the default engine (P=16, G=4), the one ``python -m kep_hw.sim`` runs (one shared build)
@@ -67,10 +68,8 @@ def test_cycles_and_wrong_expectation(sim):
     rows = cosim.run_layers(PARAMS, jobs, sim=sim)
     for job, row in zip(jobs, rows):
         assert row["exact"], job.name
-        shape = LayerShape(cin=job.cin, cout=job.cout, h=8, w=8, k=job.k, kept=job.kept,
-                           stride=job.stride, pad=job.pad) if job.name != "extreme" else None
-        if shape is not None:
-            pred = layer_cycles(shape, PARAMS)
+        if job.name != "extreme":
+            pred = layer_cycles(job.shape, PARAMS)
             assert abs(row["cycles"] - pred) <= 0.02 * pred, (job.name, row["cycles"], pred)
     exp = [expected_words(PARAMS, j, golden(j)) for j in jobs[:1]]
     exp[0][3][5] = (exp[0][3][5] + 1) if exp[0][3][5] < 127 else 0
@@ -113,10 +112,7 @@ def test_px_layers_backpressure_and_cycles(sim):
     rows = cosim.run_layers(PX_PARAMS, timed, sim=sim)
     for job, row in zip(timed, rows):
         assert row["exact"], job.name
-        h, w = job.x.shape[1:]
-        pred = layer_cycles(LayerShape(cin=job.cin, cout=job.cout, h=h, w=w, k=job.k,
-                                       kept=job.kept, stride=job.stride, pad=job.pad),
-                            PX_PARAMS)
+        pred = layer_cycles(job.shape, PX_PARAMS)
         assert abs(row["cycles"] - pred) <= 0.02 * pred, (job.name, row["cycles"], pred)
     fmt = PX_PARAMS.format_params
     exp = [expected_words(fmt, j, golden(j)) for j in timed[:1]]

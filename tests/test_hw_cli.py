@@ -7,9 +7,10 @@ import pytest
 
 from kep_hw.bench import cosim, sim
 from kep_hw.gateware import verilog
+from kep_hw.gateware.params import EngineParams, parse_pes
 from kep_hw.gateware.perf import LayerShape, block_cycles, ideal_cycles, layer_cycles, useful_macs
-from kep_hw.gateware.params import EngineParams
-from kep_hw.gateware.verilog import generate, parse_pes
+from kep_hw.gateware.verilog import generate
+from kep_hw.testing import random_network
 from kep_common.errors import KepError
 
 
@@ -67,6 +68,22 @@ def test_parse_pes():
     assert parse_pes("64X4", 4) == (64, 4)
     assert parse_pes("64", 2) == (64, 2)
     assert parse_pes("16") == (16, 1)
+    for bad, msg in (("0", "P or PxPX"), ("x4", "P or PxPX"), ("4x4x1", "P or PxPX"),
+                     ("sixteen", "P or PxPX"), ("64x0", "P or PxPX"), ("64x3", "multiple of px"),
+                     ("64", "multiple of px")):
+        with pytest.raises(KepError, match=msg):
+            parse_pes(bad, 3 if bad == "64" else None)
+
+
+def test_ideal_cycles_of_a_network():
+    """The ideal cycles of a network: the non-zero MACs of all its conv layers / P."""
+    kep = random_network(0)
+    shapes = [LayerShape.from_layer(cl) for cl in kep.conv_layers]
+    macs = sum(cl.out_shape[0] * cl.out_shape[1] * cl.out_shape[2] * cl.in_shape[0] * cl.K
+               for cl in kep.conv_layers)
+    assert [s.out_hw for s in shapes] == [tuple(cl.out_shape[1:]) for cl in kep.conv_layers]
+    assert ideal_cycles(shapes, 16) == ideal_cycles(shapes, EngineParams()) == macs / 16
+    assert ideal_cycles(shapes[0], 16) == useful_macs(shapes[0]) / 16
 
 
 def test_perf_model_px():

@@ -3,26 +3,31 @@
 
 from __future__ import annotations
 
+import math
 import random
+import warnings
 
 import pytest
 import torch
-from amaranth.hdl import Module
-from amaranth.lib import wiring
+from amaranth.hdl import Module, Shape
+from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
 
-from kep_hw.host.driver import (LayerJob, dense_job, expected_words, golden, layer_program,
-                           random_job, random_layers)
-from kep_hw.gateware.fetch import WindowFetcher, window_cols, window_word
-from kep_hw.gateware.layouts import (ParamWord, Target, act_word, out_word, pack, unpack,
-                            weight_word)
-from kep_hw.gateware.params import EngineParams, layer_config
-from kep_hw.gateware.perf import LayerShape, layer_cycles
-from kep_hw.gateware.requant import Requant, acc_word
-from kep_hw.bench.amaranth_sim import run_layers, stream_get, stream_put
 from kep_common.errors import KepError
 from kep_train.golden.intarith import requantize
+
+from kep_hw.bench import amaranth_sim
+from kep_hw.bench.amaranth_sim import run_layers, stream_get, stream_put
+from kep_hw.gateware.fetch import WindowFetcher
+from kep_hw.gateware.layouts import (ParamWord, Target, acc_word, act_word, load_layout,
+                                     out_word, pack, unpack, weight_word, window_cols,
+                                     window_word)
+from kep_hw.gateware.params import EngineParams, layer_config
+from kep_hw.gateware.perf import layer_cycles
+from kep_hw.gateware.requant import Requant
+from kep_hw.host.driver import LayerJob, dense_job, expected_words, golden, layer_program
+from kep_hw.testing import random_job, random_layers
 
 SMALL = EngineParams(pes=8, lanes=4, max_cin=16, max_cout=24, max_hw=8, act_depth=1024,
                      wt_depth=2048, prm_depth=64)
@@ -40,6 +45,36 @@ def test_layout_roundtrip():
     p = {"bias": -2**31, "mult": 2**16 - 1, "shift": 47, "res_mult": 2**24 - 1}
     assert unpack(ParamWord, pack(ParamWord, p)) == p
     assert unpack(act_word(4), pack(act_word(4), [-128, 127, 0, -1])) == [-128, 127, 0, -1]
+
+
+@pytest.mark.parametrize("layout", [ParamWord, weight_word(5), act_word(8), out_word(4),
+                                    load_layout(PX4), window_word(4, 2), acc_word(PX4),
+                                    SMALL.config_layout])
+def test_pack_is_layout_const(layout):
+    """``pack`` gives the bits of amaranth's ``Layout.const`` (out-of-range values truncated,
+    missing fields and elements 0, enums by value)."""
+    rng = random.Random(1)
+
+    def draw(shape):
+        if isinstance(shape, data.ArrayLayout):
+            return [draw(shape.elem_shape) for _ in range(rng.randrange(shape.length + 1))]
+        if isinstance(shape, data.StructLayout):
+            return {name: draw(f.shape) for name, f in shape if rng.random() < 0.9}
+        if shape is Target:
+            return rng.choice(list(Target))
+        width = Shape.cast(shape).width
+        return rng.randrange(-2 ** (width + 1), 2 ** (width + 1))
+
+    for _ in range(50):
+        value = draw(layout)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            want = layout.const(value).as_value().value
+        assert pack(layout, value) == want, value
+    with pytest.raises(ValueError, match="no field"):
+        pack(ParamWord, {"bias": 1, "bais": 2})
+    with pytest.raises(TypeError):
+        pack(ParamWord, {"bias": 1.0})
 
 
 def test_params_validation():
@@ -77,23 +112,104 @@ def _check_layers(params, jobs, **kw):
     return results
 
 
-def test_engine_random_layers_backpressure():
-    jobs = random_layers(11, 8, SMALL, max_hw=5, max_c=12)
-    _check_layers(SMALL, jobs, seed=3, stall=0.4, gap=0.3)
+@pytest.mark.parametrize("params,seed,n,max_hw,max_c,tb_seed", [
+    (SMALL, 11, 8, 5, 12, 3),
+    # Px > 1: widths mostly not multiples of Px
+    (PX2, 15, 6, 7, 10, 4),
+    (PX4, 17, 6, 7, 10, 4),
+], ids=["px1", "px2", "px4"])
+def test_engine_random_layers_backpressure(params, seed, n, max_hw, max_c, tb_seed):
+    """Random layers with valid gaps on the load stream and output back-pressure."""
+    jobs = random_layers(seed, n, params, max_hw=max_hw, max_c=max_c)
+    _check_layers(params, jobs, seed=tb_seed, stall=0.4, gap=0.3)
 
 
-def test_engine_extremes_and_empty_planes():
-    gen = torch.Generator().manual_seed(5)
-    jobs = [
-        random_job(gen, cin=5, cout=9, h=4, w=3, kept=9, extreme=True, residual=True,
-                   name="extreme"),
-        random_job(gen, cin=3, cout=8, h=3, w=4, kept=0, residual=True, name="k0"),
-        random_job(gen, cin=6, cout=8, h=5, w=5, k=1, kept=1, stride=2, pad=0, name="1x1"),
-    ]
+#: (engine, generator seed, testbench seed, stall probability, random_job arguments per layer;
+#: ``dense``: run the layer in dense mode)
+EDGE_CASES = {
+    "px1": (SMALL, 5, 1, 0.2, [
+        dict(cin=5, cout=9, h=4, w=3, kept=9, extreme=True, residual=True, name="extreme"),
+        dict(cin=3, cout=8, h=3, w=4, kept=0, residual=True, name="k0"),
+        dict(cin=6, cout=8, h=5, w=5, k=1, kept=1, stride=2, pad=0, name="1x1"),
+    ]),
+    # Px = 4 on 7-wide maps
+    "px4": (PX4, 8, 2, 0.3, [
+        dict(cin=5, cout=6, h=3, w=7, kept=9, extreme=True, residual=True, name="extreme"),
+        dict(cin=3, cout=4, h=2, w=7, kept=0, residual=True, name="k0"),
+        dict(cin=6, cout=5, h=5, w=7, k=1, kept=1, stride=2, pad=0, name="1x1"),
+        dict(cin=4, cout=8, h=5, w=7, kept=3, stride=2, residual=True, name="s2"),
+        dict(cin=2, cout=4, h=3, w=8, kept=4, name="dense", dense=True),
+    ]),
+}
+
+
+@pytest.mark.parametrize("case", EDGE_CASES)
+def test_engine_extremes_strides_empty_planes(case):
+    """Saturation, K=0, residual, stride 2, 1x1 (and dense mode)."""
+    params, gen_seed, seed, stall, layers = EDGE_CASES[case]
+    gen = torch.Generator().manual_seed(gen_seed)
+    jobs = []
+    for kw in layers:
+        kw = dict(kw)
+        dense = kw.pop("dense", False)
+        job = random_job(gen, **kw)
+        jobs.append(dense_job(job) if dense else job)
     # every product -128 * -128 in one plane
     jobs[0].values[0] = -128
     jobs[0].x[:] = -128
-    _check_layers(SMALL, jobs, seed=1, stall=0.2)
+    _check_layers(params, jobs, seed=seed, stall=stall)
+
+
+def _scramble_padding(params: EngineParams, job: LayerJob, loads: list,
+                      rng: random.Random) -> list:
+    """``loads`` of :func:`layer_program` (default bases) with random bits in every lane that
+    holds no data: activation channels past Cin / residual channels past Cout in the last word
+    of a pixel, weight lanes and parameter words of output channels past Cout."""
+    P, G = params.pes, params.lanes
+    h, w = job.x.shape[1:]
+    cwi, cwo = math.ceil(job.cin / G), math.ceil(job.cout / G)
+    n_act = h * w * cwi
+    per_group = job.cin * job.kept
+    out = []
+    for target, addr, word in loads:
+        if target == Target.ACT:
+            chans, n = (job.cin, addr % cwi) if addr < n_act else (job.cout, (addr - n_act) % cwo)
+            lanes = unpack(act_word(G), word)
+            lanes = [v if n * G + i < chans else rng.randrange(-128, 128)
+                     for i, v in enumerate(lanes)]
+            word = pack(act_word(G), lanes)
+        elif target == Target.WT:
+            g = addr // per_group
+            elems = unpack(weight_word(P), word)
+            elems = [e if g * P + p < job.cout else
+                     {"value": rng.randrange(-128, 128), "index": rng.randrange(16)}
+                     for p, e in enumerate(elems)]
+            word = pack(weight_word(P), elems)
+        elif addr >= job.cout:
+            assert word == 0                       # the padding rule: all-zero words
+            word = rng.getrandbits(ParamWord.size)
+        out.append((target, addr, word))
+    return out
+
+
+@pytest.mark.parametrize("params", [SMALL, PX4], ids=["px1", "px4"])
+def test_padding_is_never_used(params, monkeypatch):
+    """Random bits in every padding lane and word of the memory images change no output."""
+    rng = random.Random(9)
+
+    def program(fmt, job):
+        cfg, loads = layer_program(fmt, job)
+        return cfg, _scramble_padding(fmt, job, loads, rng)
+
+    gen = torch.Generator().manual_seed(10)
+    jobs = [random_job(gen, cin=5, cout=11, h=4, w=3, kept=4, residual=True, name="k4"),
+            random_job(gen, cin=3, cout=3, h=3, w=4, k=1, kept=1, stride=2, pad=0,
+                       residual=True, name="1x1"),
+            random_job(gen, cin=7, cout=6, h=3, w=5, kept=9, extreme=True, residual=True,
+                       name="extreme"),
+            dense_job(random_job(gen, cin=6, cout=9, h=3, w=3, kept=3, name="dense"))]
+    monkeypatch.setattr(amaranth_sim, "layer_program", program)
+    _check_layers(params, jobs, seed=5, stall=0.2)
 
 
 def test_cycles_match_model():
@@ -107,9 +223,7 @@ def test_cycles_match_model():
                        name="1x1")]
     results = _check_layers(params, jobs)
     for job, res in zip(jobs, results):
-        shape = LayerShape(cin=job.cin, cout=job.cout, h=job.x.shape[1], w=job.x.shape[2],
-                           k=job.k, kept=job.kept, stride=job.stride, pad=job.pad)
-        pred = layer_cycles(shape, params)
+        pred = layer_cycles(job.shape, params)
         assert abs(res["cycles"] - pred) <= 0.02 * pred, (job.name, res["cycles"], pred)
 
 
@@ -262,30 +376,6 @@ def test_requant_unit(px):
     assert [g["last"] for g in got] == [0] * (n_pix - 1) + [1]
 
 
-@pytest.mark.parametrize("params", [PX2, PX4], ids=["px2", "px4"])
-def test_engine_px_random_layers_backpressure(params):
-    """Px > 1: random layers (widths mostly not multiples of Px) with gaps and stalls."""
-    jobs = random_layers(13 + params.px, 6, params, max_hw=7, max_c=10)
-    _check_layers(params, jobs, seed=4, stall=0.4, gap=0.3)
-
-
-def test_engine_px_extremes_strides_empty_planes():
-    """Px = 4 on 7-wide maps: saturation, K=0, residual, stride 2, 1x1, dense mode."""
-    gen = torch.Generator().manual_seed(8)
-    jobs = [
-        random_job(gen, cin=5, cout=6, h=3, w=7, kept=9, extreme=True, residual=True,
-                   name="extreme"),
-        random_job(gen, cin=3, cout=4, h=2, w=7, kept=0, residual=True, name="k0"),
-        random_job(gen, cin=6, cout=5, h=5, w=7, k=1, kept=1, stride=2, pad=0, name="1x1"),
-        random_job(gen, cin=4, cout=8, h=5, w=7, kept=3, stride=2, residual=True,
-                   name="s2"),
-        dense_job(random_job(gen, cin=2, cout=4, h=3, w=8, kept=4, name="dense")),
-    ]
-    jobs[0].values[0] = -128
-    jobs[0].x[:] = -128
-    _check_layers(PX4, jobs, seed=2, stall=0.3)
-
-
 def test_px_cycles_match_model():
     """Px = 2 (G*K >= fetch) and Px = 4 dense: the RTL's cycle counter equals the model
     within 2 %, and Px = 2 takes about half the cycles of Px = 1 with the same Po."""
@@ -298,10 +388,7 @@ def test_px_cycles_match_model():
     cycles = {}
     for params, js in ((PX2, jobs), (PX4, dense), (single, jobs[:1])):
         for job, res in zip(js, _check_layers(params, js)):
-            shape = LayerShape(cin=job.cin, cout=job.cout, h=job.x.shape[1],
-                               w=job.x.shape[2], k=job.k, kept=job.kept, stride=job.stride,
-                               pad=job.pad)
-            pred = layer_cycles(shape, params)
+            pred = layer_cycles(job.shape, params)
             assert abs(res["cycles"] - pred) <= 0.02 * pred, (params.px, job.name,
                                                                res["cycles"], pred)
             cycles[params.px, job.name] = res["cycles"]

@@ -2,7 +2,7 @@
 """amaranth.sim helpers: stream put/get with random gaps and back-pressure, layer runs.
 
 Used by the unit tests (``tests/test_hw_*.py``); the cocotb regression has its own drivers
-(:mod:`kep_hw.cocotb_tb`) but the same host-side :mod:`kep_hw.driver`.
+(:mod:`kep_hw.bench.layer_tb`) but the same host-side :mod:`kep_hw.host.driver`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import random
 from amaranth.sim import Simulator
 
 from kep_hw.host.driver import LayerJob, layer_program
-from kep_hw.gateware.layer_top import LayerTop, load_layout
-from kep_hw.gateware.layouts import out_word, pack, unpack
+from kep_hw.gateware.layer_top import LayerTop
+from kep_hw.gateware.layouts import load_layout, out_word, pack, unpack
 from kep_hw.gateware.params import EngineParams
 
 __all__ = ["stream_put", "stream_get", "run_layers"]

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
-"""cocotb 2 testbench of :class:`kep_hw.layer_top.LayerTop` (the generated Verilog).
+"""cocotb 2 testbench of :class:`kep_hw.gateware.layer_top.LayerTop` (the generated Verilog).
 
-Run by :mod:`kep_hw.cosim` (never imported directly): it reads a job file (path in env
+Run by :mod:`kep_hw.bench.cosim` (never imported directly): it reads a job file (path in env
 ``KEP_JOB``) holding, per layer, the configuration bits, the load words, the expected output
 lanes and the back-pressure probability; drives the loads, starts the layer, collects the
 outputs with random ``ready`` stalls, compares them with the expected (golden) values and

@@ -22,10 +22,11 @@ from kep_common.errors import KepError, cli_errors
 from kep_common.fileio import atomic_write_json, environment_info
 
 from kep_hw.bench import cosim
-from kep_hw.host.driver import LayerJob, dense_job, random_job, random_layers
+from kep_hw.host.driver import LayerJob, dense_job
 from kep_hw.gateware.params import EngineParams
-from kep_hw.gateware.perf import LayerShape, ideal_cycles, layer_cycles, useful_macs
+from kep_hw.gateware.perf import ideal_cycles, layer_cycles, useful_macs
 from kep_hw.gateware.verilog import add_params_args, params_from_args
+from kep_hw.testing import random_job, random_layers
 
 __all__ = ["model_jobs", "resnet20_jobs", "run_report", "main"]
 
@@ -107,11 +108,6 @@ def resnet20_jobs(seed: int = 0, kept: int = 4) -> list[LayerJob]:
     return jobs
 
 
-def _shape(job: LayerJob) -> LayerShape:
-    return LayerShape(cin=job.cin, cout=job.cout, h=int(job.x.shape[1]), w=int(job.x.shape[2]),
-                      k=job.k, kept=job.kept, stride=job.stride, pad=job.pad)
-
-
 def run_report(params: EngineParams, jobs: list[LayerJob], *, sim: str | None = None,
                dense: bool = True, stall: float = 0.0, seed: int = 0) -> list[dict]:
     """Run ``jobs`` (and their dense-mode twins) in one simulation; per-layer report rows."""
@@ -125,7 +121,7 @@ def run_report(params: EngineParams, jobs: list[LayerJob], *, sim: str | None = 
     rows = []
     for job in jobs:
         r = by_name[job.name]
-        shape = _shape(job)
+        shape = job.shape
         ideal = ideal_cycles(shape, params)
         pred = layer_cycles(shape, params)
         row = {

@@ -28,10 +28,11 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 
-from kep_hw.gateware.fetch import WindowFetcher, window_cols
-from kep_hw.gateware.layouts import ParamWord, act_word, out_word, weight_word
-from kep_hw.gateware.params import EngineParams
-from kep_hw.gateware.requant import Requant, acc_word
+from kep_hw.gateware.fetch import WindowFetcher
+from kep_hw.gateware.layouts import (ParamWord, acc_word, act_word, out_word, weight_word,
+                                     window_cols)
+from kep_hw.gateware.params import EngineParams, check_params
+from kep_hw.gateware.requant import Requant
 
 __all__ = ["Engine"]
 
@@ -67,9 +68,7 @@ class Engine(wiring.Component):
     """
 
     def __init__(self, params: EngineParams):
-        if not isinstance(params, EngineParams):
-            raise TypeError(f"params must be EngineParams, got {params!r}")
-        self.params = params
+        self.params = check_params(params)
         #: layout of ``cfg`` (same as ``params.config_layout``)
         self.cfg_layout = params.config_layout
         p = params

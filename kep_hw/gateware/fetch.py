@@ -19,30 +19,14 @@ Buffer slot of the position (row ``r``, column ``c``) of a block: ``r * cols + c
 from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal, signed
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 
-from kep_hw.gateware.layouts import act_word
-from kep_hw.gateware.params import EngineParams
+from kep_hw.gateware.layouts import act_word, window_cols, window_word
+from kep_hw.gateware.params import EngineParams, check_params
 
-__all__ = ["window_cols", "window_word", "WindowFetcher"]
-
-
-def window_cols(px: int) -> int:
-    """Columns of a block's window buffer: ``(px-1)*2 + 3`` (stride 2, the widest)."""
-    return 2 * px + 1
-
-
-def window_word(lanes: int, px: int = 1) -> data.StructLayout:
-    """One block window: ``lanes`` channels x ``3 * window_cols(px)`` positions, valid
-    channel count and pixel flags."""
-    return data.StructLayout({
-        "win": data.ArrayLayout(data.ArrayLayout(signed(8), 3 * window_cols(px)), lanes),
-        "nch": range(lanes + 1),
-        "first": 1,       # first channel word of the output block
-        "last": 1,        # last channel word of the output block
-    })
+__all__ = ["WindowFetcher"]
 
 
 class WindowFetcher(wiring.Component):
@@ -66,9 +50,7 @@ class WindowFetcher(wiring.Component):
     """
 
     def __init__(self, params: EngineParams):
-        if not isinstance(params, EngineParams):
-            raise TypeError(f"params must be EngineParams, got {params!r}")
-        self.params = params
+        self.params = check_params(params)
         super().__init__({
             "cfg": In(params.config_layout),
             "start": In(1),

@@ -8,23 +8,16 @@ the activation (+ residual), weight and parameter memories through ``load``, set
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from kep_hw.gateware.engine import Engine
-from kep_hw.gateware.layouts import ParamWord, Target, act_word, load_word, out_word, weight_word
-from kep_hw.gateware.params import EngineParams
+from kep_hw.gateware.layouts import ParamWord, Target, act_word, load_layout, out_word, weight_word
+from kep_hw.gateware.params import EngineParams, check_params
 
-__all__ = ["LayerTop", "load_layout"]
-
-
-def load_layout(params: EngineParams):
-    """Payload layout of :class:`LayerTop`'s ``load`` stream for ``params``."""
-    width = max(act_word(params.lanes).size, weight_word(params.po).size, ParamWord.size)
-    addr = max(params.act_bits, params.wt_bits, params.prm_bits)
-    return load_word(addr_bits=addr, data_bits=width)
+__all__ = ["LayerTop"]
 
 
 class LayerTop(wiring.Component):
@@ -52,9 +45,7 @@ class LayerTop(wiring.Component):
     """
 
     def __init__(self, params: EngineParams):
-        if not isinstance(params, EngineParams):
-            raise TypeError(f"params must be EngineParams, got {params!r}")
-        self.params = params
+        self.params = check_params(params)
         super().__init__({
             "load": In(stream.Signature(load_layout(params))),
             "cfg": In(params.config_layout),

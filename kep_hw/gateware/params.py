@@ -2,9 +2,9 @@
 """Engine parameters (the hardware's size) and the layer configuration a host writes.
 
 :class:`EngineParams` fixes P (PEs) and their split ``P = Po x Px`` over output channels and
-output pixels, G (channels per activation word) and the limits;
-:func:`layer_config` turns a layer shape into the values of every configuration register of
-``docs/accelerator.md`` (derived registers included).
+output pixels, G (channels per activation word) and the limits; :func:`parse_pes` reads the
+``--pes P[xPX]`` option of the command lines; :func:`layer_config` turns a layer shape into the
+values of every configuration register of ``docs/accelerator.md`` (derived registers included).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from kep_common.errors import KepError
 
 from kep_hw.gateware import layouts
 
-__all__ = ["EngineParams", "layer_config"]
+__all__ = ["EngineParams", "check_params", "parse_pes", "layer_config"]
 
 
 def _bits(n: int) -> int:
@@ -114,10 +114,55 @@ class EngineParams:
 
     @property
     def config_layout(self):
-        """The :func:`kep_hw.layouts.layer_config` layout of this engine."""
+        """The :func:`kep_hw.gateware.layouts.layer_config` layout of this engine."""
         return layouts.layer_config(chan_bits=self.chan_bits, dim_bits=self.dim_bits,
                                     group_bits=self.group_bits, act_bits=self.act_bits,
                                     wt_bits=self.wt_bits, prm_bits=self.prm_bits)
+
+
+def check_params(params) -> EngineParams:
+    """``params`` itself, checked to be :class:`EngineParams` (the components' first check).
+
+    Raises
+    ------
+    TypeError
+        If it is not.
+    """
+    if not isinstance(params, EngineParams):
+        raise TypeError(f"params must be EngineParams, got {params!r}")
+    return params
+
+
+def parse_pes(text: str, px: int | None = None) -> tuple[int, int]:
+    """``"64"`` or ``"64x4"`` (P x Px) and an optional separate Px -> ``(P, Px)``.
+
+    Parameters
+    ----------
+    text : str
+        The ``--pes`` option: ``P`` or ``PxPX``.
+    px : int, optional
+        A separate ``--px`` option (default 1 when ``text`` has none).
+
+    Raises
+    ------
+    KepError
+        For a malformed value, two different Px, or a Px that does not divide P.
+    """
+    text = str(text).strip().lower()
+    parts = text.split("x")
+    try:
+        pes = int(parts[0])
+        split = int(parts[1]) if len(parts) == 2 else None
+    except ValueError:
+        pes = split = 0
+    if len(parts) > 2 or pes < 1 or (split is not None and split < 1):
+        raise KepError(f"--pes must be P or PxPX (e.g. 64x4), got {text!r}")
+    if split is not None and px is not None and split != px:
+        raise KepError(f"--pes {text} and --px {px} disagree")
+    px = split if split is not None else (px if px is not None else 1)
+    if px < 1 or pes % px:
+        raise KepError(f"--pes {text}: P ({pes}) must be a multiple of px ({px})")
+    return pes, px
 
 
 def layer_config(params: EngineParams, *, cin: int, cout: int, h: int, w: int, k: int,

@@ -53,6 +53,14 @@ class LayerShape:
     stride: int = 1
     pad: int = 1
 
+    @classmethod
+    def from_layer(cls, layer) -> "LayerShape":
+        """The shape of a conv layer of a ``.kep`` model
+        (:class:`kep_train.export.kepfile.KepLayer`)."""
+        cin, h, w = layer.in_shape
+        return cls(cin=cin, cout=layer.out_shape[0], h=h, w=w, k=layer.kernel_size,
+                   kept=layer.K, stride=layer.stride, pad=layer.padding)
+
     @property
     def out_hw(self) -> tuple[int, int]:
         return ((self.h + 2 * self.pad - self.k) // self.stride + 1,
@@ -65,9 +73,19 @@ def useful_macs(shape: LayerShape) -> int:
     return ho * wo * shape.cout * shape.cin * shape.kept
 
 
-def ideal_cycles(shape: LayerShape, params: EngineParams) -> float:
-    """Useful MACs / P."""
-    return useful_macs(shape) / params.pes
+def ideal_cycles(shape, params) -> float:
+    """Useful MACs / P: the lower bound on the cycles of a layer or of several (a network).
+
+    Parameters
+    ----------
+    shape : LayerShape or iterable of LayerShape
+        The layer, or the layers whose MACs add up.
+    params : EngineParams or int
+        The engine, or just its P.
+    """
+    shapes = [shape] if isinstance(shape, LayerShape) else shape
+    pes = params if isinstance(params, int) else params.pes
+    return sum(useful_macs(s) for s in shapes) / pes
 
 
 def block_cycles(shape: LayerShape, params: EngineParams, nv: int) -> int:
@@ -104,7 +122,6 @@ def layer_cycles(shape: LayerShape, params: EngineParams) -> int:
     """
     PO, PX = params.po, params.px
     ho, wo = shape.out_hw
-    kkw = shape.k * shape.k
     groups = math.ceil(shape.cout / PO)
     full, rest = divmod(wo, PX)
     row = full * block_cycles(shape, params, PX)

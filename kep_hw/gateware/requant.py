@@ -31,21 +31,10 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 
-from kep_hw.gateware.layouts import ParamWord, act_word, out_word
-from kep_hw.gateware.params import EngineParams
+from kep_hw.gateware.layouts import ParamWord, acc_word, act_word, out_word
+from kep_hw.gateware.params import EngineParams, check_params
 
-__all__ = ["acc_word", "queue_depth", "Requant"]
-
-
-def acc_word(params: EngineParams) -> data.StructLayout:
-    """Accumulators of one block of output pixels, the residual word address of its first
-    pixel, its valid pixel count and the layer-end flag."""
-    return data.StructLayout({
-        "acc": data.ArrayLayout(signed(32), params.pes),
-        "res_addr": params.act_bits,
-        "nv": range(params.px + 1),
-        "last": 1,
-    })
+__all__ = ["queue_depth", "Requant"]
 
 
 def queue_depth(params: EngineParams) -> int:
@@ -82,9 +71,7 @@ class Requant(wiring.Component):
     """
 
     def __init__(self, params: EngineParams):
-        if not isinstance(params, EngineParams):
-            raise TypeError(f"params must be EngineParams, got {params!r}")
-        self.params = params
+        self.params = check_params(params)
         super().__init__({
             "i": In(stream.Signature(acc_word(params))),
             "prm": In(data.ArrayLayout(ParamWord, params.po)),

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Emit the Verilog of :class:`kep_hw.layer_top.LayerTop` (or the bare engine) for a parameter set.
+"""Emit the Verilog of :class:`kep_hw.gateware.layer_top.LayerTop` (or the bare engine).
 
 ``python -m kep_hw.verilog --pes 16 --lanes 4 -o layer_top.v``;
 ``--pes 64x4 --lanes 8``: P = 64 PEs split as Po = 16 output channels x Px = 4 output pixels.
@@ -14,9 +14,9 @@ from amaranth.back import verilog as _verilog
 from kep_common.errors import KepError, cli_errors
 from kep_common.fileio import atomic_write_bytes
 
-from kep_hw.gateware.params import EngineParams
+from kep_hw.gateware.params import EngineParams, parse_pes
 
-__all__ = ["generate", "parse_pes", "params_from_args", "add_params_args", "main"]
+__all__ = ["generate", "params_from_args", "add_params_args", "main"]
 
 
 def generate(params: EngineParams, *, top: str = "layer_top") -> str:
@@ -34,26 +34,6 @@ def generate(params: EngineParams, *, top: str = "layer_top") -> str:
         from kep_hw.gateware.engine import Engine
         return _verilog.convert(Engine(params), name="engine")
     raise KepError(f"unknown top {top!r} (expected 'layer_top' or 'engine')")
-
-
-def parse_pes(text: str, px: int | None = None) -> tuple[int, int]:
-    """``"64"`` or ``"64x4"`` (P x Px) and an optional separate Px -> ``(P, Px)``.
-
-    Raises
-    ------
-    KepError
-        For a malformed value or two different Px.
-    """
-    text = str(text).strip().lower()
-    p_text, sep, x_text = text.partition("x")
-    try:
-        pes = int(p_text)
-        split = int(x_text) if sep else None
-    except ValueError:
-        raise KepError(f"--pes must be P or PxPX (e.g. 64x4), got {text!r}") from None
-    if split is not None and px is not None and split != px:
-        raise KepError(f"--pes {text} and --px {px} disagree")
-    return pes, split if split is not None else (px if px is not None else 1)
 
 
 def params_from_args(args) -> EngineParams:

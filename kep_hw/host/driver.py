@@ -1,10 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Host side of the engine: memory images, configuration, golden outputs, random layers.
+"""Host side of the engine: memory images, configuration, golden outputs of one layer.
 
 Everything a testbench (amaranth.sim or cocotb) or a system needs to run one layer: a
 :class:`LayerJob` holds one layer's integer tensors; :func:`layer_program` turns it into the load
-words of :class:`kep_hw.layer_top.LayerTop` and the configuration register values;
-:func:`expected_words` and :func:`decode_outputs` map between the output stream and tensors.
+words of :class:`kep_hw.gateware.layer_top.LayerTop` (packed by :mod:`kep_hw.gateware.images`)
+and the configuration register values; :func:`expected_words` and :func:`decode_outputs` map
+between the output stream and tensors. Random layers for tests: :mod:`kep_hw.testing`.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import torch
 from kep_common.errors import KepError
 from kep_train.golden.sparseconv import check_sparse_planes, expand_dense, sparse_conv2d
 
-from kep_hw.gateware.layouts import ParamWord, Target, act_word, pack, weight_word
+from kep_hw.gateware.images import pack_param_words, pack_weight_words, tensor_to_words
+from kep_hw.gateware.layouts import Target
 from kep_hw.gateware.params import EngineParams, layer_config
+from kep_hw.gateware.perf import LayerShape
 
 __all__ = ["LayerJob", "layer_program", "golden", "expected_words", "decode_outputs",
-           "random_job", "dense_job", "random_layers"]
+           "dense_job"]
 
 
 @dataclasses.dataclass
@@ -79,9 +82,14 @@ class LayerJob:
 
     @property
     def out_hw(self) -> tuple[int, int]:
-        h, w = self.x.shape[1:]
-        return ((h + 2 * self.pad - self.k) // self.stride + 1,
-                (w + 2 * self.pad - self.k) // self.stride + 1)
+        return self.shape.out_hw
+
+    @property
+    def shape(self) -> LayerShape:
+        """The layer's shape, for the cycle model :mod:`kep_hw.gateware.perf`."""
+        return LayerShape(cin=self.cin, cout=self.cout, h=int(self.x.shape[1]),
+                          w=int(self.x.shape[2]), k=self.k, kept=self.kept, stride=self.stride,
+                          pad=self.pad)
 
 
 def golden(job: LayerJob) -> torch.Tensor:
@@ -147,49 +155,16 @@ def layer_program(params: EngineParams, job: LayerJob, *, act_base: int = 0,
                        residual=job.residual is not None, dense=job.dense,
                        act_base=act_base, res_base=res_base, wt_base=wt_base,
                        prm_base=prm_base)
-    loads = []
-    aw = act_word(G)
-
-    def pixel_words(t: torch.Tensor, base: int):
-        c, hh, ww = t.shape
-        nw = math.ceil(c / G)
-        pad = torch.zeros(nw * G, hh, ww, dtype=torch.int64)
-        pad[:c] = t.to(torch.int64)
-        for y in range(hh):
-            for x in range(ww):
-                for wd in range(nw):
-                    lanes = pad[wd * G:(wd + 1) * G, y, x].tolist()
-                    loads.append((Target.ACT, base + (y * ww + x) * nw + wd, pack(aw, lanes)))
-
-    pixel_words(job.x, act_base)
+    ho, wo = job.out_hw
+    if job.residual is not None and tuple(job.residual.shape) != (cout, ho, wo):
+        raise KepError(f"{job.name}: residual must be [{cout}, {ho}, {wo}]")
+    images = [(Target.ACT, act_base, tensor_to_words(job.x, G))]
     if job.residual is not None:
-        ho, wo = job.out_hw
-        if tuple(job.residual.shape) != (cout, ho, wo):
-            raise KepError(f"{job.name}: residual must be [{cout}, {ho}, {wo}]")
-        pixel_words(job.residual, res_base)
-    ww_layout = weight_word(P)
-    groups = cfg["groups"]
-    vals = job.values.to(torch.int64)
-    idx = job.index.to(torch.int64)
-    for g in range(groups):
-        for i in range(cin):
-            for j in range(job.kept):
-                elems = []
-                for pe in range(P):
-                    o = g * P + pe
-                    if o < cout:
-                        elems.append({"value": int(vals[o, i, j]), "index": int(idx[o, i, j])})
-                    else:
-                        elems.append({"value": 0, "index": 0})
-                loads.append((Target.WT, wt_base + (g * cin + i) * job.kept + j,
-                              pack(ww_layout, elems)))
-    for o in range(groups * P):
-        if o < cout:
-            word = {"bias": int(job.bias[o]), "mult": int(job.mult[o]),
-                    "shift": int(job.shift[o]), "res_mult": int(job.res_mult[o])}
-        else:
-            word = {"bias": 0, "mult": 0, "shift": 1, "res_mult": 0}
-        loads.append((Target.PRM, prm_base + o, pack(ParamWord, word)))
+        images.append((Target.ACT, res_base, tensor_to_words(job.residual, G)))
+    images += [(Target.WT, wt_base, pack_weight_words(job.values, job.index, P)),
+               (Target.PRM, prm_base, pack_param_words(job, P))]
+    loads = [(target, base + n, word) for target, base, words in images
+             for n, word in enumerate(words)]
     return cfg, loads
 
 
@@ -222,47 +197,6 @@ def decode_outputs(params: EngineParams, job: LayerJob, words: list[list[int]]) 
     return out
 
 
-def random_job(gen: torch.Generator, *, cin: int, cout: int, h: int, w: int, k: int = 3,
-               kept: int = 4, stride: int = 1, pad: int | None = None, relu: bool = True,
-               residual: bool = False, extreme: bool = False, name: str = "random") -> LayerJob:
-    """A random valid layer (deterministic given ``gen``).
-
-    ``extreme`` draws values, activations and residuals only from {-128, 127} and uses large
-    multipliers, to exercise products like -128 * -128 and saturation.
-    """
-    if pad is None:
-        pad = 1 if k == 3 else 0
-
-    def i8(*shape):
-        if extreme:
-            return torch.where(torch.rand(*shape, generator=gen) < 0.5,
-                               torch.tensor(-128), torch.tensor(127)).to(torch.int8)
-        return torch.randint(-128, 128, shape, generator=gen, dtype=torch.int8)
-
-    kk = k * k
-    x = i8(cin, h, w)
-    scores = torch.rand(cout, cin, kk, generator=gen)
-    index = scores.argsort(dim=2)[..., :kept].sort(dim=2).values.to(torch.uint8)
-    values = i8(cout, cin, kept)
-    bias = torch.randint(-2**20, 2**20, (cout,), generator=gen, dtype=torch.int32)
-    shift = torch.randint(8, 24, (cout,), generator=gen, dtype=torch.int64)
-    mult = torch.randint(1, 2**16, (cout,), generator=gen, dtype=torch.int64)
-    res_mult = torch.randint(0, 2**24, (cout,), generator=gen, dtype=torch.int64)
-    if extreme:
-        mult[:] = 2**16 - 1
-        shift[:] = torch.randint(1, 48, (cout,), generator=gen)
-        bias = torch.randint(-2**31, 2**31 - 1, (cout,), generator=gen, dtype=torch.int64)
-        bias = bias.to(torch.int32)
-    ho = (h + 2 * pad - k) // stride + 1
-    wo = (w + 2 * pad - k) // stride + 1
-    res = i8(cout, ho, wo) if residual else None
-    if not residual:
-        res_mult = torch.zeros(cout, dtype=torch.int64)
-    return LayerJob(x=x, values=values, index=index, bias=bias, mult=mult, shift=shift,
-                    res_mult=res_mult, k=k, stride=stride, pad=pad, relu=relu, residual=res,
-                    name=name)
-
-
 def dense_job(job: LayerJob) -> LayerJob:
     """The same layer in dense mode (all k*k elements, pruned ones as zero values)."""
     dense = expand_dense(job.values, job.index, job.k).reshape(job.cout, job.cin, -1)
@@ -270,35 +204,3 @@ def dense_job(job: LayerJob) -> LayerJob:
     index = torch.arange(kk, dtype=torch.uint8).expand(job.cout, job.cin, kk).contiguous()
     return dataclasses.replace(job, values=dense.contiguous(), index=index, dense=True,
                                name=job.name + ":dense")
-
-
-def random_layers(seed: int, n: int, params: EngineParams, *, max_hw: int = 7,
-                  max_c: int = 40) -> list[LayerJob]:
-    """``n`` random valid layers for the regression (deterministic given ``seed``).
-
-    Shapes, strides, kernel size (3x3 or 1x1), K (0 .. k*k), ReLU, residual, dense mode and
-    extreme values (only -128 / 127) are all drawn at random, within ``params``' limits.
-    """
-    gen = torch.Generator().manual_seed(seed)
-
-    def draw(lo, hi):
-        return int(torch.randint(lo, hi + 1, (1,), generator=gen))
-
-    jobs = []
-    for t in range(n):
-        k = 3 if draw(0, 3) else 1
-        kept = draw(0, k * k)
-        stride = draw(1, 2)
-        pad = 1 if k == 3 else draw(0, 1)
-        cin = draw(1, min(max_c, params.max_cin))
-        cout = draw(1, min(max_c, params.max_cout))
-        h = draw(max(1, k - 2 * pad), min(max_hw, params.max_hw))
-        w = draw(max(1, k - 2 * pad), min(max_hw, params.max_hw))
-        job = random_job(gen, cin=cin, cout=cout, h=h, w=w, k=k, kept=kept, stride=stride,
-                         pad=pad, relu=bool(draw(0, 1)), residual=bool(draw(0, 1)),
-                         extreme=draw(0, 5) == 0, name=f"rand{t}")
-        if draw(0, 7) == 0:
-            job = dense_job(job)
-            job.name = f"rand{t}:dense"
-        jobs.append(job)
-    return jobs

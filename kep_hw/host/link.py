@@ -17,10 +17,11 @@ import torch
 
 from kep_common.errors import KepError
 
-from kep_hw.system.plan import NetworkPlan, tensor_to_words, words_to_tensor, PARAM_WORD_BITS
-from kep_hw.system.plan import WEIGHT_ELEM_BITS
-from kep_hw.system.protocol import (MAX_PAYLOAD, PROTOCOL_VERSION, ErrorCode, FrameReader, FrameType,
-                       ProtocolError, encode_frame)
+from kep_hw.gateware.images import tensor_to_words, words_to_tensor
+from kep_hw.gateware.layouts import PARAM_WORD_BITS, WEIGHT_ELEM_BITS
+from kep_hw.system.plan import NetworkPlan
+from kep_hw.system.protocol import (MAX_PAYLOAD, PROTOCOL_VERSION, ErrorCode, FrameReader,
+                                    FrameType, ProtocolError, encode_frame)
 
 __all__ = ["BoardInfo", "BoardLink", "parse_info"]
 

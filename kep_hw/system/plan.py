@@ -2,12 +2,14 @@
 """From a ``.kep`` network to what the board runs: layer table, buffers, weight and param words.
 
 Shared by the gateware generator (:mod:`kep_hw.system`, build time) and the host runtime
-(:mod:`kep_hw.run`), so both agree on every address. No Amaranth import here.
+(:mod:`kep_hw.host.run`), so both agree on every address. The words are packed by
+:mod:`kep_hw.gateware.images` (the same packer as the layer driver's), whose packers and the
+word sizes of :mod:`kep_hw.gateware.layouts` are re-exported here.
 
 On chip: every conv layer of the network (a prefix of the layer list that holds only conv
 layers). The rest -- global average pooling and the classifier -- runs on the host in exact
 integers (``docs/arithmetic.md``, "Other operations"). Max pooling between conv layers is not
-supported on chip (the plan raises :class:`~kep_train.errors.KepError`).
+supported on chip (the plan raises :class:`~kep_common.errors.KepError`).
 
 Activations live in on-chip buffers (one memory each, words of ``lanes`` int8 channels of one
 pixel, HWC order as ``docs/accelerator.md`` defines). Buffers are assigned by liveness: a
@@ -25,12 +27,13 @@ import torch
 from kep_common.errors import KepError
 from kep_train.golden.intarith import wrap_int32
 
+from kep_hw.gateware.images import (pack_param_words, pack_weight_words, tensor_to_words,
+                                    words_to_tensor)
+from kep_hw.gateware.layouts import PARAM_WORD_BITS, WEIGHT_ELEM_BITS
+
 __all__ = ["LayerPlan", "NetworkPlan", "plan_network", "pack_weight_words", "pack_param_words",
            "tensor_to_words", "words_to_tensor", "run_tail", "WEIGHT_ELEM_BITS",
            "PARAM_WORD_BITS"]
-
-WEIGHT_ELEM_BITS = 12      # value signed(8) | index unsigned(4) << 8
-PARAM_WORD_BITS = 78       # bias s32 | mult u16 | shift u6 | res_mult u24
 
 
 @dataclass
@@ -114,62 +117,6 @@ class NetworkPlan:
             wt += len(lp.wt_words)
             prm += len(lp.prm_words)
         return out
-
-
-def pack_weight_words(values: torch.Tensor, index: torch.Tensor, po: int) -> list:
-    """Weight words of a layer (``docs/accelerator.md``): word ``(g*Cin + i)*K + j`` holds, in
-    lane ``p``, ``(value, index)`` of output channel ``g*P + p`` (zeros past ``Cout``)."""
-    cout, cin, k = values.shape
-    groups = math.ceil(cout / po)
-    v = torch.zeros(groups * po, cin, k, dtype=torch.int64)
-    x = torch.zeros(groups * po, cin, k, dtype=torch.int64)
-    v[:cout] = values.to(torch.int64)
-    x[:cout] = index.to(torch.int64)
-    elem = (v & 0xFF) | (x << 8)                                 # [G*P, Cin, K]
-    elem = elem.reshape(groups, po, cin, k).permute(0, 2, 3, 1).reshape(-1, po).tolist()
-    words = []
-    for lanes in elem:
-        w = 0
-        for p, e in enumerate(lanes):
-            w |= e << (WEIGHT_ELEM_BITS * p)
-        words.append(w)
-    return words
-
-
-def pack_param_words(layer, po: int) -> list:
-    """Parameter words of a layer, one per output channel, padded to whole groups with 0."""
-    cout = int(layer.bias.shape[0])
-    res_mult = layer.res_mult if layer.res_mult is not None else torch.zeros(cout)
-    words = []
-    for o in range(math.ceil(cout / po) * po):
-        if o >= cout:
-            words.append(0)
-            continue
-        words.append((int(layer.bias[o]) & 0xFFFFFFFF) | (int(layer.mult[o]) << 32)
-                     | (int(layer.shift[o]) << 48) | (int(res_mult[o]) << 54))
-    return words
-
-
-def tensor_to_words(x: torch.Tensor, lanes: int) -> list:
-    """int8 ``[C, H, W]`` -> activation words (HWC, ``lanes`` channels per word, LSB lane 0)."""
-    c, h, w = x.shape
-    cw = math.ceil(c / lanes)
-    pad = torch.zeros(cw * lanes, h, w, dtype=torch.int64)
-    pad[:c] = x.to(torch.int64) & 0xFF
-    flat = pad.permute(1, 2, 0).reshape(h * w * cw, lanes).tolist()
-    return [sum(b << (8 * i) for i, b in enumerate(row)) for row in flat]
-
-
-def words_to_tensor(words: list, shape: tuple, lanes: int) -> torch.Tensor:
-    """Inverse of :func:`tensor_to_words`: activation words -> int8 ``[C, H, W]``."""
-    c, h, w = shape
-    cw = math.ceil(c / lanes)
-    if len(words) != h * w * cw:
-        raise KepError(f"expected {h * w * cw} activation words, got {len(words)}")
-    t = torch.tensor([[(wd >> (8 * i)) & 0xFF for i in range(lanes)] for wd in words],
-                     dtype=torch.int64)
-    t = torch.where(t >= 128, t - 256, t)
-    return t.reshape(h, w, cw * lanes).permute(2, 0, 1)[:c].to(torch.int8).contiguous()
 
 
 def run_tail(tail: list, act: torch.Tensor) -> torch.Tensor:
