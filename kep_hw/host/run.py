@@ -19,19 +19,12 @@ import torch
 from kep_common.errors import KepError, cli_errors
 from kep_common.fileio import atomic_write_json, environment_info
 
+from kep_hw.gateware.params import parse_pes
+from kep_hw.gateware.perf import LayerShape, ideal_cycles
 from kep_hw.host.link import BoardLink
 from kep_hw.system.plan import plan_network, run_tail
 
-__all__ = ["main", "ideal_cycles", "classify"]
-
-
-def ideal_cycles(kep, pes: int) -> float:
-    """Non-zero MACs of all conv layers divided by P (the lower bound on cycles per image)."""
-    total = 0
-    for layer in kep.conv_layers:
-        cout, ho, wo = layer.out_shape
-        total += ho * wo * cout * layer.in_shape[0] * layer.K
-    return total / pes
+__all__ = ["main", "classify"]
 
 
 def classify(link: BoardLink, x: torch.Tensor, *, progress=None,
@@ -83,9 +76,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fmax", type=float, default=None,
                    help="clock in MHz for the latency (default: the board's reported clock)")
     p.add_argument("--build-root", default="sim_build", help="(--sim) build folder")
-    p.add_argument("--engine", choices=("kep", "fallback"), default="kep",
-                   help="(--sim) compute engine of the simulated system: the zero-skipping "
-                        "kep_hw.engine.Engine (default) or the compact fallback engine")
     p.add_argument("--out", default=None, help="write a JSON report here")
     return p
 
@@ -96,12 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.n < 1 or args.offset < 0:
         raise KepError(f"--n must be >= 1 and --offset >= 0, got {args.n}, {args.offset}")
-    from kep_hw.board.build import parse_pes
     pes, px = parse_pes(args.pes)
     if args.lanes < 1 or args.lanes & (args.lanes - 1):
         raise KepError(f"--lanes must be a power of two, got {args.lanes}")
-    if px != 1 and args.engine != "kep":
-        raise KepError("--pes NxPX needs --engine kep")
     from kep_train.data.cifar import load_cifar10
     from kep_train.golden.evaluate import quantize_input, run_network, top1
     from kep_train.export.kepfile import load_kep
@@ -133,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sim:
         from kep_hw.bench.system_sim import SimBoard
         with SimBoard(plan, streamed=args.streamed, build_root=args.build_root,
-                      engine=args.engine, px=px) as port:
+                      px=px) as port:
             link = BoardLink(port, plan, timeout=timeout)
             info = link.connect()
             logits, cycles = classify(link, x, progress=progress)
@@ -155,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     disagree = [args.offset + i for i in range(args.n) if int(board[i]) != int(golden[i])]
     fmax = args.fmax or info["clk_khz"] / 1000
     mean_cyc = sum(cycles) / len(cycles)
-    ideal = ideal_cycles(kep, pes)
+    ideal = ideal_cycles([LayerShape.from_layer(cl) for cl in kep.conv_layers], pes)
     report = {
         "n": args.n, "offset": args.offset, "mode": "streamed" if info["streamed"] else
         "embedded", "target": "sim" if args.sim else args.port, "pes": pes, "px": px,

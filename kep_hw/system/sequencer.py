@@ -1,0 +1,145 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The layer sequencer: runs every conv layer of the network from a layer table.
+
+The table is built from the :class:`~kep_hw.system.plan.NetworkPlan` at build time: per layer
+the engine's configuration registers (weight and parameter base addresses included) and its
+source, residual and destination buffers.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Shape, Signal, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from kep_hw.system.plan import NetworkPlan
+
+__all__ = ["LayerSequencer"]
+
+
+class LayerSequencer(wiring.Component):
+    """One network run per ``start``: every layer of the table in turn on the engine.
+
+    Per layer: ``CFG`` (one cycle: the layer's registers are loaded from the table; in streamed
+    mode ``need`` asks for its weights and the sequencer waits in ``WAITGO`` for ``go``), then
+    ``START`` (one cycle: ``eng_start``), then ``RUN`` until ``eng_busy`` is low. ``done`` is
+    strobed in the cycle the last layer is seen finished; ``running`` falls in the next one.
+
+    ``cycles`` counts the cycles of the run spent in ``CFG``, ``START`` and ``RUN`` (not those
+    waiting for ``go``): zeroed at ``start``, it keeps its value after the run.
+
+    Latencies: ``start`` in cycle ``c`` loads the first layer in cycle ``c + 1`` (``CFG``),
+    whose registers (``cfg``, ``src_buf``, ``res_buf``, ``dst_buf``) are valid from ``c + 2``;
+    ``eng_start`` is high in ``c + 2`` (embedded) or one cycle after ``go`` (streamed).
+
+    Parameters
+    ----------
+    plan : NetworkPlan
+        The network (layer table and buffers).
+    streamed : bool
+        Ask for each layer's weights (``need``) and wait for ``go`` before starting it.
+    cfg_layout : data.Layout
+        Layout of the engine's configuration registers (``EngineParams.config_layout``).
+
+    Attributes
+    ----------
+    start : In(1)
+        Run the network (the input buffer holds the image).
+    go : In(1)
+        The layer's weights are loaded (streamed mode).
+    waiting_go : Out(1)
+        Waiting for ``go``.
+    running : Out(1)
+        A run is in progress (the engine owns the buffers).
+    cycles : Out(32)
+        The hardware cycle counter.
+    need : Out(stream.Signature(8, always_ready=True))
+        Weights of the layer in the payload needed (streamed mode).
+    done : Out(1)
+        The run ended (strobe).
+    cfg : Out(cfg_layout)
+        The current layer's configuration registers.
+    src_buf, res_buf, dst_buf : Out(range(max(buffers, 2)))
+        The current layer's source, residual and destination buffers.
+    eng_start : Out(1)
+        Start the engine on the current layer.
+    eng_busy : In(1)
+        The engine is running a layer.
+    """
+
+    def __init__(self, plan: NetworkPlan, *, streamed: bool, cfg_layout):
+        if not isinstance(plan, NetworkPlan):
+            raise TypeError(f"plan must be a NetworkPlan, got {plan!r}")
+        if not plan.layers or len(plan.layers) > 256:
+            raise ValueError(f"the plan must have 1 to 256 layers, got {len(plan.layers)!r}")
+        self.plan, self.streamed = plan, bool(streamed)
+        self.cfg_layout = cfg_layout
+        buf = Shape.cast(range(max(len(plan.buffer_words), 2)))
+        super().__init__({
+            "start": In(1),
+            "go": In(1),
+            "waiting_go": Out(1),
+            "running": Out(1),
+            "cycles": Out(32),
+            "need": Out(stream.Signature(unsigned(8), always_ready=True)),
+            "done": Out(1),
+            "cfg": Out(cfg_layout),
+            "src_buf": Out(buf),
+            "res_buf": Out(buf),
+            "dst_buf": Out(buf),
+            "eng_start": Out(1),
+            "eng_busy": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        plan = self.plan
+        nl = len(plan.layers)
+        cfgs = plan.with_bases(self.streamed)
+
+        # layer table
+        layer = Signal(range(max(nl, 2)))
+        m.d.comb += self.need.payload.eq(layer)
+        load_cfg = Signal()
+        with m.If(load_cfg):
+            with m.Switch(layer):
+                for n, (lp, c) in enumerate(zip(plan.layers, cfgs)):
+                    with m.Case(n):
+                        m.d.sync += [self.cfg.eq(self.cfg_layout.const(c)),
+                                     self.src_buf.eq(lp.src), self.dst_buf.eq(lp.dst),
+                                     self.res_buf.eq(lp.res if lp.res is not None else lp.src)]
+
+        # run: CFG [WAITGO] START RUN per layer
+        cycles = self.cycles
+        with m.FSM(name="seq"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [layer.eq(0), cycles.eq(0), self.running.eq(1)]
+                    m.next = "CFG"
+            with m.State("CFG"):
+                m.d.comb += load_cfg.eq(1)
+                m.d.sync += cycles.eq(cycles + 1)
+                if self.streamed:
+                    m.d.comb += self.need.valid.eq(1)
+                    m.next = "WAITGO"
+                else:
+                    m.next = "START"
+            with m.State("WAITGO"):
+                m.d.comb += self.waiting_go.eq(1)
+                with m.If(self.go):
+                    m.next = "START"
+            with m.State("START"):
+                m.d.comb += self.eng_start.eq(1)
+                m.d.sync += cycles.eq(cycles + 1)
+                m.next = "RUN"
+            with m.State("RUN"):
+                m.d.sync += cycles.eq(cycles + 1)
+                with m.If(~self.eng_busy):
+                    with m.If(layer == nl - 1):
+                        m.d.sync += self.running.eq(0)
+                        m.d.comb += self.done.eq(1)
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.d.sync += layer.eq(layer + 1)
+                        m.next = "CFG"
+        return m
