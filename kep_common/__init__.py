@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""kep_common: what the training and the hardware packages share (errors, atomic file output)."""
+"""kep_common: what the training and the hardware packages share (errors, atomic file output,
+command dispatch, logging set-up); it imports neither of them."""
 
 from importlib import metadata as _metadata
 

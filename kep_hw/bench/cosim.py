@@ -3,7 +3,7 @@
 
 The simulator comes from the ``SIM`` environment variable (``verilator``, the default, or
 ``icarus``) unless given. One build directory per (simulator, Verilog hash) under
-``sim_build/``, reused while the Verilog does not change.
+``sim_build/`` of the current folder (``build_root``), reused while the Verilog does not change.
 """
 
 from __future__ import annotations
@@ -26,10 +26,9 @@ from kep_hw.gateware.layouts import pack
 from kep_hw.gateware.params import EngineParams
 from kep_hw.gateware.verilog import generate
 
-__all__ = ["SIMULATORS", "simulator_from_env", "available", "run_layers", "ROOT"]
+__all__ = ["SIMULATORS", "simulator_from_env", "available", "run_layers"]
 
 SIMULATORS = ("verilator", "icarus")
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def simulator_from_env(sim: str | None = None) -> str:
@@ -99,7 +98,7 @@ def run_layers(params: EngineParams, jobs: list[LayerJob], *, sim: str | None = 
     seed : int
         Seed of the back-pressure pattern.
     build_root : path, optional
-        Folder of the build directories (default ``<repo>/sim_build``).
+        Folder of the build directories (default ``sim_build`` in the current folder).
     expected : list, optional
         Expected output words per job (default: from the golden model); lets a test check
         that a wrong expectation is reported.
@@ -116,7 +115,7 @@ def run_layers(params: EngineParams, jobs: list[LayerJob], *, sim: str | None = 
     """
     from cocotb_tools.runner import get_results
     sim = simulator_from_env(sim)
-    build_root = Path(build_root) if build_root else ROOT / "sim_build"
+    build_root = Path(build_root) if build_root else Path("sim_build")
     ll = load_layout(params)
     layers = []
     rng = random.Random(seed)

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Board profiles: one TOML file per board in the repository's ``boards/`` folder, installed as the data package ``kep_hw.boards``.
+"""Board profiles: one TOML file per board in the repository's ``boards/`` folder, installed as
+the data package ``kep_hw.boards`` (data, not code).
 
 A profile names the amaranth-boards platform class, the oscillator and default core clock, the
 UART (resource, optional TX-enable, baud rate, or extra pins when the board has no UART

@@ -4,9 +4,9 @@
 The PEs form Px groups of Po; group ``q`` computes output pixel ``x0 + q`` of a block of Px
 horizontally adjacent output pixels of one row, PE ``o`` of every group output channel
 ``g*Po + o``. All groups share one weight ``(value, index)`` stream, so every PE does the same
-K MACs per (pixel, input channel). Blocks: :class:`kep_hw.fetch.WindowFetcher` supplies block
+K MACs per (pixel, input channel). Blocks: :class:`kep_hw.gateware.fetch.WindowFetcher` supplies block
 windows, the sequencer and MAC array here consume one kept element per PE and cycle,
-:class:`kep_hw.requant.Requant` turns the accumulators into int8 outputs (one transfer per
+:class:`kep_hw.gateware.requant.Requant` turns the accumulators into int8 outputs (one transfer per
 pixel) while the next block is computed. Ports, layouts, addresses and configuration
 registers: ``docs/accelerator.md``.
 
@@ -46,7 +46,7 @@ class _State(enum.Enum, shape=3):
 
 
 class Engine(wiring.Component):
-    """One convolution layer per ``start``, bit-exact to ``kep_train.sparseconv``.
+    """One convolution layer per ``start``, bit-exact to ``kep_train.golden.sparseconv``.
 
     Parameters
     ----------

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["WeightElem", "ParamWord", "WEIGHT_ELEM_BITS", "PARAM_WORD_BITS", "Target",
            "act_word", "weight_word", "out_word", "layer_config", "load_word", "load_layout",
-           "window_cols", "window_word", "acc_word", "pack", "unpack"]
+           "window_cols", "window_word", "acc_word", "ErrorReport", "pack", "unpack"]
 
 #: One kept kernel element: int8 value and its position ``r*k + c`` in the 3x3 plane.
 WeightElem = data.StructLayout({"value": signed(8), "index": unsigned(4)})
@@ -33,6 +33,10 @@ ParamWord = data.StructLayout({
     "shift": unsigned(6),
     "res_mult": unsigned(24),
 })
+
+#: An error the system reports in an ``ERROR`` frame: error code and the offending frame type
+#: (``docs/boards.md``, the protocol).
+ErrorReport = data.StructLayout({"code": unsigned(8), "type": unsigned(8)})
 
 #: Bits of one :data:`WeightElem` (a weight word of Po lanes has ``Po * WEIGHT_ELEM_BITS``).
 WEIGHT_ELEM_BITS = WeightElem.size

@@ -81,7 +81,7 @@ class EngineParams:
 
         Both engines use the same memory images, configuration registers and output stream
         (one transfer per output pixel and group); only the cycle counts differ. Host code that
-        packs words from ``pes`` (e.g. :func:`kep_hw.driver.layer_program`) gets this engine.
+        packs words from ``pes`` (e.g. :func:`kep_hw.host.driver.layer_program`) gets this engine.
         """
         if self.px == 1:
             return self

@@ -93,7 +93,7 @@ class LayerJob:
 
 
 def golden(job: LayerJob) -> torch.Tensor:
-    """int8 ``[Cout, Ho, Wo]`` from :func:`kep_train.sparseconv.sparse_conv2d`."""
+    """int8 ``[Cout, Ho, Wo]`` from :func:`kep_train.golden.sparseconv.sparse_conv2d`."""
     res = None if job.residual is None else job.residual.unsqueeze(0)
     return sparse_conv2d(job.x.unsqueeze(0), job.values, job.index, job.bias, job.mult,
                          job.shift, kernel_size=job.k, stride=job.stride, padding=job.pad,

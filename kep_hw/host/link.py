@@ -3,10 +3,10 @@
 
 The transport is anything with ``write(bytes)`` and ``read(n) -> bytes`` that returns early
 with what it has after a short timeout: a ``serial.Serial`` opened on the board's UART, or the
-same on the pseudo-terminal of the simulation (:mod:`kep_hw.host_sim`). Every wait has a
-deadline: a silent board raises :class:`~kep_hw.protocol.BoardTimeout`, a corrupted or
-truncated frame :class:`~kep_hw.protocol.ProtocolError`, an ``ERROR`` frame from the board
-:class:`~kep_hw.protocol.ProtocolError` naming the board's error code.
+same on the pseudo-terminal of the simulation (:mod:`kep_hw.bench.system_sim`). Every wait has a
+deadline: a silent board raises :class:`~kep_hw.system.protocol.BoardTimeout`, a corrupted or
+truncated frame :class:`~kep_hw.system.protocol.ProtocolError`, an ``ERROR`` frame from the board
+:class:`~kep_hw.system.protocol.ProtocolError` naming the board's error code.
 """
 
 from __future__ import annotations

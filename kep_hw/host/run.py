@@ -6,7 +6,7 @@ int8 image over the UART, receives the last conv output and the hardware cycle c
 global average pooling and the classifier on the host (exact integers), and prints top-1, the
 golden model's top-1 on the same images, every disagreement and the cycles per image.
 ``--sim`` runs the same code against the Verilator simulation of the whole top level
-(:mod:`kep_hw.host_sim`) instead of a serial port.
+(:mod:`kep_hw.bench.system_sim`) instead of a serial port.
 """
 
 from __future__ import annotations

@@ -16,18 +16,17 @@ has started, or in the cycle it starts, give a single frame.
 from __future__ import annotations
 
 from amaranth import Array, Cat, Const, Module, Signal, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.memory import ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 
-from kep_hw.gateware.layouts import PARAM_WORD_BITS, WEIGHT_ELEM_BITS
+from kep_hw.gateware.layouts import PARAM_WORD_BITS, WEIGHT_ELEM_BITS, ErrorReport
 from kep_hw.system.protocol import MAX_PAYLOAD, SYNC, Crc16, ErrorCode, FrameType
 
 __all__ = ["ErrorReport", "FrameReceiver", "FrameTransmitter"]
 
 #: A rejected frame, the payload of an ``ERROR`` frame: the :class:`ErrorCode` and the type of
 #: the offending frame.
-ErrorReport = data.StructLayout({"code": unsigned(8), "type": unsigned(8)})
 
 #: Bits of a memory address in a ``WRITE`` frame.
 WRITE_ADDR_BITS = 16

@@ -138,7 +138,7 @@ def plan_network(kep, *, po: int, lanes: int) -> NetworkPlan:
 
     Parameters
     ----------
-    kep : kep_train.kepfile.KepModel
+    kep : kep_train.export.kepfile.KepModel
         The network.
     po, lanes : int
         Po output channels per group (the engine's P / Px) and G channels per activation word
