@@ -7,21 +7,32 @@
 sparse K=4 layers, a stride-2 layer with a 1x1 shortcut, residual adds, ReLU, then global
 average pooling and a linear classifier on the host. :func:`reference_logits` computes it layer
 by layer with the golden layer :func:`kep_train.golden.sparseconv.sparse_conv2d`.
+:class:`ScriptedBoard` plays a (misbehaving) board on a pseudo-terminal or a socket for the host
+runtime's tests and the fuzzer.
 """
 
 from __future__ import annotations
 
+import os
+import random
+import select
+import socket
+import threading
+
 import torch
 
+from kep_common.errors import KepError
 from kep_train.export.kepfile import KepLayer, KepModel
 from kep_train.golden.sparseconv import sparse_conv2d
 
 from kep_hw.gateware.params import EngineParams
 from kep_hw.host.driver import LayerJob, dense_job
-from kep_hw.system.plan import run_tail
+from kep_hw.system.plan import run_tail, tensor_to_words, words_to_tensor
+from kep_hw.system.protocol import ErrorCode, FrameReader, FrameType, encode_frame
+from kep_hw.system.top import info_payload
 
 __all__ = ["random_job", "random_layers", "random_network", "reference_activations",
-           "reference_logits"]
+           "reference_logits", "ScriptedBoard"]
 
 SCALE = 1.0 / 64     # every activation scale of the test network (consistent for save_kep)
 
@@ -173,3 +184,279 @@ def reference_logits(kep: KepModel, x: torch.Tensor) -> torch.Tensor:
     acts = reference_activations(kep, x)
     tail = [layer for layer in kep.layers if layer.op in ("avgpool", "linear")]
     return run_tail(tail, acts[kep.conv_layers[-1].name])
+
+
+class _Stopped(Exception):
+    """The scripted board was closed (or the host closed its end)."""
+
+
+class ScriptedBoard:
+    """A board played by a thread from a script, at the far end of a pseudo-terminal or a TCP
+    socket, for testing the host runtime against a misbehaving peer (and for fuzzing it).
+
+    ``with ScriptedBoard(plan, "drip") as board:`` then open ``board.port`` with pyserial (a
+    pty path, or ``socket://127.0.0.1:N`` with ``transport="socket"``). The board answers
+    ``PING`` with the ``INFO`` of ``plan``, ``IMAGE`` with ``RESULT`` (in streamed mode after a
+    ``NEED`` for each layer, each answered by the host's ``WRITE`` frames and ``GO``), and
+    misbehaves as ``behaviour`` says:
+
+    ``"good"``
+        No misbehaviour; the ``RESULT`` holds the golden last conv output when ``kep`` is
+        given (:func:`reference_activations`), else zeros.
+    ``"silent"``
+        Never answers anything.
+    ``"hangup"``
+        Closes its end when the frame ``at`` arrives.
+    ``"garbage"``
+        Answers ``at`` with ``garbage`` bytes of noise, then nothing.
+    ``"drip"``
+        Answers ``at`` (and everything after it) correctly, one byte every ``drip`` seconds.
+    ``"need-loop"``
+        Answers ``IMAGE`` with ``NEED`` and every ``GO`` with another ``NEED`` (layers 0, 1,
+        ..., then again from 0), never with ``RESULT``.
+    ``"wrong-info"``, ``"short-info"``, ``"zero-clock"``
+        An ``INFO`` with another model id, of 17 bytes, or with a clock of 0 kHz.
+    ``"error"``, ``"bad-crc"``, ``"unexpected"``
+        Answers ``at`` with an ``ERROR`` frame (code 4), with its frame with a corrupted CRC,
+        or with a frame of the wrong type.
+    ``"bad-result"``
+        A ``RESULT`` one byte short.
+
+    Parameters
+    ----------
+    plan : NetworkPlan
+        The network the board claims to run.
+    behaviour : str
+        One of :attr:`BEHAVIOURS`.
+    at : str
+        ``"PING"`` or ``"IMAGE"``: the frame whose answer misbehaves (hangup, garbage, drip,
+        error, bad-crc, unexpected).
+    streamed : bool
+        Report streamed weights and ask for each layer.
+    kep : KepModel, optional
+        The network, for golden ``RESULT`` payloads.
+    clk_khz : int
+        Clock reported in ``INFO``.
+    px : int
+        Px reported in ``INFO``.
+    drip : float
+        Seconds between two bytes for ``"drip"``.
+    garbage : int
+        Bytes of noise for ``"garbage"``.
+    seed : int
+        Seed of the noise.
+    transport : str
+        ``"pty"`` or ``"socket"``.
+    cycles : int
+        The cycle count in ``RESULT``.
+
+    Attributes
+    ----------
+    port : str
+        What the host opens.
+    received : list
+        Types of the valid frames the board received, in order.
+    """
+
+    BEHAVIOURS = ("good", "silent", "hangup", "garbage", "drip", "need-loop", "wrong-info",
+                  "short-info", "zero-clock", "error", "bad-crc", "unexpected", "bad-result")
+
+    def __init__(self, plan, behaviour: str = "good", *, at: str = "PING",
+                 streamed: bool = False, kep=None, clk_khz: int = 50_000, px: int = 1,
+                 drip: float = 0.05, garbage: int = 2000, seed: int = 0,
+                 transport: str = "pty", cycles: int = 1234):
+        if behaviour not in self.BEHAVIOURS:
+            raise ValueError(f"behaviour must be one of {self.BEHAVIOURS}, got {behaviour!r}")
+        if at not in ("PING", "IMAGE"):
+            raise ValueError(f"at must be 'PING' or 'IMAGE', got {at!r}")
+        if transport not in ("pty", "socket"):
+            raise ValueError(f"transport must be 'pty' or 'socket', got {transport!r}")
+        self.plan, self.behaviour, self.at, self.streamed = plan, behaviour, at, streamed
+        self.kep, self.clk_khz, self.px, self.drip = kep, clk_khz, px, drip
+        self.garbage, self.transport, self.cycles = garbage, transport, cycles
+        self.rng = random.Random(seed)
+        self.received: list[int] = []
+        self._stop = threading.Event()
+        self._dripping = False
+        self._fd = self._slave = self._listener = self._conn = None
+        self._thread = None
+        self.port = ""
+
+    # lifecycle
+
+    def __enter__(self) -> "ScriptedBoard":
+        if self.transport == "pty":
+            import tty                          # POSIX only
+            self._fd, self._slave = os.openpty()
+            tty.setraw(self._slave)             # no echo, no line discipline
+            os.set_blocking(self._fd, False)
+            self.port = os.ttyname(self._slave)
+        else:
+            self._listener = socket.create_server(("127.0.0.1", 0))
+            self._listener.settimeout(0.05)
+            self.port = f"socket://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, name="scripted-board", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._hang_up()
+
+    def _hang_up(self) -> None:
+        for closer in (self._conn, self._listener):
+            if closer is not None:
+                closer.close()
+        self._conn = self._listener = None
+        for fd in (self._fd, self._slave):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._slave = None
+
+    # bytes
+
+    def _recv(self, n: int) -> bytes:
+        if self._stop.is_set():
+            raise _Stopped
+        if self.transport == "socket":
+            while self._conn is None:
+                try:
+                    self._conn, _ = self._listener.accept()
+                    self._conn.settimeout(0.05)
+                except socket.timeout:
+                    if self._stop.is_set():
+                        raise _Stopped from None
+            try:
+                data = self._conn.recv(n)
+            except socket.timeout:
+                return b""
+            except OSError:
+                raise _Stopped from None
+            if not data:                        # the host closed the connection
+                raise _Stopped
+            return data
+        ready, _, _ = select.select([self._fd], [], [], 0.05)
+        if not ready:
+            return b""
+        try:
+            return os.read(self._fd, n)
+        except BlockingIOError:
+            return b""
+        except OSError:                         # EIO: the host's end is closed
+            raise _Stopped from None
+
+    def _send(self, data: bytes) -> None:
+        if self._dripping:
+            for i in range(len(data)):
+                if self._stop.wait(self.drip):
+                    raise _Stopped
+                self._send_now(data[i:i + 1])
+        else:
+            self._send_now(data)
+
+    def _send_now(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self._stop.is_set():
+                raise _Stopped
+            try:
+                if self.transport == "socket":
+                    sent = self._conn.send(view)
+                else:
+                    select.select([], [self._fd], [], 0.05)
+                    sent = os.write(self._fd, view)
+            except (BlockingIOError, socket.timeout):
+                continue
+            except OSError:
+                raise _Stopped from None
+            view = view[sent:]
+
+    def _frame(self, ftype: int, payload: bytes = b"", *, misbehave: bool = False) -> None:
+        frame = bytearray(encode_frame(ftype, payload))
+        if misbehave and self.behaviour == "bad-crc":
+            frame[-1] ^= 0xFF
+        self._send(bytes(frame))
+
+    # the board
+
+    def _info(self) -> bytes:
+        clk = 0 if self.behaviour == "zero-clock" else self.clk_khz * 1000
+        info = bytearray(info_payload(self.plan, streamed=self.streamed, clk_hz=clk,
+                                      px=self.px))
+        if self.behaviour == "wrong-info":
+            mid = int.from_bytes(info[10:14], "little") ^ 0x5A5A5A5A
+            info[10:14] = mid.to_bytes(4, "little")
+        if self.behaviour == "short-info":
+            del info[-1]
+        return bytes(info)
+
+    def _result(self, image: bytes) -> bytes:
+        plan = self.plan
+        n = plan.out_words * plan.lanes
+        if self.kep is not None and len(image) == plan.in_words * plan.lanes:
+            words = [int.from_bytes(image[i:i + plan.lanes], "little")
+                     for i in range(0, len(image), plan.lanes)]
+            x = words_to_tensor(words, plan.in_shape, plan.lanes)
+            out = reference_activations(self.kep, x)[self.kep.conv_layers[-1].name]
+            data = b"".join(w.to_bytes(plan.lanes, "little")
+                            for w in tensor_to_words(out, plan.lanes))
+        else:
+            data = bytes(n)
+        payload = self.cycles.to_bytes(4, "little") + data
+        return payload[:-1] if self.behaviour == "bad-result" else payload
+
+    def _answer(self, ftype: int, payload: bytes, state: dict) -> None:
+        """Answer one valid frame; ``state`` holds the layer asked for and the image."""
+        name = {FrameType.PING: "PING", FrameType.IMAGE: "IMAGE"}.get(ftype)
+        mis = name is not None and name == self.at
+        if mis and self.behaviour == "hangup":
+            raise _Stopped
+        if mis and self.behaviour == "drip":
+            self._dripping = True
+        if mis and self.behaviour == "garbage":
+            self._send(bytes(self.rng.randrange(256) for _ in range(self.garbage)))
+            return
+        if mis and self.behaviour == "error":
+            self._frame(FrameType.ERROR, bytes([ErrorCode.STATE, ftype]))
+            return
+        if mis and self.behaviour == "unexpected":
+            self._frame(FrameType.RESULT if ftype == FrameType.PING else FrameType.INFO,
+                        b"\x00")
+            return
+        layers = len(self.plan.layers)
+        if ftype == FrameType.PING:
+            self._frame(FrameType.INFO, self._info(), misbehave=mis)
+        elif ftype == FrameType.IMAGE:
+            state["image"], state["layer"] = payload, 0
+            if self.streamed or self.behaviour == "need-loop":
+                self._frame(FrameType.NEED, b"\x00", misbehave=mis)
+            else:
+                self._frame(FrameType.RESULT, self._result(payload), misbehave=mis)
+        elif ftype == FrameType.GO and "layer" in state:
+            state["layer"] += 1
+            if self.behaviour == "need-loop":
+                self._frame(FrameType.NEED, bytes([state["layer"] % layers]))
+            elif state["layer"] < layers:
+                self._frame(FrameType.NEED, bytes([state["layer"]]))
+            else:
+                self._frame(FrameType.RESULT, self._result(state.pop("image")))
+                del state["layer"]
+
+    def _serve(self) -> None:
+        reader = FrameReader(self._recv, timeout=3600, byte_timeout=1.0)
+        state: dict = {}
+        try:
+            while True:
+                try:
+                    ftype, payload = reader.read_frame()
+                except KepError:                # a bad frame from the host: drop it
+                    continue
+                self.received.append(ftype)
+                if self.behaviour != "silent":
+                    self._answer(ftype, payload, state)
+        except _Stopped:
+            pass
+        finally:
+            if self.behaviour == "hangup" or not self._stop.is_set():
+                self._hang_up()

@@ -2,7 +2,8 @@
 """8N1 UART receiver and transmitter with ``lib.stream`` byte ports.
 
 Both take ``divisor`` = clock cycles per bit (``round(f_clk / baud)``). The receiver
-synchronizes ``rx`` with two flip-flops, detects the start bit's falling edge, samples every bit
+synchronizes ``rx`` with :class:`amaranth.lib.cdc.FFSynchronizer` (two flip-flops, initial value
+1 for an idle line: 2 cycles of latency), detects the start bit's falling edge, samples every bit
 in its middle and checks the stop bit; a byte with a bad stop bit is dropped and counted in
 ``framing_errors``. Its ``o`` stream has no back-pressure on the line side: ``o.valid`` rises
 for one byte and a byte that arrives while the previous one is still unaccepted overwrites it
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from amaranth import Module, Signal, unsigned
 from amaranth.lib import stream, wiring
+from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["UARTRx", "UARTTx", "uart_divisor"]
@@ -68,10 +70,9 @@ class UARTRx(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         div = self.divisor
-        # synchronizer
-        s1 = Signal(init=1)
+        # synchronizer: 2 cycles of latency, idle (1) from power-up
         s2 = Signal(init=1)
-        m.d.sync += [s1.eq(self.rx), s2.eq(s1)]
+        m.submodules.rx_sync = FFSynchronizer(self.rx, s2, init=1, stages=2)
         timer = Signal(range(div * 2))
         bit = Signal(range(10))
         shreg = Signal(8)

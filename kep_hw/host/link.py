@@ -2,16 +2,28 @@
 """Host side of the board link: talk to a board (or its simulation) over a byte transport.
 
 The transport is anything with ``write(bytes)`` and ``read(n) -> bytes`` that returns early
-with what it has after a short timeout: a ``serial.Serial`` opened on the board's UART, or the
-same on the pseudo-terminal of the simulation (:mod:`kep_hw.bench.system_sim`). Every wait has a
-deadline: a silent board raises :class:`~kep_hw.system.protocol.BoardTimeout`, a corrupted or
-truncated frame :class:`~kep_hw.system.protocol.ProtocolError`, an ``ERROR`` frame from the board
-:class:`~kep_hw.system.protocol.ProtocolError` naming the board's error code.
+with what it has after a short timeout: a serial port opened with :func:`open_port` (a device
+such as ``/dev/ttyUSB0``, or a pyserial URL such as ``socket://host:port`` or
+``rfc2217://host:port``), or the same on the pseudo-terminal of the simulation
+(:mod:`kep_hw.bench.system_sim`).
+
+Nothing waits forever and nothing a board sends ends in a traceback. Every answer must start
+within ``timeout``; each byte of a frame must follow the previous one within ``byte_timeout``;
+every image has an overall deadline (``image_timeout``, by default derived from the traffic of
+one image at the link's baud rate: :meth:`BoardLink.default_image_timeout`), and in streamed
+mode the board may ask for each layer's weights once, in order, so one image is at most
+``layers + 1`` frames from the board. A silent or too slow board raises
+:class:`~kep_hw.system.protocol.BoardTimeout`, a corrupted, truncated or unexpected frame (or an
+``ERROR`` frame from the board) :class:`~kep_hw.system.protocol.ProtocolError`, a transport that
+fails (the board hung up, the adapter was unplugged) :class:`LinkError`; all are
+:class:`~kep_common.errors.KepError`, one line on the command line.
 """
 
 from __future__ import annotations
 
+import math
 import struct
+import time
 
 import torch
 
@@ -20,10 +32,28 @@ from kep_common.errors import KepError
 from kep_hw.gateware.images import tensor_to_words, words_to_tensor
 from kep_hw.gateware.layouts import PARAM_WORD_BITS, WEIGHT_ELEM_BITS
 from kep_hw.system.plan import NetworkPlan
-from kep_hw.system.protocol import (MAX_PAYLOAD, PROTOCOL_VERSION, ErrorCode, FrameReader,
-                                    FrameType, ProtocolError, encode_frame)
+from kep_hw.system.protocol import (MAX_PAYLOAD, PROTOCOL_VERSION, BoardTimeout, ErrorCode,
+                                    FrameReader, FrameType, ProtocolError, check_seconds,
+                                    encode_frame)
 
-__all__ = ["BoardInfo", "BoardLink", "parse_info"]
+__all__ = ["BoardInfo", "BoardLink", "LinkError", "open_port", "parse_info", "DEFAULT_BAUD",
+           "READ_POLL"]
+
+#: Baud rate assumed for the image deadline when neither the caller nor the transport gives one
+#: (the slowest packaged board's).
+DEFAULT_BAUD = 115200
+#: The serial port's read timeout: ``read(n)`` returns what it has after this many seconds.
+READ_POLL = 0.05
+#: Bytes a frame adds to its payload (SYNC, TYPE, LEN, CRC).
+FRAME_OVERHEAD = 6
+
+_ERROR_TEXT = {ErrorCode.CRC: "CRC mismatch", ErrorCode.TYPE: "unknown frame type",
+               ErrorCode.LENGTH: "bad length", ErrorCode.STATE: "not allowed now",
+               ErrorCode.TIMEOUT: "inter-byte timeout"}
+
+
+class LinkError(KepError):
+    """The transport failed: the board hung up, the adapter was unplugged, a write timed out."""
 
 
 class BoardInfo(dict):
@@ -47,52 +77,214 @@ def parse_info(payload: bytes) -> BoardInfo:
                      clk_khz=clk, model_id=mid, in_words=iw, out_words=ow, px=max(px, 1))
 
 
+def _is_device(url: str) -> bool:
+    """A plain device path (``/dev/ttyUSB0``, ``COM3``), not a pyserial URL such as
+    ``socket://`` or ``rfc2217://`` (which have no exclusive access)."""
+    return "://" not in url
+
+
+def open_port(url: str, *, baud: int, timeout: float = 10.0):
+    """Open a serial port the way pyserial users expect and empty its input buffer.
+
+    ``serial.serial_for_url`` accepts device paths and pyserial URLs (``socket://host:port``,
+    ``rfc2217://host:port``, ``loop://``). Device paths are opened with ``exclusive=True`` (a
+    second program on the same port is refused); reads return after :data:`READ_POLL` seconds
+    with what has arrived; a write that cannot finish (a board that stopped reading) fails
+    after ``timeout`` plus twice the time of the largest frame at ``baud``.
+
+    Parameters
+    ----------
+    url : str
+        Device path or pyserial URL.
+    baud : int
+        Baud rate (> 0).
+    timeout : float
+        Seconds (finite, > 0), see above.
+
+    Raises
+    ------
+    KepError
+        If pyserial is missing or the port cannot be opened.
+    """
+    try:
+        import serial
+    except ImportError:
+        raise KepError("pyserial is missing: pip install pyserial") from None
+    timeout = check_seconds("timeout", timeout)
+    if isinstance(baud, bool) or not isinstance(baud, int) or baud < 1:
+        raise ValueError(f"baud must be a positive integer, got {baud!r}")
+    write_timeout = timeout + 2 * (MAX_PAYLOAD + FRAME_OVERHEAD) * 10 / baud
+    kwargs = dict(baudrate=baud, timeout=READ_POLL, write_timeout=write_timeout)
+    if _is_device(url):
+        kwargs["exclusive"] = True
+    try:
+        port = serial.serial_for_url(url, **kwargs)
+    except (OSError, ValueError) as e:          # serial.SerialException is an OSError
+        raise KepError(f"cannot open {url}: {e}") from None
+    try:
+        port.reset_input_buffer()
+    except OSError as e:
+        port.close()
+        raise KepError(f"cannot open {url}: {e}") from None
+    return port
+
+
 class BoardLink:
     """Run a planned network on a board.
 
     Parameters
     ----------
     transport : object
-        ``write(bytes)`` and ``read(n)``.
+        ``write(bytes)`` and ``read(n)`` (returning early with what it has).
     plan : NetworkPlan
         The plan the board was built from (checked against the board's ``INFO``).
     timeout : float
-        Seconds to wait for each answer (a whole network run included).
+        Seconds to wait for each answer to start (finite, > 0): for ``INFO``, for each
+        ``NEED`` and for the ``RESULT`` (the board's computation included).
     byte_timeout : float
-        Seconds allowed between two bytes of one frame.
+        Seconds allowed between two bytes of one frame (finite, > 0).
+    image_timeout : float, optional
+        Seconds one image may take in all (finite, > 0): sending it (and, streamed, the
+        weights), the board's computation and receiving the result. Default:
+        :meth:`default_image_timeout`.
+    baud : int, optional
+        The link's baud rate for the default deadlines; default: the transport's ``baudrate``
+        if it has one, else :data:`DEFAULT_BAUD`.
+
+    Raises
+    ------
+    ValueError
+        If a timeout is not a finite number > 0 or the baud rate not a positive integer.
+    KepError
+        If the network's input or output does not fit one frame.
     """
 
     def __init__(self, transport, plan: NetworkPlan, *, timeout: float = 10.0,
-                 byte_timeout: float = 1.0):
+                 byte_timeout: float = 1.0, image_timeout: float | None = None,
+                 baud: int | None = None):
+        if plan.in_words * plan.lanes > MAX_PAYLOAD or \
+                4 + plan.out_words * plan.lanes > MAX_PAYLOAD:
+            raise KepError(f"the network's input ({plan.in_words * plan.lanes} bytes) or last "
+                           f"conv output does not fit one frame of {MAX_PAYLOAD} bytes")
         self.t = transport
         self.plan = plan
-        self.reader = FrameReader(transport.read, timeout=timeout, byte_timeout=byte_timeout)
+        self.timeout = check_seconds("timeout", timeout)
+        self.byte_timeout = check_seconds("byte_timeout", byte_timeout)
+        if baud is None:
+            baud = getattr(transport, "baudrate", None) or DEFAULT_BAUD
+        if isinstance(baud, bool) or not isinstance(baud, int) or baud < 1:
+            raise ValueError(f"baud must be a positive integer, got {baud!r}")
+        self.baud = baud
+        self._image_timeout = (None if image_timeout is None
+                               else check_seconds("image_timeout", image_timeout))
+        self.reader = FrameReader(self._read, timeout=self.timeout,
+                                  byte_timeout=self.byte_timeout)
         self.info: BoardInfo | None = None
 
-    def _expect(self, *types) -> tuple[int, bytes]:
-        ftype, payload = self.reader.read_frame()
+    # transport: every failure of the port becomes a LinkError
+
+    def _read(self, n: int) -> bytes:
+        try:
+            return self.t.read(n)
+        except OSError as e:            # serial.SerialException is an OSError
+            raise LinkError(f"lost the board while reading (hung up or unplugged?): {e}") from e
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self.t.write(data)
+        except OSError as e:
+            raise LinkError(f"lost the board while writing (hung up, unplugged or not "
+                            f"reading?): {e}") from e
+
+    # deadlines
+
+    def _word_frames(self, words: int, word_bits: int) -> tuple[int, int]:
+        """(frames, bytes) of the ``WRITE`` frames for ``words`` words."""
+        nbytes = (word_bits + 7) // 8
+        per = (MAX_PAYLOAD - 3) // nbytes
+        frames = math.ceil(words / per)
+        return frames, frames * (FRAME_OVERHEAD + 3) + words * nbytes
+
+    def image_traffic(self, streamed: bool) -> tuple[int, int]:
+        """Frames and bytes on the wire (both directions) for one image: ``IMAGE`` and
+        ``RESULT``, and in streamed mode every layer's ``NEED``, ``WRITE`` frames and ``GO``."""
+        plan = self.plan
+        frames = 2
+        nbytes = (2 * FRAME_OVERHEAD + plan.in_words * plan.lanes + 4
+                  + plan.out_words * plan.lanes)
+        if streamed:
+            for lp in plan.layers:
+                for words, bits in ((len(lp.wt_words), WEIGHT_ELEM_BITS * plan.po),
+                                    (len(lp.prm_words), PARAM_WORD_BITS)):
+                    f, b = self._word_frames(words, bits)
+                    frames, nbytes = frames + f, nbytes + b
+                frames += 2
+                nbytes += 2 * FRAME_OVERHEAD + 1
+        return frames, nbytes
+
+    def default_image_timeout(self, streamed: bool) -> float:
+        """The default deadline of one image: ``timeout`` (the board's computation) plus twice
+        the image's bytes on the wire at the baud rate (10 bits a byte), 50 ms per frame
+        and 1 s."""
+        frames, nbytes = self.image_traffic(streamed)
+        return self.timeout + 2 * nbytes * 10 / self.baud + 0.05 * frames + 1.0
+
+    def image_timeout(self, streamed: bool | None = None) -> float:
+        """Seconds one image may take (``image_timeout`` or the default)."""
+        if self._image_timeout is not None:
+            return self._image_timeout
+        if streamed is None:
+            streamed = bool(self.info and self.info["streamed"])
+        return self.default_image_timeout(streamed)
+
+    def _expect(self, *types, deadline: float, what: str, limit: float) -> tuple[int, bytes]:
+        """Next frame, one of ``types``; ``deadline`` bounds it, ``limit`` names it."""
+        try:
+            ftype, payload = self.reader.read_frame(deadline=deadline)
+        except BoardTimeout as e:
+            if time.monotonic() >= deadline:
+                raise BoardTimeout(f"{what} took longer than {limit:.3g} s ({e})") from None
+            raise
         if ftype == FrameType.ERROR:
             code = payload[0] if payload else 0
+            rejected = payload[1] if len(payload) > 1 else 0
             try:
-                name = ErrorCode(code).name
+                code_text = f"{_ERROR_TEXT[ErrorCode(code)]} (code {code})"
             except ValueError:
-                name = f"code {code}"
-            raise ProtocolError(f"board rejected a frame: {name} (frame type 0x"
-                                f"{payload[1] if len(payload) > 1 else 0:02x})")
+                code_text = f"code {code}"
+            try:
+                frame = FrameType(rejected).name
+            except ValueError:
+                frame = f"0x{rejected:02x}"
+            raise ProtocolError(f"the board rejected the {frame} frame: {code_text}")
         if ftype not in types:
-            raise ProtocolError(f"unexpected frame type 0x{ftype:02x} from the board")
+            try:
+                name = FrameType(ftype).name
+            except ValueError:
+                name = "unknown"
+            raise ProtocolError(f"unexpected {name} frame (type 0x{ftype:02x}) from the board "
+                                f"while waiting for "
+                                f"{' or '.join(FrameType(t).name for t in types)}")
         return ftype, payload
+
+    # protocol
 
     def connect(self) -> BoardInfo:
         """``PING`` the board and check that it runs this plan.
 
         Raises
         ------
+        BoardTimeout, ProtocolError, LinkError
+            On a silent board, a bad frame, a failed transport.
         KepError
             If the board runs another protocol version, P, lane count or network.
         """
-        self.t.write(encode_frame(FrameType.PING))
-        _, payload = self._expect(FrameType.INFO)
+        limit = self.timeout + 2 * (FRAME_OVERHEAD * 2 + 18) * 10 / self.baud + 1.0
+        deadline = time.monotonic() + limit
+        self._write(encode_frame(FrameType.PING))
+        _, payload = self._expect(FrameType.INFO, deadline=deadline,
+                                  what="the answer to PING",
+                                  limit=limit)
         info = parse_info(payload)
         if info["version"] != PROTOCOL_VERSION:
             raise KepError(f"board speaks protocol {info['version']}, host {PROTOCOL_VERSION}")
@@ -103,45 +295,79 @@ class BoardLink:
                            f"(board Po={info['po']}, {info['layers']} layers, id "
                            f"{info['model_id']:08x}; host Po={self.plan.po}, "
                            f"{len(self.plan.layers)} layers, id {want:08x})")
+        if (info["in_words"], info["out_words"]) != (self.plan.in_words, self.plan.out_words):
+            raise ProtocolError(f"bad INFO from the board: {info['in_words']} input and "
+                                f"{info['out_words']} output words, the model has "
+                                f"{self.plan.in_words} and {self.plan.out_words}")
         self.info = info
         return info
 
-    def _send_words(self, mem: int, words: list, word_bits: int) -> None:
+    def _send_words(self, mem: int, words: list, word_bits: int, deadline: float,
+                    limit: float) -> None:
         nbytes = (word_bits + 7) // 8
         per = (MAX_PAYLOAD - 3) // nbytes
         for start in range(0, len(words), per):
+            if time.monotonic() > deadline:
+                raise BoardTimeout(f"the image took longer than {limit:.3g} s (still "
+                                   "sending weights)")
             chunk = words[start:start + per]
             payload = struct.pack("<BH", mem, start) + b"".join(
                 w.to_bytes(nbytes, "little") for w in chunk)
-            self.t.write(encode_frame(FrameType.WRITE, payload))
+            self._write(encode_frame(FrameType.WRITE, payload))
 
-    def send_layer(self, n: int) -> None:
+    def send_layer(self, n: int, *, deadline: float = math.inf,
+                   limit: float = math.inf) -> None:
         """Stream layer ``n``'s weight and parameter words (streamed mode), then ``GO``."""
         lp = self.plan.layers[n]
-        self._send_words(0, lp.wt_words, WEIGHT_ELEM_BITS * self.plan.po)
-        self._send_words(1, lp.prm_words, PARAM_WORD_BITS)
-        self.t.write(encode_frame(FrameType.GO))
+        self._send_words(0, lp.wt_words, WEIGHT_ELEM_BITS * self.plan.po, deadline, limit)
+        self._send_words(1, lp.prm_words, PARAM_WORD_BITS, deadline, limit)
+        self._write(encode_frame(FrameType.GO))
 
     def infer(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Run one int8 image ``[C, H, W]``; returns the last conv output and hardware cycles.
 
+        Connects first if :meth:`connect` has not been called. The whole image must be done
+        within :meth:`image_timeout`; in streamed mode the board must ask for every layer
+        once, in order (``NEED`` 0, 1, ...), before its ``RESULT``.
+
         Raises
         ------
-        BoardTimeout, ProtocolError
-            On a silent board or a bad frame.
+        BoardTimeout, ProtocolError, LinkError
+            On a silent or too slow board, a bad or unexpected frame, a failed transport.
         """
         if tuple(x.shape) != tuple(self.plan.in_shape):
             raise KepError(f"image shape {tuple(x.shape)} != network input {self.plan.in_shape}")
+        if self.info is None:
+            self.connect()
+        streamed = self.info["streamed"]
+        limit = self.image_timeout(streamed)
+        deadline = time.monotonic() + limit
+        layers = len(self.plan.layers)
         words = tensor_to_words(x, self.plan.lanes)
         data = b"".join(w.to_bytes(self.plan.lanes, "little") for w in words)
-        self.t.write(encode_frame(FrameType.IMAGE, data))
-        while True:
-            ftype, payload = self._expect(FrameType.NEED, FrameType.RESULT)
+        self._write(encode_frame(FrameType.IMAGE, data))
+        want_layer = 0                  # streamed: the next layer the board may ask for
+        while True:                     # at most layers + 1 frames (each NEED advances)
+            ftype, payload = self._expect(FrameType.NEED, FrameType.RESULT, deadline=deadline,
+                                          what="the image", limit=limit)
             if ftype == FrameType.NEED:
-                if len(payload) != 1 or payload[0] >= len(self.plan.layers):
-                    raise ProtocolError(f"bad NEED frame {payload!r}")
-                self.send_layer(payload[0])
+                if not streamed:
+                    raise ProtocolError("NEED frame from a board that reported embedded "
+                                        "weights")
+                if len(payload) != 1:
+                    raise ProtocolError(f"bad NEED frame of {len(payload)} bytes")
+                if payload[0] != want_layer:
+                    raise ProtocolError(
+                        f"the board asked for layer {payload[0]}, expected "
+                        + (f"layer {want_layer}" if want_layer < layers else
+                           f"the RESULT after all {layers} layers")
+                        + " (each layer's weights once, in order)")
+                self.send_layer(payload[0], deadline=deadline, limit=limit)
+                want_layer += 1
                 continue
+            if streamed and want_layer != layers:
+                raise ProtocolError(f"RESULT after the weights of {want_layer} of {layers} "
+                                    "layers")
             want = 4 + self.plan.out_words * self.plan.lanes
             if len(payload) != want:
                 raise ProtocolError(f"RESULT of {len(payload)} bytes, expected {want}")

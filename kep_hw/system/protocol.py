@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import binascii
 import enum
+import math
 import struct
 import time
 
@@ -31,7 +32,7 @@ from amaranth.lib.wiring import In, Out
 from kep_common.errors import KepError
 
 __all__ = ["SYNC", "MAX_PAYLOAD", "PROTOCOL_VERSION", "FrameType", "ErrorCode", "ProtocolError",
-           "BoardTimeout", "crc16", "encode_frame", "FrameReader", "Crc16"]
+           "BoardTimeout", "crc16", "encode_frame", "check_seconds", "FrameReader", "Crc16"]
 
 SYNC = 0xA5
 MAX_PAYLOAD = 8192
@@ -78,19 +79,48 @@ def encode_frame(ftype: int, payload: bytes = b"") -> bytes:
 
     Raises
     ------
+    TypeError
+        If the type is not an integer or the payload not bytes-like.
     ValueError
         If the type is not a byte or the payload is longer than :data:`MAX_PAYLOAD`.
     """
-    if not 0 <= int(ftype) <= 0xFF:
+    if not isinstance(ftype, int) or isinstance(ftype, bool):
+        raise TypeError(f"frame type must be an integer, got {ftype!r}")
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
+    if not 0 <= ftype <= 0xFF:
         raise ValueError(f"frame type must be a byte, got {ftype!r}")
+    payload = bytes(payload)
     if len(payload) > MAX_PAYLOAD:
         raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
-    body = struct.pack("<BH", int(ftype), len(payload)) + bytes(payload)
+    body = struct.pack("<BH", int(ftype), len(payload)) + payload
     return bytes([SYNC]) + body + struct.pack("<H", crc16(body))
+
+
+def check_seconds(name: str, value) -> float:
+    """``value`` as a finite number of seconds > 0.
+
+    Raises
+    ------
+    ValueError
+        If it is not a number, not finite (NaN, infinity) or not positive.
+    """
+    try:
+        ok = not isinstance(value, bool) and math.isfinite(value) and value > 0
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+    return float(value)
 
 
 class FrameReader:
     """Read frames from a byte transport with timeouts (host side).
+
+    Every wait is bounded: the start of a frame by ``timeout``, each byte inside a frame by
+    ``byte_timeout``, and, when :meth:`read_frame` is given a ``deadline``, the whole frame by
+    that deadline (a peer that drips a frame one byte at a time just inside ``byte_timeout``
+    cannot stretch it beyond).
 
     Parameters
     ----------
@@ -98,26 +128,40 @@ class FrameReader:
         ``read(n) -> bytes`` returning at most ``n`` bytes, possibly fewer (or none) after the
         transport's own short timeout (e.g. a ``serial.Serial`` with ``timeout=0.05``).
     timeout : float
-        Seconds to wait for the first byte of a frame.
+        Seconds to wait for the first byte of a frame (finite, > 0).
     byte_timeout : float
-        Seconds allowed between two bytes inside a frame (a longer gap = truncated frame).
+        Seconds allowed between two bytes inside a frame (a longer gap = truncated frame;
+        finite, > 0).
+
+    Raises
+    ------
+    ValueError
+        If a timeout is not a finite number > 0.
     """
 
     def __init__(self, read, *, timeout: float = 5.0, byte_timeout: float = 1.0):
         self._read = read
-        self.timeout = timeout
-        self.byte_timeout = byte_timeout
+        self.timeout = check_seconds("timeout", timeout)
+        self.byte_timeout = check_seconds("byte_timeout", byte_timeout)
         self._buf = bytearray()
+        self._waited = self.timeout     # the wait of the current frame, for the message
         self.stray = 0          # bytes discarded before a SYNC byte (line noise), reported
 
-    def _take(self, n: int, deadline: float, what: str) -> bytes:
+    def _take(self, n: int, deadline: float, what: str, hard: float) -> bytes:
+        """``n`` bytes; ``deadline`` is moved on by ``byte_timeout`` with every byte inside a
+        frame, ``hard`` never moves."""
         while len(self._buf) < n:
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > hard and what != "frame":
                 got = len(self._buf)
                 self._buf.clear()
-                raise (BoardTimeout if what == "frame" else ProtocolError)(
-                    f"no answer from the board within {self.timeout:g} s" if what == "frame"
-                    else f"truncated frame: {what} stopped after {got} of {n} bytes")
+                raise BoardTimeout(f"a frame was still arriving: {what} {got} of {n} bytes")
+            if now > min(deadline, hard):
+                got = len(self._buf)
+                self._buf.clear()
+                if what == "frame":
+                    raise BoardTimeout(f"no answer from the board within {self._waited:.3g} s")
+                raise ProtocolError(f"truncated frame: {what} stopped after {got} of {n} bytes")
             chunk = self._read(n - len(self._buf))
             if chunk:
                 self._buf += chunk
@@ -127,34 +171,55 @@ class FrameReader:
         del self._buf[:n]
         return out
 
-    def read_frame(self, timeout: float | None = None) -> tuple[int, bytes]:
+    def read_frame(self, timeout: float | None = None, *,
+                   deadline: float | None = None) -> tuple[int, bytes]:
         """Return the next valid frame as ``(type, payload)``.
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds to wait for the frame to start (default: the reader's ``timeout``).
+        deadline : float, optional
+            A ``time.monotonic()`` value by which the whole frame must have arrived.
 
         Raises
         ------
         BoardTimeout
-            If no frame starts within the timeout.
+            If no frame starts within the timeout, or the frame is not complete by
+            ``deadline``.
         ProtocolError
             On a corrupted or truncated frame. Bytes before a SYNC byte are discarded and
             counted in ``stray``.
         """
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        if timeout is not None:
+            check_seconds("timeout", timeout)
+        hard = math.inf if deadline is None else deadline
+        start = time.monotonic()
+        wait = self.timeout if timeout is None else timeout
+        self._waited = min(wait, max(hard - start, 0.0))
         skipped = 0
-        while True:
-            b = self._take(1, deadline, "frame")
-            if b[0] == SYNC:
-                break
-            skipped += 1
-        hdr = self._take(3, time.monotonic() + self.byte_timeout, "header")
+        try:
+            while True:
+                b = self._take(1, start + wait, "frame", hard)
+                if b[0] == SYNC:
+                    break
+                skipped += 1
+        except BoardTimeout as e:
+            self.stray += skipped
+            if skipped:
+                raise BoardTimeout(f"no valid frame from the board within {self._waited:.3g} s "
+                                   f"({skipped} bytes of noise)") from None
+            raise e from None
+        self.stray += skipped
+        hdr = self._take(3, time.monotonic() + self.byte_timeout, "header", hard)
         ftype, length = struct.unpack("<BH", hdr)
         if length > MAX_PAYLOAD:
             raise ProtocolError(f"corrupted frame: length {length} exceeds {MAX_PAYLOAD}")
-        rest = self._take(length + 2, time.monotonic() + self.byte_timeout, "payload")
+        rest = self._take(length + 2, time.monotonic() + self.byte_timeout, "payload", hard)
         payload, (crc,) = rest[:length], struct.unpack("<H", rest[length:])
         if crc != crc16(hdr + payload):
             raise ProtocolError(f"corrupted frame: CRC mismatch (type 0x{ftype:02x}, "
                                 f"{length} bytes)")
-        self.stray += skipped
         return ftype, payload
 
 

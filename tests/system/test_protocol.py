@@ -4,13 +4,14 @@ missing frames (it must reject and report, never hang)."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
 from amaranth.sim import Simulator
 
-from kep_hw.system.protocol import (MAX_PAYLOAD, SYNC, BoardTimeout, Crc16, FrameReader, FrameType,
-                             ProtocolError, crc16, encode_frame)
+from kep_hw.system.protocol import (MAX_PAYLOAD, SYNC, BoardTimeout, Crc16, FrameReader,
+                                    FrameType, ProtocolError, check_seconds, crc16, encode_frame)
 
 
 class FakePort:
@@ -101,3 +102,70 @@ def test_gateware_crc_matches_host():
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
+
+
+class DripPort:
+    """A transport that hands out one byte every ``interval`` seconds."""
+
+    def __init__(self, data: bytes, interval: float):
+        self.data = bytearray(data)
+        self.interval = interval
+
+    def read(self, n):
+        time.sleep(self.interval)
+        if not self.data:
+            return b""
+        out = bytes(self.data[:1])
+        del self.data[:1]
+        return out
+
+
+def test_drip_inside_byte_timeout_is_cut_by_deadline():
+    # 300 bytes at 20 ms each would take 6 s, each gap well inside the 0.5 s byte timeout
+    r = FrameReader(DripPort(encode_frame(0x83, b"y" * 300), 0.02).read, timeout=1,
+                    byte_timeout=0.5)
+    t = time.monotonic()
+    with pytest.raises(BoardTimeout, match="still arriving: payload"):
+        r.read_frame(deadline=time.monotonic() + 0.5)
+    assert 0.45 < time.monotonic() - t < 1.5
+
+
+def test_deadline_met_returns_the_frame():
+    r = FrameReader(DripPort(encode_frame(0x81, b"ok"), 0.001).read, timeout=1)
+    assert r.read_frame(deadline=time.monotonic() + 5) == (0x81, b"ok")
+
+
+def test_deadline_before_timeout_bounds_the_wait():
+    r = FrameReader(FakePort(b"").read, timeout=30)
+    t = time.monotonic()
+    with pytest.raises(BoardTimeout, match="no answer"):
+        r.read_frame(deadline=time.monotonic() + 0.2)
+    assert time.monotonic() - t < 1.0
+
+
+def test_noise_without_sync_is_reported():
+    r = FrameReader(FakePort(bytes(range(0x10, 0x60)) * 3).read, timeout=0.3)
+    with pytest.raises(BoardTimeout, match="no valid frame .*240 bytes of noise"):
+        r.read_frame()
+    assert r.stray == 240
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 0, -1, "1", None, True])
+def test_timeouts_must_be_finite_and_positive(value):
+    with pytest.raises(ValueError, match="finite number of seconds > 0"):
+        FrameReader(FakePort(b"").read, timeout=value)
+    with pytest.raises(ValueError, match="byte_timeout"):
+        FrameReader(FakePort(b"").read, byte_timeout=value)
+    if value is not None:
+        with pytest.raises(ValueError):
+            FrameReader(FakePort(b"").read).read_frame(timeout=value)
+    assert check_seconds("t", 0.25) == 0.25
+
+
+@pytest.mark.parametrize("ftype, payload, exc", [(1.5, b"", TypeError), (True, b"", TypeError),
+                                                 (-1, b"", ValueError), (256, b"", ValueError),
+                                                 (1, "text", TypeError), (1, [1, 2], TypeError)])
+def test_encode_frame_checks_arguments(ftype, payload, exc):
+    with pytest.raises(exc):
+        encode_frame(ftype, payload)
+    assert encode_frame(FrameType.PING, bytearray(b"a")) == encode_frame(1, b"a")
