@@ -6,7 +6,9 @@ Run by :mod:`kep_hw.bench.cosim` (never imported directly): it reads a job file 
 lanes and the back-pressure probability; drives the loads, starts the layer, collects the
 outputs with random ``ready`` stalls, compares them with the expected (golden) values and
 writes the words, mismatch counts and cycle counts to ``KEP_RESULT``. The test fails on any
-mismatch, missing or extra output.
+mismatch, missing or extra output. With ``KEP_PROGRESS`` set, one JSON line per layer (name,
+cycles, outputs, mismatches, without the words) is appended to that file as soon as the layer
+ends, so that the caller can report progress while the simulation runs.
 """
 
 from __future__ import annotations
@@ -91,8 +93,18 @@ class TB:
         return word["data"], word["last"]
 
 
-async def run_job(dut, job: dict) -> dict:
-    """Run every layer of ``job``; return the result record."""
+def _append_line(path: str, record: dict) -> None:
+    """Append one JSON line to ``path`` (written whole, then flushed)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+async def run_job(dut, job: dict, progress: str | None = None) -> dict:
+    """Run every layer of ``job``; return the result record.
+
+    ``progress``: file to append each layer's record (without its words) to as it ends.
+    """
     tb = TB(dut, job["po"], job.get("seed", 0))
     await tb.reset()
     out = []
@@ -111,6 +123,8 @@ async def run_job(dut, job: dict) -> dict:
         out.append({"name": layer["name"], "cycles": cycles, "outputs": len(got),
                     "expected_outputs": len(layer["expected"]), "mismatches": mismatches,
                     "bad_last": bad_last, "words": got})
+        if progress:
+            _append_line(progress, {k: v for k, v in out[-1].items() if k != "words"})
     return {"layers": out}
 
 
@@ -119,7 +133,7 @@ async def test_layers(dut):
     """Every layer of the job bit-exact, no lost or duplicated output."""
     with open(os.environ["KEP_JOB"]) as f:
         job = json.load(f)
-    result = await run_job(dut, job)
+    result = await run_job(dut, job, os.environ.get("KEP_PROGRESS"))
     atomic_write_json(os.environ["KEP_RESULT"], result)
     for layer in result["layers"]:
         assert layer["outputs"] == layer["expected_outputs"], layer["name"]

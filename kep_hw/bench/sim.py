@@ -9,17 +9,24 @@ utilization, the cycle model's prediction, and the dense-mode cycles of the same
 runs the random-layer regression with back-pressure. ``--json`` writes the report.
 ``--pes 64x4 --lanes 8`` (or ``--pes 64 --px 4``): 64 PEs as Px = 4 output pixels x Po = 16
 output channels, 8 channels per activation word.
+
+Progress on stderr while it runs: the simulator build's start and end, then one line per layer
+as the simulation finishes it (name, exact or not, cycles, seconds), each with the elapsed time;
+``--quiet`` keeps only warnings and errors, ``--verbose`` also streams the simulator's output.
+The table of results is printed on stdout at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 
 import torch
 
 from kep_common.errors import KepError, cli_errors
 from kep_common.fileio import atomic_write_json, environment_info
+from kep_common.log import add_logging_args, setup_logging, verbosity
 
 from kep_hw.bench import cosim
 from kep_hw.host.driver import LayerJob, dense_job
@@ -155,11 +162,37 @@ def _print(params: EngineParams, rows: list[dict]) -> None:
               f"{100 * r['model_error']:6.2f} {dense} {sp}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with exit code 2 and one ``error: ...`` line on a bad option."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message}\n")
+
+
+def _check_args(args) -> float:
+    """Validate the numeric options (one :class:`KepError` each); returns the stall rate."""
+    if (args.layer or args.data_dir) and not args.model:
+        raise KepError("--layer and --data-dir need --model")
+    if args.random is not None and args.random < 1:
+        raise KepError(f"--random must be >= 1, got {args.random!r}")
+    if not 1 <= args.kept <= 9:
+        raise KepError(f"--kept must lie in [1, 9] (elements kept of a 3x3 kernel), got "
+                       f"{args.kept!r}")
+    if args.image < 0:
+        raise KepError(f"--image must be >= 0, got {args.image!r}")
+    if args.seed < 0:
+        raise KepError(f"--seed must be >= 0, got {args.seed!r}")
+    stall = args.stall if args.stall is not None else (0.3 if args.random else 0.0)
+    if not (math.isfinite(stall) and 0.0 <= stall < 1.0):
+        raise KepError(f"--stall must lie in [0, 1), got {stall!r}")
+    return stall
+
+
 @cli_errors
 def main(argv=None) -> int:
     """Command line (see the module docstring)."""
-    ap = argparse.ArgumentParser(prog="python -m kep_hw.sim", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _Parser(prog="python -m kep_hw.sim", description=__doc__,
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help=".kep model file")
     src.add_argument("--resnet20", action="store_true",
@@ -170,28 +203,24 @@ def main(argv=None) -> int:
     ap.add_argument("--image", type=int, default=0, help="test image index for --data-dir")
     ap.add_argument("--sim", choices=list(cosim.SIMULATORS), default=None,
                     help="simulator (default: env SIM, else verilator)")
-    ap.add_argument("--kept", type=int, default=4, help="K for --resnet20")
+    ap.add_argument("--kept", type=int, default=4, help="K for --resnet20 (1-9, default 4)")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense-mode runs")
     ap.add_argument("--stall", type=float, default=None,
                     help="probability of ready low per cycle (default 0, 0.3 for --random)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the report here")
     add_params_args(ap)
+    add_logging_args(ap)
     args = ap.parse_args(argv)
+    setup_logging(verbosity(args))
     params = params_from_args(args)
-    if (args.layer or args.data_dir) and not args.model:
-        raise KepError("--layer and --data-dir need --model")
-    stall = args.stall if args.stall is not None else (0.3 if args.random else 0.0)
-    if not 0.0 <= stall < 1.0:
-        raise KepError(f"--stall must lie in [0, 1), got {stall!r}")
+    stall = _check_args(args)
     if args.model:
         jobs = model_jobs(args.model, args.layer, seed=args.seed, data_dir=args.data_dir,
                           image=args.image)
     elif args.resnet20:
         jobs = resnet20_jobs(args.seed, kept=args.kept)
     else:
-        if args.random < 1:
-            raise KepError(f"--random must be >= 1, got {args.random!r}")
         jobs = random_layers(args.seed, args.random, params)
     rows = run_report(params, jobs, sim=args.sim, dense=not (args.no_dense or args.random),
                       stall=stall, seed=args.seed)

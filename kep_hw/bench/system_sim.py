@@ -7,11 +7,17 @@ at the sim-only divisor :data:`kep_hw.system.top.SIM_DIVISOR`), builds it with V
 is on ``PATH``; one build folder per Verilog hash), starts the simulation with the testbench
 :mod:`kep_hw.bench.system_tb` in a background thread and opens the pseudo-terminal it creates
 with pyserial. The host code then runs unchanged.
+
+Progress goes to this module's logger (INFO) with the elapsed seconds: the Verilog written, the
+Verilator build's start and end (minutes the first time for a large system, then reused), and
+the simulation's start; ``--verbose`` also streams Verilator's output (``build.log`` in the
+build folder).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import threading
@@ -20,10 +26,13 @@ from pathlib import Path
 
 from kep_common.errors import KepError
 
+from kep_hw.bench.cosim import follow_tool_log, quiet_runner
 from kep_hw.bench.verilator import BUILD_ARGS, setup_verilator
 from kep_hw.system.plan import NetworkPlan
 
 __all__ = ["SimBoard", "write_system_verilog"]
+
+log = logging.getLogger(__name__)
 
 
 def write_system_verilog(plan: NetworkPlan, *, streamed: bool, out_dir: Path,
@@ -71,19 +80,43 @@ class SimBoard:
         self._thread = None
         self._error = None
         self.port = None
+        self._t0 = time.monotonic()
+
+    def _info(self, msg: str) -> None:
+        log.info("[%6.1f s] %s", time.monotonic() - self._t0, msg)
 
     def build(self) -> Path:
-        """Write the Verilog and build the Verilator model; returns the build folder."""
+        """Write the Verilog and build the Verilator model; returns the build folder.
+
+        Raises
+        ------
+        KepError
+            If Verilator or the C++ build fails (the message names ``build.log``).
+        """
         from cocotb_tools.runner import get_runner
         setup_verilator()
+        t = time.monotonic()
         vfile = write_system_verilog(self.plan, streamed=self.streamed,
                                      out_dir=self.build_root, px=self.px)
+        self._info(f"system Verilog: {vfile} ({time.monotonic() - t:.1f} s)")
         self.build_dir = vfile.parent / "verilator"
+        self.build_dir.mkdir(parents=True, exist_ok=True)
+        build_log = self.build_dir / "build.log"
         runner = get_runner("verilator")
-        runner.build(sources=[vfile], hdl_toplevel="kep_system", build_dir=self.build_dir,
-                     build_args=list(BUILD_ARGS),
-                     timescale=("1ns", "1ps"), always=False,
-                     log_file=self.build_dir / "build.log")
+        quiet_runner(runner)
+        reuse = (self.build_dir / "kep_system").exists()
+        t = time.monotonic()
+        self._info(f"Verilator build of the system: started in {self.build_dir}"
+                   + (" (reusing the last build)" if reuse else " (takes minutes)"))
+        with follow_tool_log(build_log, "verilator"):
+            try:
+                runner.build(sources=[vfile], hdl_toplevel="kep_system",
+                             build_dir=self.build_dir, build_args=list(BUILD_ARGS),
+                             timescale=("1ns", "1ps"), always=False, log_file=build_log)
+            except (RuntimeError, SystemExit) as e:
+                raise KepError(f"Verilator build of the system failed ({e}); see "
+                               f"{build_log}") from None
+        self._info(f"Verilator build of the system: done in {time.monotonic() - t:.1f} s")
         self.runner = runner
         return self.build_dir
 
@@ -99,6 +132,7 @@ class SimBoard:
     def __enter__(self):
         import serial
         from kep_hw.system.top import SIM_DIVISOR
+        self._t0 = time.monotonic()
         self.build()
         self._tmp = tempfile.TemporaryDirectory(prefix="kep-sim-")
         pty_file = Path(self._tmp.name) / "pty"
@@ -115,6 +149,7 @@ class SimBoard:
                                f"see {Path(self._tmp.name) / 'sim.log'}")
             time.sleep(0.1)
         self.port = serial.Serial(pty_file.read_text().strip(), timeout=0.05)
+        self._info(f"simulation: running, serial port {self.port.port}")
         return self.port
 
     def _stop(self):

@@ -164,18 +164,25 @@ def _run_version(path: str, args: tuple[str, ...]) -> str | None:
 
 
 def tool_versions(found: dict, *, run: bool = False) -> dict:
-    """Versions of the located tools: the PyPI package version, and with ``run=True`` the first
-    line the tool prints for its version option (slow on a YoWASP tool's very first call)."""
+    """Path, kind and version of each located tool: ``{tool: {"path", "kind", "package",
+    "version"}}``.
+
+    A YoWASP tool (kind ``"pypi"``, or the user's variable naming a ``yowasp-*`` command) gets
+    its PyPI package version; a native tool or one the user's variable names (kind ``"env"``)
+    the first line it prints for its version option; with ``run=True`` every tool is run (slow
+    on a YoWASP tool's very first call).
+    """
     out = {}
     for key, (path, kind) in found.items():
         tool = TOOLS[key]
         entry = {"path": path, "kind": kind}
-        if kind == "pypi":
+        yowasp = kind == "pypi" or Path(path).name == tool.pypi
+        if yowasp:
             try:
                 entry["package"] = f"{tool.package} {md.version(tool.package)}"
             except md.PackageNotFoundError:
                 pass
-        if run or kind == "native":
+        if run or kind == "native" or (kind == "env" and not yowasp):
             line = _run_version(path, tool.version_args)
             if line is not None:
                 entry["version"] = line

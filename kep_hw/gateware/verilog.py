@@ -3,20 +3,26 @@
 
 ``python -m kep_hw.verilog --pes 16 --lanes 4 -o layer_top.v``;
 ``--pes 64x4 --lanes 8``: P = 64 PEs split as Po = 16 output channels x Px = 4 output pixels.
+``--quiet`` / ``--verbose`` as on the other commands (the "wrote" note goes to stderr).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import time
 
 from amaranth.back import verilog as _verilog
 
 from kep_common.errors import KepError, cli_errors
 from kep_common.fileio import atomic_write_bytes
+from kep_common.log import add_logging_args, setup_logging, verbosity
 
 from kep_hw.gateware.params import EngineParams, parse_pes
 
 __all__ = ["generate", "params_from_args", "add_params_args", "main"]
+
+log = logging.getLogger(__name__)
 
 
 def generate(params: EngineParams, *, top: str = "layer_top") -> str:
@@ -74,10 +80,13 @@ def main(argv=None) -> None:
     add_params_args(ap)
     ap.add_argument("--top", default="layer_top", choices=["layer_top", "engine"])
     ap.add_argument("-o", "--output", default="layer_top.v")
+    add_logging_args(ap)
     args = ap.parse_args(argv)
+    setup_logging(verbosity(args))
+    t0 = time.monotonic()
     text = generate(params_from_args(args), top=args.top)
     atomic_write_bytes(args.output, text.encode())
-    print(f"wrote {args.output}")
+    log.info("wrote %s (%.1f s)", args.output, time.monotonic() - t0)
 
 
 if __name__ == "__main__":

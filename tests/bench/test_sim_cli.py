@@ -1,7 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Command-line and input checking of kep_hw (no simulator run): one-line errors, exit code 2."""
+"""Command-line and input checking of kep_hw: one-line errors, exit code 2; the progress lines
+of ``python -m kep_hw.sim`` (one short Verilator run)."""
 
 from __future__ import annotations
+
+import json
+import re
+import threading
+import time
 
 import pytest
 
@@ -28,6 +34,17 @@ MAINS = {"kep_hw.bench.sim": sim.main, "kep_hw.gateware.verilog": verilog.main}
     (("kep_hw.bench.sim", "--resnet20", "--pes", "64x4", "--px", "2"), "disagree"),
     (("kep_hw.bench.sim", "--resnet20", "--pes", "64x3"), "multiple of px"),
     (("kep_hw.bench.sim", "--resnet20", "--pes", "64x8", "--lanes", "16"), "multiple of lanes"),
+    (("kep_hw.bench.sim", "--resnet20", "--kept", "-1"), "--kept must lie in [1, 9]"),
+    (("kep_hw.bench.sim", "--resnet20", "--kept", "10"), "--kept must lie in [1, 9]"),
+    (("kep_hw.bench.sim", "--resnet20", "--stall", "nan"), "--stall"),
+    (("kep_hw.bench.sim", "--resnet20", "--stall", "-0.1"), "--stall"),
+    (("kep_hw.bench.sim", "--resnet20", "--image", "-1"), "--image"),
+    (("kep_hw.bench.sim", "--resnet20", "--seed", "-1"), "--seed"),
+    (("kep_hw.bench.sim", "--resnet20", "--max-hw", "0"), "max_hw"),
+    (("kep_hw.bench.sim", "--resnet20", "--kept", "four"), "invalid int value"),
+    (("kep_hw.bench.sim", "--resnet20", "--quiet", "--verbose"), "not allowed with"),
+    (("kep_hw.bench.sim",), "one of the arguments"),
+    (("kep_hw.gateware.verilog", "--pes", "0"), "--pes"),
 ])
 def test_cli_errors(args, msg, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -36,6 +53,57 @@ def test_cli_errors(args, msg, capsys):
     err = capsys.readouterr().err
     assert msg in err
     assert err.startswith("error:") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_follow_lines_sees_each_line_while_the_file_grows(tmp_path):
+    """The per-layer progress of a simulation comes from a file the testbench appends to."""
+    path = tmp_path / "progress.jsonl"
+    got = []
+    arrived = threading.Event()
+
+    def on_line(line):
+        got.append(line)
+        arrived.set()
+
+    with cosim.FollowLines(path, on_line, interval=0.05):
+        time.sleep(0.1)                           # the file does not exist yet
+        with open(path, "a") as f:
+            f.write('{"name": "a"}\n{"name": "b')  # the second line is not complete
+            f.flush()
+            assert arrived.wait(2.0)
+            assert got == ['{"name": "a"}']
+            f.write('"}\n')
+    assert got == ['{"name": "a"}', '{"name": "b"}']
+
+
+def test_sim_progress_lines(tmp_path, capsys):
+    """``python -m kep_hw.sim --random 2``: the simulator build's start and end and one line per
+    layer (name, exact, cycles, seconds) on stderr, each with the elapsed time; the table on
+    stdout, with no simulator output mixed in."""
+    out = tmp_path / "r.json"
+    assert sim.main(["--random", "2", "--seed", "3", "--json", str(out)]) == 0
+    cap = capsys.readouterr()
+    rows = json.loads(out.read_text())["layers"]
+    t = r"^\[\s*\d+\.\d s\] "
+    err = cap.err
+    assert all(re.match(t, ln) for ln in err.splitlines()), err
+    assert re.search(t + r"simulator build \(verilator\): started in \S+verilator-\w+$", err,
+                     re.M), err
+    assert re.search(t + r"simulator build \(verilator\): done in \d+\.\d s$", err, re.M)
+    assert re.search(t + r"simulation \(verilator\): 2 layers$", err, re.M)
+    for n, row in enumerate(rows, start=1):
+        assert re.search(t + rf"layer {n}/2 {row['layer']}: exact, {row['cycles']} cycles, "
+                         r"\d+\.\d s$", err, re.M), err
+    assert err.index("build (verilator): done") < err.index("layer 1/2") < \
+        err.index("layer 2/2") < err.index("simulation (verilator): done")
+    lines = cap.out.splitlines()
+    assert lines[0].startswith("P = 16 PEs") and lines[-1] == "2 layers, 0 not bit-exact"
+    assert len(lines) == 2 + 2 + 1                      # header, column names, rows, total
+    # --quiet: the table only
+    assert sim.main(["--random", "1", "--seed", "3", "--quiet"]) == 0
+    cap = capsys.readouterr()
+    assert cap.err == "" and cap.out.splitlines()[-1] == "1 layers, 0 not bit-exact"
 
 
 def test_unknown_simulator():

@@ -1,10 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Board profiles, toolchain discovery, report parsing, resource-fit errors, a dry run and
-one real bitstream build (the smallest useful configuration)."""
+"""Board profiles, toolchain discovery, report parsing, the PLL solver, resource-fit errors, a
+dry run and one real bitstream build (the smallest useful configuration)."""
 
 from __future__ import annotations
 
 import json
+import math
+import re
+from fractions import Fraction
 
 import pytest
 
@@ -13,6 +16,7 @@ from kep_hw.board.build import (DSP_BASE, DSP_PER_LANE, estimate_resources, larg
                           main as build_main, parse_nextpnr_log, parse_pes, parse_yosys_stats)
 from kep_hw.testing import random_network
 from kep_hw.system.plan import plan_network
+from kep_hw.board.pll import ECP5_LIMITS, ecp5_pll_params
 from kep_hw.board.toolchain import configure_amaranth, find_toolchain
 from kep_common.errors import KepError
 
@@ -80,6 +84,71 @@ def test_parse_yosys_stats():
     text = "   Number of cells:               1234\n     DP16KD                         7\n" \
            "     MULT18X18D                    18\n     TRELLIS_FF                  999\n\n"
     assert parse_yosys_stats(text) == {"DP16KD": 7, "MULT18X18D": 18, "TRELLIS_FF": 999}
+    # Yosys 0.70: count first, the submodule total left out, the last section wins
+    new = ("2.51. Printing statistics.\n        9 cells\n        1   LUT4\n\n"
+           "=== design hierarchy ===\n        9 cells\n        6   $scopeinfo\n"
+           "       39 submodules\n       12   CCU2C\n        1   LUT4\n"
+           "       26   TRELLIS_FF\n\n2.52. Executing CHECK pass\n")
+    assert parse_yosys_stats(new) == {"$scopeinfo": 6, "CCU2C": 12, "LUT4": 1, "TRELLIS_FF": 26}
+
+
+def _ecppll_reference(fin, fout):
+    """prjtrellis ecppll's search (calc_pll_params), in exact arithmetic: every divider, PFD and
+    VCO in range; lowest error, then VCO closest to 600 MHz, then the first found."""
+    lim = ECP5_LIMITS
+    fin, want = Fraction(fin), Fraction(fout)
+    best = None
+    for r in range(1, 129):
+        pfd = fin / r
+        if not lim["pfd_mhz"][0] <= pfd <= lim["pfd_mhz"][1]:
+            continue
+        for fb in range(1, 81):
+            for op in range(1, 129):
+                vco = pfd * fb * op
+                if not lim["vco_mhz"][0] <= vco <= lim["vco_mhz"][1]:
+                    continue
+                key = (abs(pfd * fb - want), abs(vco - 600))
+                if best is None or key < best[0]:
+                    best = (key, (r, fb, op))
+    return best
+
+
+@pytest.mark.parametrize("fout,divs", [
+    # (CLKI_DIV, CLKFB_DIV, CLKOP_DIV), as `ecppll -i 25 -o F` chooses: all at VCO 600 MHz
+    # (the old first-fit search took 420 MHz for 30 and the VCO floor, 400, for 40/50/100)
+    (30.0, (5, 6, 20)), (40.0, (5, 8, 15)), (50.0, (1, 2, 12)), (100.0, (1, 4, 6)),
+])
+def test_pll_choice_like_ecppll(fout, divs):
+    p = ecp5_pll_params(25.0, fout)
+    assert (p["refdiv"], p["fbdiv"], p["opdiv"]) == divs
+    assert p["fout"] == pytest.approx(fout, abs=1e-9) and p["err"] == pytest.approx(0, abs=1e-9)
+    assert p["fvco"] == pytest.approx(600.0)
+    assert p["fvco"] == pytest.approx(p["fout"] * p["opdiv"])
+    assert p["fout"] == pytest.approx(25.0 / p["refdiv"] * p["fbdiv"])
+    assert 3.125 <= 25.0 / p["refdiv"] <= 400
+    assert set(p) >= {"refdiv", "fbdiv", "opdiv", "fout", "fvco"}     # BoardTop's keys
+
+
+@pytest.mark.parametrize("fin,fout", [(25, 30), (25, 40), (25, 50), (25, 100), (25, 33.3),
+                                      (25, 62), (25, 75), (25, 193), (50, 41), (12, 66)])
+def test_pll_lowest_error_then_vco_nearest_600(fin, fout):
+    p = ecp5_pll_params(float(fin), float(fout))
+    (err, dist), divs = _ecppll_reference(fin, fout)
+    assert 400 <= p["fvco"] <= 800
+    assert p["err"] == pytest.approx(float(err), abs=1e-9)
+    assert p["err"] == pytest.approx(abs(p["fout"] - fout), abs=1e-12)
+    assert abs(p["fvco"] - 600) == pytest.approx(float(dist), abs=1e-6)
+    assert (p["refdiv"], p["fbdiv"], p["opdiv"]) == divs
+
+
+@pytest.mark.parametrize("fin,fout,msg", [
+    (25, 5, "output frequency"), (25, 450, "output frequency"), (4, 50, "input frequency"),
+    (25, math.nan, "output frequency"), (25, math.inf, "output frequency"),
+    (25, 48, "no ECP5 PLL setting"),            # best is 46.875 MHz, more than 1 % off
+])
+def test_pll_refuses(fin, fout, msg):
+    with pytest.raises(ValueError, match=msg):
+        ecp5_pll_params(fin, fout)
 
 
 def test_estimate_and_largest_pes():
@@ -142,13 +211,28 @@ def test_dry_run_writes_tool_inputs(tmp_path):
 
 
 @pytest.mark.slow
-def test_real_bitstream_smallest_config(tmp_path):
+def test_real_bitstream_smallest_config(tmp_path, capsys):
     out = tmp_path / "b"
     assert build_main(["--board", "ulx3s-12f", "--pes", "8", "--freq", "30",
                        "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    # progress as it happened: every stage with its time, nextpnr's fmax after routing
+    for stage in ("elaborate", r"synth \(yosys\)", r"place and route \(nextpnr-ecp5\)",
+                  r"pack \(ecppack\)"):
+        assert re.search(rf"^\[\s*\d+\.\d s\] {stage}: done in \d+\.\d s$", err, re.M), err
+    assert re.search(r"place and route \(nextpnr-ecp5\): packed: LUT4 \d+/24288", err), err
+    assert re.search(r"fmax after placement: [\d.]+ MHz", err), err
+    fmax_lines = re.findall(r"fmax after routing: ([\d.]+) MHz for '[^']+' \(PASS at 30 MHz\)",
+                            err)
     rep = json.loads((out / "report.json").read_text())
     assert rep["status"] == "built" and rep["timing_met"] is True
     assert rep["fmax_mhz"] >= 30.0
+    assert float(fmax_lines[-1]) == pytest.approx(rep["fmax_mhz"], abs=0.01)
+    assert set(rep["stage_seconds"]) == {"elaborate", "synth (yosys)",
+                                         "place and route (nextpnr-ecp5)", "pack (ecppack)"}
+    assert rep["pll"]["fvco"] == pytest.approx(600.0)
+    assert rep["tools"]["yosys"]["kind"] in ("native", "pypi")
+    assert rep["yosys_cells"].get("MULT18X18D", 0) > 0
     u = rep["utilisation"]
     assert 0 < u["dsps"]["used"] <= u["dsps"]["available"] == 28
     assert 0 < u["brams"]["used"] <= 56 and u["luts"]["used"] > 1000

