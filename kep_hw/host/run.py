@@ -24,6 +24,7 @@ import time
 import torch
 
 from kep_common.errors import KepError, cli_errors
+from kep_common.log import add_logging_args, setup_logging, verbosity
 from kep_common.fileio import atomic_write_json, environment_info
 
 from kep_hw.gateware.params import parse_pes
@@ -104,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="clock in MHz for the latency (default: the board's reported clock)")
     p.add_argument("--build-root", default="sim_build", help="(--sim) build folder")
     p.add_argument("--out", default=None, help="write a JSON report here")
+    add_logging_args(p)
     return p
 
 
@@ -147,6 +149,7 @@ def _check_info(info, px: int, fmax) -> None:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (see the module docstring)."""
     args = _parser().parse_args(argv)
+    setup_logging(verbosity(args))
     pes, px = _check_args(args)
     from kep_train.data.cifar import load_cifar10
     from kep_train.golden.evaluate import quantize_input, run_network, top1
