@@ -171,7 +171,8 @@ def test_top1_ties_lowest_index():
 
 def test_golden_cli(tiny_cifar, tmp_path, capsys):
     from kep_common.fileio import atomic_torch_save
-    from kep_train.golden.evaluate import evaluate_int8, load_test_images
+    from kep_train.data.cifar import read_cifar10_split
+    from kep_train.golden.evaluate import evaluate_int8
     from kep_train.models import build_model
     torch.manual_seed(0)
     model = build_model("resnet20")
@@ -181,10 +182,12 @@ def test_golden_cli(tiny_cifar, tmp_path, capsys):
     assert main(["--model", str(kep_path), "--data-dir", str(tiny_cifar), "--out", str(out),
                  "--batch-size", "7"]) == 0
     rep = json.loads(out.read_text())
-    images, labels = load_test_images(tiny_cifar)
+    split = read_cifar10_split(tiny_cifar, train=False)     # the command's sorted order
+    images, labels = split.images, split.labels
     pred = evaluate_int8(kep, images, 30)
-    expect = 100.0 * float((pred == labels).float().mean())
-    assert rep["images"] == 30 and rep["int8_top1"] == pytest.approx(expect)
+    correct = int((pred == labels).sum())
+    assert rep["images"] == 30 and rep["int8_correct"] == correct
+    assert rep["int8_top1"] == round(100 * correct / 30, 4)
     assert "python" in rep["environment"] and "float_top1" not in rep
     assert "int8 golden top-1" in capsys.readouterr().out
     # with the float checkpoint: its top-1 on the same images, and the agreement
@@ -198,9 +201,11 @@ def test_golden_cli(tiny_cifar, tmp_path, capsys):
     with torch.no_grad():
         fpred = model.eval()((images[:20].float() / 255 - m) / sd.view(1, -1, 1, 1)).argmax(1)
     assert rep["images"] == 20
-    assert rep["float_top1"] == pytest.approx(100.0 * float((fpred == labels[:20]).float()
-                                                            .mean()))
-    assert rep["agreement"] == pytest.approx(100.0 * float((fpred == pred[:20]).float().mean()))
+    fcorrect, same = int((fpred == labels[:20]).sum()), int((fpred == pred[:20]).sum())
+    assert rep["float_correct"] == fcorrect and rep["same_prediction"] == same
+    assert rep["float_top1"] == round(100 * fcorrect / 20, 4)
+    assert rep["agreement"] == round(100 * same / 20, 4)
+    assert [r["float_prediction"] for r in rep["per_image"]] == fpred.tolist()
     assert "float pruned top-1" in capsys.readouterr().out
     for bad in (["--data-dir", str(tmp_path / "nope")], ["--data-dir", str(tiny_cifar), "--n", "0"],
                 ["--data-dir", str(tiny_cifar), "--checkpoint", str(tmp_path / "none.pt")]):

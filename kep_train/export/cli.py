@@ -25,12 +25,16 @@ import os
 import torch
 
 from kep_common.errors import KepError, cli_errors
+from kep_common.fileio import check_output_file
+from kep_common.log import add_logging_args, setup_logging, verbosity
 
 __all__ = ["main", "inspect_main", "layer_table", "calibration_images"]
 
 
-def calibration_images(data_dir, mean, std, *, n: int, seed: int = 0) -> torch.Tensor:
-    """``n`` normalized training images drawn without replacement (seeded), float32.
+def calibration_images(data_dir, mean, std, *, n: int, seed: int = 0,
+                       use_cache: bool = True) -> torch.Tensor:
+    """``n`` normalized training images drawn without replacement (seeded), float32;
+    ``use_cache`` reads/writes the decoded-image cache (:func:`kep_train.data.cifar.cache_dir`).
 
     Raises
     ------
@@ -41,14 +45,21 @@ def calibration_images(data_dir, mean, std, *, n: int, seed: int = 0) -> torch.T
     from kep_train.golden.evaluate import load_test_images
     if n < 1:
         raise KepError(f"need at least one calibration image, got {n}")
-    images, _ = load_test_images(data_dir, train=True)
+    images, _ = load_test_images(data_dir, train=True, use_cache=use_cache)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(images.shape[0], generator=g)[:n]
     return normalize(images[idx], mean, std)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with exit code 2 and one ``error: ...`` line on a bad option."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message}\n")
+
+
 def _export_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m kep_train export",
+    p = _Parser(prog="python -m kep_train export",
                                 description="write a compressed int8 .kep model from a "
                                             "training checkpoint")
     p.add_argument("--checkpoint", required=True, help="training checkpoint (.pt)")
@@ -62,6 +73,10 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument("--percentile", type=float, default=99.99,
                    help="percentile of |x| per batch (method percentile), default 99.99")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration draw")
+    p.add_argument("--no-cache", action="store_true",
+                   help="neither read nor write the decoded-image cache ($KEP_CACHE, else "
+                        "$XDG_CACHE_HOME/kep_toolkit, else ~/.cache/kep_toolkit)")
+    add_logging_args(p)
     return p
 
 
@@ -71,15 +86,21 @@ def main(argv: list[str] | None = None) -> int:
     from kep_train.train.checkpoint import load_checkpoint
     from kep_train.export.quantize import kep_from_checkpoint
     args = _export_parser().parse_args(argv)
+    setup_logging(verbosity(args))
     if args.calib_batches < 1 or args.calib_batch_size < 1:
         raise KepError("--calib-batches and --calib-batch-size must be >= 1")
     if not 0 < args.percentile <= 100:
         raise KepError(f"--percentile must lie in (0, 100], got {args.percentile}")
+    if not 0 <= args.seed < 2**63:
+        raise KepError(f"--seed must be an integer in [0, 2**63), got {args.seed}")
+    check_output_file(args.out, "--out")
     ckpt = load_checkpoint(args.checkpoint)
     data_dir = args.data_dir
     if data_dir is None:
         a = ckpt.get("args")
         data_dir = a.get("data_dir") if isinstance(a, dict) else None
+        if data_dir is not None and not isinstance(data_dir, str):
+            raise KepError(f"checkpoint {args.checkpoint!r}: args.data_dir is not a path")
     if not data_dir:
         raise KepError("--data-dir is required (calibration needs training images)")
     if not os.path.isdir(data_dir):
@@ -88,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         if key not in ckpt:
             raise KepError(f"checkpoint {args.checkpoint!r} lacks {key!r}")
     calib = calibration_images(data_dir, ckpt["mean"], ckpt["std"],
-                               n=args.calib_batches * args.calib_batch_size, seed=args.seed)
+                               n=args.calib_batches * args.calib_batch_size, seed=args.seed,
+                               use_cache=not args.no_cache)
     del ckpt
     kep = kep_from_checkpoint(args.checkpoint, calib, method=args.calib_method,
                               percentile=args.percentile)
@@ -185,11 +207,12 @@ def _fmt_table(kep, rows, tot) -> str:
 
 
 def _inspect_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m kep_train inspect",
+    p = _Parser(prog="python -m kep_train inspect",
                                 description="per-layer storage table of a .kep model")
     p.add_argument("model", help=".kep file")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--out", help="also write the JSON report here")
+    add_logging_args(p)
     return p
 
 
@@ -201,6 +224,9 @@ def inspect_main(argv: list[str] | None = None) -> int:
     from kep_common.fileio import atomic_write_json, environment_info
     from kep_train.export.kepfile import load_kep
     args = _inspect_parser().parse_args(argv)
+    setup_logging(verbosity(args))
+    if args.out:
+        check_output_file(args.out, "--out")
     kep = load_kep(args.model)
     rows, tot = layer_table(kep)
     report = {"model": str(args.model), "file_bytes": os.path.getsize(args.model),

@@ -24,8 +24,8 @@ from kep_common.fileio import atomic_write_bytes
 from kep_train.golden.intarith import check_requant_params
 
 __all__ = ["KEP_FORMAT", "KEP_FORMAT_VERSION", "MAX_HEADER_BYTES", "MAX_FILE_BYTES", "OPS",
-           "KepFormatError", "KepLayer", "KepModel", "save_kep", "load_kep", "dumps_kep",
-           "loads_kep"]
+           "MAX_CHANNELS", "MAX_SPATIAL", "MAX_ACTIVATION", "KepFormatError", "KepLayer",
+           "KepModel", "save_kep", "load_kep", "dumps_kep", "loads_kep"]
 
 KEP_FORMAT = "kep"
 KEP_FORMAT_VERSION = "1"
@@ -33,7 +33,10 @@ MAX_HEADER_BYTES = 8 * 2**20        # JSON header limit (a ResNet-110 header is 
 MAX_FILE_BYTES = 2**31              # whole-file limit
 OPS = ("conv", "maxpool", "avgpool", "linear")
 MAX_KERNEL = 16                     # k*k <= 256 keeps an index in one uint8
-MAX_DIM = 2**20                     # bound on any channel count / spatial size
+MAX_DIM = 2**20                     # bound on any tensor dimension in the container
+MAX_CHANNELS = 2**16                # bound on a layer's channels (and classes)
+MAX_SPATIAL = 4096                  # bound on an activation's height and width
+MAX_ACTIVATION = 2**24              # bound on C*H*W of one image's activation (16 Mi elements)
 
 # safetensors dtype name -> (torch dtype, bytes per element)
 _DTYPES = {"I8": (torch.int8, 1), "U8": (torch.uint8, 1), "I32": (torch.int32, 4),
@@ -245,8 +248,10 @@ def load_kep(path: str | os.PathLike) -> KepModel:
         Missing, truncated, oversized, corrupt or inconsistent file, unknown version or
         layer kind; the message is one line naming the defect.
     """
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise KepFormatError(f"model file {str(path)!r} does not exist")
+    if not os.path.isfile(path):
+        raise KepFormatError(f"model file {str(path)!r} is not a regular file")
     size = os.path.getsize(path)
     if size > MAX_FILE_BYTES:
         raise KepFormatError(f"{str(path)!r}: file of {size} bytes exceeds the "
@@ -359,29 +364,78 @@ def _get(d: dict, key: str, where: str):
 def _int(d, key, where, lo, hi) -> int:
     v = _get(d, key, where)
     if type(v) is not int or not lo <= v <= hi:
-        _fail(f"{where}: {key} must be an integer in [{lo}, {hi}], got {v!r}")
+        _fail(f"{where}: {key} must be an integer in [{lo}, {hi}], got {_short(v)}")
     return v
 
 
 def _bool(d, key, where) -> bool:
     v = _get(d, key, where)
     if type(v) is not bool:
-        _fail(f"{where}: {key} must be true or false, got {v!r}")
+        _fail(f"{where}: {key} must be true or false, got {_short(v)}")
     return v
 
 
 def _scale(v, what: str) -> float:
     if type(v) not in (int, float) or not math.isfinite(v) or v <= 0:
-        _fail(f"{what} must be a finite positive number, got {v!r}")
+        _fail(f"{what} must be a finite positive number, got {_short(v)}")
     return float(v)
 
 
 def _shape(d, key, where, ndim) -> tuple:
+    """An activation shape: ``[C]`` or ``[C, H, W]`` within the size bounds of the format."""
     v = _get(d, key, where)
     if (not isinstance(v, list) or len(v) != ndim
             or not all(type(s) is int and 1 <= s <= MAX_DIM for s in v)):
-        _fail(f"{where}: {key} must be {ndim} positive integers, got {v!r}")
+        _fail(f"{where}: {key} must be {ndim} positive integers, got {_short(v)}")
+    if v[0] > MAX_CHANNELS:
+        _fail(f"{where}: {key} {v!r} has more than {MAX_CHANNELS} channels")
+    if ndim == 3 and (max(v[1:]) > MAX_SPATIAL or math.prod(v) > MAX_ACTIVATION):
+        _fail(f"{where}: {key} {v!r} exceeds the size limits (H, W <= {MAX_SPATIAL}, "
+              f"C*H*W <= {MAX_ACTIVATION})")
     return tuple(v)
+
+
+def _numbers(meta, key, n, *, positive) -> list:
+    """``meta[key]``: a list of ``n`` finite numbers (> 0 when ``positive``)."""
+    v = _get(meta, key, "meta")
+    if (not isinstance(v, list) or len(v) != n
+            or not all(type(x) in (int, float) and math.isfinite(x) and (x > 0 or not positive)
+                       for x in v)):
+        what = "finite positive numbers" if positive else "finite numbers"
+        _fail(f"meta: {key} must be a list of {n} {what} (one per input channel), got "
+              f"{_short(v)}")
+    return [float(x) for x in v]
+
+
+def _short(v, limit: int = 60) -> str:
+    r = " ".join(repr(v).split())
+    return r if len(r) <= limit else r[:limit] + "..."
+
+
+#: optional meta keys and the JSON types they may hold (None = JSON null)
+_META_TYPES = {"model_name": (str, type(None)), "dataset": (str, type(None)),
+               "checkpoint": (str, type(None)), "toolkit_version": (str, type(None)),
+               "format_version": (str,), "kep": (dict, type(None)),
+               "calibration": (dict, type(None))}
+
+
+def _check_meta(meta: dict) -> tuple:
+    """Validate ``meta`` (section 4 of docs/kep-format.md); returns the input shape."""
+    input_shape = _shape(meta, "input_shape", "meta", 3)
+    _scale(_get(meta, "input_scale", "meta"), "meta input_scale")
+    _numbers(meta, "mean", input_shape[0], positive=False)
+    _numbers(meta, "std", input_shape[0], positive=True)
+    for key, types in _META_TYPES.items():
+        if key in meta and type(meta[key]) not in types:
+            _fail(f"meta: {key} has the wrong type ({_short(meta[key])})")
+    n = meta.get("num_classes")
+    if n is not None and (type(n) is not int or not 1 <= n <= MAX_CHANNELS):
+        _fail(f"meta: num_classes must be an integer in [1, {MAX_CHANNELS}] or null, got "
+              f"{_short(n)}")
+    top1 = meta.get("float_top1")
+    if top1 is not None and (type(top1) not in (int, float) or not 0 <= top1 <= 100):
+        _fail(f"meta: float_top1 must be a number in [0, 100] or null, got {_short(top1)}")
+    return input_shape
 
 
 def _same_scale(a: float, b: float) -> bool:
@@ -404,8 +458,8 @@ def _tensor(tensors, used, name, field_, dtype, shape):
 
 
 def _build_model(graph: list, meta: dict, tensors: dict) -> KepModel:
-    input_shape = _shape(meta, "input_shape", "meta", 3)
-    input_scale = _scale(_get(meta, "input_scale", "meta"), "meta input_scale")
+    input_shape = _check_meta(meta)
+    input_scale = float(meta["input_scale"])
     produced = {"input": (input_shape, input_scale, "input")}   # name -> (shape, scale, op)
     layers, used = [], set()
     for pos, d in enumerate(graph):
@@ -413,16 +467,16 @@ def _build_model(graph: list, meta: dict, tensors: dict) -> KepModel:
             _fail(f"graph entry {pos} is not a JSON object")
         name = d.get("name")
         if not isinstance(name, str) or not name or name == "input":
-            _fail(f"graph entry {pos}: bad layer name {name!r}")
-        where = f"layer {name!r}"
+            _fail(f"graph entry {pos}: bad layer name {_short(name)}")
+        where = f"layer {_short(name)}"
         if name in produced:
             _fail(f"{where}: duplicate layer name")
         op = _get(d, "op", where)
         if op not in OPS:
-            _fail(f"{where}: unknown layer kind {op!r} (known: {', '.join(OPS)})")
+            _fail(f"{where}: unknown layer kind {_short(op)} (known: {', '.join(OPS)})")
         src = _get(d, "input", where)
         if not isinstance(src, str) or src not in produced:
-            _fail(f"{where}: input {src!r} is not an earlier layer or 'input'")
+            _fail(f"{where}: input {_short(src)} is not an earlier layer or 'input'")
         src_shape, src_scale, src_op = produced[src]
         in_scale = _scale(_get(d, "in_scale", where), f"{where}: in_scale")
         out_scale = _scale(_get(d, "out_scale", where), f"{where}: out_scale")
@@ -490,7 +544,7 @@ def _conv_fields(d, layer, tensors, used, produced, where):
     res = _get(d, "residual", where)
     if res is not None:
         if not isinstance(res, str) or res not in produced:
-            _fail(f"{where}: residual {res!r} is not an earlier layer")
+            _fail(f"{where}: residual {_short(res)} is not an earlier layer")
         r_shape, _, r_op = produced[res]
         if r_op not in ("input", "conv", "maxpool") or tuple(r_shape) != layer.out_shape:
             _fail(f"{where}: residual {res!r} has shape {list(r_shape)}, expected "

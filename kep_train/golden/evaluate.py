@@ -14,12 +14,18 @@ whatever the summation order. A layer with ``B >= 2**24`` runs in float64 (exact
 The bias is added and the sum wrapped to int32 in int64. ``tests/test_golden.py`` checks this
 path against :func:`kep_train.golden.sparseconv.sparse_conv2d` (pure int64) and ``F.conv2d``.
 
-Command line: ``python -m kep_train golden --model model.kep --data-dir DIR``.
+Command line: ``python -m kep_train golden --model model.kep --data-dir DIR [--n N] [--shuffle]
+[--out golden.json]``: the first N test images in sorted order (class folders, then files) or a
+seeded random subset; the JSON report holds every image's file, label, prediction and int32
+logits, so that another implementation can be checked bit for bit below the top-1 level.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -28,12 +34,17 @@ import torch
 import torch.nn.functional as F
 
 from kep_common.errors import KepError, cli_errors
-from kep_train.data.cifar import load_cifar10, normalize
+from kep_common.fileio import check_output_file
+from kep_common.log import add_logging_args, setup_logging, verbosity
+from kep_train.data.cifar import load_cifar10, normalize, read_cifar10_split
 from kep_train.golden.intarith import INT8_MAX, INT8_MIN, quantize_tensor, requantize, wrap_int32
 from kep_train.export.kepfile import KepLayer, KepModel, load_kep
 
 __all__ = ["run_network", "quantize_input", "conv_layer", "conv_acc_exact_dtype",
-           "top1", "load_test_images", "main"]
+           "top1", "load_test_images", "golden_logits", "evaluate_int8", "evaluate_float",
+           "percent", "main"]
+
+log = logging.getLogger(__name__)
 
 _F32_EXACT = 2**24
 _F64_EXACT = 2**53
@@ -242,10 +253,12 @@ def top1(logits: torch.Tensor) -> torch.Tensor:
     return logits.to(torch.int64).argmax(dim=1)  # torch.argmax returns the first maximum
 
 
-def load_test_images(data_dir: str | os.PathLike, *, train: bool = False,
+def load_test_images(data_dir: str | os.PathLike, *, train: bool = False, use_cache: bool = True,
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """CIFAR-10 images ``uint8 [N, 3, 32, 32]`` and labels ``int64 [N]`` of an existing folder
-    (:func:`kep_train.data.cifar.load_cifar10`, never downloading).
+    in the training order (:func:`kep_train.data.cifar.load_cifar10`, never downloading; image
+    folders in a fixed shuffled order). The ``golden`` command reads the sorted order instead
+    (:func:`kep_train.data.cifar.read_cifar10_split`).
 
     Raises
     ------
@@ -254,32 +267,90 @@ def load_test_images(data_dir: str | os.PathLike, *, train: bool = False,
     """
     if not Path(data_dir).is_dir():
         raise KepError(f"data folder {str(data_dir)!r} does not exist")
-    return load_cifar10(data_dir, train=train, download=False)
+    return load_cifar10(data_dir, train=train, download=False, use_cache=use_cache)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with exit code 2 and one ``error: ...`` line on a bad option."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message}\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m kep_train golden",
-                                description="top-1 of the bit-exact int8 golden model of a "
-                                            ".kep file on the CIFAR-10 test set")
+    p = _Parser(
+        prog="python -m kep_train golden",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="top-1 of the bit-exact int8 golden model of a .kep file on the CIFAR-10 "
+                    "test set,\nnext to the float pruned model's when its checkpoint exists",
+        epilog=(
+            "image order: image folders are read in sorted order (class folders sorted, files "
+            "sorted\nwithin a class), cifar-10-batches-py in the official order; --n N takes "
+            "the first N of\nthat order (with sorted class folders, the first classes only), "
+            "--shuffle --n N a random\nsubset drawn with --seed. Only test/ is read: no train/ "
+            "folder is needed.\n\n"
+            "cache: decoded image folders are kept in $KEP_CACHE, else "
+            "$XDG_CACHE_HOME/kep_toolkit,\nelse ~/.cache/kep_toolkit; an entry is keyed on the "
+            "files' names, sizes and modification\ntimes (a replaced image is decoded again); "
+            "--no-cache neither reads nor writes it.\n\n"
+            "--out JSON: int8_top1 (%, rounded to 4 decimals), int8_correct, images, the float "
+            "model's\nfigures when compared, and per_image: one record per image {index, file "
+            "(relative to\n--data-dir), label, prediction, logits (the int32 outputs)}."))
     p.add_argument("--model", required=True, help=".kep file")
-    p.add_argument("--data-dir", required=True, help="CIFAR-10 folder (holding test/)")
+    p.add_argument("--data-dir", required=True, help="CIFAR-10 folder (holding test/ or "
+                   "cifar-10-batches-py)")
     p.add_argument("--checkpoint", help="float checkpoint to compare with (default: the one "
                    "named in the .kep metadata, if it exists)")
-    p.add_argument("--n", type=int, default=None, help="use the first N test images")
+    p.add_argument("--n", type=int, default=None,
+                   help="use only the first N test images in sorted order (default: all)")
+    p.add_argument("--shuffle", action="store_true",
+                   help="take the images in a random order drawn with --seed (with --n: a "
+                        "random subset of N)")
+    p.add_argument("--seed", type=int, default=None, help="seed of --shuffle (default 0)")
     p.add_argument("--batch-size", type=int, default=1000)
-    p.add_argument("--out", help="write a JSON report here")
+    p.add_argument("--no-cache", action="store_true",
+                   help="neither read nor write the decoded-image cache")
+    p.add_argument("--out", help="write a JSON report here (with per-image records)")
+    add_logging_args(p)
     return p
 
 
-def evaluate_int8(kep: KepModel, images: torch.Tensor, batch_size: int = 1000,
-                  ) -> torch.Tensor:
-    """Predicted classes of the golden model for uint8 images, in batches."""
+class _Progress:
+    """Log ``images done / total, elapsed s, images/s`` every ``every_s`` seconds and at the
+    end (INFO: silenced by ``--quiet``)."""
+
+    def __init__(self, what: str, total: int, every_s: float = 2.0):
+        self.what, self.total, self.every_s = what, total, every_s
+        self.t0 = self.last = time.perf_counter()
+
+    def __call__(self, done: int) -> None:
+        now = time.perf_counter()
+        if done < self.total and now - self.last < self.every_s:
+            return
+        self.last = now
+        dt = now - self.t0
+        log.info("%s: %d/%d images, %.1f s, %.0f images/s", self.what, done, self.total, dt,
+                 done / max(dt, 1e-9))
+
+
+def golden_logits(kep: KepModel, images: torch.Tensor, batch_size: int = 1000, *,
+                  progress=None) -> torch.Tensor:
+    """The golden model's outputs (int32 logits ``[N, classes]``) for uint8 images, in batches;
+    ``progress(images_done)`` is called after every batch."""
     cache: dict = {}
-    preds = []
+    outs = []
     for s in range(0, images.shape[0], batch_size):
         x = quantize_input(kep, images[s:s + batch_size])
-        preds.append(top1(run_network(kep, x, _cache=cache)))
-    return torch.cat(preds)
+        outs.append(run_network(kep, x, _cache=cache))
+        if progress is not None:
+            progress(min(s + batch_size, images.shape[0]))
+    return torch.cat(outs)
+
+
+def evaluate_int8(kep: KepModel, images: torch.Tensor, batch_size: int = 1000, *,
+                  progress=None) -> torch.Tensor:
+    """Predicted classes of the golden model for uint8 images, in batches."""
+    return top1(golden_logits(kep, images, batch_size, progress=progress))
 
 
 def evaluate_float(ckpt_path, kep: KepModel, images: torch.Tensor,
@@ -295,41 +366,119 @@ def evaluate_float(ckpt_path, kep: KepModel, images: torch.Tensor,
     return torch.cat(preds)
 
 
+def percent(count: int, total: int) -> float:
+    """``100 * count / total`` rounded to 4 decimals (computed from Python ints; 0.0 when
+    ``total`` is 0)."""
+    return round(100 * count / total, 4) if total else 0.0
+
+
+def _report_json(report: dict) -> bytes:
+    """Indented JSON with every ``per_image`` record on one line."""
+    head = {k: v for k, v in report.items() if k != "per_image"}
+    text = json.dumps(head, indent=2)
+    if "per_image" in report:
+        rows = ",\n".join("    " + json.dumps(r) for r in report["per_image"])
+        text = text[:-2] + ',\n  "per_image": [' + (f"\n{rows}\n  " if rows else "") + "]\n}"
+    return (text + "\n").encode()
+
+
+def _check_classifier(kep: KepModel, path) -> None:
+    """KepError unless the network ends in per-class outputs (a linear or avgpool layer): the
+    format also allows networks ending in a conv, which have no top-1."""
+    last = kep.layers[-1]
+    if last.op not in ("linear", "avgpool"):
+        raise KepError(f"{str(path)!r} ends with the {last.op} layer {last.name!r}: the golden "
+                       "top-1 needs a classifier (a network ending in a linear layer)")
+
+
+#: bound on the int64/float64 activations of one golden batch (the batch is split below it)
+_BATCH_BYTES = 2**31
+
+
+def _bounded_batch(kep: KepModel, batch_size: int) -> int:
+    """``batch_size`` lowered so that the largest activation of a batch, as 8-byte numbers,
+    stays below :data:`_BATCH_BYTES` (results do not depend on the batching)."""
+    biggest = max(math.prod(ly.out_shape) for ly in kep.layers)
+    biggest = max(biggest, math.prod(kep.meta["input_shape"]))
+    return max(1, min(batch_size, _BATCH_BYTES // (8 * biggest)))
+
+
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
     """``python -m kep_train golden``: int8 top-1 next to the float pruned model's."""
-    from kep_common.fileio import atomic_write_json, environment_info
+    from kep_common.fileio import atomic_write_bytes, environment_info
     args = _parser().parse_args(argv)
+    setup_logging(verbosity(args))
     if args.batch_size < 1:
         raise KepError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.n is not None and args.n < 1:
         raise KepError(f"--n must be >= 1, got {args.n}")
-    kep = load_kep(args.model)
-    images, labels = load_test_images(args.data_dir, train=False)
-    if args.n is not None:
-        images, labels = images[:args.n], labels[:args.n]
-    t0 = time.perf_counter()
-    pred = evaluate_int8(kep, images, args.batch_size)
-    seconds = time.perf_counter() - t0
-    n = int(labels.numel())
-    report = {"model": str(args.model), "images": n,
-              "int8_top1": 100.0 * float((pred == labels).float().mean()),
-              "int8_seconds": seconds}
-    ckpt = args.checkpoint or kep.meta.get("checkpoint")
+    if args.seed is not None and not args.shuffle:
+        raise KepError("--seed only applies with --shuffle")
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        raise KepError(f"--seed must be an integer in [0, 2**63), got {args.seed}")
     if args.checkpoint and not os.path.isfile(args.checkpoint):
         raise KepError(f"checkpoint {args.checkpoint!r} does not exist")
+    if args.out:
+        check_output_file(args.out, "--out")
+    kep = load_kep(args.model)
+    _check_classifier(kep, args.model)
+    args.batch_size = _bounded_batch(kep, args.batch_size)
+    ckpt = args.checkpoint or kep.meta.get("checkpoint")
+    if ckpt and os.path.isfile(ckpt):   # a malformed checkpoint fails now, not after the work
+        from kep_train.train.checkpoint import model_from_checkpoint
+        model_from_checkpoint(ckpt)
+    if not Path(args.data_dir).is_dir():
+        raise KepError(f"data folder {str(args.data_dir)!r} does not exist")
+    split = read_cifar10_split(args.data_dir, train=False, download=False,
+                               use_cache=not args.no_cache)
+    index = torch.arange(len(split.labels))
+    if args.shuffle:
+        seed = 0 if args.seed is None else args.seed
+        index = torch.randperm(len(split.labels), generator=torch.Generator().manual_seed(seed))
+    if args.n is not None:
+        if args.n > len(index):
+            log.warning("--n %d: the test set has only %d images; using them all", args.n,
+                        len(index))
+        index = index[:args.n]
+    images, labels = split.images[index], split.labels[index]
+    n = int(labels.numel())
+    log.info("golden model %s on %d test images of %s", args.model, n, args.data_dir)
+    t0 = time.perf_counter()
+    logits = golden_logits(kep, images, args.batch_size, progress=_Progress("int8 golden", n))
+    seconds = time.perf_counter() - t0
+    pred = top1(logits)
+    correct = int((pred == labels).sum())
+    report = {"model": str(args.model), "data_dir": str(args.data_dir), "images": n,
+              "order": ("shuffled" if args.shuffle else "sorted"),
+              "seed": (0 if args.seed is None else args.seed) if args.shuffle else None,
+              "int8_top1": percent(correct, n), "int8_correct": correct,
+              "int8_seconds": round(seconds, 3)}
+    ckpt = args.checkpoint or kep.meta.get("checkpoint")
+    fpred = None
     if ckpt and os.path.isfile(ckpt):
+        log.info("float model of %s on the same images", ckpt)
         fpred = evaluate_float(ckpt, kep, images, args.batch_size)
-        report.update(checkpoint=str(ckpt),
-                      float_top1=100.0 * float((fpred == labels).float().mean()),
-                      agreement=100.0 * float((fpred == pred).float().mean()))
-        report["diff_pt"] = report["int8_top1"] - report["float_top1"]
-    print(f"int8 golden top-1: {report['int8_top1']:.2f} % on {n} images "
-          f"({seconds:.1f} s, {n / max(seconds, 1e-9):.0f} images/s)")
-    if "float_top1" in report:
+        fcorrect = int((fpred == labels).sum())
+        same = int((fpred == pred).sum())
+        report.update(checkpoint=str(ckpt), float_top1=percent(fcorrect, n),
+                      float_correct=fcorrect, agreement=percent(same, n), same_prediction=same,
+                      diff_pt=round(percent(correct, n) - percent(fcorrect, n), 4))
+    elif ckpt:
+        log.info("no float comparison: the checkpoint %s named in the .kep does not exist", ckpt)
+    print(f"int8 golden top-1: {report['int8_top1']:.2f} % ({correct}/{n} images, "
+          f"{seconds:.1f} s, {n / max(seconds, 1e-9):.0f} images/s)")
+    if fpred is not None:
         print(f"float pruned top-1: {report['float_top1']:.2f} %  (int8 - float = "
               f"{report['diff_pt']:+.2f} pt, same prediction on {report['agreement']:.2f} %)")
     report["environment"] = environment_info()
     if args.out:
-        atomic_write_json(args.out, report)
+        logits_list = logits.tolist()
+        report["per_image"] = [
+            {"index": int(i), "file": split.files[int(i)], "label": int(y),
+             "prediction": int(p), "logits": lg}
+            | ({"float_prediction": int(fpred[j])} if fpred is not None else {})
+            for j, (i, y, p, lg) in enumerate(zip(index.tolist(), labels.tolist(),
+                                                  pred.tolist(), logits_list))]
+        atomic_write_bytes(args.out, _report_json(report))
     return 0

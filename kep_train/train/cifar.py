@@ -12,23 +12,30 @@ import torch
 import torch.nn.functional as F
 
 from kep_common.errors import KepError, cli_errors
+from kep_common.log import add_logging_args, setup_logging, verbosity
 from kep_train.data import cifar as kdata
 from kep_train.models import CIFAR_MODELS
 from kep_train.pruning import TaylorImportance
 from kep_train.train import distributed as kdist
 from kep_train.train.pipeline import STAGES, Pipeline, base_args_parser, run_command
 
-__all__ = ["CifarPipeline", "get_args_parser", "evaluate", "main"]
+__all__ = ["CifarPipeline", "get_args_parser", "evaluate", "count_correct", "main"]
 
 
 @torch.inference_mode()
-def evaluate(model, images, labels, *, device, batch_size=1000) -> float:
-    """Top-1 accuracy (%) on uint8 CIFAR-10 images."""
+def count_correct(model, images, labels, *, device, batch_size=1000) -> int:
+    """Number of uint8 CIFAR-10 images that ``model`` classifies correctly."""
     model.eval()
     correct = 0
     for xb, yb in kdata.iterate_batches(images, labels, batch_size):
         out = model(kdata.normalize(xb).to(device))
         correct += int((out.argmax(1).cpu() == yb).sum())
+    return correct
+
+
+def evaluate(model, images, labels, *, device, batch_size=1000) -> float:
+    """Top-1 accuracy (%) on uint8 CIFAR-10 images."""
+    correct = count_correct(model, images, labels, device=device, batch_size=batch_size)
     return 100.0 * correct / max(len(labels), 1)
 
 
@@ -44,8 +51,13 @@ class CifarPipeline(Pipeline):
         a = self.args
         if not a.data_dir:
             raise KepError("--data-dir is required")
-        return kdata.load_cifar10_data(a.data_dir, download=not a.no_download,
-                                       subset=a.subset, test_subset=a.test_subset)
+        data = kdata.load_cifar10_data(a.data_dir, download=not a.no_download,
+                                       subset=a.subset, test_subset=a.test_subset,
+                                       use_cache=not a.no_cache)
+        if len(data.train_y) < self.sched.batch_size:
+            raise KepError(f"{len(data.train_y)} training images, fewer than one batch "
+                           f"(--batch-size {self.sched.batch_size})")
+        return data
 
     def batches(self, stage, epoch):
         g = _epoch_generator(self.args.seed, stage, epoch)
@@ -60,7 +72,11 @@ class CifarPipeline(Pipeline):
                                                                       non_blocking=True)
 
     def evaluate_model(self, model) -> float:
-        return evaluate(model, self.data.test_x, self.data.test_y, device=self.device)
+        """Top-1 (%) on the test images; the counts go to ``last_eval`` (epoch records)."""
+        n = len(self.data.test_y)
+        correct = count_correct(model, self.data.test_x, self.data.test_y, device=self.device)
+        self.last_eval = {"test_correct": correct, "test_images": n}
+        return 100.0 * correct / max(n, 1)
 
     def taylor_importance(self):
         g = torch.Generator().manual_seed(self.args.seed + 12345)
@@ -94,18 +110,29 @@ class CifarPipeline(Pipeline):
 
 def get_args_parser():
     """The options of ``python -m kep_train cifar``."""
-    return base_args_parser(
+    p = base_args_parser(
         "cifar", model_default="resnet20", model_names=CIFAR_MODELS,
         data_dir=dict(default="data/cifar10", required=False,
                       help="CIFAR-10 folder: torchvision's cifar-10-batches-py (downloaded "
                            "when missing and online) or image folders train/<class>/*, "
                            "test/<class>/* (default: %(default)s)"))
+    g = p.add_argument_group("decoded-image cache")
+    g.add_argument("--no-cache", action="store_true",
+                   help="neither read nor write the cache of decoded image folders "
+                        "($KEP_CACHE, else $XDG_CACHE_HOME/kep_toolkit, else "
+                        "~/.cache/kep_toolkit; keyed on the files' names, sizes and "
+                        "modification times)")
+    add_logging_args(p)
+    return p
 
 
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
     """Entry of ``python -m kep_train cifar``."""
     args = get_args_parser().parse_args(argv)
+    setup_logging(verbosity(args))
+    if args.quiet:
+        args.no_progress = True
     if kdist.env_world_size() > 1:
         raise KepError("multi-process (torchrun) runs are supported by the imagenet "
                        "command; run cifar as one process")

@@ -22,8 +22,8 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import logging
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from kep_common.errors import KepError, cli_errors
 from kep_common.fileio import atomic_torch_save
+from kep_common.log import add_logging_args, setup_logging, verbosity
 from kep_train.data.imagenet import (ImageFolderData, ImageNetData, imagenet_transforms,
                                      load_imagenet_data)
 from kep_train.models import IMAGENET_MODELS, build_model
@@ -43,6 +44,8 @@ from kep_train.train.pipeline import (STAGES, Pipeline, base_args_parser, positi
 
 __all__ = ["ImageNetPipeline", "get_args_parser", "main", "mac_shares", "touchable_macs",
            "load_torchvision_state_dict", "taylor_scores_float64"]
+
+log = logging.getLogger(__name__)
 
 _HEADS = ("fc.", "classifier.6.")   # final classifiers of the torchvision models used here
 
@@ -372,9 +375,8 @@ class ImageNetPipeline(Pipeline):
         if dropped:
             r.kep["pretrained_head_reinitialised"] = sorted(dropped)
             if kdist.is_main():
-                print(f"--pretrained: classifier re-initialised for {self.data.num_classes} "
-                      "classes",
-                      file=sys.stderr)
+                log.warning("--pretrained: classifier re-initialised for %d classes",
+                            self.data.num_classes)
         r.dense_top1 = self.evaluate_model(r.model)
         r.history.append({"stage": "pretrained", "epoch": 0, "test_top1": r.dense_top1})
 
@@ -425,10 +427,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="multi-process runs: batch norm over each process's share of the "
                         "batch instead of the whole batch (faster, not equal to one process)")
     g.add_argument("--rank-states", action="store_true", help=argparse.SUPPRESS)
+    add_logging_args(p)
     return p
 
 
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
     """Entry of ``python -m kep_train imagenet`` (one process, or one of ``torchrun``'s)."""
-    return run_command(ImageNetPipeline(get_args_parser().parse_args(argv)))
+    args = get_args_parser().parse_args(argv)
+    setup_logging(verbosity(args))
+    if args.quiet:
+        args.no_progress = True
+    return run_command(ImageNetPipeline(args))

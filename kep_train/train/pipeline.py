@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import sys
 import time
@@ -39,17 +40,23 @@ import torch
 import torch.nn.functional as F
 
 from kep_common.errors import KepError
-from kep_common.fileio import atomic_torch_save
+from kep_common.fileio import atomic_torch_save, check_output_dir, check_output_file
 from kep_train.models import build_model
 from kep_train.pruning import (KEPPruner, MagnitudeImportance, PenaltySchedule, allocate_keep,
                                apply_masks, cosine_lr, count_costs, current_masks,
                                filter_l1_masks, magnitude_masks, prunable_convs)
 from kep_train.train import distributed as kdist
-from kep_train.train.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint
+from kep_train.train.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION,
+                                        checkpoint_from_object, load_checkpoint,
+                                        load_tensors_file)
+from kep_train.train.report import append_metrics, rewrite_metrics
 
 __all__ = ["STAGES", "METHODS", "Schedule", "SCHEDULES", "DataSet", "Pipeline", "Run",
            "base_args_parser", "resolve_schedule", "train_one_epoch", "run_command",
-           "positive_int", "fraction", "nonneg_float"]
+           "positive_int", "strictly_positive_int", "fraction", "nonneg_float",
+           "positive_float"]
+
+log = logging.getLogger(__name__)
 
 STAGES = ("dense", "reg", "finetune")
 METHODS = ("kep", "magnitude", "filter-l1", "dense")
@@ -111,11 +118,30 @@ def _number(text, convert, what):
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
 
 
+_MAX_INT = 2**31 - 1    # bound on integer options (seeds, counts): no overflow further down
+
+
 def positive_int(text):
-    """argparse type: an integer >= 0."""
+    """argparse type: an integer in [0, 2**31 - 1]."""
     v = _number(text, int, "an integer")
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    if not 0 <= v <= _MAX_INT:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {_MAX_INT}], got {v}")
+    return v
+
+
+def strictly_positive_int(text):
+    """argparse type: an integer in [1, 2**31 - 1]."""
+    v = _number(text, int, "an integer")
+    if not 1 <= v <= _MAX_INT:
+        raise argparse.ArgumentTypeError(f"must be an integer in [1, {_MAX_INT}], got {v}")
+    return v
+
+
+def thread_count(text):
+    """argparse type: an integer in [0, 1024] (0: torch's default)."""
+    v = _number(text, int, "an integer")
+    if not 0 <= v <= 1024:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 1024], got {v}")
     return v
 
 
@@ -132,6 +158,14 @@ def nonneg_float(text):
     v = _number(text, float, "a number")
     if not (math.isfinite(v) and v >= 0):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return v
+
+
+def positive_float(text):
+    """argparse type: a finite number > 0."""
+    v = _number(text, float, "a number")
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
     return v
 
 
@@ -218,15 +252,15 @@ def base_args_parser(command: str, *, data_dir: dict, model_default: str,
     g.add_argument("--dense-epochs", type=positive_int, default=None)
     g.add_argument("--reg-epochs", type=positive_int, default=None)
     g.add_argument("--finetune-epochs", type=positive_int, default=None)
-    g.add_argument("--batch-size", type=positive_int, default=None)
-    g.add_argument("--lr", type=nonneg_float, default=None, help="peak LR of the dense stage")
-    g.add_argument("--prune-lr", type=nonneg_float, default=None,
+    g.add_argument("--batch-size", type=strictly_positive_int, default=None)
+    g.add_argument("--lr", type=positive_float, default=None, help="peak LR of the dense stage")
+    g.add_argument("--prune-lr", type=positive_float, default=None,
                    help="LR of the reg stage and start of the fine-tune cosine")
     g.add_argument("--penalty-init", type=nonneg_float, default=None,
                    help="lambda at the start of the reg stage")
     g.add_argument("--penalty-step", type=nonneg_float, default=None,
                    help="lambda grows by this ...")
-    g.add_argument("--penalty-every", type=positive_int, default=None,
+    g.add_argument("--penalty-every", type=strictly_positive_int, default=None,
                    help="... every this many iterations ...")
     g.add_argument("--penalty-cap", type=nonneg_float, default=None, help="... up to this cap")
     g.add_argument("--penalty-threshold", type=nonneg_float, default=None,
@@ -238,9 +272,9 @@ def base_args_parser(command: str, *, data_dir: dict, model_default: str,
                    help="continue from OUT/checkpoint.pt (same final result as no interruption)")
     g.add_argument("--seed", type=positive_int, default=0)
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    g.add_argument("--threads", type=positive_int, default=0,
-                   help="CPU threads for torch (0 = torch's default)")
-    g.add_argument("--calib-batches", type=positive_int, default=4,
+    g.add_argument("--threads", type=thread_count, default=0,
+                   help="CPU threads for torch, at most 1024 (0 = torch's default)")
+    g.add_argument("--calib-batches", type=strictly_positive_int, default=4,
                    help="training batches used to calibrate int8 activation scales")
     g.add_argument("--no-export", action="store_true", help="do not write model.kep")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -254,7 +288,10 @@ def resolve_schedule(args) -> Schedule:
     pen = s.penalty
     pen_over = {k: getattr(args, f"penalty_{k}") for k in ("init", "step", "every", "cap",
                                                             "threshold")}
-    pen = dataclasses.replace(pen, **{k: v for k, v in pen_over.items() if v is not None})
+    try:
+        pen = dataclasses.replace(pen, **{k: v for k, v in pen_over.items() if v is not None})
+    except ValueError as e:   # PenaltySchedule checks its own fields
+        raise KepError(f"--penalty-*: {e}") from None
     over = {k: getattr(args, k) for k in ("dense_epochs", "reg_epochs", "finetune_epochs",
                                           "batch_size", "lr", "prune_lr")}
     s = dataclasses.replace(s, penalty=pen, **{k: v for k, v in over.items() if v is not None})
@@ -468,28 +505,46 @@ class Pipeline:
         return {}
 
     # -- run ----------------------------------------------------------------------------------
+    #: files a run writes into ``--out`` (checked before the work starts)
+    OUTPUT_FILES = ("checkpoint.pt", "dense.pt", "report.json", "model.kep", "accuracy.png",
+                    "kept_fraction.png", "kernel_heatmap.png", "metrics.jsonl")
+
     def run(self) -> dict:
         a = self.args
         out = Path(a.out)
+        check_output_dir(out, "--out")     # also removes temp files of killed writes
+        for name in self.OUTPUT_FILES:
+            check_output_file(out / name, "output")
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise KepError(f"cannot create output folder {a.out!r}: {e.strerror}") from None
+        self._check_ignore()
         r = Run(a, self.sched, self.device)
         resume_state = None
         if a.resume and r.ckpt_path.is_file():
-            resume_state = load_checkpoint(r.ckpt_path)
+            resume_state = load_checkpoint(r.ckpt_path, resume=True)
             self._check_resume_args(resume_state)
+            if resume_state["stage"] == "done":
+                report = self._completed_report(out)
+                if report is not None:
+                    log.info("the run in %r is complete (report.json%s written): nothing to "
+                             "resume", a.out, "" if a.no_export else ", model.kep")
+                    return report
+                log.warning("the run in %r is complete but its outputs are missing or "
+                            "damaged: writing them again", a.out)
         elif a.resume:
-            print(f"no checkpoint in {a.out!r}; starting from scratch", file=sys.stderr)
+            log.warning("no checkpoint in %r; starting from scratch", a.out)
         elif r.ckpt_path.is_file():
             raise KepError(f"{str(r.ckpt_path)!r} exists: add --resume to continue that run, "
                            "or choose another --out")
+        if a.pretrained and resume_state is None:
+            self._check_pretrained(a.pretrained)
         kdist.barrier()  # every process has looked for the checkpoint before any writes
         self.data = r.data = self.load_data()
         torch.manual_seed(a.seed)
         r.model = self.build()
-        self.layers = prunable_convs(r.model, ignored_layers=[s for s in a.ignore.split(",") if s],
+        self.layers = prunable_convs(r.model, ignored_layers=self._ignored(),
                                      prune_first=a.prune_first, prune_1x1=a.prune_1x1)
         if a.method != "dense" and not self.layers:
             raise KepError(f"model {a.model!r} has no prunable convolution")
@@ -501,16 +556,76 @@ class Pipeline:
         elif a.pretrained:
             self._load_pretrained(r)
         self.r = r
-        for stage in STAGES:
-            if STAGES.index(stage) < STAGES.index(r.stage):
-                continue
-            self._run_stage(r, stage)
-        r.stage = "done"
-        r.save()
+        if kdist.is_main():   # metrics.jsonl restarts from the checkpoint's history
+            rewrite_metrics(out, r.history)
+        if r.stage != "done":      # "done": a finished run whose outputs are written again
+            for stage in STAGES:
+                if STAGES.index(stage) < STAGES.index(r.stage):
+                    continue
+                self._run_stage(r, stage)
+            r.stage = "done"
+            r.save()
         return self._finish(r)
 
+    def _check_pretrained(self, path):
+        """Before the data is loaded: a KEP checkpoint given to ``--pretrained`` must be valid,
+        dense and of this model (other files are the front end's to judge, when loading)."""
+        obj = load_tensors_file(path, "--pretrained", "a weights file")
+        if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+            ck = checkpoint_from_object(obj, path)
+            if ck["model_name"] != self.args.model:
+                raise KepError(f"--pretrained holds a {ck['model_name']!r}, not "
+                               f"{self.args.model!r}")
+            if ck.get("masks"):
+                raise KepError("--pretrained must be a dense checkpoint (this one is pruned)")
+
+    def _ignored(self) -> list[str]:
+        return [s.strip() for s in self.args.ignore.split(",") if s.strip()]
+
+    def _check_ignore(self):
+        """KepError naming the ``--ignore`` names that are no convolution of the model (checked
+        on a throw-away model before the data is loaded: layer names do not depend on it)."""
+        names = self._ignored()
+        if not names:
+            return
+        convs = [n for n, m in build_model(self.args.model).named_modules()
+                 if isinstance(m, torch.nn.Conv2d)]
+        unknown = [n for n in names if n not in convs]
+        if unknown:
+            more = ", ..." if len(convs) > 6 else ""
+            raise KepError(f"--ignore: {', '.join(map(repr, unknown[:5]))} "
+                           f"{'is no convolution' if len(unknown) == 1 else 'are no convolutions'}"
+                           f" of {self.args.model!r} (its convolutions: "
+                           f"{', '.join(convs[:6])}{more})")
+
+    def _completed_report(self, out: Path) -> dict | None:
+        """The report of a finished run whose outputs are all there (``report.json`` and, unless
+        ``--no-export`` or an export that was refused, a valid ``model.kep``); else None."""
+        from kep_train.export.kepfile import load_kep
+        try:
+            report = json.loads((out / "report.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(report, dict) or not isinstance(report.get("top1"), dict):
+            return None
+        export = report.get("export")
+        refused = isinstance(export, dict) and export.get("exported") is False
+        if not self.args.no_export and not refused:
+            try:
+                load_kep(out / "model.kep")
+            except KepError:
+                return None
+        return report
+
+    def _stage_length(self, stage: str) -> int:
+        """Epochs of ``stage`` in this run (the dense baseline runs all of them as one)."""
+        a, s = self.args, self.sched
+        if a.method == "dense" and not a.pretrained and stage == "dense":
+            return s.dense_epochs + s.reg_epochs + s.finetune_epochs
+        return _stage_epochs(s, stage)
+
     def _check_resume_args(self, ck):
-        saved = ck.get("args", {})
+        saved = ck.get("args") or {}
         for key in ("model", "method", "keep", "target_macs", "target_params", "seed",
                     "schedule", "dense_epochs", "reg_epochs", "finetune_epochs", "subset",
                     "pretrained", "no_penalty", "importance", "batch_size"):
@@ -519,26 +634,88 @@ class Pipeline:
                                f" but the checkpoint was made with {saved[key]!r}")
 
     def _restore(self, r, ck):
-        r.stage, r.epoch = ck["stage"], int(ck["epoch"])
-        r.history = list(ck.get("history", []))
-        r.stage_seconds.update(ck.get("stage_seconds", {}))
-        r.kep = ck.get("kep", r.kep)
+        """Continue from the checkpoint ``ck`` (fields validated by ``load_checkpoint``); its
+        parts are checked against this run's model, layers and method here. KepError if they
+        do not fit."""
+        a = self.args
+        where = f"--resume: checkpoint {str(r.ckpt_path)!r}"
+        if ck["num_classes"] != self.data.num_classes:
+            raise KepError(f"{where} holds a model for {ck['num_classes']} classes, the data "
+                           f"set has {self.data.num_classes}")
+        r.stage, r.epoch = ck["stage"], ck["epoch"]
+        if r.stage != "done" and r.epoch > self._stage_length(r.stage):
+            raise KepError(f"{where} is at epoch {r.epoch} of stage {r.stage!r}, which has "
+                           f"{self._stage_length(r.stage)} epochs")
+        r.history = list(ck.get("history") or [])
+        r.stage_seconds.update(ck.get("stage_seconds") or {})
+        r.kep = ck.get("kep") or r.kep
         r.dense_top1 = ck.get("dense_top1")
         masks = ck.get("masks") or {}
-        if masks:
-            apply_masks(r.model, masks)
-        missing = r.model.load_state_dict(self._to_parametrized(r.model, ck["model"]),
+        try:
+            if masks:
+                apply_masks(r.model, masks)
+            res = r.model.load_state_dict(self._to_parametrized(r.model, ck["model"]),
                                           strict=False)
-        if missing.unexpected_keys:
-            raise KepError(f"checkpoint does not fit the model: {missing.unexpected_keys[:3]}")
-        if ck.get("pruner") is not None:
+        except (KeyError, ValueError, RuntimeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise KepError(f"{where} does not fit the model: {first}") from None
+        missing = [k for k in res.missing_keys if not k.endswith(".weight.0.mask")]
+        if res.unexpected_keys or missing:
+            raise KepError(f"{where} does not fit the model: keys "
+                           f"{(res.unexpected_keys or missing)[:3]}")
+        has_pruner = ck.get("pruner") is not None and r.stage != "done"
+        if has_pruner:
             r.pruner = self._make_pruner(r.model)
-            r.pruner.load_state_dict(ck["pruner"])
-        if r.stage != "done":
+            self._load_pruner(r.pruner, ck["pruner"], where)
+        # at epoch 0 a stage starts again from its top (pruning included)
+        penalty_run = a.method == "kep" and not a.no_penalty
+        if a.method != "dense":
+            if r.stage == "reg" and r.epoch > 0 and penalty_run and not has_pruner:
+                raise KepError(f"{where}: stage 'reg' of a KEP run without its pruner state")
+            if not masks and (r.stage == "done" or (r.stage == "finetune" and (
+                    r.epoch > 0 or not has_pruner)) or (r.stage == "reg" and r.epoch > 0
+                                                        and not penalty_run)):
+                raise KepError(f"{where}: stage {r.stage!r} of a {a.method} run without masks")
+        if r.stage != "done" and r.epoch > 0:
             r.optimizer = _make_optimizer(r.model, self.sched)
             if ck.get("optimizer") is not None:
-                r.optimizer.load_state_dict(ck["optimizer"])
-        print(f"resumed {r.ckpt_path} at stage {r.stage}, epoch {r.epoch}", file=sys.stderr)
+                self._load_optimizer(r.optimizer, ck["optimizer"], where)
+        log.info("resumed %s at stage %s, epoch %d", r.ckpt_path, r.stage, r.epoch)
+
+    def _load_pruner(self, pruner, state, where):
+        """Load a pruner state; KepError unless its masks and K fit the prunable layers."""
+        try:
+            pruner.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise KepError(f"{where}: malformed pruner state ({type(e).__name__})") from None
+        layers = self.layers
+        if set(pruner.prior) != set(layers) or set(pruner.keep) != set(layers):
+            raise KepError(f"{where}: the pruner state names other layers than the prunable "
+                           "layers of the model")
+        for n, m in layers.items():
+            kk = m.weight[0, 0].numel()
+            if tuple(pruner.prior[n].shape) != tuple(m.weight.shape) \
+                    or not 1 <= pruner.keep[n] <= kk:
+                raise KepError(f"{where}: the pruner state of layer {n!r} does not fit it")
+
+    @staticmethod
+    def _load_optimizer(opt, state, where):
+        """Load an optimizer state; KepError unless it fits the parameters and the schedule."""
+        fresh = [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")}
+                 for g in opt.param_groups]
+        try:
+            opt.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise KepError(f"{where}: the optimizer state does not fit the model ({first})") \
+                from None
+        for group, want in zip(opt.param_groups, fresh):
+            if any(group.get(k) != v for k, v in want.items()):
+                raise KepError(f"{where}: the optimizer settings differ from the schedule's")
+            for p in group["params"]:
+                for v in opt.state.get(p, {}).values():
+                    if isinstance(v, torch.Tensor) and v.dim() and v.shape != p.shape:
+                        raise KepError(f"{where}: the optimizer state does not fit the model")
 
     @staticmethod
     def _to_parametrized(model, plain):
@@ -557,14 +734,19 @@ class Pipeline:
             raise KepError(f"--pretrained holds a {ck['model_name']!r}, not {self.args.model!r}")
         if ck.get("masks"):
             raise KepError("--pretrained must be a dense checkpoint (this one is pruned)")
+        if ck["num_classes"] != self.data.num_classes:
+            raise KepError(f"--pretrained holds a model for {ck['num_classes']} classes, the "
+                           f"data set has {self.data.num_classes}")
         try:
             r.model.load_state_dict(ck["model"])
-        except RuntimeError as e:
-            raise KepError(f"--pretrained does not fit the model: {str(e).splitlines()[0]}")
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise KepError(f"--pretrained does not fit the model: {first}") from None
         r.stage, r.epoch = "reg", 0
         r.kep["pretrained"] = str(self.args.pretrained)
         r.dense_top1 = self.evaluate_model(r.model)
-        r.history.append({"stage": "pretrained", "epoch": 0, "test_top1": r.dense_top1})
+        r.history.append({"stage": "pretrained", "epoch": 0, "test_top1": r.dense_top1,
+                          **getattr(self, "last_eval", {})})
 
     # -- stages -------------------------------------------------------------------------------
     def _make_pruner(self, model):
@@ -680,13 +862,15 @@ class Pipeline:
             r.epoch += 1
             rec = {"stage": stage, "epoch": r.epoch, "train_loss": round(loss, 5),
                    "train_top1": round(acc, 3), "test_top1": round(top1, 3),
-                   "seconds": round(dt, 2)}
+                   **getattr(self, "last_eval", {}),   # test_correct, test_images
+                   "lr": r.optimizer.param_groups[0]["lr"], "seconds": round(dt, 2)}
             if r.pruner is not None:
                 rec["lambda"] = r.pruner.lam
                 rec["masked_share"] = round(r.pruner.masked_share(), 6)
             r.history.append(rec)
             if kdist.is_main():
-                print(json.dumps(rec), flush=True)
+                append_metrics(a.out, rec)
+                log.info("%s", json.dumps(rec))
             if stage == "dense" and r.epoch == n_epochs:
                 r.dense_top1 = top1
             r.save()
@@ -713,6 +897,6 @@ def run_command(pipe: Pipeline) -> int:
     main_process = kdist.is_main()   # before the run leaves its process group
     report = pipe.run()
     if main_process:
-        print(f"dense top-1 {report['top1']['dense']}  pruned top-1 "
-              f"{report['top1']['pruned']}  -> {pipe.args.out}/report.json")
+        print(f"dense top-1 {report['top1'].get('dense')}  pruned top-1 "
+              f"{report['top1'].get('pruned')}  -> {pipe.args.out}/report.json")
     return 0
