@@ -12,14 +12,16 @@ Typical use::
 """
 
 from kep_train.pruning.importance import Importance, MagnitudeImportance, TaylorImportance, FilterL1Importance
-from kep_train.pruning.masks import ElementMask, apply_masks, bake_masks, current_masks
+from kep_train.pruning.masks import (ElementMask, apply_masks, bake_masks, current_masks,
+                                     removed_share)
 from kep_train.pruning.pruner import KEPPruner, prunable_convs, plane_topk_masks, allocate_keep
 from kep_train.pruning.schedule import PenaltySchedule, penalty_lambda, cosine_lr
 from kep_train.pruning.baselines import magnitude_masks, filter_l1_masks
 from kep_train.pruning.cost import LayerCost, count_costs
 
 __all__ = ["Importance", "MagnitudeImportance", "TaylorImportance", "FilterL1Importance",
-           "ElementMask", "apply_masks", "bake_masks", "current_masks", "KEPPruner",
+           "ElementMask", "apply_masks", "bake_masks", "current_masks", "removed_share",
+           "KEPPruner",
            "prunable_convs", "plane_topk_masks", "allocate_keep", "PenaltySchedule",
            "penalty_lambda", "cosine_lr", "magnitude_masks", "filter_l1_masks", "LayerCost",
            "count_costs"]

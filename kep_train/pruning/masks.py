@@ -9,6 +9,8 @@ an existing one: pruned elements never come back.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -85,3 +87,24 @@ def bake_masks(model: nn.Module) -> dict[str, torch.Tensor]:
         if parametrize.is_parametrized(mod, "weight"):
             parametrize.remove_parametrizations(mod, "weight", leave_parametrized=True)
     return masks
+
+
+def removed_share(modules: dict[str, nn.Module], keep_masks: dict[str, torch.Tensor]) -> float:
+    """Share of the weight norm a cut removes: ``||W * (1 - M)|| / ||W||`` over the layers of
+    ``keep_masks`` (``M`` = 1 where an element is kept), the same measure as
+    :meth:`kep_train.pruning.KEPPruner.masked_share` before its cut.
+
+    Parameters
+    ----------
+    modules : dict
+        ``{name: module}`` holding at least the layers named in ``keep_masks``.
+    keep_masks : dict
+        ``{name: bool or 0/1 tensor of the weight's shape}``.
+    """
+    num = den = 0.0
+    for name, mask in keep_masks.items():
+        w = modules[name].weight.detach()
+        cut = ~mask.to(device=w.device, dtype=torch.bool)
+        num += float(w[cut].pow(2).sum())
+        den += float(w.pow(2).sum())
+    return math.sqrt(num / den) if den > 0 else 0.0

@@ -44,7 +44,8 @@ from kep_common.fileio import atomic_torch_save, check_output_dir, check_output_
 from kep_train.models import build_model
 from kep_train.pruning import (KEPPruner, MagnitudeImportance, PenaltySchedule, allocate_keep,
                                apply_masks, cosine_lr, count_costs, current_masks,
-                               filter_l1_masks, magnitude_masks, prunable_convs)
+                               filter_l1_masks, magnitude_masks, prunable_convs,
+                               removed_share)
 from kep_train.train import distributed as kdist
 from kep_train.train.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION,
                                         checkpoint_from_object, load_checkpoint,
@@ -792,11 +793,14 @@ class Pipeline:
         if a.method == "kep" and not a.no_penalty:
             return  # penalty during reg, prune at the start of fine-tune
         if a.method == "kep":
+            share = r.pruner.masked_share()
             r.pruner.prune()
         elif a.method == "magnitude":
             kept = {n: int(keep[n] * m.weight.shape[0] * m.weight.shape[1])
                     for n, m in self.layers.items()}
-            apply_masks(r.model, magnitude_masks(self.layers, kept))
+            masks = magnitude_masks(self.layers, kept)
+            share = removed_share(self.layers, masks)
+            apply_masks(r.model, masks)
         elif a.method == "filter-l1":
             target = sum(c.macs for c in self.costs_dense if c.name not in self.layers) + sum(
                 c.out_hw[0] * c.out_hw[1] * c.in_channels * c.out_channels * keep[c.name]
@@ -805,10 +809,22 @@ class Pipeline:
                 masks, frac = filter_l1_masks(r.model, target, self.data.input_shape)
             except ValueError as e:
                 raise KepError(str(e)) from None
+            share = removed_share(dict(r.model.named_modules()), masks)
             apply_masks(r.model, masks)
             r.kep["filter_fraction"] = frac
         self.sync_masks(r)
         r.pruner = None
+        self._record_cut(r, "reg", share)
+
+    def _record_cut(self, r, stage: str, share: float) -> None:
+        """Test top-1 right after the cut, before any training of the pruned model, and the
+        share of the pruned layers' weight norm the cut removed (``||W_cut|| / ||W||``), into
+        ``r.kep["cut"]`` (report.json ``kep.cut``)."""
+        top1 = self.evaluate_model(r.model)
+        r.kep["cut"] = {"stage": stage, "test_top1": round(top1, 3),
+                        **getattr(self, "last_eval", {}), "masked_share": round(share, 6)}
+        log.info("cut at the start of %s: test top-1 %.2f %%, masked share of the weight norm "
+                 "%.4f", stage, top1, share)
 
     def _stage_lr(self, stage):
         s = self.sched
@@ -835,8 +851,10 @@ class Pipeline:
                     r.dense_top1 = r.history[-1]["test_top1"] if r.history else None
                 self._start_pruning(r)
             if stage == "finetune" and r.pruner is not None:
+                share = r.pruner.masked_share()
                 r.pruner.prune()
                 r.pruner = None
+                self._record_cut(r, "finetune", share)
             r.optimizer = _make_optimizer(r.model, sched)
         lr_fn = self._stage_lr(stage)
         steps = self.steps_per_epoch()

@@ -187,3 +187,14 @@ def test_filter_l1_removes_filters_and_consumer_channels():
     apply_masks(model, masks)
     assert sum(c.macs_kept for c in count_costs(model, (3, 32, 32))) <= 0.6 * dense
     assert m2.flatten(1).any(1).all()      # the block's output filters are all kept
+
+
+def test_removed_share_is_the_cut_norm_over_the_norm():
+    from kep_train.pruning import removed_share
+    conv = nn.Conv2d(1, 1, 2, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[[[3.0, 4.0], [0.0, 0.0]]]]))
+    keep_first = torch.tensor([[[[True, False], [True, True]]]])
+    assert removed_share({"c": conv}, {"c": keep_first}) == pytest.approx(0.8)   # 4 / 5
+    assert removed_share({"c": conv}, {"c": torch.ones(1, 1, 2, 2)}) == 0.0
+    assert removed_share({"c": conv}, {"c": torch.zeros(1, 1, 2, 2)}) == pytest.approx(1.0)

@@ -36,6 +36,13 @@ def test_smoke_run_writes_report_and_k_nonzeros(run_cli, tiny_cifar, tmp_path, c
     assert rep["top1"]["dense_correct"] == rep["history"][0]["test_correct"]
     assert rep["top1"]["dense"] == round(100 * rep["top1"]["dense_correct"] / 20, 4)
     assert rep["kep"]["keep"]["layer1.0.conv1"] == 3
+    # the cut (start of fine-tuning): accuracy before any training of the pruned model, and the
+    # masked share of the weight norm, the same as the last reg epoch measured
+    cut = rep["kep"]["cut"]
+    assert cut["stage"] == "finetune" and cut["test_images"] == 20
+    assert 0 <= cut["test_correct"] <= 20
+    assert cut["test_top1"] == pytest.approx(100 * cut["test_correct"] / 20, abs=1e-3)
+    assert cut["masked_share"] == rep["history"][1]["masked_share"] and 0 < cut["masked_share"] < 1
     assert rep["totals"]["pruned_layers_macs_reduction"] == pytest.approx(1 - 3 / 9)
     assert [h["stage"] for h in rep["history"]] == ["dense", "reg", "finetune"]
     assert "torch" in rep["environment"] and rep["seconds"]["total"] > 0
@@ -185,10 +192,13 @@ def test_baselines_run_from_pretrained(run_cli, tiny_cifar, tmp_path, method):
     assert metrics == rep["history"] and len(metrics) == 3      # pretrained, reg, finetune
     red = rep["totals"]["macs_reduction"]
     if method == "dense":
-        assert red == 0
+        assert red == 0 and "cut" not in rep["kep"]
     else:
         kep_kept = 1 - rep["totals"]["pruned_layers_macs_reduction"]
         assert red > 0.4 and kep_kept < 1
+        cut = rep["kep"]["cut"]      # cut right at the start of the reg stage
+        assert cut["stage"] == "reg" and 0 < cut["masked_share"] < 1
+        assert 0 <= cut["test_correct"] <= cut["test_images"] == first["test_images"]
 
 
 @pytest.mark.parametrize("extra, needle", [
