@@ -11,7 +11,7 @@ every product ``v * x`` is an integer of magnitude <= 2**14, and every partial s
 product is an integer bounded by ``B = max_o sum_{i,j} |v[o,i,j]| * 128``; when ``B < 2**24``
 every intermediate value is representable in float32, so the result is the exact integer
 whatever the summation order. A layer with ``B >= 2**24`` runs in float64 (exact below 2**53).
-The bias is added and the sum wrapped to int32 in int64. ``tests/test_golden.py`` checks this
+The bias is added and the sum wrapped to int32 in int64. ``tests/golden/test_golden.py`` checks this
 path against :func:`kep_train.golden.sparseconv.sparse_conv2d` (pure int64) and ``F.conv2d``.
 
 Command line: ``python -m kep_train golden --model model.kep --data-dir DIR [--n N] [--shuffle]
