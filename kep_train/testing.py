@@ -1,11 +1,15 @@
 # SPDX-License-Identifier: Apache-2.0
 """Fixtures for tests and hardware checks: random KEP-pruned models, random ``.kep`` models and an
-independent layer-by-layer reference of the golden model.
+independent layer-by-layer reference of the golden model, and a deadline for tests of commands
+that must never hang.
 
 Nothing here is used by the training, export or golden-model code itself.
 """
 
 from __future__ import annotations
+
+import contextlib
+import signal
 
 import torch
 import torch.nn.functional as F
@@ -152,3 +156,18 @@ def reference_network(kep: KepModel, x: torch.Tensor) -> dict[str, torch.Tensor]
                            + ly.bias.to(torch.int64)).to(torch.int32)
         acts[ly.name] = y
     return acts
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """Raise :class:`TimeoutError` in the block when it runs longer than ``seconds`` (SIGALRM, so
+    it also interrupts a blocking ``open`` of a FIFO); main thread only."""
+    def boom(signum, frame):
+        raise TimeoutError(f"no answer within {seconds} s")
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

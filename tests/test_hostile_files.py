@@ -6,12 +6,10 @@ documented success), within a deadline."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import shutil
-import signal
 import struct
 import time
 import zlib
@@ -28,32 +26,16 @@ from kep_common.fileio import (atomic_write_bytes, check_output_dir, check_outpu
 from kep_train.export.kepfile import (MAX_ACTIVATION, MAX_SPATIAL, KepFormatError, dumps_kep,
                                       load_kep, save_kep)
 from kep_train.models import VGG, build_model
-from kep_train.testing import random_kep, random_pruned_model
+from kep_train.testing import deadline, random_kep, random_pruned_model
 from kep_train.train.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint
 
 DEADLINE_S = 60      # any single command: a hang fails the test instead of blocking the run
-
-
-@contextlib.contextmanager
-def deadline(seconds=DEADLINE_S):
-    """Fail (instead of hanging) when the block takes longer than ``seconds`` (SIGALRM also
-    interrupts a blocking ``open`` of a FIFO)."""
-    def boom(signum, frame):
-        raise TimeoutError(f"no answer within {seconds} s")
-    old = signal.signal(signal.SIGALRM, boom)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-
 
 @pytest.fixture
 def cli(run_cli):
     """``run_cli`` under the deadline."""
     def run(args):
-        with deadline():
+        with deadline(DEADLINE_S):
             return run_cli([str(a) for a in args])
     return run
 
@@ -176,7 +158,7 @@ BAD_META = {
 def test_kep_bad_meta_is_rejected_by_the_reader(kep_parts, tmp_path, case):
     edit, needle = BAD_META[case]
     path = kep_with_meta(kep_parts, tmp_path / "bad.kep", edit)
-    with deadline(), pytest.raises(KepFormatError, match=needle) as e:
+    with deadline(DEADLINE_S), pytest.raises(KepFormatError, match=needle) as e:
         load_kep(path)
     assert "\n" not in str(e.value)
 

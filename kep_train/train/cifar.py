@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from kep_common.errors import KepError, cli_errors
-from kep_common.log import add_logging_args, setup_logging, verbosity
+from kep_common.log import add_logging_args
 from kep_train.data import cifar as kdata
 from kep_train.models import CIFAR_MODELS
 from kep_train.pruning import TaylorImportance
 from kep_train.train import distributed as kdist
-from kep_train.train.pipeline import STAGES, Pipeline, base_args_parser, run_command
+from kep_train.train.pipeline import (STAGES, Pipeline, base_args_parser, parse_command_args,
+                                      run_command)
 
 __all__ = ["CifarPipeline", "get_args_parser", "evaluate", "count_correct", "main"]
 
@@ -129,10 +130,7 @@ def get_args_parser():
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
     """Entry of ``python -m kep_train cifar``."""
-    args = get_args_parser().parse_args(argv)
-    setup_logging(verbosity(args))
-    if args.quiet:
-        args.no_progress = True
+    args = parse_command_args(get_args_parser(), argv)
     if kdist.env_world_size() > 1:
         raise KepError("multi-process (torchrun) runs are supported by the imagenet "
                        "command; run cifar as one process")

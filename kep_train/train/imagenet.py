@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from kep_common.errors import KepError, cli_errors
 from kep_common.fileio import atomic_torch_save
-from kep_common.log import add_logging_args, setup_logging, verbosity
+from kep_common.log import add_logging_args
 from kep_train.data.imagenet import (ImageFolderData, ImageNetData, imagenet_transforms,
                                      load_imagenet_data)
 from kep_train.models import IMAGENET_MODELS, build_model
@@ -39,7 +39,8 @@ from kep_train.pruning import (TaylorImportance, apply_masks, count_costs, curre
                                prunable_convs)
 from kep_train.train import distributed as kdist
 from kep_train.train.checkpoint import CHECKPOINT_FORMAT, load_tensors_file
-from kep_train.train.pipeline import (STAGES, Pipeline, base_args_parser, positive_int,
+from kep_train.train.pipeline import (STAGES, Pipeline, base_args_parser, parse_command_args,
+                                      positive_int,
                                       run_command)
 
 __all__ = ["ImageNetPipeline", "get_args_parser", "main", "mac_shares", "touchable_macs",
@@ -434,8 +435,5 @@ def get_args_parser() -> argparse.ArgumentParser:
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
     """Entry of ``python -m kep_train imagenet`` (one process, or one of ``torchrun``'s)."""
-    args = get_args_parser().parse_args(argv)
-    setup_logging(verbosity(args))
-    if args.quiet:
-        args.no_progress = True
+    args = parse_command_args(get_args_parser(), argv)
     return run_command(ImageNetPipeline(args))

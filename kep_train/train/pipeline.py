@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from kep_common.errors import KepError
 from kep_common.fileio import atomic_torch_save, check_output_dir, check_output_file
+from kep_common.log import setup_logging, verbosity
 from kep_train.models import build_model
 from kep_train.pruning import (KEPPruner, MagnitudeImportance, PenaltySchedule, allocate_keep,
                                apply_masks, cosine_lr, count_costs, current_masks,
@@ -281,6 +282,16 @@ def base_args_parser(command: str, *, data_dir: dict, model_default: str,
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--halt-after", type=positive_int, default=0, help=argparse.SUPPRESS)
     return p
+
+
+def parse_command_args(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    """Parse a pipeline command's arguments and set up its messages (``kep_common.log``);
+    ``--quiet`` also turns the progress bars off."""
+    args = parser.parse_args(argv)
+    setup_logging(verbosity(args))
+    if args.quiet:
+        args.no_progress = True
+    return args
 
 
 def resolve_schedule(args) -> Schedule:

@@ -5,40 +5,24 @@ outputs missing or damaged: the resume writes them again)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import signal
 
 import pytest
 import torch
 
 from kep_train.__main__ import main as kep_main
 from kep_train.export.kepfile import load_kep
+from kep_train.testing import deadline
 from kep_train.train.checkpoint import load_checkpoint
 
 TINY = ["--model", "resnet20", "--batch-size", "16", "--dense-epochs", "1", "--reg-epochs", "1",
         "--finetune-epochs", "1", "--subset", "48", "--test-subset", "20", "--no-progress",
         "--seed", "3", "--threads", "1", "--calib-batches", "1", "-q"]
 
-
-@contextlib.contextmanager
-def deadline(seconds=120):
-    """Fail instead of hanging when the block takes longer than ``seconds``."""
-    def boom(signum, frame):
-        raise TimeoutError(f"no answer within {seconds} s")
-    old = signal.signal(signal.SIGALRM, boom)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def _run(args) -> int:
     try:
-        with deadline():
+        with deadline(120):
             return kep_main([str(a) for a in args])
     except SystemExit as e:
         return e.code
