@@ -1272,7 +1272,7 @@ class SerialLink(FuzzClass):
         else:
             expect = REJECT
         argv = ["--model", workdir / "m.kep", "--data-dir", workdir / "data", "--n", "1",
-                "--pes", "8", *extra]
+                "--pes", "8", "--quiet", *extra]
 
         def run():
             with ScriptedBoard(plan, behaviour, kep=kep, **opts) as board:
