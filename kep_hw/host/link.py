@@ -36,8 +36,8 @@ from kep_hw.system.protocol import (MAX_PAYLOAD, PROTOCOL_VERSION, BoardTimeout,
                                     FrameReader, FrameType, ProtocolError, check_seconds,
                                     encode_frame)
 
-__all__ = ["BoardInfo", "BoardLink", "LinkError", "open_port", "parse_info", "DEFAULT_BAUD",
-           "READ_POLL"]
+__all__ = ["BoardInfo", "BoardLink", "LinkError", "open_port", "find_port", "parse_info",
+           "DEFAULT_BAUD", "READ_POLL", "USB_ADAPTERS"]
 
 #: Baud rate assumed for the image deadline when neither the caller nor the transport gives one
 #: (the slowest packaged board's).
@@ -68,11 +68,14 @@ def parse_info(payload: bytes) -> BoardInfo:
     Raises
     ------
     ProtocolError
-        If it has the wrong size.
+        If it has the wrong size, or (protocol version 1) a Po or G no bitstream can have.
     """
     if len(payload) != 18:
         raise ProtocolError(f"INFO frame of {len(payload)} bytes, expected 18")
     ver, po, lanes, streamed, layers, px, clk, mid, iw, ow = struct.unpack("<6BIIHH", payload)
+    if ver == PROTOCOL_VERSION and (po < 1 or lanes < 1 or lanes & (lanes - 1) or po % lanes):
+        raise ProtocolError(f"bad INFO from the board: Po={po} output channels per group with "
+                            f"G={lanes} lanes (G must be a power of two dividing Po)")
     return BoardInfo(version=ver, po=po, lanes=lanes, streamed=bool(streamed), layers=layers,
                      clk_khz=clk, model_id=mid, in_words=iw, out_words=ow, px=max(px, 1))
 
@@ -129,6 +132,69 @@ def open_port(url: str, *, baud: int, timeout: float = 10.0):
     return port
 
 
+#: USB-UART adapters of the packaged boards, by profile name prefix: ``(vid, pid)`` pairs and
+#: words of the port's USB description. The ULX3S has an FTDI FT231X (0403:6015) whose product
+#: string is often reprogrammed to "ULX3S FPGA 85K v3.0.8". Boards not listed here (Colorlight,
+#: OrangeCrab: an external adapter of any kind) match any USB serial port.
+USB_ADAPTERS = {"ulx3s": ("FT231X", ((0x0403, 0x6015),), ("FT231X", "ULX3S"))}
+
+
+def _describe(p) -> str:
+    ids = f" {p.vid:04x}:{p.pid:04x}" if getattr(p, "vid", None) is not None else ""
+    desc = getattr(p, "description", None) or "n/a"
+    return f"{p.device} ({desc}{ids})"
+
+
+def find_port(board: str = "ulx3s") -> str:
+    """The one serial port whose USB adapter is the board's (``--port auto``).
+
+    Ports come from ``serial.tools.list_ports.comports()``; a port matches when its USB vendor
+    and product ids, description or product string name the adapter of :data:`USB_ADAPTERS`
+    for the board (any USB serial port for a board with an external adapter).
+
+    Parameters
+    ----------
+    board : str
+        A board profile name or alias (``kep_hw.board.profiles``), e.g. ``"ulx3s"``.
+
+    Raises
+    ------
+    KepError
+        If pyserial is missing, the board is unknown, or not exactly one port matches (the
+        message lists the ports found).
+    """
+    from kep_hw.board.profiles import load_board
+    name = load_board(board).name
+    try:
+        from serial.tools import list_ports
+    except ImportError:
+        raise KepError("pyserial is missing: pip install pyserial") from None
+    what, ids, words = next((v for k, v in USB_ADAPTERS.items() if name.startswith(k)),
+                            ("a USB-UART adapter", None, None))
+
+    def matches(p) -> bool:
+        if getattr(p, "vid", None) is None:
+            return False
+        if ids is None:
+            return True
+        text = " ".join(str(getattr(p, a, None) or "") for a in ("description", "product"))
+        return (p.vid, p.pid) in ids or any(w.lower() in text.lower() for w in words)
+
+    try:
+        ports = sorted(list_ports.comports(), key=lambda p: p.device)
+    except OSError as e:
+        raise KepError(f"--port auto: cannot list the serial ports: {e}") from None
+    found = [p for p in ports if matches(p)]
+    if len(found) == 1:
+        return found[0].device
+    listed = ", ".join(_describe(p) for p in ports) or "none"
+    if not found:
+        raise KepError(f"--port auto: no serial port with the {name} board's adapter ({what}); "
+                       f"ports found: {listed}; give --port DEVICE")
+    raise KepError(f"--port auto: {len(found)} ports with the {name} board's adapter ({what}): "
+                   f"{', '.join(_describe(p) for p in found)}; give --port DEVICE")
+
+
 class BoardLink:
     """Run a planned network on a board.
 
@@ -136,8 +202,10 @@ class BoardLink:
     ----------
     transport : object
         ``write(bytes)`` and ``read(n)`` (returning early with what it has).
-    plan : NetworkPlan
-        The plan the board was built from (checked against the board's ``INFO``).
+    plan : NetworkPlan or None
+        The plan the board was built from (checked against the board's ``INFO``). ``None``:
+        not known yet; :meth:`connect` then only reads the ``INFO`` (to plan the network for
+        its Po and G) and :meth:`use_plan` gives the plan before the first image.
     timeout : float
         Seconds to wait for each answer to start (finite, > 0): for ``INFO``, for each
         ``NEED`` and for the ``RESULT`` (the board's computation included).
@@ -159,13 +227,11 @@ class BoardLink:
         If the network's input or output does not fit one frame.
     """
 
-    def __init__(self, transport, plan: NetworkPlan, *, timeout: float = 10.0,
+    def __init__(self, transport, plan: NetworkPlan | None, *, timeout: float = 10.0,
                  byte_timeout: float = 1.0, image_timeout: float | None = None,
                  baud: int | None = None):
-        if plan.in_words * plan.lanes > MAX_PAYLOAD or \
-                4 + plan.out_words * plan.lanes > MAX_PAYLOAD:
-            raise KepError(f"the network's input ({plan.in_words * plan.lanes} bytes) or last "
-                           f"conv output does not fit one frame of {MAX_PAYLOAD} bytes")
+        if plan is not None:
+            self._check_fits(plan)
         self.t = transport
         self.plan = plan
         self.timeout = check_seconds("timeout", timeout)
@@ -180,6 +246,27 @@ class BoardLink:
         self.reader = FrameReader(self._read, timeout=self.timeout,
                                   byte_timeout=self.byte_timeout)
         self.info: BoardInfo | None = None
+
+    @staticmethod
+    def _check_fits(plan: NetworkPlan) -> None:
+        if plan.in_words * plan.lanes > MAX_PAYLOAD or \
+                4 + plan.out_words * plan.lanes > MAX_PAYLOAD:
+            raise KepError(f"the network's input ({plan.in_words * plan.lanes} bytes) or last "
+                           f"conv output does not fit one frame of {MAX_PAYLOAD} bytes")
+
+    def use_plan(self, plan: NetworkPlan) -> None:
+        """Set the plan (e.g. made for the Po and G of the ``INFO`` that :meth:`connect` read
+        without one) and check it against that ``INFO`` if there is one.
+
+        Raises
+        ------
+        KepError
+            If the network does not fit a frame or the board runs another network.
+        """
+        self._check_fits(plan)
+        if self.info is not None:
+            self._check_plan(self.info, plan)
+        self.plan = plan
 
     # transport: every failure of the port becomes a LinkError
 
@@ -270,7 +357,7 @@ class BoardLink:
     # protocol
 
     def connect(self) -> BoardInfo:
-        """``PING`` the board and check that it runs this plan.
+        """``PING`` the board and check that it runs this plan (if the link has one).
 
         Raises
         ------
@@ -288,19 +375,25 @@ class BoardLink:
         info = parse_info(payload)
         if info["version"] != PROTOCOL_VERSION:
             raise KepError(f"board speaks protocol {info['version']}, host {PROTOCOL_VERSION}")
-        want = self.plan.model_id(info["streamed"])
-        if (info["po"], info["lanes"], info["layers"], info["model_id"]) != \
-                (self.plan.po, self.plan.lanes, len(self.plan.layers), want):
-            raise KepError("the board's bitstream was built for another model or --pes "
-                           f"(board Po={info['po']}, {info['layers']} layers, id "
-                           f"{info['model_id']:08x}; host Po={self.plan.po}, "
-                           f"{len(self.plan.layers)} layers, id {want:08x})")
-        if (info["in_words"], info["out_words"]) != (self.plan.in_words, self.plan.out_words):
-            raise ProtocolError(f"bad INFO from the board: {info['in_words']} input and "
-                                f"{info['out_words']} output words, the model has "
-                                f"{self.plan.in_words} and {self.plan.out_words}")
+        if self.plan is not None:
+            self._check_plan(info, self.plan)
         self.info = info
         return info
+
+    @staticmethod
+    def _check_plan(info: BoardInfo, plan: NetworkPlan) -> None:
+        """Refuse a board whose ``INFO`` is not that of a bitstream built for ``plan``."""
+        want = plan.model_id(info["streamed"])
+        if (info["po"], info["lanes"], info["layers"], info["model_id"]) != \
+                (plan.po, plan.lanes, len(plan.layers), want):
+            raise KepError("the board's bitstream was built for another model or --pes "
+                           f"(board Po={info['po']}, G={info['lanes']}, {info['layers']} "
+                           f"layers, id {info['model_id']:08x}; host Po={plan.po}, "
+                           f"G={plan.lanes}, {len(plan.layers)} layers, id {want:08x})")
+        if (info["in_words"], info["out_words"]) != (plan.in_words, plan.out_words):
+            raise ProtocolError(f"bad INFO from the board: {info['in_words']} input and "
+                                f"{info['out_words']} output words, the model has "
+                                f"{plan.in_words} and {plan.out_words}")
 
     def _send_words(self, mem: int, words: list, word_bits: int, deadline: float,
                     limit: float) -> None:
@@ -335,6 +428,8 @@ class BoardLink:
         BoardTimeout, ProtocolError, LinkError
             On a silent or too slow board, a bad or unexpected frame, a failed transport.
         """
+        if self.plan is None:
+            raise KepError("no network plan for this board yet (BoardLink.use_plan)")
         if tuple(x.shape) != tuple(self.plan.in_shape):
             raise KepError(f"image shape {tuple(x.shape)} != network input {self.plan.in_shape}")
         if self.info is None:

@@ -1,18 +1,24 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Host runtime: classify CIFAR-10 test images on the board (or its RTL simulation).
+"""Host runtime: classify images on the board (or its RTL simulation).
 
-``python -m kep_hw.run --port /dev/ttyUSB0 --model model.kep --data-dir DIR --n N`` sends each
-int8 image over the UART, receives the last conv output and the hardware cycle counter, runs
+``python -m kep_hw.run --port auto --model model.kep --data-dir DIR --n N`` asks the board what
+it runs (its ``INFO`` frame: Po, Px, G), plans the network for it, sends each int8 CIFAR-10
+test image over the UART, receives the last conv output and the hardware cycle counter, runs
 global average pooling and the classifier on the host (exact integers), and prints top-1, the
 golden model's top-1 on the same images, every disagreement and the cycles per image.
-``--sim`` runs the same code against the Verilator simulation of the whole top level
-(:mod:`kep_hw.bench.system_sim`) instead of a serial port. ``--port`` takes a device path or a
-pyserial URL (``socket://host:port``, ``rfc2217://host:port``).
+``--image FILE...`` classifies the user's own images instead (any size: scaled with Pillow's
+bilinear filter so the shorter side fits the model's input, then centre-cropped; or
+``--resize stretch``). ``--sim`` runs the same code against the Verilator simulation of the
+whole top level (:mod:`kep_hw.bench.system_sim`), configured as the ``--board`` profile's
+default build unless ``--pes``/``--lanes`` say otherwise. ``--port`` takes a device path, a
+pyserial URL (``socket://host:port``, ``rfc2217://host:port``) or ``auto`` (the one port with
+the board's USB adapter). The Python API is :mod:`kep_hw.host.api`.
 
 Every numeric option is checked first, and a board that misbehaves (silent, too slow, hangs up,
-sends garbage or frames it should not) ends the run with one ``error: ...`` line and exit code
-2: each answer must start within ``--timeout`` and each image must be done within
-``--image-timeout`` (see :class:`kep_hw.host.link.BoardLink`).
+sends garbage or frames it should not), disagrees with ``--pes``/``--lanes`` or runs another
+model ends the run with one ``error: ...`` line and exit code 2: each answer must start within
+``--timeout`` and each image must be done within ``--image-timeout`` (see
+:class:`kep_hw.host.link.BoardLink`).
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ from kep_common.fileio import atomic_write_json, environment_info
 
 from kep_hw.gateware.params import parse_pes
 from kep_hw.gateware.perf import LayerShape, ideal_cycles
-from kep_hw.host.link import BoardLink, open_port
-from kep_hw.system.plan import plan_network, run_tail
+from kep_hw.host.api import RESIZE_MODES, class_names, open_board
+from kep_hw.host.link import BoardLink
+from kep_hw.system.plan import run_tail
 from kep_hw.system.protocol import BoardTimeout
 
 __all__ = ["main", "classify"]
@@ -45,6 +52,8 @@ MAX_FMAX_MHZ = 1000.0
 def classify(link: BoardLink, x: torch.Tensor, *, progress=None,
              outputs: list | None = None) -> tuple[list, list]:
     """Run int8 images ``[N, C, H, W]`` through ``link``; returns (logits list, cycles list).
+
+    (Kept for callers of the link; :meth:`kep_hw.host.api.Board.classify` is the API.)
 
     Parameters
     ----------
@@ -80,21 +89,35 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m kep_hw.run", description=__doc__.split("\n")[0])
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", help="serial port of the board: a device (/dev/ttyUSB0, "
-                       "COM3) or a pyserial URL (socket://host:port, rfc2217://host:port)")
+                       "COM3), a pyserial URL (socket://host:port, rfc2217://host:port) or "
+                       "'auto' (the one port with the --board's USB adapter)")
     where.add_argument("--sim", action="store_true",
                        help="run against the Verilator simulation of the whole top level")
+    p.add_argument("--board", default="ulx3s",
+                   help="board profile (default ulx3s = ulx3s-85f): default --baud, the USB "
+                        "adapter of --port auto, and the --sim build's P, PX, G and weights")
     p.add_argument("--model", required=True, help=".kep model the bitstream was built for")
-    p.add_argument("--data-dir", required=True, help="CIFAR-10 folder")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--data-dir", help="CIFAR-10 folder: classify its test images")
+    what.add_argument("--image", nargs="+", metavar="FILE",
+                      help="classify these image files (any size; see --resize)")
+    p.add_argument("--resize", choices=RESIZE_MODES, default="crop",
+                   help="(--image) fit to the model's input: 'crop' scales (bilinear) so the "
+                        "shorter side fits and cuts the centre (default), 'stretch' scales to "
+                        "the input size")
     p.add_argument("--n", type=int, default=20, help="number of test images (default 20)")
     p.add_argument("--offset", type=int, default=0, help="first test image (default 0)")
-    p.add_argument("--pes", default="16",
-                   help="P of the bitstream, or PxPX (P PEs as PX pixels x P/PX channels; "
-                        f"default 16, at most {MAX_PES})")
-    p.add_argument("--lanes", type=int, default=4, help="channels per activation word (4)")
-    p.add_argument("--baud", type=int, default=1000000,
-                   help="UART baud rate of the board (default 1000000)")
+    p.add_argument("--pes", default=None,
+                   help="P of the bitstream, or PxPX (P PEs as PX pixels x P/PX channels; at "
+                        f"most {MAX_PES}); default: the board's INFO (--sim: the --board "
+                        "profile's); given, it must agree with the board")
+    p.add_argument("--lanes", type=int, default=None,
+                   help="G, channels per activation word; default as --pes")
+    p.add_argument("--baud", type=int, default=None,
+                   help="UART baud rate of the board (default: the --board profile's)")
     p.add_argument("--streamed", action="store_true",
-                   help="(--sim) build the streamed-weights variant")
+                   help="(--sim) build the streamed-weights variant (default: the --board "
+                        "profile's weight mode)")
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds for each answer of the board to start, its computation "
                         "included (default 10, --sim 600)")
@@ -109,19 +132,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_args(args) -> tuple[int, int]:
-    """Check every numeric option (one clear line for a bad one); returns ``(P, Px)``."""
+def _check_args(args) -> tuple:
+    """Check every numeric option (one clear line for a bad one); returns ``(P, Px)``, both
+    ``None`` without ``--pes``."""
     if args.n < 1 or args.offset < 0:
         raise KepError(f"--n must be >= 1 and --offset >= 0, got {args.n}, {args.offset}")
-    pes, px = parse_pes(args.pes)
-    if pes > MAX_PES or px > MAX_PX:
-        raise KepError(f"--pes: P must be at most {MAX_PES} and PX at most {MAX_PX}, "
-                       f"got {args.pes}")
-    if not 1 <= args.lanes <= MAX_LANES or args.lanes & (args.lanes - 1):
-        raise KepError(f"--lanes must be a power of two up to {MAX_LANES}, got {args.lanes}")
-    if (pes // px) % args.lanes:
-        raise KepError(f"--pes: P/PX ({pes // px}) must be a multiple of --lanes {args.lanes}")
-    if not MIN_BAUD <= args.baud <= MAX_BAUD:
+    pes = px = None
+    if args.pes is not None:
+        pes, px = parse_pes(args.pes)
+        if pes > MAX_PES or px > MAX_PX:
+            raise KepError(f"--pes: P must be at most {MAX_PES} and PX at most {MAX_PX}, "
+                           f"got {args.pes}")
+    if args.lanes is not None:
+        if not 1 <= args.lanes <= MAX_LANES or args.lanes & (args.lanes - 1):
+            raise KepError(f"--lanes must be a power of two up to {MAX_LANES}, got "
+                           f"{args.lanes}")
+        if pes is not None and (pes // px) % args.lanes:
+            raise KepError(f"--pes: P/PX ({pes // px}) must be a multiple of --lanes "
+                           f"{args.lanes}")
+    if args.baud is not None and not MIN_BAUD <= args.baud <= MAX_BAUD:
         raise KepError(f"--baud must lie in [{MIN_BAUD}, {MAX_BAUD}], got {args.baud}")
     for name in ("timeout", "image_timeout"):
         v = getattr(args, name)
@@ -135,14 +164,20 @@ def _check_args(args) -> tuple[int, int]:
     return pes, px
 
 
-def _check_info(info, px: int, fmax) -> None:
-    """Refuse a board whose ``INFO`` disagrees with ``--pes`` or has no usable clock."""
-    if info["px"] != px:
-        raise KepError(f"the board's bitstream has PX={info['px']} (--pes "
-                       f"{info['po'] * info['px']}x{info['px']}), not {px}")
-    if fmax is None and info["clk_khz"] == 0:
-        raise KepError("the board reports a clock of 0 kHz in its INFO frame; give the "
-                       "clock with --fmax MHz")
+def _inputs(args, kep):
+    """``(names, int8 images, labels or None)`` of the images to classify."""
+    if args.image:
+        from kep_hw.host.api import load_images
+        return list(args.image), load_images(list(args.image), kep, resize=args.resize), None
+    from kep_train.data.cifar import load_cifar10
+    from kep_train.golden.evaluate import quantize_input
+    images, labels = load_cifar10(args.data_dir, train=False, download=False)
+    if args.offset + args.n > images.shape[0]:
+        raise KepError(f"only {images.shape[0]} test images, asked for "
+                       f"{args.offset}..{args.offset + args.n}")
+    sel = slice(args.offset, args.offset + args.n)
+    names = [f"image {i}" for i in range(args.offset, args.offset + args.n)]
+    return names, quantize_input(kep, images[sel]), labels[sel]
 
 
 @cli_errors
@@ -150,77 +185,87 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point (see the module docstring)."""
     args = _parser().parse_args(argv)
     setup_logging(verbosity(args))
-    pes, px = _check_args(args)
-    from kep_train.data.cifar import load_cifar10
-    from kep_train.golden.evaluate import quantize_input, run_network, top1
+    _check_args(args)
+    from kep_hw.board.profiles import load_board
     from kep_train.export.kepfile import load_kep
+    load_board(args.board)                      # an unknown board: one line, before all else
     kep = load_kep(args.model)
-    plan = plan_network(kep, po=pes // px, lanes=args.lanes)
-    images, labels = load_cifar10(args.data_dir, train=False, download=False)
-    if args.offset + args.n > images.shape[0]:
-        raise KepError(f"only {images.shape[0]} test images, asked for "
-                       f"{args.offset}..{args.offset + args.n}")
-    sel = slice(args.offset, args.offset + args.n)
-    x = quantize_input(kep, images[sel])
-    labels = labels[sel]
-    golden_logits, golden_acts = run_network(kep, x, return_all=True)
-    golden = top1(golden_logits)
-    golden_last = golden_acts[kep.conv_layers[-1].name]
-    mismatched = []
+    names, x, labels = _inputs(args, kep)
+    classes = class_names(kep)
     timeout = args.timeout if args.timeout is not None else (600.0 if args.sim else 10.0)
+    rows = []
 
-    def progress(n, logits, cyc, out):
-        pred = int(torch.argmax(logits))
-        bad = int((out != golden_last[n]).sum())
-        mismatched.append(bad)
-        flag = "" if pred == int(golden[n]) else "  DISAGREES with golden"
-        print(f"image {args.offset + n}: label {int(labels[n])} board {pred} golden "
-              f"{int(golden[n])} cycles {cyc} last-conv values differing {bad}{flag}",
-              flush=True)
-
-    def run_on(port, baud):
-        link = BoardLink(port, plan, timeout=timeout, image_timeout=args.image_timeout,
-                         baud=baud)
-        try:
-            info = link.connect()
-            _check_info(info, px, args.fmax)
-            return (info, *classify(link, x, progress=progress))
-        except BoardTimeout as e:
-            raise BoardTimeout(f"{e}; --timeout {timeout:g} s, --image-timeout "
-                               f"{link.image_timeout():.3g} s") from None
+    def progress(n, r):
+        rows.append(r)
+        label = f"class {r.prediction}" + (f" ({classes[r.prediction]})" if classes else "")
+        flag = "" if r.prediction == r.golden else "  DISAGREES with golden"
+        if labels is None:
+            print(f"{names[n]}: {label} logits {r.logits.tolist()} golden {r.golden} "
+                  f"cycles {r.cycles}{flag}", flush=True)
+        else:
+            print(f"{names[n]}: label {int(labels[n])} board {r.prediction} golden "
+                  f"{r.golden} cycles {r.cycles} last-conv values differing "
+                  f"{r.mismatched}{flag}", flush=True)
 
     t0 = time.monotonic()
-    if args.sim:
-        from kep_hw.bench.system_sim import SimBoard
-        with SimBoard(plan, streamed=args.streamed, build_root=args.build_root,
-                      px=px) as port:
-            info, logits, cycles = run_on(port, None)
-    else:
-        with open_port(args.port, baud=args.baud, timeout=timeout) as port:
-            info, logits, cycles = run_on(port, args.baud)
+    board = None
+    try:
+        board = open_board(args.port, sim=args.sim, model=kep, board=args.board,
+                           pes=args.pes, lanes=args.lanes, baud=args.baud, timeout=timeout,
+                           image_timeout=args.image_timeout,
+                           weights="stream" if args.streamed else None,
+                           clock_mhz=args.fmax, build_root=args.build_root)
+        with board:
+            if args.fmax is None and board.info["clk_khz"] == 0:
+                raise KepError("the board reports a clock of 0 kHz in its INFO frame; give "
+                               "the clock with --fmax MHz")
+            board.classify(x, progress=progress)
+    except BoardTimeout as e:
+        limit = (f", --image-timeout {board.link.image_timeout():.3g} s" if board is not None
+                 else "")
+        raise BoardTimeout(f"{e}; --timeout {timeout:g} s{limit}") from None
     seconds = time.monotonic() - t0
-    board = torch.stack([top1(lg.unsqueeze(0))[0] for lg in logits])
-    disagree = [args.offset + i for i in range(args.n) if int(board[i]) != int(golden[i])]
-    fmax = args.fmax if args.fmax is not None else info["clk_khz"] / 1000
-    mean_cyc = sum(cycles) / len(cycles)
+    info, timing = board.info, board.timing
+    pes, px, n = board.pes, info["px"], len(rows)
+    mismatched = [r.mismatched for r in rows]
+    disagree = [names[i] for i, r in enumerate(rows) if r.prediction != r.golden]
+    fmax = timing.clock_mhz
+    mean_cyc = timing.mean_cycles
     ideal = ideal_cycles([LayerShape.from_layer(cl) for cl in kep.conv_layers], pes)
     report = {
-        "n": args.n, "offset": args.offset, "mode": "streamed" if info["streamed"] else
-        "embedded", "target": "sim" if args.sim else args.port, "pes": pes, "px": px,
-        "top1_board": float((board == labels).float().mean()),
-        "top1_golden": float((golden == labels).float().mean()),
+        "n": n, "mode": "streamed" if info["streamed"] else "embedded",
+        "target": board.target, "board": load_board(args.board).name, "pes": pes, "px": px,
+        "po": info["po"], "lanes": info["lanes"],
         "disagreements": disagree, "mismatched_values": mismatched,
-        "bit_exact": not any(mismatched), "cycles": cycles, "cycles_mean": mean_cyc,
+        "bit_exact": not any(mismatched), "cycles": timing.cycles, "cycles_mean": mean_cyc,
         "ideal_cycles": ideal, "fmax_mhz": fmax,
         "latency_ms": mean_cyc / fmax / 1e3, "ideal_latency_ms": ideal / fmax / 1e3,
         "seconds": seconds, "environment": environment_info(),
     }
-    print(f"top-1 board {report['top1_board']:.2%}  golden {report['top1_golden']:.2%}  "
-          f"on {args.n} images; disagreements: {len(disagree)} {disagree or ''}")
-    print(f"last conv output bit-exact on {mismatched.count(0)} of {args.n} images")
+    if labels is None:
+        report["images"] = [
+            {"file": names[i], "class": r.prediction,
+             "class_name": classes[r.prediction] if classes else None,
+             "logits": r.logits.tolist(), "golden": r.golden,
+             "golden_logits": r.golden_logits.tolist(), "cycles": r.cycles}
+            for i, r in enumerate(rows)]
+        print(f"{n} images: board and golden agree on {n - len(disagree)}"
+              + (f"; disagreements: {disagree}" if disagree else ""))
+    else:
+        board_pred = torch.tensor([r.prediction for r in rows])
+        golden = torch.tensor([r.golden for r in rows])
+        report.update(offset=args.offset,
+                      top1_board=float((board_pred == labels).float().mean()),
+                      top1_golden=float((golden == labels).float().mean()))
+        disagree = [args.offset + i for i, r in enumerate(rows) if r.prediction != r.golden]
+        report["disagreements"] = disagree
+        print(f"top-1 board {report['top1_board']:.2%}  golden {report['top1_golden']:.2%}  "
+              f"on {n} images; disagreements: {len(disagree)} {disagree or ''}")
+    print(f"last conv output bit-exact on {mismatched.count(0)} of {n} images")
     share = f"{ideal / mean_cyc:.1%}" if mean_cyc else "n/a: the board counted 0 cycles"
-    print(f"cycles/image {mean_cyc:.0f} (ideal {ideal:.0f} = non-zero MACs / P, "
-          f"{share}); at {fmax:g} MHz: {report['latency_ms']:.2f} ms/image "
+    print(f"P={pes} ({info['po']} channels x {px} pixels), G={info['lanes']}, "
+          f"{report['mode']} weights; cycles/image {mean_cyc:.0f} (ideal {ideal:.0f} = "
+          f"non-zero MACs / P, {share}); at {fmax:g} MHz: {report['latency_ms']:.2f} ms/image "
           f"(ideal {report['ideal_latency_ms']:.2f} ms)")
     if args.out:
         atomic_write_json(args.out, report)
