@@ -64,6 +64,12 @@ def _export_parser() -> argparse.ArgumentParser:
                                             "training checkpoint")
     p.add_argument("--checkpoint", required=True, help="training checkpoint (.pt)")
     p.add_argument("--out", required=True, help="output .kep file")
+    p.add_argument("--model", default=None, metavar="MODEL",
+                   help="the checkpoint's model, needed (and checked) when it is your own "
+                        "module.path:callable: a checkpoint never imports code by itself")
+    p.add_argument("--strict-hw", action="store_true",
+                   help="refuse (exit 2, no file written) a model that the kep_hw accelerator "
+                        "cannot run, instead of warning about each such layer")
     p.add_argument("--data-dir", help="CIFAR-10 folder for calibration (default: the "
                    "checkpoint's data_dir argument)")
     p.add_argument("--calib-batches", type=int, default=4,
@@ -83,8 +89,9 @@ def _export_parser() -> argparse.ArgumentParser:
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
     """``python -m kep_train export --checkpoint CKPT --out model.kep``."""
-    from kep_train.train.checkpoint import load_checkpoint
+    from kep_train.export.hardware import hardware_problems, strict_hw_message, warn_hardware
     from kep_train.export.quantize import kep_from_checkpoint
+    from kep_train.train.checkpoint import check_model_arg, load_checkpoint
     args = _export_parser().parse_args(argv)
     setup_logging(verbosity(args))
     if args.calib_batches < 1 or args.calib_batch_size < 1:
@@ -95,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         raise KepError(f"--seed must be an integer in [0, 2**63), got {args.seed}")
     check_output_file(args.out, "--out")
     ckpt = load_checkpoint(args.checkpoint)
+    # before any work: a user model is rebuilt only from the --model given here
+    check_model_arg(ckpt["model_name"], args.model, f"checkpoint {args.checkpoint!r}")
     data_dir = args.data_dir
     if data_dir is None:
         a = ckpt.get("args")
@@ -113,14 +122,18 @@ def main(argv: list[str] | None = None) -> int:
                                use_cache=not args.no_cache)
     del ckpt
     kep = kep_from_checkpoint(args.checkpoint, calib, method=args.calib_method,
-                              percentile=args.percentile)
+                              percentile=args.percentile, model_spec=args.model)
     kep.meta["calibration"]["seed"] = args.seed
+    problems = hardware_problems(kep)
+    if problems and args.strict_hw:
+        raise KepError(strict_hw_message(problems))
     from kep_train.export.kepfile import save_kep
     save_kep(args.out, kep)
     rows, total = layer_table(kep)
     print(f"wrote {args.out}: {len(kep.layers)} layers, {total['values_bytes']} value bytes + "
           f"{total['index_bytes']} index bytes ({100 * total['kep_vs_dense']:.1f} % of dense "
           f"int8), {os.path.getsize(args.out)} bytes on disk")
+    warn_hardware(problems)     # the .kep stays valid for the golden model
     return 0
 
 

@@ -6,7 +6,8 @@ Steps (``docs/kep-format.md`` "How a float model becomes a .kep"):
 1. **Graph extraction** with ``torch.fx.symbolic_trace``; patterns ``conv[->bn][->relu]``,
    ``conv[->bn] + tensor [->relu]`` (residual add fused into the conv), ``maxpool``,
    ``adaptive avgpool(1) [-> flatten]``, final ``linear``. Anything else raises
-   :class:`~kep_common.errors.KepError` naming the node.
+   :class:`~kep_common.errors.KepError` in one line naming the layer (module path) and its
+   module type, or the function and the layer whose forward calls it.
 2. **BN folding** into the conv weight and bias.
 3. **Calibration** of one activation scale per layer output on float training images:
    ``scale = a / 127`` with ``a`` the mean over calibration batches of the ``percentile``-th
@@ -63,12 +64,84 @@ class _Node:
     padding: int = 0
 
 
-def _pair(v, what, node) -> int:
+#: what the exporter turns into .kep layers (named in its errors)
+_SUPPORTED = ("the .kep format holds Conv2d [-> BatchNorm2d] [+ residual add] [-> ReLU], "
+              "MaxPool2d, AdaptiveAvgPool2d(1) [-> flatten] and one final Linear")
+
+
+def _type_name(cls) -> str:
+    return getattr(cls, "__name__", None) or str(cls)
+
+
+def _describe(node: fx.Node, modules: dict) -> str:
+    """Where an fx node comes from, for an error: ``layer 'features.3' (Conv2d)`` for a module
+    call (its module path and type); ``torch.cat in layer 'blk.0' (Block)`` for a function or
+    method call (the innermost module whose forward made it, else the model's forward)."""
+    if node.op == "call_module":
+        return f"layer {node.target!r} ({type(modules[node.target]).__name__})"
+    if node.op == "placeholder":
+        return f"the model's input {node.target!r}"
+    if node.op == "output":
+        return "the model's output"
+    if node.op == "call_method":
+        what = f"method .{node.target}()"
+    else:
+        t = node.target
+        mod = getattr(t, "__module__", None) or ""
+        mod = {"_operator": "operator", "torch._C._nn": "torch.nn.functional",
+               "torch._C._VariableFunctions": "torch"}.get(mod, mod)
+        name = getattr(t, "__name__", str(t))
+        what = f"{mod}.{name}" if mod and not mod.startswith("builtins") else name
+        if mod in ("", "torch") and callable(t) and hasattr(torch, name):
+            what = f"torch.{name}"
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        path, cls = list(stack.values())[-1][:2]
+        return f"{what} in layer {path!r} ({_type_name(cls)})"
+    return f"{what} in the model's forward"
+
+
+def _pair(v, what, node, modules) -> int:
     if isinstance(v, (tuple, list)):
         if len(set(v)) != 1:
-            raise KepError(f"unsupported graph at node {node.name!r}: non-square {what} {v!r}")
+            raise KepError(f"cannot export {_describe(node, modules)}: non-square {what} "
+                           f"{tuple(v)!r} (the .kep format has square {what}s)")
         v = v[0]
     return int(v)
+
+
+class _Tracer(fx.Tracer):
+    """``torch.fx`` tracer that remembers the module whose forward failed to trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.failed_in = None       # (module path, type name) of the innermost failure
+
+    def call_module(self, m, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                try:
+                    self.failed_in = (self.path_of_module(m), type(m).__name__)
+                except Exception:   # a module that is not a registered submodule
+                    self.failed_in = ("?", type(m).__name__)
+            raise
+
+
+def _trace(model: nn.Module) -> fx.GraphModule:
+    """``fx.symbolic_trace`` with a one-line error naming the layer whose forward failed."""
+    tracer = _Tracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as e:  # fx raises many types for untraceable code
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        where = (f" in layer {tracer.failed_in[0]!r} ({tracer.failed_in[1]})"
+                 if tracer.failed_in and tracer.failed_in[0] else
+                 f" in the forward of {type(model).__name__}")
+        raise KepError(f"cannot trace the model with torch.fx{where}: {type(e).__name__}: "
+                       f"{first}") from None
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
 def extract_graph(model: nn.Module) -> tuple[list, fx.GraphModule]:
@@ -77,21 +150,18 @@ def extract_graph(model: nn.Module) -> tuple[list, fx.GraphModule]:
     Raises
     ------
     KepError
-        For any operation outside the supported patterns (the message names the fx node).
+        For any operation outside the supported patterns: one line naming the layer (module
+        path) and its module type, or the function and the layer whose forward calls it.
     """
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception as e:  # fx raises many types for untraceable code
-        raise KepError(f"cannot trace the model with torch.fx: {str(e).splitlines()[0]}")
+    gm = _trace(model)
     modules = dict(gm.named_modules())
     env: dict = {}          # fx node -> _Node (pending or final)
     order: list = []        # final layers in execution order
     names: set = {"input"}
 
     def bad(node, why=""):
-        what = node.target if node.op != "call_module" else type(modules[node.target]).__name__
-        raise KepError(f"unsupported graph at node {node.name!r} ({node.op} {what})"
-                       + (f": {why}" if why else ""))
+        raise KepError(f"cannot export {_describe(node, modules)}: "
+                       + (why or f"not supported ({_SUPPORTED})"))
 
     def finalize(node) -> str:
         if node not in env:
@@ -143,19 +213,27 @@ def extract_graph(model: nn.Module) -> tuple[list, fx.GraphModule]:
         if isinstance(mod, (nn.Identity, nn.Dropout)):
             env[node] = env.get(args[0]) if args[0] in env else bad(node)
         elif isinstance(mod, nn.Conv2d):
-            if mod.groups != 1 or _pair(mod.dilation, "dilation", node) != 1:
-                bad(node, "grouped or dilated convolution")
+            if mod.groups != 1:
+                bad(node, f"grouped convolution (groups {mod.groups}); the .kep format has "
+                          "groups 1 only")
+            if _pair(mod.dilation, "dilation", node, modules) != 1:
+                bad(node, f"dilated convolution (dilation {mod.dilation}); the .kep format "
+                          "has dilation 1 only")
             if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
-                bad(node, "only explicit zero padding is supported")
+                bad(node, f"padding {mod.padding!r} mode {mod.padding_mode!r}; the .kep "
+                          "format has explicit zero padding (an integer) only")
             src = finalize(args[0])
             ly = _Node(name=unique(node.target), op="conv", input=src, module=mod, last=node,
-                       stage="conv", kernel_size=_pair(mod.kernel_size, "kernel", node),
-                       stride=_pair(mod.stride, "stride", node),
-                       padding=_pair(mod.padding, "padding", node))
+                       stage="conv", kernel_size=_pair(mod.kernel_size, "kernel", node, modules),
+                       stride=_pair(mod.stride, "stride", node, modules),
+                       padding=_pair(mod.padding, "padding", node, modules))
             env[node] = ly
         elif isinstance(mod, nn.BatchNorm2d):
             if not fusable(args[0], ("conv",)):
                 bad(node, "batch norm must directly follow a conv with no other user")
+            if mod.running_mean is None or mod.running_var is None:
+                bad(node, "batch norm without running statistics (track_running_stats="
+                          "False) cannot be folded into the conv")
             ly = env[args[0]]
             ly.bn, ly.stage, ly.last = mod, "bn", node
             env[node] = ly
@@ -179,13 +257,15 @@ def extract_graph(model: nn.Module) -> tuple[list, fx.GraphModule]:
             ly.stage, ly.last = "add", node
             env[node] = ly
         elif isinstance(mod, nn.MaxPool2d):
-            if mod.dilation != 1 or mod.ceil_mode or mod.return_indices:
-                bad(node, "dilated / ceil_mode max pooling")
+            if _pair(mod.dilation, "dilation", node, modules) != 1 or mod.ceil_mode \
+                    or mod.return_indices:
+                bad(node, "dilated, ceil_mode or return_indices max pooling")
             src = finalize(args[0])
-            k = _pair(mod.kernel_size, "kernel", node)
-            s = _pair(mod.stride if mod.stride is not None else k, "stride", node)
+            k = _pair(mod.kernel_size, "kernel", node, modules)
+            s = _pair(mod.stride if mod.stride is not None else k, "stride", node, modules)
             ly = _Node(name=unique(node.target), op="maxpool", input=src, last=node,
-                       kernel_size=k, stride=s, padding=_pair(mod.padding, "padding", node))
+                       kernel_size=k, stride=s,
+                       padding=_pair(mod.padding, "padding", node, modules))
             env[node] = ly
             order.append(ly)
         elif isinstance(mod, nn.AdaptiveAvgPool2d):
@@ -215,7 +295,9 @@ def extract_graph(model: nn.Module) -> tuple[list, fx.GraphModule]:
             bad(node)
     for ly in order[:-1]:
         if ly.op == "linear":
-            raise KepError(f"unsupported graph: linear layer {ly.name!r} is not the last layer")
+            raise KepError(f"cannot export layer {ly.name!r} ({type(ly.module).__name__}): a "
+                           "linear layer must be the last layer (the .kep format holds one "
+                           "final classifier)")
     return order, gm
 
 
@@ -472,17 +554,22 @@ def export_kep(model: nn.Module, path: str | os.PathLike, *, masks: dict,
 
 
 def kep_from_checkpoint(ckpt_path: str | os.PathLike, calib: torch.Tensor, *,
-                        method: str = "percentile", percentile: float = 99.99) -> KepModel:
+                        method: str = "percentile", percentile: float = 99.99,
+                        model_spec: str | None = None) -> KepModel:
     """Quantize the model of a training checkpoint (masks, mean/std and KEP settings from it).
+
+    ``model_spec`` is the ``--model`` the user gave: required (and equal) when the checkpoint
+    records a user model ``module:callable``, which is never imported on the checkpoint's word
+    (:func:`kep_train.train.checkpoint.model_from_checkpoint`).
 
     Raises
     ------
     KepError
-        Bad checkpoint (see :func:`kep_train.train.checkpoint.load_checkpoint`) or quantization
-        error.
+        Bad checkpoint (see :func:`kep_train.train.checkpoint.load_checkpoint`), a user model
+        without ``model_spec``, or quantization error.
     """
     from kep_train.train.checkpoint import model_from_checkpoint
-    model, ckpt = model_from_checkpoint(ckpt_path)
+    model, ckpt = model_from_checkpoint(ckpt_path, model_spec)
     meta = {"model_name": ckpt["model_name"], "num_classes": int(ckpt["num_classes"]),
             "dataset": ckpt.get("dataset", "cifar10"), "checkpoint": str(ckpt_path),
             "kep": jsonable(ckpt.get("kep") or {})}

@@ -301,6 +301,9 @@ def _parser() -> argparse.ArgumentParser:
                    "cifar-10-batches-py)")
     p.add_argument("--checkpoint", help="float checkpoint to compare with (default: the one "
                    "named in the .kep metadata, if it exists)")
+    p.add_argument("--float-model", default=None, metavar="MODULE:CALLABLE",
+                   help="the checkpoint's model when it is your own module.path:callable (as "
+                        "given to cifar --model): a checkpoint never imports code by itself")
     p.add_argument("--n", type=int, default=None,
                    help="use only the first N test images in sorted order (default: all)")
     p.add_argument("--shuffle", action="store_true",
@@ -354,10 +357,12 @@ def evaluate_int8(kep: KepModel, images: torch.Tensor, batch_size: int = 1000, *
 
 
 def evaluate_float(ckpt_path, kep: KepModel, images: torch.Tensor,
-                   batch_size: int = 1000) -> torch.Tensor:
-    """Predicted classes of a checkpoint's float model on the same images."""
+                   batch_size: int = 1000, *, model_spec: str | None = None) -> torch.Tensor:
+    """Predicted classes of a checkpoint's float model on the same images; ``model_spec`` is
+    the user's ``module:callable`` when the checkpoint records one (it is never imported on
+    the checkpoint's word: :func:`kep_train.train.checkpoint.model_from_checkpoint`)."""
     from kep_train.train.checkpoint import model_from_checkpoint
-    model, _ = model_from_checkpoint(ckpt_path)
+    model, _ = model_from_checkpoint(ckpt_path, model_spec, option="--float-model")
     preds = []
     with torch.inference_mode():
         for s in range(0, images.shape[0], batch_size):
@@ -425,9 +430,21 @@ def main(argv: list[str] | None = None) -> int:
     _check_classifier(kep, args.model)
     args.batch_size = _bounded_batch(kep, args.batch_size)
     ckpt = args.checkpoint or kep.meta.get("checkpoint")
-    if ckpt and os.path.isfile(ckpt):   # a malformed checkpoint fails now, not after the work
-        from kep_train.train.checkpoint import model_from_checkpoint
-        model_from_checkpoint(ckpt)
+    compare = bool(ckpt) and os.path.isfile(ckpt)
+    if args.float_model is not None and not compare:
+        raise KepError("--float-model needs the checkpoint to compare with (--checkpoint, or "
+                       "an existing one named in the .kep)")
+    if compare:     # a malformed checkpoint fails now, not after the work
+        from kep_train.models import is_user_model
+        from kep_train.train.checkpoint import load_checkpoint, model_from_checkpoint
+        recorded = load_checkpoint(ckpt)["model_name"]
+        if not args.checkpoint and args.float_model is None and is_user_model(recorded):
+            log.warning("no float comparison: the checkpoint %s named in the .kep holds the "
+                        "user model %r; give --float-model %s to compare (a checkpoint never "
+                        "imports code by itself)", ckpt, recorded, recorded)
+            compare = False
+        else:
+            model_from_checkpoint(ckpt, args.float_model, option="--float-model")
     if not Path(args.data_dir).is_dir():
         raise KepError(f"data folder {str(args.data_dir)!r} does not exist")
     split = read_cifar10_split(args.data_dir, train=False, download=False,
@@ -454,17 +471,16 @@ def main(argv: list[str] | None = None) -> int:
               "seed": (0 if args.seed is None else args.seed) if args.shuffle else None,
               "int8_top1": percent(correct, n), "int8_correct": correct,
               "int8_seconds": round(seconds, 3)}
-    ckpt = args.checkpoint or kep.meta.get("checkpoint")
     fpred = None
-    if ckpt and os.path.isfile(ckpt):
+    if compare:
         log.info("float model of %s on the same images", ckpt)
-        fpred = evaluate_float(ckpt, kep, images, args.batch_size)
+        fpred = evaluate_float(ckpt, kep, images, args.batch_size, model_spec=args.float_model)
         fcorrect = int((fpred == labels).sum())
         same = int((fpred == pred).sum())
         report.update(checkpoint=str(ckpt), float_top1=percent(fcorrect, n),
                       float_correct=fcorrect, agreement=percent(same, n), same_prediction=same,
                       diff_pt=round(percent(correct, n) - percent(fcorrect, n), 4))
-    elif ckpt:
+    elif ckpt and not os.path.isfile(ckpt):
         log.info("no float comparison: the checkpoint %s named in the .kep does not exist", ckpt)
     print(f"int8 golden top-1: {report['int8_top1']:.2f} % ({correct}/{n} images, "
           f"{seconds:.1f} s, {n / max(seconds, 1e-9):.0f} images/s)")

@@ -16,6 +16,11 @@ run stands), ``optimizer``/``scheduler`` state, ``rng`` state, ``args`` and ``hi
 ``std > 0``, no NaN weights, a known ``stage``); every command that reads a checkpoint
 (``export``, ``golden --checkpoint``, ``cifar``/``imagenet`` with ``--pretrained`` or
 ``--resume``) fails on a malformed one with one line, before its work.
+
+``model_name`` is a zoo name or the user's model spec ``package.module:callable``
+(:mod:`kep_train.models`). A checkpoint never causes an import by itself: rebuilding a
+user model (:func:`model_from_checkpoint`, ``--resume``) needs the same spec given again on
+the command line (:func:`check_model_arg`).
 """
 
 from __future__ import annotations
@@ -27,10 +32,12 @@ import torch
 from torch import nn
 
 from kep_common.errors import KepError
-from kep_train.models import CIFAR_MODELS, IMAGENET_MODELS, build_model
+from kep_train.models import (CIFAR_MODELS, IMAGENET_MODELS, build_model, is_user_model,
+                              parse_model_spec)
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "load_checkpoint", "validate_checkpoint",
-           "checkpoint_from_object", "model_from_checkpoint", "load_tensors_file"]
+           "checkpoint_from_object", "model_from_checkpoint", "load_tensors_file",
+           "check_model_arg"]
 
 CHECKPOINT_FORMAT = "kep-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -204,9 +211,14 @@ def validate_checkpoint(ckpt: dict, where: str = "checkpoint", *, resume: bool =
         if key not in ckpt:
             fail(f"lacks {key!r}")
     name = ckpt["model_name"]
-    if not isinstance(name, str) or name not in (*CIFAR_MODELS, *IMAGENET_MODELS):
+    if is_user_model(name):         # the spec's syntax only: nothing is imported here
+        try:
+            parse_model_spec(name)
+        except KepError:
+            fail(f"model_name {_short(name)} is no module.path:callable")
+    elif not isinstance(name, str) or name not in (*CIFAR_MODELS, *IMAGENET_MODELS):
         fail(f"unknown model_name {_short(name)} (known: "
-             f"{', '.join((*CIFAR_MODELS, *IMAGENET_MODELS))})")
+             f"{', '.join((*CIFAR_MODELS, *IMAGENET_MODELS))}, or module.path:callable)")
     n = ckpt["num_classes"]
     if type(n) is not int or not 1 <= n <= MAX_CLASSES:
         fail(f"num_classes must be an integer in [1, {MAX_CLASSES}], got {_short(n)}")
@@ -278,8 +290,44 @@ def validate_checkpoint(ckpt: dict, where: str = "checkpoint", *, resume: bool =
         _check_pruner(ckpt["pruner"], fail)
 
 
-def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+def check_model_arg(recorded: str, given: str | None, where: str,
+                    option: str = "--model") -> None:
+    """Check the model given on the command line against the one a checkpoint records, before
+    anything is built.
+
+    A user model spec (``module:callable``) recorded in a checkpoint is never imported on the
+    checkpoint's word: it must be given again, the same, as ``option``. A zoo name needs no
+    option; when one is given it must match.
+
+    Raises
+    ------
+    KepError
+        One line: a user model without ``option``, or ``option`` naming another model.
+    """
+    if given == recorded or (given is None and not is_user_model(recorded)):
+        return
+    if is_user_model(recorded):
+        got = "" if given is None else f" (not {given!r})"
+        raise KepError(f"{where} was made with the user model {recorded!r}: give {option} "
+                       f"{recorded} again{got} to rebuild it (a checkpoint never imports code "
+                       "by itself)")
+    raise KepError(f"{where} was made with {recorded!r}, not {option} {given!r}")
+
+
+def model_from_checkpoint(path: str | os.PathLike, model_spec: str | None = None, *,
+                          option: str = "--model") -> tuple[nn.Module, dict]:
     """Rebuild the model of a checkpoint, weights loaded, in eval mode.
+
+    Parameters
+    ----------
+    path : path
+        The checkpoint.
+    model_spec : str, optional
+        The model the user gave on the command line (``option``); required, and equal to the
+        recorded one, when the checkpoint records a user model spec (:func:`check_model_arg`):
+        the checkpoint alone never causes an import.
+    option : str
+        How errors name that command-line option.
 
     Returns
     -------
@@ -289,7 +337,10 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict]:
         The checkpoint dict (see module docstring), e.g. ``ckpt["masks"]``.
     """
     ckpt = load_checkpoint(path)
-    model = build_model(ckpt["model_name"], ckpt["num_classes"])
+    check_model_arg(ckpt["model_name"], model_spec, f"checkpoint {str(path)!r}", option)
+    shape = tuple(ckpt.get("input_shape") or (3, 32, 32))
+    model = build_model(ckpt["model_name"], ckpt["num_classes"], input_shape=shape,
+                        option=option)
     try:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, KeyError, TypeError, ValueError) as e:

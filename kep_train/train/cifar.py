@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from kep_common.errors import KepError, cli_errors
 from kep_common.log import add_logging_args
 from kep_train.data import cifar as kdata
-from kep_train.models import CIFAR_MODELS
+from kep_train.models import (CIFAR_MODELS, build_user_model, is_user_model,
+                              load_user_factory)
 from kep_train.pruning import TaylorImportance
 from kep_train.train import distributed as kdist
 from kep_train.train.pipeline import (STAGES, Pipeline, base_args_parser, parse_command_args,
@@ -45,7 +46,20 @@ def _epoch_generator(seed: int, stage: str, epoch: int) -> torch.Generator:
 
 
 class CifarPipeline(Pipeline):
-    """:class:`~kep_train.train.pipeline.Pipeline` on CIFAR-10 tensors, one process."""
+    """:class:`~kep_train.train.pipeline.Pipeline` on CIFAR-10 tensors, one process.
+
+    ``--model`` is a zoo name (:data:`kep_train.models.CIFAR_MODELS`) or the user's own
+    ``module.path:callable`` (:func:`kep_train.models.build_user_model`): imported here, before
+    the data is loaded, so that a wrong spec fails at once.
+    """
+
+    def __init__(self, args):
+        super().__init__(args)
+        if is_user_model(args.model):
+            load_user_factory(args.model)       # import, attribute, callable: one line each
+        elif args.model not in CIFAR_MODELS:
+            raise KepError(f"unknown model {args.model!r}; choose one of "
+                           f"{', '.join(CIFAR_MODELS)}, or give module.path:callable")
 
     # -- data ---------------------------------------------------------------------------------
     def load_data(self) -> kdata.CifarData:
@@ -103,16 +117,16 @@ class CifarPipeline(Pipeline):
 
     # -- model ----------------------------------------------------------------------------------
     def build(self):
-        if self.args.model not in CIFAR_MODELS:
-            raise KepError(f"unknown model {self.args.model!r}; choose one of "
-                           f"{', '.join(CIFAR_MODELS)}")
+        if is_user_model(self.args.model):     # output shape checked on a CIFAR input
+            return build_user_model(self.args.model, self.data.num_classes,
+                                    input_shape=self.data.input_shape).to(self.device)
         return super().build()
 
 
 def get_args_parser():
     """The options of ``python -m kep_train cifar``."""
     p = base_args_parser(
-        "cifar", model_default="resnet20", model_names=CIFAR_MODELS,
+        "cifar", model_default="resnet20", model_names=CIFAR_MODELS, user_models=True,
         data_dir=dict(default="data/cifar10", required=False,
                       help="CIFAR-10 folder: torchvision's cifar-10-batches-py (downloaded "
                            "when missing and online) or image folders train/<class>/*, "

@@ -189,6 +189,9 @@ class ImageNetPipeline(Pipeline):
     strict_export = False   # torchvision graphs the exporter does not know: results still count
 
     def __init__(self, args):
+        if ":" in args.model:
+            raise KepError(f"--model {args.model!r}: your own module.path:callable models "
+                           "run with the cifar command only")
         if args.model not in IMAGENET_MODELS:
             raise KepError(f"unknown model {args.model!r}; choose one of "
                            f"{', '.join(IMAGENET_MODELS)}")

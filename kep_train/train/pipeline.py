@@ -49,8 +49,8 @@ from kep_train.pruning import (KEPPruner, MagnitudeImportance, PenaltySchedule, 
                                removed_share)
 from kep_train.train import distributed as kdist
 from kep_train.train.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION,
-                                        checkpoint_from_object, load_checkpoint,
-                                        load_tensors_file)
+                                        check_model_arg, checkpoint_from_object,
+                                        load_checkpoint, load_tensors_file)
 from kep_train.train.report import append_metrics, rewrite_metrics
 
 __all__ = ["STAGES", "METHODS", "Schedule", "SCHEDULES", "DataSet", "Pipeline", "Run",
@@ -83,8 +83,9 @@ class Schedule:
 
 
 SCHEDULES = {
-    # 2 CPU cores: ResNet-20 end to end in under an hour (about 140 s per epoch here)
-    "quick": Schedule(dense_epochs=8, reg_epochs=2, finetune_epochs=5,
+    # 2 CPU cores: ResNet-20 end to end in under an hour (about 100 s per epoch on an idle
+    # machine); docs/method.md, "Schedules", says why these values
+    "quick": Schedule(dense_epochs=20, reg_epochs=3, finetune_epochs=8, label_smoothing=0.1,
                       penalty=PenaltySchedule(init=0.0, step=3e-3, every=10, cap=0.2,
                                               threshold=0.02)),
     # GPU schedule (our choice; the paper's own values are not published in the abstract)
@@ -155,6 +156,14 @@ def fraction(text):
     return v
 
 
+def unit_float(text):
+    """argparse type: a number in [0, 1]."""
+    v = _number(text, float, "a number")
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {v}")
+    return v
+
+
 def nonneg_float(text):
     """argparse type: a finite number >= 0."""
     v = _number(text, float, "a number")
@@ -179,7 +188,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def base_args_parser(command: str, *, data_dir: dict, model_default: str,
-                     model_names) -> argparse.ArgumentParser:
+                     model_names, user_models: bool = False) -> argparse.ArgumentParser:
     """The options that every pipeline command shares; a front end adds its own groups.
 
     Parameters
@@ -192,6 +201,9 @@ def base_args_parser(command: str, *, data_dir: dict, model_default: str,
         Default of ``--model``.
     model_names : iterable of str
         The models the command trains (listed in the help of ``--model``).
+    user_models : bool
+        ``--model`` also takes the user's own ``module.path:callable``
+        (:func:`kep_train.models.build_user_model`).
 
     Returns
     -------
@@ -224,7 +236,10 @@ def base_args_parser(command: str, *, data_dir: dict, model_default: str,
                    help="evaluate on the first N test images only; 0 = all 10,000")
     g = p.add_argument_group("model and method")
     g.add_argument("--model", default=model_default,
-                   help="model name: " + ", ".join(model_names) + " (default: %(default)s)")
+                   help="model name: " + ", ".join(model_names)
+                   + (", or your own module.path:callable, built as callable(num_classes=N)"
+                      " with the current directory on the Python path; give it again to "
+                      "--resume" if user_models else "") + " (default: %(default)s)")
     g.add_argument("--method", default="kep", choices=METHODS,
                    help="kep | magnitude (unstructured, same sparsity) | filter-l1 (Li et al., "
                         "same MACs) | dense (default: %(default)s)")
@@ -258,6 +273,8 @@ def base_args_parser(command: str, *, data_dir: dict, model_default: str,
     g.add_argument("--lr", type=positive_float, default=None, help="peak LR of the dense stage")
     g.add_argument("--prune-lr", type=positive_float, default=None,
                    help="LR of the reg stage and start of the fine-tune cosine")
+    g.add_argument("--label-smoothing", type=unit_float, default=None,
+                   help="label smoothing of the cross-entropy loss, in [0, 1] (every stage)")
     g.add_argument("--penalty-init", type=nonneg_float, default=None,
                    help="lambda at the start of the reg stage")
     g.add_argument("--penalty-step", type=nonneg_float, default=None,
@@ -305,7 +322,7 @@ def resolve_schedule(args) -> Schedule:
     except ValueError as e:   # PenaltySchedule checks its own fields
         raise KepError(f"--penalty-*: {e}") from None
     over = {k: getattr(args, k) for k in ("dense_epochs", "reg_epochs", "finetune_epochs",
-                                          "batch_size", "lr", "prune_lr")}
+                                          "batch_size", "lr", "prune_lr", "label_smoothing")}
     s = dataclasses.replace(s, penalty=pen, **{k: v for k, v in over.items() if v is not None})
     if s.batch_size < 1:
         raise KepError("--batch-size must be >= 1")
@@ -637,6 +654,10 @@ class Pipeline:
         return _stage_epochs(s, stage)
 
     def _check_resume_args(self, ck):
+        # a user model recorded in the checkpoint is rebuilt only from the same --model given
+        # again (a checkpoint never imports code by itself)
+        check_model_arg(ck["model_name"], self.args.model,
+                        f"--resume: checkpoint {str(Path(self.args.out) / 'checkpoint.pt')!r}")
         saved = ck.get("args") or {}
         for key in ("model", "method", "keep", "target_macs", "target_params", "seed",
                     "schedule", "dense_epochs", "reg_epochs", "finetune_epochs", "subset",

@@ -186,9 +186,12 @@ def _export(pipe, model, masks, keep, out: Path, report) -> dict:
             "checkpoint": str(out / "checkpoint.pt"),
             "float_top1": report["top1"]["pruned"]}
     path = out / "model.kep"
-    export_kep(model, path, masks=sparse, calib=calib, meta=meta)
+    kep = export_kep(model, path, masks=sparse, calib=calib, meta=meta)
+    from kep_train.export.hardware import hardware_problems, warn_hardware
+    problems = hardware_problems(kep)
+    warn_hardware(problems)         # the .kep stays valid for the golden model
     return {"path": str(path), "bytes": path.stat().st_size,
-            "dense_int8_bytes": report["totals"]["params"]}
+            "dense_int8_bytes": report["totals"]["params"], "hardware_problems": problems}
 
 
 def _figure(size):

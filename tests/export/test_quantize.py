@@ -88,9 +88,9 @@ class _TwoUses(nn.Module):
 
 
 @pytest.mark.parametrize("model,match", [
-    (_Sigmoid(), "node 'act' \\(call_module Sigmoid\\)"),
-    (_Grouped(), "node 'conv'.*grouped"),
-    (_TwoUses(), "node 'bn'.*batch norm must directly follow"),
+    (_Sigmoid(), "^cannot export layer 'act' \\(Sigmoid\\): not supported"),
+    (_Grouped(), "^cannot export layer 'conv' \\(Conv2d\\): grouped convolution \\(groups 2\\)"),
+    (_TwoUses(), "^cannot export layer 'bn' \\(BatchNorm2d\\): batch norm must directly follow"),
 ])
 def test_unsupported_graph_names_node(model, match):
     with pytest.raises(KepError, match=match):
