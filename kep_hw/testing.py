@@ -17,6 +17,7 @@ import os
 import random
 import select
 import socket
+import struct
 import threading
 
 import torch
@@ -27,7 +28,7 @@ from kep_train.golden.sparseconv import sparse_conv2d
 
 from kep_hw.gateware.params import EngineParams
 from kep_hw.host.driver import LayerJob, dense_job
-from kep_hw.system.plan import run_tail, tensor_to_words, words_to_tensor
+from kep_hw.system.plan import payload_image, run_tail, tensor_to_words
 from kep_hw.system.protocol import ErrorCode, FrameReader, FrameType, encode_frame
 from kep_hw.system.top import info_payload
 
@@ -140,18 +141,28 @@ def _conv(gen, name, inp, cin, cout, h, *, k=3, stride=1, K=None, relu=True, res
 
 
 def random_network(seed: int = 0, *, size: int = 8, width: int = 8,
-                   classes: int = 10) -> KepModel:
-    """A small random network (input ``[3, size, size]``), deterministic given ``seed``."""
+                   classes: int = 10, maxpool: bool = False) -> KepModel:
+    """A small random network (input ``[3, size, size]``), deterministic given ``seed``;
+    ``maxpool=True`` puts a 2x2 stride-2 max pooling layer (``pool0``) after the first conv,
+    read by the first block's conv and residual (``size`` divisible by 4)."""
     gen = torch.Generator().manual_seed(seed)
     w1, w2 = width, 2 * width
     layers = []
     c0, h = _conv(gen, "conv0", "input", 3, w1, size)
-    b1, _ = _conv(gen, "b1.conv1", "conv0", w1, w1, h, K=4)
-    b2, _ = _conv(gen, "b1.conv2", "b1.conv1", w1, w1, h, K=4, residual="conv0")
+    first = [c0]
+    src = "conv0"
+    if maxpool:
+        first.append(KepLayer(name="pool0", op="maxpool", input="conv0",
+                              in_shape=(w1, h, h), out_shape=(w1, h // 2, h // 2),
+                              kernel_size=2, stride=2, padding=0, in_scale=SCALE,
+                              out_scale=SCALE))
+        src, h = "pool0", h // 2
+    b1, _ = _conv(gen, "b1.conv1", src, w1, w1, h, K=4)
+    b2, _ = _conv(gen, "b1.conv2", "b1.conv1", w1, w1, h, K=4, residual=src)
     c3, h2 = _conv(gen, "b2.conv1", "b1.conv2", w1, w2, h, stride=2, K=4)
     sc, _ = _conv(gen, "b2.shortcut", "b1.conv2", w1, w2, h, k=1, stride=2, relu=False)
     c4, _ = _conv(gen, "b2.conv2", "b2.conv1", w2, w2, h2, K=4, residual="b2.shortcut")
-    layers = [c0, b1, b2, c3, sc, c4]
+    layers = first + [b1, b2, c3, sc, c4]
     layers.append(KepLayer(name="pool", op="avgpool", input="b2.conv2",
                            in_shape=(w2, h2, h2), out_shape=(w2,), in_scale=SCALE,
                            out_scale=SCALE / (h2 * h2)))
@@ -167,9 +178,19 @@ def random_network(seed: int = 0, *, size: int = 8, width: int = 8,
 
 
 def reference_activations(kep: KepModel, x: torch.Tensor) -> dict:
-    """int8 output ``[C, H, W]`` of every conv layer for one int8 image ``[C, H, W]``."""
+    """int8 output ``[C, H, W]`` of every conv and max pooling layer for one int8 image
+    ``[C, H, W]``."""
     acts = {"input": x.unsqueeze(0)}
-    for layer in kep.conv_layers:
+    for layer in kep.layers:
+        if layer.op == "maxpool":
+            p = layer.padding
+            xf = torch.nn.functional.pad(acts[layer.input].to(torch.float32), (p, p, p, p),
+                                         value=-128.0)
+            acts[layer.name] = torch.nn.functional.max_pool2d(
+                xf, layer.kernel_size, layer.stride).to(torch.int8)
+            continue
+        if layer.op != "conv":
+            continue
         values, index = layer.planes()
         res = acts[layer.residual] if layer.residual is not None else None
         acts[layer.name] = sparse_conv2d(
@@ -183,7 +204,7 @@ def reference_logits(kep: KepModel, x: torch.Tensor) -> torch.Tensor:
     """int32 logits (as int64) of one int8 image ``[C, H, W]``."""
     acts = reference_activations(kep, x)
     tail = [layer for layer in kep.layers if layer.op in ("avgpool", "linear")]
-    return run_tail(tail, acts[kep.conv_layers[-1].name])
+    return run_tail(tail, acts[tail[0].input])
 
 
 class _Stopped(Exception):
@@ -201,8 +222,9 @@ class ScriptedBoard:
     misbehaves as ``behaviour`` says:
 
     ``"good"``
-        No misbehaviour; the ``RESULT`` holds the golden last conv output when ``kep`` is
-        given (:func:`reference_activations`), else zeros.
+        No misbehaviour; the ``RESULT`` holds the golden logits (and, after ``IMAGE_FMAP`` or
+        for a plan without a head, the golden last conv output) when ``kep`` is given
+        (:func:`reference_activations`), else zeros.
     ``"silent"``
         Never answers anything.
     ``"hangup"``
@@ -215,7 +237,7 @@ class ScriptedBoard:
         Answers ``IMAGE`` with ``NEED`` and every ``GO`` with another ``NEED`` (layers 0, 1,
         ..., then again from 0), never with ``RESULT``.
     ``"wrong-info"``, ``"short-info"``, ``"zero-clock"``
-        An ``INFO`` with another model id, of 17 bytes, or with a clock of 0 kHz.
+        An ``INFO`` with another model id, one byte short, or with a clock of 0 kHz.
     ``"error"``, ``"bad-crc"``, ``"unexpected"``
         Answers ``at`` with an ``ERROR`` frame (code 4), with its frame with a corrupted CRC,
         or with a frame of the wrong type.
@@ -276,6 +298,7 @@ class ScriptedBoard:
         self.garbage, self.transport, self.cycles = garbage, transport, cycles
         self.rng = random.Random(seed)
         self.received: list[int] = []
+        self._result_hook = None           # tests: rewrite each RESULT payload
         self._stop = threading.Event()
         self._dripping = False
         self._fd = self._slave = self._listener = self._conn = None
@@ -391,24 +414,30 @@ class ScriptedBoard:
             del info[-1]
         return bytes(info)
 
-    def _result(self, image: bytes) -> bytes:
+    def _result(self, image: bytes, fmap: bool) -> bytes:
         plan = self.plan
         n = plan.out_words * plan.lanes
-        if self.kep is not None and len(image) == plan.in_words * plan.lanes:
-            words = [int.from_bytes(image[i:i + plan.lanes], "little")
-                     for i in range(0, len(image), plan.lanes)]
-            x = words_to_tensor(words, plan.in_shape, plan.lanes)
-            out = reference_activations(self.kep, x)[self.kep.conv_layers[-1].name]
+        logits = bytes(4 * plan.classes)
+        if self.kep is not None and len(image) == plan.image_bytes:
+            x = payload_image(image, plan.in_shape)
+            out = reference_activations(self.kep, x)[plan.layers[-1].name]
             data = b"".join(w.to_bytes(plan.lanes, "little")
                             for w in tensor_to_words(out, plan.lanes))
+            if plan.classes:
+                logits = struct.pack(f"<{plan.classes}i", *run_tail(plan.tail, out).tolist())
         else:
             data = bytes(n)
-        payload = self.cycles.to_bytes(4, "little") + data
+        if plan.classes and not fmap:
+            data = b""
+        payload = self.cycles.to_bytes(4, "little") + logits + data
+        if self._result_hook is not None:         # tests: a board that computes wrongly
+            payload = self._result_hook(payload)
         return payload[:-1] if self.behaviour == "bad-result" else payload
 
     def _answer(self, ftype: int, payload: bytes, state: dict) -> None:
         """Answer one valid frame; ``state`` holds the layer asked for and the image."""
-        name = {FrameType.PING: "PING", FrameType.IMAGE: "IMAGE"}.get(ftype)
+        name = {FrameType.PING: "PING", FrameType.IMAGE: "IMAGE",
+                FrameType.IMAGE_FMAP: "IMAGE"}.get(ftype)
         mis = name is not None and name == self.at
         if mis and self.behaviour == "hangup":
             raise _Stopped
@@ -424,23 +453,27 @@ class ScriptedBoard:
             self._frame(FrameType.RESULT if ftype == FrameType.PING else FrameType.INFO,
                         b"\x00")
             return
-        layers = len(self.plan.layers)
+        convs = self.plan.conv_layers            # the layers that need weights
+        layers = len(convs)
         if ftype == FrameType.PING:
             self._frame(FrameType.INFO, self._info(), misbehave=mis)
-        elif ftype == FrameType.IMAGE:
+        elif ftype in (FrameType.IMAGE, FrameType.IMAGE_FMAP):
             state["image"], state["layer"] = payload, 0
+            state["fmap"] = ftype == FrameType.IMAGE_FMAP
             if self.streamed or self.behaviour == "need-loop":
-                self._frame(FrameType.NEED, b"\x00", misbehave=mis)
+                self._frame(FrameType.NEED, bytes([convs[0]]), misbehave=mis)
             else:
-                self._frame(FrameType.RESULT, self._result(payload), misbehave=mis)
+                self._frame(FrameType.RESULT, self._result(payload, state["fmap"]),
+                            misbehave=mis)
         elif ftype == FrameType.GO and "layer" in state:
             state["layer"] += 1
             if self.behaviour == "need-loop":
-                self._frame(FrameType.NEED, bytes([state["layer"] % layers]))
+                self._frame(FrameType.NEED, bytes([convs[state["layer"] % layers]]))
             elif state["layer"] < layers:
-                self._frame(FrameType.NEED, bytes([state["layer"]]))
+                self._frame(FrameType.NEED, bytes([convs[state["layer"]]]))
             else:
-                self._frame(FrameType.RESULT, self._result(state.pop("image")))
+                self._frame(FrameType.RESULT, self._result(state.pop("image"),
+                                                           state.get("fmap", False)))
                 del state["layer"]
 
     def _serve(self) -> None:

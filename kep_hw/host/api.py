@@ -51,25 +51,31 @@ class Result:
     prediction : int
         Top-1 class of the board's logits (ties to the lowest index).
     logits : torch.Tensor
-        int64 ``[classes]``: the board's last conv output through global average pooling and
-        the classifier on the host (exact integers).
-    output : torch.Tensor
-        int8 ``[C, H, W]``: the board's last conv output.
+        int64 ``[classes]``: the board's int32 logits (from the on-chip head; for a bitstream
+        without one, the host's global average pooling and classifier on its last conv
+        output, in the same exact integers).
+    output : torch.Tensor or None
+        int8 ``[C, H, W]``: the board's last conv output (``fmap=True`` or no head), else
+        ``None``.
     cycles : int
         The board's cycle counter for this image (UART time excluded).
     golden : int or None
         The golden model's top-1 on the same int8 input (``None`` without ``check``).
     golden_logits : torch.Tensor or None
         The golden model's logits.
+    logits_equal : bool or None
+        The board's logits equal the golden model's (``None`` without ``check``).
     mismatched : int or None
-        Values of the last conv output that differ from the golden model's (0: bit-exact).
+        Values of the last conv output that differ from the golden model's (0: bit-exact;
+        ``None`` without ``check`` or without the output).
     """
     prediction: int
     logits: torch.Tensor
-    output: torch.Tensor
+    output: torch.Tensor | None
     cycles: int
     golden: int | None = None
     golden_logits: torch.Tensor | None = None
+    logits_equal: bool | None = None
     mismatched: int | None = None
 
 
@@ -228,15 +234,19 @@ class Board:
         """P, the engine's PEs (``po * px``)."""
         return self.info["po"] * self.info["px"]
 
-    def infer(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """One int8 image ``[C, H, W]``: the last conv output and the cycles
-        (:meth:`BoardLink.infer`)."""
-        out, cycles = self.link.infer(x)
+    def infer(self, x: torch.Tensor, *, fmap: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """One int8 image ``[C, H, W]``: ``(logits, output, cycles)`` as
+        :meth:`BoardLink.infer` returns them, with the logits computed on the host from the
+        last conv output for a bitstream without the on-chip head."""
+        logits, out, cycles = self.link.infer(x, fmap=fmap)
+        if logits is None:
+            logits = run_tail(self.plan.tail, out)
         self.timing.cycles.append(cycles)
-        return out, cycles
+        return logits, out, cycles
 
     def classify(self, images, *, check: bool = True, resize: str = "crop",
-                 progress=None) -> list[Result]:
+                 progress=None, fmap: bool = False) -> list[Result]:
         """Classify images on the board.
 
         Parameters
@@ -251,6 +261,9 @@ class Board:
             ``"crop"`` or ``"stretch"`` (:func:`fit_image`).
         progress : callable, optional
             Called as ``progress(n, result)`` after each image.
+        fmap : bool
+            Also fetch the last conv output (``IMAGE_FMAP``; a debugging aid: the result
+            frame grows by the whole feature map) and, with ``check``, compare it.
 
         Returns
         -------
@@ -266,17 +279,18 @@ class Board:
         if check:
             from kep_train.golden.evaluate import run_network
             golden, acts = run_network(self.model, x, return_all=True)
-            golden_last = acts[self.model.conv_layers[-1].name]
+            golden_last = acts[self.plan.layers[-1].name]     # the last on-chip layer
         results = []
         for n in range(x.shape[0]):
-            out, cycles = self.infer(x[n])
-            logits = run_tail(self.plan.tail, out)
+            logits, out, cycles = self.infer(x[n], fmap=fmap)
             r = Result(prediction=int(torch.argmax(logits)), logits=logits, output=out,
                        cycles=cycles)
             if check:
                 r.golden_logits = golden[n].to(torch.int64)
                 r.golden = int(torch.argmax(r.golden_logits))
-                r.mismatched = int((out != golden_last[n]).sum())
+                r.logits_equal = bool(torch.equal(logits, r.golden_logits))
+                if out is not None:
+                    r.mismatched = int((out != golden_last[n]).sum())
             results.append(r)
             if progress:
                 progress(n, r)

@@ -29,9 +29,9 @@ import torch
 
 from kep_common.errors import KepError
 
-from kep_hw.gateware.images import tensor_to_words, words_to_tensor
+from kep_hw.gateware.images import words_to_tensor
 from kep_hw.gateware.layouts import PARAM_WORD_BITS, WEIGHT_ELEM_BITS
-from kep_hw.system.plan import NetworkPlan
+from kep_hw.system.plan import NetworkPlan, image_payload
 from kep_hw.system.protocol import (MAX_PAYLOAD, PROTOCOL_VERSION, BoardTimeout, ErrorCode,
                                     FrameReader, FrameType, ProtocolError, check_seconds,
                                     encode_frame)
@@ -58,8 +58,9 @@ class LinkError(KepError):
 
 class BoardInfo(dict):
     """The fields of an ``INFO`` frame: ``version``, ``po``, ``lanes``, ``streamed``,
-    ``layers``, ``clk_khz``, ``model_id``, ``in_words``, ``out_words``, ``px`` (``po`` is Po,
-    the output channels per group; the engine has ``P = po * px`` PEs)."""
+    ``layers``, ``clk_khz``, ``model_id``, ``in_words``, ``out_words``, ``px``, ``classes``
+    (``po`` is Po, the output channels per group; the engine has ``P = po * px`` PEs;
+    ``classes`` the logits of a ``RESULT``, 0 for a bitstream without the on-chip head)."""
 
 
 def parse_info(payload: bytes) -> BoardInfo:
@@ -68,16 +69,20 @@ def parse_info(payload: bytes) -> BoardInfo:
     Raises
     ------
     ProtocolError
-        If it has the wrong size, or (protocol version 1) a Po or G no bitstream can have.
+        If it has the wrong size for its version, or a Po or G no bitstream can have.
     """
-    if len(payload) != 18:
-        raise ProtocolError(f"INFO frame of {len(payload)} bytes, expected 18")
-    ver, po, lanes, streamed, layers, px, clk, mid, iw, ow = struct.unpack("<6BIIHH", payload)
+    if len(payload) == 18 and payload[0] == 1:      # version 1: no head, answered as such
+        payload = bytes(payload) + b"\0\0"
+    if len(payload) != 20:
+        raise ProtocolError(f"INFO frame of {len(payload)} bytes, expected 20")
+    ver, po, lanes, streamed, layers, px, clk, mid, iw, ow, classes = struct.unpack(
+        "<6BIIHHH", payload)
     if ver == PROTOCOL_VERSION and (po < 1 or lanes < 1 or lanes & (lanes - 1) or po % lanes):
         raise ProtocolError(f"bad INFO from the board: Po={po} output channels per group with "
                             f"G={lanes} lanes (G must be a power of two dividing Po)")
     return BoardInfo(version=ver, po=po, lanes=lanes, streamed=bool(streamed), layers=layers,
-                     clk_khz=clk, model_id=mid, in_words=iw, out_words=ow, px=max(px, 1))
+                     clk_khz=clk, model_id=mid, in_words=iw, out_words=ow, px=max(px, 1),
+                     classes=classes)
 
 
 def _is_device(url: str) -> bool:
@@ -249,9 +254,8 @@ class BoardLink:
 
     @staticmethod
     def _check_fits(plan: NetworkPlan) -> None:
-        if plan.in_words * plan.lanes > MAX_PAYLOAD or \
-                4 + plan.out_words * plan.lanes > MAX_PAYLOAD:
-            raise KepError(f"the network's input ({plan.in_words * plan.lanes} bytes) or last "
+        if plan.image_bytes > MAX_PAYLOAD or plan.result_bytes(True) > MAX_PAYLOAD:
+            raise KepError(f"the network's input ({plan.image_bytes} bytes) or last "
                            f"conv output does not fit one frame of {MAX_PAYLOAD} bytes")
 
     def use_plan(self, plan: NetworkPlan) -> None:
@@ -294,13 +298,13 @@ class BoardLink:
 
     def image_traffic(self, streamed: bool) -> tuple[int, int]:
         """Frames and bytes on the wire (both directions) for one image: ``IMAGE`` and
-        ``RESULT``, and in streamed mode every layer's ``NEED``, ``WRITE`` frames and ``GO``."""
+        ``RESULT`` (with the last conv output: the longer one, for the deadlines), and in
+        streamed mode every layer's ``NEED``, ``WRITE`` frames and ``GO``."""
         plan = self.plan
         frames = 2
-        nbytes = (2 * FRAME_OVERHEAD + plan.in_words * plan.lanes + 4
-                  + plan.out_words * plan.lanes)
+        nbytes = 2 * FRAME_OVERHEAD + plan.image_bytes + plan.result_bytes(True)
         if streamed:
-            for lp in plan.layers:
+            for lp in (plan.layers[n] for n in plan.conv_layers):
                 for words, bits in ((len(lp.wt_words), WEIGHT_ELEM_BITS * plan.po),
                                     (len(lp.prm_words), PARAM_WORD_BITS)):
                     f, b = self._word_frames(words, bits)
@@ -390,10 +394,12 @@ class BoardLink:
                            f"(board Po={info['po']}, G={info['lanes']}, {info['layers']} "
                            f"layers, id {info['model_id']:08x}; host Po={plan.po}, "
                            f"G={plan.lanes}, {len(plan.layers)} layers, id {want:08x})")
-        if (info["in_words"], info["out_words"]) != (plan.in_words, plan.out_words):
+        if (info["in_words"], info["out_words"], info["classes"]) != \
+                (plan.in_words, plan.out_words, plan.classes):
             raise ProtocolError(f"bad INFO from the board: {info['in_words']} input and "
-                                f"{info['out_words']} output words, the model has "
-                                f"{plan.in_words} and {plan.out_words}")
+                                f"{info['out_words']} output words, {info['classes']} classes; "
+                                f"the model has {plan.in_words}, {plan.out_words} and "
+                                f"{plan.classes}")
 
     def _send_words(self, mem: int, words: list, word_bits: int, deadline: float,
                     limit: float) -> None:
@@ -416,12 +422,18 @@ class BoardLink:
         self._send_words(1, lp.prm_words, PARAM_WORD_BITS, deadline, limit)
         self._write(encode_frame(FrameType.GO))
 
-    def infer(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Run one int8 image ``[C, H, W]``; returns the last conv output and hardware cycles.
+    def infer(self, x: torch.Tensor, *, fmap: bool = False
+              ) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+        """Run one int8 image ``[C, H, W]``; returns ``(logits, output, cycles)``: the board's
+        int32 logits (int64 tensor ``[classes]``; ``None`` without a head), the last conv
+        output (int8 ``[C, H, W]``; only with ``fmap=True`` or without a head, else ``None``)
+        and the hardware cycles.
 
-        Connects first if :meth:`connect` has not been called. The whole image must be done
+        ``fmap=True`` sends the image in an ``IMAGE_FMAP`` frame, whose ``RESULT`` also
+        carries the last conv output. Connects first if :meth:`connect` has not been called. The whole image must be done
         within :meth:`image_timeout`; in streamed mode the board must ask for every layer
-        once, in order (``NEED`` 0, 1, ...), before its ``RESULT``.
+        once, in order (``NEED`` with the index in the layer table of every conv layer; max
+        pooling layers need no weights), before its ``RESULT``.
 
         Raises
         ------
@@ -437,10 +449,10 @@ class BoardLink:
         streamed = self.info["streamed"]
         limit = self.image_timeout(streamed)
         deadline = time.monotonic() + limit
-        layers = len(self.plan.layers)
-        words = tensor_to_words(x, self.plan.lanes)
-        data = b"".join(w.to_bytes(self.plan.lanes, "little") for w in words)
-        self._write(encode_frame(FrameType.IMAGE, data))
+        convs = self.plan.conv_layers
+        layers = len(convs)
+        data = image_payload(x)
+        self._write(encode_frame(FrameType.IMAGE_FMAP if fmap else FrameType.IMAGE, data))
         want_layer = 0                  # streamed: the next layer the board may ask for
         while True:                     # at most layers + 1 frames (each NEED advances)
             ftype, payload = self._expect(FrameType.NEED, FrameType.RESULT, deadline=deadline,
@@ -451,10 +463,10 @@ class BoardLink:
                                         "weights")
                 if len(payload) != 1:
                     raise ProtocolError(f"bad NEED frame of {len(payload)} bytes")
-                if payload[0] != want_layer:
+                if want_layer >= layers or payload[0] != convs[want_layer]:
                     raise ProtocolError(
                         f"the board asked for layer {payload[0]}, expected "
-                        + (f"layer {want_layer}" if want_layer < layers else
+                        + (f"layer {convs[want_layer]}" if want_layer < layers else
                            f"the RESULT after all {layers} layers")
                         + " (each layer's weights once, in order)")
                 self.send_layer(payload[0], deadline=deadline, limit=limit)
@@ -463,11 +475,18 @@ class BoardLink:
             if streamed and want_layer != layers:
                 raise ProtocolError(f"RESULT after the weights of {want_layer} of {layers} "
                                     "layers")
-            want = 4 + self.plan.out_words * self.plan.lanes
+            plan = self.plan
+            want = plan.result_bytes(fmap)
             if len(payload) != want:
                 raise ProtocolError(f"RESULT of {len(payload)} bytes, expected {want}")
             cycles = struct.unpack("<I", payload[:4])[0]
-            lanes = self.plan.lanes
-            out = [int.from_bytes(payload[i:i + lanes], "little")
-                   for i in range(4, len(payload), lanes)]
-            return words_to_tensor(out, self.plan.out_shape, lanes), cycles
+            j = plan.classes
+            logits = (torch.tensor(struct.unpack(f"<{j}i", payload[4:4 + 4 * j]),
+                                   dtype=torch.int64) if j else None)
+            out = None
+            if len(payload) > 4 + 4 * j:
+                lanes = plan.lanes
+                words = [int.from_bytes(payload[i:i + lanes], "little")
+                         for i in range(4 + 4 * j, len(payload), lanes)]
+                out = words_to_tensor(words, plan.out_shape, lanes)
+            return logits, out, cycles

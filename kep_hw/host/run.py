@@ -2,10 +2,11 @@
 """Host runtime: classify images on the board (or its RTL simulation).
 
 ``python -m kep_hw.run --port auto --model model.kep --data-dir DIR --n N`` asks the board what
-it runs (its ``INFO`` frame: Po, Px, G), plans the network for it, sends each int8 CIFAR-10
-test image over the UART, receives the last conv output and the hardware cycle counter, runs
-global average pooling and the classifier on the host (exact integers), and prints top-1, the
-golden model's top-1 on the same images, every disagreement and the cycles per image.
+it runs (its ``INFO`` frame: Po, Px, G, classes), plans the network for it, sends each int8
+CIFAR-10 test image over the UART, receives the int32 logits of the on-chip head (global
+average pooling and classifier) and the hardware cycle counter, compares them with the golden
+model's on the same images, and prints top-1, every difference and the cycles per image.
+``--fmap`` also fetches and compares each image's last conv output (a debugging aid).
 ``--image FILE...`` classifies the user's own images instead (any size: scaled with Pillow's
 bilinear filter so the shorter side fits the model's input, then centre-cropped; or
 ``--resize stretch``). ``--sim`` runs the same code against the Verilator simulation of the
@@ -68,8 +69,8 @@ def classify(link: BoardLink, x: torch.Tensor, *, progress=None,
     """
     logits, cycles = [], []
     for n in range(x.shape[0]):
-        out, cyc = link.infer(x[n])
-        logits.append(run_tail(link.plan.tail, out))
+        lg, out, cyc = link.infer(x[n], fmap=outputs is not None)
+        logits.append(lg if lg is not None else run_tail(link.plan.tail, out))
         cycles.append(cyc)
         if outputs is not None:
             outputs.append(out)
@@ -127,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fmax", type=float, default=None,
                    help="clock in MHz for the latency (default: the board's reported clock)")
     p.add_argument("--build-root", default="sim_build", help="(--sim) build folder")
+    p.add_argument("--fmap", action="store_true",
+                   help="debug: the board also returns each image's last conv output "
+                        "(IMAGE_FMAP), compared with the golden model's")
     p.add_argument("--out", default=None, help="write a JSON report here")
     add_logging_args(p)
     return p
@@ -198,14 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     def progress(n, r):
         rows.append(r)
         label = f"class {r.prediction}" + (f" ({classes[r.prediction]})" if classes else "")
-        flag = "" if r.prediction == r.golden else "  DISAGREES with golden"
+        flag = "" if r.logits_equal else "  LOGITS DIFFER from golden"
+        fm = "" if r.mismatched is None else f" last-conv values differing {r.mismatched}"
         if labels is None:
             print(f"{names[n]}: {label} logits {r.logits.tolist()} golden {r.golden} "
-                  f"cycles {r.cycles}{flag}", flush=True)
+                  f"cycles {r.cycles}{fm}{flag}", flush=True)
         else:
             print(f"{names[n]}: label {int(labels[n])} board {r.prediction} golden "
-                  f"{r.golden} cycles {r.cycles} last-conv values differing "
-                  f"{r.mismatched}{flag}", flush=True)
+                  f"{r.golden} cycles {r.cycles}{fm}{flag}", flush=True)
 
     t0 = time.monotonic()
     board = None
@@ -219,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.fmax is None and board.info["clk_khz"] == 0:
                 raise KepError("the board reports a clock of 0 kHz in its INFO frame; give "
                                "the clock with --fmax MHz")
-            board.classify(x, progress=progress)
+            board.classify(x, progress=progress, fmap=args.fmap)
     except BoardTimeout as e:
         limit = (f", --image-timeout {board.link.image_timeout():.3g} s" if board is not None
                  else "")
@@ -227,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.monotonic() - t0
     info, timing = board.info, board.timing
     pes, px, n = board.pes, info["px"], len(rows)
-    mismatched = [r.mismatched for r in rows]
+    mismatched = [r.mismatched for r in rows if r.mismatched is not None]
+    differ = [names[i] for i, r in enumerate(rows) if not r.logits_equal]
     disagree = [names[i] for i, r in enumerate(rows) if r.prediction != r.golden]
     fmax = timing.clock_mhz
     mean_cyc = timing.mean_cycles
@@ -236,19 +241,24 @@ def main(argv: list[str] | None = None) -> int:
         "n": n, "mode": "streamed" if info["streamed"] else "embedded",
         "target": board.target, "board": load_board(args.board).name, "pes": pes, "px": px,
         "po": info["po"], "lanes": info["lanes"],
-        "disagreements": disagree, "mismatched_values": mismatched,
-        "bit_exact": not any(mismatched), "cycles": timing.cycles, "cycles_mean": mean_cyc,
+        "classes": info["classes"], "head": "board" if info["classes"] else "host",
+        "disagreements": disagree, "logits_differ": differ,
+        "logits_equal": n - len(differ), "mismatched_values": mismatched or None,
+        "bit_exact": not differ and not any(mismatched),
+        "cycles": timing.cycles, "cycles_mean": mean_cyc,
         "ideal_cycles": ideal, "fmax_mhz": fmax,
         "latency_ms": mean_cyc / fmax / 1e3, "ideal_latency_ms": ideal / fmax / 1e3,
         "seconds": seconds, "environment": environment_info(),
     }
+    report["images"] = [
+        {"file" if labels is None else "image": names[i],
+         **({} if labels is None else {"label": int(labels[i])}),
+         "class": r.prediction, "class_name": classes[r.prediction] if classes else None,
+         "logits": r.logits.tolist(), "golden": r.golden,
+         "golden_logits": r.golden_logits.tolist(), "logits_equal": r.logits_equal,
+         "cycles": r.cycles, **({} if r.mismatched is None else {"mismatched": r.mismatched})}
+        for i, r in enumerate(rows)]
     if labels is None:
-        report["images"] = [
-            {"file": names[i], "class": r.prediction,
-             "class_name": classes[r.prediction] if classes else None,
-             "logits": r.logits.tolist(), "golden": r.golden,
-             "golden_logits": r.golden_logits.tolist(), "cycles": r.cycles}
-            for i, r in enumerate(rows)]
         print(f"{n} images: board and golden agree on {n - len(disagree)}"
               + (f"; disagreements: {disagree}" if disagree else ""))
     else:
@@ -261,7 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         report["disagreements"] = disagree
         print(f"top-1 board {report['top1_board']:.2%}  golden {report['top1_golden']:.2%}  "
               f"on {n} images; disagreements: {len(disagree)} {disagree or ''}")
-    print(f"last conv output bit-exact on {mismatched.count(0)} of {n} images")
+    print(f"logits equal to the golden model's on {n - len(differ)} of {n} images"
+          + ("" if info["classes"] else " (head computed on the host)"))
+    if mismatched:
+        print(f"last conv output bit-exact on {mismatched.count(0)} of {len(mismatched)} images")
     share = f"{ideal / mean_cyc:.1%}" if mean_cyc else "n/a: the board counted 0 cycles"
     print(f"P={pes} ({info['po']} channels x {px} pixels), G={info['lanes']}, "
           f"{report['mode']} weights; cycles/image {mean_cyc:.0f} (ideal {ideal:.0f} = "
@@ -269,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(ideal {report['ideal_latency_ms']:.2f} ms)")
     if args.out:
         atomic_write_json(args.out, report)
-    return 0 if not disagree and not any(mismatched) else 1
+    return 0 if not differ and not disagree and not any(mismatched) else 1
 
 
 if __name__ == "__main__":

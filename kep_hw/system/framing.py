@@ -15,7 +15,7 @@ has started, or in the cycle it starts, give a single frame.
 
 from __future__ import annotations
 
-from amaranth import Array, Cat, Const, Module, Signal, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
@@ -58,8 +58,10 @@ class FrameReceiver(wiring.Component):
     lanes : int
         G, bytes (int8 channels) per activation word.
     in_words : int
-        Activation words of the input tensor (an ``IMAGE`` payload has ``in_words * lanes``
-        bytes).
+        Activation words of the input tensor.
+    in_channels : int
+        C of the input tensor. An ``IMAGE`` payload is the tensor in HWC order, C bytes per
+        pixel (no padding); each pixel becomes ``ceil(C / lanes)`` words, lanes beyond C zero.
     addr_width : int
         Address bits of the ``img`` write port.
     byte_timeout : int
@@ -76,8 +78,11 @@ class FrameReceiver(wiring.Component):
     running, waiting_go : In(1)
         The sequencer's state: a network run is in progress / it waits for ``GO``.
     start, go, ping : Out(1)
-        A valid ``IMAGE`` (input buffer written: run the network), ``GO`` (while waiting for
-        it) or ``PING`` (answer with ``INFO``) frame ended.
+        A valid ``IMAGE`` or ``IMAGE_FMAP`` (input buffer written: run the network), ``GO``
+        (while waiting for it) or ``PING`` (answer with ``INFO``) frame ended.
+    fmap : Out(1)
+        The last image came in an ``IMAGE_FMAP`` frame (its ``RESULT`` also carries the last
+        conv output); set with ``start``, held until the next image.
     err : Out(stream.Signature(ErrorReport, always_ready=True))
         A frame was rejected.
     img : In(WritePort.Signature)
@@ -87,14 +92,19 @@ class FrameReceiver(wiring.Component):
     """
 
     def __init__(self, *, lanes: int, in_words: int, addr_width: int, byte_timeout: int,
-                 streamed: bool, po: int):
+                 streamed: bool, po: int, in_channels: int):
         for name, value in (("lanes", lanes), ("in_words", in_words),
                             ("addr_width", addr_width), ("byte_timeout", byte_timeout),
-                            ("po", po)):
+                            ("po", po), ("in_channels", in_channels)):
             _positive(name, value)
-        if in_words * lanes > MAX_PAYLOAD:
-            raise ValueError(f"an image of {in_words!r} words of {lanes!r} bytes exceeds one "
-                             "frame")
+        wpp = -(-in_channels // lanes)
+        if in_words % wpp:
+            raise ValueError(f"{in_words!r} input words are not whole pixels of "
+                             f"{in_channels!r} channels in words of {lanes!r}")
+        self.in_channels = in_channels
+        self.in_bytes = in_words // wpp * in_channels
+        if self.in_bytes > MAX_PAYLOAD:
+            raise ValueError(f"an image of {self.in_bytes!r} bytes exceeds one frame")
         self.lanes, self.in_words, self.byte_timeout = lanes, in_words, byte_timeout
         self.streamed, self.po = bool(streamed), po
         ports = {
@@ -104,6 +114,7 @@ class FrameReceiver(wiring.Component):
             "start": Out(1),
             "go": Out(1),
             "ping": Out(1),
+            "fmap": Out(1),
             "err": Out(stream.Signature(ErrorReport, always_ready=True)),
             "img": In(WritePort.Signature(addr_width=addr_width, shape=unsigned(8 * lanes))),
         }
@@ -130,8 +141,10 @@ class FrameReceiver(wiring.Component):
         bad = Signal(8)                  # error code decided while receiving (0 = none)
         running, waiting_go = self.running, self.waiting_go
         # image loader
+        C = self.in_channels
         img_word = Signal(8 * G)
         img_lane = Signal(range(G))
+        img_ch = Signal(range(C))
         img_addr = Signal.like(self.img.addr)
         img_en = Signal()
         # weight / param writes (streamed mode)
@@ -149,7 +162,7 @@ class FrameReceiver(wiring.Component):
         def error(code):
             return [self.err.valid.eq(1), self.err.payload.code.eq(code)]
 
-        in_bytes = self.in_words * G
+        in_bytes = self.in_bytes
 
         def tmo():
             # inter-byte timeout inside a frame: drop it and report
@@ -182,13 +195,13 @@ class FrameReceiver(wiring.Component):
                     m.d.comb += rx_crc.valid.eq(1)
                     length = Cat(flen[:8], rx_byte)
                     m.d.sync += [flen[8:].eq(rx_byte), fcnt.eq(0), img_lane.eq(0),
-                                 img_addr.eq(0), wr_bc.eq(0)]
+                                 img_ch.eq(0), img_addr.eq(0), wr_bc.eq(0)]
                     with m.If(length > MAX_PAYLOAD):
                         m.d.comb += error(ErrorCode.LENGTH)
                         m.next = "SYNC"
                     with m.Else():
                         with m.Switch(ftype):
-                            with m.Case(FrameType.IMAGE):
+                            with m.Case(FrameType.IMAGE, FrameType.IMAGE_FMAP):
                                 with m.If(length != in_bytes):
                                     m.d.sync += bad.eq(ErrorCode.LENGTH)
                                 with m.Elif(running):
@@ -216,11 +229,14 @@ class FrameReceiver(wiring.Component):
                         m.next = "CRC0"
                     with m.If(bad == 0):
                         with m.Switch(ftype):
-                            with m.Case(FrameType.IMAGE):
+                            with m.Case(FrameType.IMAGE, FrameType.IMAGE_FMAP):
+                                # C bytes per pixel -> ceil(C/G) words, unused lanes 0
                                 m.d.sync += [img_word.word_select(img_lane, 8).eq(rx_byte),
-                                             img_lane.eq(img_lane + 1)]
-                                with m.If(img_lane == G - 1):
+                                             img_lane.eq(img_lane + 1),
+                                             img_ch.eq(Mux(img_ch == C - 1, 0, img_ch + 1))]
+                                with m.If((img_lane == G - 1) | (img_ch == C - 1)):
                                     m.d.comb += img_en.eq(1)
+                                    m.d.sync += img_lane.eq(0)
                             with m.Case(FrameType.WRITE):
                                 with m.If(fcnt == 0):
                                     m.d.sync += wr_sel.eq(rx_byte)
@@ -250,8 +266,9 @@ class FrameReceiver(wiring.Component):
                         m.d.comb += error(bad)
                     with m.Else():
                         with m.Switch(ftype):
-                            with m.Case(FrameType.IMAGE):
+                            with m.Case(FrameType.IMAGE, FrameType.IMAGE_FMAP):
                                 m.d.comb += self.start.eq(1)
+                                m.d.sync += self.fmap.eq(ftype == FrameType.IMAGE_FMAP)
                             with m.Case(FrameType.GO):
                                 with m.If(waiting_go):
                                     m.d.comb += self.go.eq(1)
@@ -267,8 +284,10 @@ class FrameReceiver(wiring.Component):
         # image loader write: G bytes -> one word
         with m.If(img_en):
             m.d.sync += img_addr.eq(img_addr + 1)
-        m.d.comb += [self.img.addr.eq(img_addr),
-                     self.img.data.eq(Cat(img_word[:8 * (G - 1)], rx_byte)),
+        img_lanes = [Mux(img_lane == lane, rx_byte,
+                         Mux(img_lane > lane, img_word.word_select(lane, 8), 0))
+                     for lane in range(G)]
+        m.d.comb += [self.img.addr.eq(img_addr), self.img.data.eq(Cat(*img_lanes)),
                      self.img.en.eq(img_en)]
 
         # weight / param writes: the payload's words to consecutive addresses from its own
@@ -303,10 +322,13 @@ class FrameTransmitter(wiring.Component):
     lanes : int
         G, bytes per activation word.
     out_words : int
-        Activation words of the output tensor (a ``RESULT`` payload is the cycle count, u32,
-        then ``out_words * lanes`` bytes).
+        Activation words of the last conv output.
     addr_width : int
         Address bits of the ``out`` read port.
+    classes : int
+        Logits of a ``RESULT`` (0: no head). A ``RESULT`` payload is the cycle count (u32), the
+        ``classes`` int32 logits read through ``logits`` and, when ``fmap`` is high as it
+        starts or ``classes`` is 0, the ``out_words * lanes`` bytes of the last conv output.
 
     Attributes
     ----------
@@ -325,17 +347,31 @@ class FrameTransmitter(wiring.Component):
         The hardware cycle counter.
     out : In(ReadPort.Signature)
         Reads of the output buffer, word ``n`` at address ``n`` (latency 1).
+    fmap : In(1)
+        Send the last conv output in the ``RESULT`` too.
+    logits : In(ReadPort.Signature(shape=signed(32)))
+        Reads of the logits, class ``j`` at address ``j`` (latency 1; ``classes > 0`` only).
     """
 
-    def __init__(self, *, info: bytes, lanes: int, out_words: int, addr_width: int):
+    def __init__(self, *, info: bytes, lanes: int, out_words: int, addr_width: int,
+                 classes: int = 0):
         for name, value in (("lanes", lanes), ("out_words", out_words),
                             ("addr_width", addr_width)):
             _positive(name, value)
-        if len(info) > MAX_PAYLOAD or out_words * lanes + 4 > MAX_PAYLOAD:
+        if not isinstance(classes, int) or classes < 0:
+            raise ValueError(f"classes must be a non-negative integer, got {classes!r}")
+        if len(info) > MAX_PAYLOAD or out_words * lanes + 4 + 4 * classes > MAX_PAYLOAD:
             raise ValueError(f"INFO of {len(info)!r} bytes or an output of {out_words!r} words "
-                             f"of {lanes!r} bytes exceeds one frame")
+                             f"of {lanes!r} bytes and {classes} logits exceeds one frame")
         self.info, self.lanes, self.out_words = bytes(info), lanes, out_words
+        self.classes = classes
+        logits = {}
+        if classes:
+            logits["logits"] = In(ReadPort.Signature(
+                addr_width=max(1, (classes - 1).bit_length()), shape=signed(32)))
         super().__init__({
+            **logits,
+            "fmap": In(1),
             "o": Out(stream.Signature(unsigned(8))),
             "err": In(stream.Signature(ErrorReport, always_ready=True)),
             "ping": In(1),
@@ -381,6 +417,10 @@ class FrameTransmitter(wiring.Component):
         hdr = Array([Const(SYNC, 8), t_type, t_len[:8], t_len[8:]])
         m.d.comb += tx_crc.data.eq(self.o.payload)
         out_bytes = self.out_words * G
+        J = self.classes
+        lbytes = 4 + 4 * J                  # cycles and logits: the RESULT without a feature map
+        if J:
+            m.d.comb += self.logits.addr.eq((t_n - 4) >> 2)
         with m.FSM(name="tx"):
             with m.State("IDLE"):
                 m.d.comb += tx_crc.clear.eq(1)
@@ -391,7 +431,11 @@ class FrameTransmitter(wiring.Component):
                     m.next = "HDR"
                 with m.Elif(pend_result):
                     m.d.sync += [pend_result.eq(0), t_type.eq(FrameType.RESULT),
-                                 t_len.eq(4 + out_bytes), t_cycles.eq(self.cycles)]
+                                 t_cycles.eq(self.cycles)]
+                    if J:
+                        m.d.sync += t_len.eq(Mux(self.fmap, lbytes + out_bytes, lbytes))
+                    else:
+                        m.d.sync += t_len.eq(lbytes + out_bytes)
                     m.next = "HDR"
                 with m.Elif(pend_need):
                     m.d.sync += [pend_need.eq(0), t_type.eq(FrameType.NEED), t_len.eq(1)]
@@ -408,13 +452,13 @@ class FrameTransmitter(wiring.Component):
                     with m.If(t_h == 3):
                         m.next = "PAYF"
             with m.State("PAYF"):
-                m.d.comb += self.out.addr.eq((t_n - 4) >> lg)
+                m.d.comb += self.out.addr.eq((t_n - lbytes) >> lg)
                 with m.If(t_n == t_len):
                     m.next = "CRC0"
                 with m.Else():
                     m.next = "PAYW"
             with m.State("PAYW"):
-                m.d.comb += self.out.addr.eq((t_n - 4) >> lg)
+                m.d.comb += self.out.addr.eq((t_n - lbytes) >> lg)
                 with m.Switch(t_type):
                     with m.Case(FrameType.ERROR):
                         m.d.sync += t_byte.eq(t_err.as_value().word_select(t_n[:1], 8))
@@ -425,9 +469,13 @@ class FrameTransmitter(wiring.Component):
                     with m.Case(FrameType.RESULT):
                         with m.If(t_n < 4):
                             m.d.sync += t_byte.eq(t_cycles.word_select(t_n[:2], 8))
+                        if J:
+                            with m.Elif(t_n < lbytes):
+                                m.d.sync += t_byte.eq(self.logits.data
+                                                      .word_select(t_n[:2], 8))
                         with m.Else():
                             sub = Signal(range(G))
-                            m.d.comb += sub.eq((t_n - 4)[:lg] if lg else 0)
+                            m.d.comb += sub.eq((t_n - lbytes)[:lg] if lg else 0)
                             m.d.sync += t_byte.eq(out_data.word_select(sub, 8))
                 m.next = "PAYS"
             with m.State("PAYS"):

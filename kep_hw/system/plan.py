@@ -6,10 +6,13 @@ Shared by the gateware generator (:mod:`kep_hw.system`, build time) and the host
 :mod:`kep_hw.gateware.images` (the same packer as the layer driver's), whose packers and the
 word sizes of :mod:`kep_hw.gateware.layouts` are re-exported here.
 
-On chip: every conv layer of the network (a prefix of the layer list that holds only conv
-layers). The rest -- global average pooling and the classifier -- runs on the host in exact
-integers (``docs/arithmetic.md``, "Other operations"). Max pooling between conv layers is not
-supported on chip (the plan raises :class:`~kep_common.errors.KepError`).
+On chip: every conv and max pooling layer of the network (a prefix of the layer list that
+holds only these; max pooling 2x2 with stride 2 and no padding, :mod:`kep_hw.system.pool`),
+then the head -- global average pooling and the classifier -- in exact integers
+(``docs/arithmetic.md``, "Other operations"; :mod:`kep_hw.system.head`). :func:`run_tail` is
+the same head on the host, the golden check of a returned feature map. Anything else raises
+:class:`~kep_common.errors.KepError` naming the layer; the per-layer rules are those of
+:mod:`kep_train.export.hardware`, which the exporter checks too.
 
 Activations live in on-chip buffers (one memory each, words of ``lanes`` int8 channels of one
 pixel, HWC order as ``docs/accelerator.md`` defines). Buffers are assigned by liveness: a
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from kep_common.errors import KepError
+from kep_train.export.hardware import layer_problems
 from kep_train.golden.intarith import wrap_int32
 
 from kep_hw.gateware.images import (pack_param_words, pack_weight_words, tensor_to_words,
@@ -32,13 +36,17 @@ from kep_hw.gateware.images import (pack_param_words, pack_weight_words, tensor_
 from kep_hw.gateware.layouts import PARAM_WORD_BITS, WEIGHT_ELEM_BITS
 
 __all__ = ["LayerPlan", "NetworkPlan", "plan_network", "pack_weight_words", "pack_param_words",
-           "tensor_to_words", "words_to_tensor", "run_tail", "WEIGHT_ELEM_BITS",
+           "tensor_to_words", "words_to_tensor", "run_tail", "image_payload", "payload_image", "WEIGHT_ELEM_BITS",
            "PARAM_WORD_BITS"]
 
 
 @dataclass
 class LayerPlan:
-    """One on-chip conv layer: its config registers, buffers and packed memory words."""
+    """One on-chip layer: its config registers, buffers and packed memory words.
+
+    ``kind`` is ``"conv"`` (run by the engine) or ``"maxpool"`` (run by
+    :class:`~kep_hw.system.pool.MaxPool`: no weights; ``cfg`` gives its shape in the engine's
+    fields, ``cwi = cwo`` channel words per pixel)."""
     name: str
     cfg: dict
     src: int
@@ -46,6 +54,7 @@ class LayerPlan:
     dst: int
     wt_words: list
     prm_words: list
+    kind: str = "conv"
 
 
 @dataclass
@@ -53,7 +62,8 @@ class NetworkPlan:
     """Everything the system needs for one network at given ``po``/``lanes``.
 
     ``buffer_words[b]`` is the depth of activation buffer ``b``; ``input_buffer`` receives the
-    image, ``output_buffer`` holds the last conv output; ``tail`` are the host-side layers.
+    image, ``output_buffer`` holds the last conv output; ``tail`` is the head (global average
+    pool, then the classifier; empty for a network that ends in a conv layer).
     """
     po: int
     lanes: int
@@ -64,6 +74,22 @@ class NetworkPlan:
     in_shape: tuple
     out_shape: tuple
     tail: list = field(default_factory=list)
+
+    @property
+    def conv_layers(self) -> list:
+        """Indexes of the conv layers in :attr:`layers` (the ones that need weights)."""
+        return [n for n, lp in enumerate(self.layers) if lp.kind == "conv"]
+
+    @property
+    def classes(self) -> int:
+        """Logits the board returns (0: no head, the board returns the last conv output)."""
+        return int(self.tail[-1].weight.shape[0]) if self.tail else 0
+
+    def result_bytes(self, fmap: bool) -> int:
+        """Payload bytes of a ``RESULT`` frame: cycles (u32), int32 logits and, when asked for
+        (``IMAGE_FMAP``) or without a head, the last conv output."""
+        with_fmap = fmap or not self.tail
+        return 4 + 4 * self.classes + (self.out_words * self.lanes if with_fmap else 0)
 
     @property
     def weight_words(self) -> int:
@@ -92,6 +118,12 @@ class NetworkPlan:
         return h * w * math.ceil(c / self.lanes)
 
     @property
+    def image_bytes(self) -> int:
+        """Bytes of an ``IMAGE`` payload: the input tensor, C bytes per pixel."""
+        c, h, w = self.in_shape
+        return c * h * w
+
+    @property
     def out_words(self) -> int:
         """Activation words of the last conv output."""
         c, h, w = self.out_shape
@@ -100,7 +132,7 @@ class NetworkPlan:
     def model_id(self, streamed: bool) -> int:
         """32-bit fingerprint of the layer table (and weights when embedded)."""
         crc = zlib.crc32(repr((self.po, self.lanes, streamed,
-                               [(lp.cfg, lp.src, lp.res, lp.dst) for lp in self.layers]))
+                               [(lp.kind, lp.cfg, lp.src, lp.res, lp.dst) for lp in self.layers]))
                          .encode())
         if not streamed:
             for lp in self.layers:
@@ -117,6 +149,19 @@ class NetworkPlan:
             wt += len(lp.wt_words)
             prm += len(lp.prm_words)
         return out
+
+
+def image_payload(x: torch.Tensor) -> bytes:
+    """The ``IMAGE`` payload of an int8 image ``[C, H, W]``: HWC order, C bytes per pixel."""
+    return x.to(torch.int8).permute(1, 2, 0).contiguous().numpy().tobytes()
+
+
+def payload_image(data: bytes, shape: tuple) -> torch.Tensor:
+    """The int8 image ``[C, H, W]`` of an ``IMAGE`` payload (inverse of
+    :func:`image_payload`)."""
+    c, h, w = shape
+    return torch.frombuffer(bytearray(data), dtype=torch.int8).view(h, w, c).permute(2, 0, 1) \
+        .contiguous()
 
 
 def run_tail(tail: list, act: torch.Tensor) -> torch.Tensor:
@@ -159,15 +204,21 @@ def plan_network(kep, *, po: int, lanes: int) -> NetworkPlan:
                        f"multiple of the {lanes} lanes")
     convs, tail = [], []
     for layer in kep.layers:
-        if layer.op == "conv" and not tail:
+        if layer.op in ("conv", "maxpool") and not tail:
             convs.append(layer)
-        elif layer.op in ("avgpool", "linear") and convs:
+        elif (layer.op, len(tail)) in (("avgpool", 0), ("linear", 1)) and convs:
             tail.append(layer)
         else:
             raise KepError(f"layer {layer.name!r}: {layer.op!r} is not supported by the board "
-                           "system (conv layers on chip, then avgpool/linear on the host)")
-    if not convs:
+                           "system (conv layers, then global average pooling and one linear "
+                           "classifier)")
+    if not any(layer.op == "conv" for layer in convs):
         raise KepError("the network has no conv layer")
+    if len(tail) == 1:
+        raise KepError(f"layer {tail[0].name!r}: global average pooling without a classifier "
+                       "is not supported by the board system")
+    if tail and (tail[0].input != convs[-1].name or tail[1].input != tail[0].name):
+        raise KepError(f"layer {tail[0].name!r}: the head must read the last layer's output")
     words = {"input": None}
     c, h, w = convs[0].in_shape
     words["input"] = h * w * math.ceil(c / lanes)
@@ -200,12 +251,23 @@ def plan_network(kep, *, po: int, lanes: int) -> NetworkPlan:
     layers = []
     for n, layer in enumerate(convs):
         k, s, p = layer.kernel_size, layer.stride, layer.padding
+        problems = layer_problems(layer)           # the accelerator's rules, one place
+        if problems:
+            raise KepError(f"layer {layer.name!r}: {'; '.join(problems)}")
+        if layer.op == "maxpool":
+            c, h, w = layer.in_shape
+            _, ho, wo = layer.out_shape
+            dst = alloc(layer.name, n)
+            cw = math.ceil(c / lanes)
+            cfg = dict(cin=c, cout=c, h=h, w=w, ho=ho, wo=wo, cwi=cw, cwo=cw,
+                       groups=math.ceil(c / po), k=1, kk=1, stride=1, pad=0, relu=0,
+                       residual=0, dense=0)
+            layers.append(LayerPlan(name=layer.name, cfg=cfg, src=where[layer.input], res=None,
+                                    dst=dst, wt_words=[], prm_words=[], kind="maxpool"))
+            continue
         values, index = layer.planes()
         K = int(values.shape[2])
         cout, cin = int(values.shape[0]), int(values.shape[1])
-        if k not in (1, 3) or s not in (1, 2) or p not in (0, 1) or K > k * k:
-            raise KepError(f"layer {layer.name!r}: kernel {k}, stride {s}, padding {p}, K {K} "
-                           "not supported on chip (k 1 or 3, stride 1/2, padding 0/1)")
         _, h, w = layer.in_shape
         _, ho, wo = layer.out_shape
         # protect the inputs of this layer while choosing its output buffer

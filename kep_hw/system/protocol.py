@@ -12,9 +12,15 @@ timeout inside a frame drops the frame and reports it (the board answers with an
 frame; the host raises :class:`ProtocolError`). See ``docs/boards.md`` for the message flow.
 
 Host to board: ``PING`` (empty) -> ``INFO``; ``WRITE`` (u8 memory, u16 word address, words)
-writes weight or parameter words (streamed mode); ``IMAGE`` (the int8 input tensor, CHW) runs
-the network -> ``RESULT`` (u32 cycles, int8 output tensor CHW), preceded in streamed mode by
-one ``NEED`` (u8 layer) per layer, each answered with the layer's ``WRITE`` frames and ``GO``.
+writes weight or parameter words (streamed mode); ``IMAGE`` (the int8 input tensor, HWC words)
+runs the network -> ``RESULT`` (u32 cycles, then ``classes`` int32 logits), preceded in
+streamed mode by one ``NEED`` (u8 layer) per layer, each answered with the layer's ``WRITE``
+frames and ``GO``. ``IMAGE_FMAP`` is ``IMAGE`` whose ``RESULT`` also carries the last conv
+output (int8, HWC words) after the logits, for debugging; a network without a head (classes 0)
+always returns it (:meth:`kep_hw.system.plan.NetworkPlan.result_bytes`).
+
+Protocol version 2 (the on-chip head) changed ``INFO`` (20 bytes: the classes as u16 at the end)
+and ``RESULT``; a host refuses a board of another version.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ __all__ = ["SYNC", "MAX_PAYLOAD", "PROTOCOL_VERSION", "FrameType", "ErrorCode", 
 
 SYNC = 0xA5
 MAX_PAYLOAD = 8192
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 
 class FrameType(enum.IntEnum):
@@ -45,6 +51,7 @@ class FrameType(enum.IntEnum):
     WRITE = 0x02
     IMAGE = 0x03
     GO = 0x04
+    IMAGE_FMAP = 0x05
     INFO = 0x81
     NEED = 0x82
     RESULT = 0x83

@@ -8,7 +8,7 @@ source, residual and destination buffers.
 
 from __future__ import annotations
 
-from amaranth import Module, Shape, Signal, unsigned
+from amaranth import Array, Const, Module, Shape, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -22,11 +22,15 @@ class LayerSequencer(wiring.Component):
 
     Per layer: ``CFG`` (one cycle: the layer's registers are loaded from the table; in streamed
     mode ``need`` asks for its weights and the sequencer waits in ``WAITGO`` for ``go``), then
-    ``START`` (one cycle: ``eng_start``), then ``RUN`` until ``eng_busy`` is low. ``done`` is
-    strobed in the cycle the last layer is seen finished; ``running`` falls in the next one.
+    ``START`` (one cycle: ``eng_start``), then ``RUN`` until ``eng_busy`` is low; a max pooling
+    layer: ``CFG``, ``PSTART`` (one cycle: ``pool_start``), ``PRUN`` until ``pool_busy`` is low
+    (no weights: no ``need``). A plan with a head then runs it: ``HEAD`` (one cycle: ``head_start``), then ``HEADRUN`` until
+    ``head_busy`` is low. ``done`` is strobed in the cycle the last layer (or the head) is seen
+    finished; ``running`` falls in the next one.
 
-    ``cycles`` counts the cycles of the run spent in ``CFG``, ``START`` and ``RUN`` (not those
-    waiting for ``go``): zeroed at ``start``, it keeps its value after the run.
+    ``cycles`` counts the cycles of the run spent in every state but ``IDLE`` and ``WAITGO`` (not
+    those waiting for ``go``): zeroed at ``start``, it keeps its value after
+    the run.
 
     Latencies: ``start`` in cycle ``c`` loads the first layer in cycle ``c + 1`` (``CFG``),
     whose registers (``cfg``, ``src_buf``, ``res_buf``, ``dst_buf``) are valid from ``c + 2``;
@@ -65,6 +69,16 @@ class LayerSequencer(wiring.Component):
         Start the engine on the current layer.
     eng_busy : In(1)
         The engine is running a layer.
+    head_start : Out(1)
+        Start the head (plans with a head only).
+    head_busy : In(1)
+        The head is running (plans with a head only).
+    pooling : Out(1)
+        The current layer is a max pooling layer (valid with ``cfg``; plans with one only).
+    pool_start : Out(1)
+        Start the max pooling unit (plans with max pooling only).
+    pool_busy : In(1)
+        The max pooling unit is running.
     """
 
     def __init__(self, plan: NetworkPlan, *, streamed: bool, cfg_layout):
@@ -75,7 +89,12 @@ class LayerSequencer(wiring.Component):
         self.plan, self.streamed = plan, bool(streamed)
         self.cfg_layout = cfg_layout
         buf = Shape.cast(range(max(len(plan.buffer_words), 2)))
+        head = {"head_start": Out(1), "head_busy": In(1)} if plan.tail else {}
+        self.has_pool = any(lp.kind == "maxpool" for lp in plan.layers)
+        if self.has_pool:
+            head.update(pooling=Out(1), pool_start=Out(1), pool_busy=In(1))
         super().__init__({
+            **head,
             "start": In(1),
             "go": In(1),
             "waiting_go": Out(1),
@@ -108,6 +127,12 @@ class LayerSequencer(wiring.Component):
                         m.d.sync += [self.cfg.eq(self.cfg_layout.const(c)),
                                      self.src_buf.eq(lp.src), self.dst_buf.eq(lp.dst),
                                      self.res_buf.eq(lp.res if lp.res is not None else lp.src)]
+                        if self.has_pool:
+                            m.d.sync += self.pooling.eq(lp.kind == "maxpool")
+        is_pool = Signal()
+        if self.has_pool:
+            kinds = Array(Const(int(lp.kind == "maxpool"), 1) for lp in plan.layers)
+            m.d.comb += is_pool.eq(kinds[layer])
 
         # run: CFG [WAITGO] START RUN per layer
         cycles = self.cycles
@@ -119,11 +144,14 @@ class LayerSequencer(wiring.Component):
             with m.State("CFG"):
                 m.d.comb += load_cfg.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
-                if self.streamed:
-                    m.d.comb += self.need.valid.eq(1)
-                    m.next = "WAITGO"
-                else:
-                    m.next = "START"
+                with m.If(is_pool):
+                    m.next = "PSTART"
+                with m.Else():
+                    if self.streamed:
+                        m.d.comb += self.need.valid.eq(1)
+                        m.next = "WAITGO"
+                    else:
+                        m.next = "START"
             with m.State("WAITGO"):
                 m.d.comb += self.waiting_go.eq(1)
                 with m.If(self.go):
@@ -132,14 +160,40 @@ class LayerSequencer(wiring.Component):
                 m.d.comb += self.eng_start.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
                 m.next = "RUN"
-            with m.State("RUN"):
-                m.d.sync += cycles.eq(cycles + 1)
-                with m.If(~self.eng_busy):
-                    with m.If(layer == nl - 1):
+            def layer_done():
+                with m.If(layer == nl - 1):
+                    if plan.tail:
+                        m.next = "HEAD"
+                    else:
                         m.d.sync += self.running.eq(0)
                         m.d.comb += self.done.eq(1)
                         m.next = "IDLE"
-                    with m.Else():
-                        m.d.sync += layer.eq(layer + 1)
-                        m.next = "CFG"
+                with m.Else():
+                    m.d.sync += layer.eq(layer + 1)
+                    m.next = "CFG"
+
+            with m.State("RUN"):
+                m.d.sync += cycles.eq(cycles + 1)
+                with m.If(~self.eng_busy):
+                    layer_done()
+            if self.has_pool:
+                with m.State("PSTART"):
+                    m.d.comb += self.pool_start.eq(1)
+                    m.d.sync += cycles.eq(cycles + 1)
+                    m.next = "PRUN"
+                with m.State("PRUN"):
+                    m.d.sync += cycles.eq(cycles + 1)
+                    with m.If(~self.pool_busy):
+                        layer_done()
+            if plan.tail:
+                with m.State("HEAD"):
+                    m.d.comb += self.head_start.eq(1)
+                    m.d.sync += cycles.eq(cycles + 1)
+                    m.next = "HEADRUN"
+                with m.State("HEADRUN"):
+                    m.d.sync += cycles.eq(cycles + 1)
+                    with m.If(~self.head_busy):
+                        m.d.sync += self.running.eq(0)
+                        m.d.comb += self.done.eq(1)
+                        m.next = "IDLE"
         return m

@@ -19,13 +19,15 @@ Dataflow (``docs/boards.md``): the host sends the int8 image in an ``IMAGE`` fra
 the input activation buffer; the sequencer runs every conv layer from a layer table built from
 the ``.kep`` at build time (config registers, source/residual/destination buffers, weight and
 parameter base addresses), the engine's outputs are written back into the destination buffer;
-at the end a ``RESULT`` frame carries the hardware cycle counter and the last conv output.
+then :class:`~kep_hw.system.head.Head` sums the last conv output over H x W and computes the
+classifier; a ``RESULT`` frame carries the hardware cycle counter and the int32 logits (and the
+last conv output after an ``IMAGE_FMAP`` frame, or for a network without a head).
 In streamed mode the sequencer asks for each layer's weights (``NEED``) and waits for ``GO``.
 """
 
 from __future__ import annotations
 
-from amaranth import Module
+from amaranth import Module, Mux
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -34,6 +36,8 @@ from kep_hw.gateware.params import EngineParams
 from kep_hw.gateware.uart import UARTRx, UARTTx
 from kep_hw.system.buffers import ActivationBuffers, OutputWriter, WeightMemories
 from kep_hw.system.framing import FrameReceiver, FrameTransmitter
+from kep_hw.system.head import Head
+from kep_hw.system.pool import MaxPool
 from kep_hw.system.plan import NetworkPlan
 from kep_hw.system.protocol import MAX_PAYLOAD, PROTOCOL_VERSION
 from kep_hw.system.sequencer import LayerSequencer
@@ -52,7 +56,8 @@ def info_payload(plan: NetworkPlan, *, streamed: bool, clk_hz: float, px: int = 
     return (bytes([PROTOCOL_VERSION, plan.po, plan.lanes, int(streamed), len(plan.layers), px])
             + int(round(clk_hz / 1000)).to_bytes(4, "little")
             + plan.model_id(streamed).to_bytes(4, "little")
-            + plan.in_words.to_bytes(2, "little") + plan.out_words.to_bytes(2, "little"))
+            + plan.in_words.to_bytes(2, "little") + plan.out_words.to_bytes(2, "little")
+            + plan.classes.to_bytes(2, "little"))
 
 
 class KepSystem(wiring.Component):
@@ -94,8 +99,7 @@ class KepSystem(wiring.Component):
         self.px = px
         self.plan, self.streamed, self.divisor = plan, streamed, divisor
         self.clk_hz, self.byte_timeout = clk_hz, byte_timeout
-        if plan.in_words * plan.lanes > MAX_PAYLOAD or plan.out_words * plan.lanes + 4 \
-                > MAX_PAYLOAD:
+        if plan.image_bytes > MAX_PAYLOAD or plan.result_bytes(True) > MAX_PAYLOAD:
             raise ValueError("input or output tensor exceeds one frame")
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1)})
 
@@ -109,13 +113,15 @@ class KepSystem(wiring.Component):
         m.submodules.buffers = bufs = ActivationBuffers(plan)
         m.submodules.weights = wts = WeightMemories(plan, streamed=self.streamed)
 
-        # engine
+        # engine (max pooling layers' shapes are in the same registers)
         maxc = max(max(c["cin"], c["cout"]) for c in cfgs)
         maxd = max(max(c["h"], c["w"]) for c in cfgs)
         m.submodules.engine = eng = Engine(EngineParams(
             pes=P * self.px, px=self.px, lanes=G, max_cin=maxc, max_cout=maxc, max_hw=maxd,
             act_depth=2**bufs.addr_bits, wt_depth=2**wts.wt_bits, prm_depth=2**wts.prm_bits))
-        wiring.connect(m, act=bufs.act, engine=eng.act)
+        has_pool = any(lp.kind == "maxpool" for lp in plan.layers)
+        if not has_pool:
+            wiring.connect(m, act=bufs.act, engine=eng.act)
         wiring.connect(m, res=bufs.res, engine=eng.res)
         wiring.connect(m, wt=wts.wt, engine=eng.wt)
         wiring.connect(m, prm=wts.prm, engine=eng.prm)
@@ -133,7 +139,22 @@ class KepSystem(wiring.Component):
                                                     cfg_layout=eng.cfg_layout)
         m.d.comb += [writer.cfg.eq(seq.cfg), writer.start.eq(seq.eng_start)]
         wiring.connect(m, engine=eng.o, writer=writer.i)
-        wiring.connect(m, writer=writer.o, buffers=bufs.wr)
+        if has_pool:
+            # max pooling layers: the pooling unit reads the source buffer through the
+            # engine's port and writes the destination buffer instead of the output writer
+            m.submodules.pool = pool = MaxPool(lanes=G, addr_width=bufs.addr_bits + 1,
+                                               cfg_layout=eng.cfg_layout)
+            pooling = seq.pooling
+            m.d.comb += [pool.cfg.eq(seq.cfg), pool.start.eq(seq.pool_start),
+                         seq.pool_busy.eq(pool.busy),
+                         eng.act.data.eq(bufs.act.data),
+                         pool.rd.data.eq(bufs.act.data.as_value()),
+                         bufs.act.addr.eq(Mux(pooling, pool.rd.addr, eng.act.addr)),
+                         bufs.wr.addr.eq(Mux(pooling, pool.wr.addr, writer.o.addr)),
+                         bufs.wr.data.eq(Mux(pooling, pool.wr.data, writer.o.data)),
+                         bufs.wr.en.eq(Mux(pooling, pool.wr.en, writer.o.en))]
+        else:
+            wiring.connect(m, writer=writer.o, buffers=bufs.wr)
 
         # UART
         m.submodules.urx = urx = UARTRx(self.divisor)
@@ -142,7 +163,8 @@ class KepSystem(wiring.Component):
 
         # frame receiver
         m.submodules.receiver = rx = FrameReceiver(
-            lanes=G, in_words=plan.in_words, addr_width=bufs.addr_bits + 1,
+            lanes=G, in_words=plan.in_words, in_channels=plan.in_shape[0],
+            addr_width=bufs.addr_bits + 1,
             byte_timeout=self.byte_timeout, streamed=self.streamed, po=P)
         wiring.connect(m, uart=urx.o, receiver=rx.i)
         wiring.connect(m, receiver=rx.img, buffers=bufs.img)
@@ -155,10 +177,24 @@ class KepSystem(wiring.Component):
         # frame transmitter
         info = info_payload(plan, streamed=self.streamed, clk_hz=self.clk_hz, px=self.px)
         m.submodules.transmitter = tx = FrameTransmitter(
-            info=info, lanes=G, out_words=plan.out_words, addr_width=bufs.addr_bits + 1)
+            info=info, lanes=G, out_words=plan.out_words, addr_width=bufs.addr_bits + 1,
+            classes=plan.classes)
         wiring.connect(m, transmitter=tx.o, uart=utx.i)
         wiring.connect(m, receiver=rx.err, transmitter=tx.err)
         wiring.connect(m, sequencer=seq.need, transmitter=tx.need)
-        wiring.connect(m, buffers=bufs.out, transmitter=tx.out)
-        m.d.comb += [tx.ping.eq(rx.ping), tx.result.eq(seq.done), tx.cycles.eq(seq.cycles)]
+        m.d.comb += [tx.ping.eq(rx.ping), tx.result.eq(seq.done), tx.cycles.eq(seq.cycles),
+                     tx.fmap.eq(rx.fmap), tx.out.data.eq(bufs.out.data)]
+
+        # head: reads the output buffer while the run is in progress, the transmitter after it
+        if plan.tail:
+            pool, fc = plan.tail
+            m.submodules.head = head = Head(
+                shape=plan.out_shape, lanes=G, weight=fc.weight, bias=fc.bias,
+                addr_width=bufs.addr_bits + 1)
+            m.d.comb += [head.start.eq(seq.head_start), seq.head_busy.eq(head.busy),
+                         head.rd.data.eq(bufs.out.data)]
+            wiring.connect(m, head=head.logits, transmitter=tx.logits)
+            m.d.comb += bufs.out.addr.eq(Mux(seq.running, head.rd.addr, tx.out.addr))
+        else:
+            m.d.comb += bufs.out.addr.eq(tx.out.addr)
         return m

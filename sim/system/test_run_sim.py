@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """End to end through the host runtime CLI: ``python -m kep_hw.run --sim`` classifies images
 on the Verilator simulation of the whole top level (UART included) and must agree with the
-golden model on every image."""
+golden model on every image: its int32 logits, computed on chip by the head (global average
+pooling and classifier), equal the golden model's."""
 
 from __future__ import annotations
 
@@ -43,6 +44,10 @@ def test_run_cli_sim_matches_golden(tmp_path, monkeypatch, capsys, tmp_path_fact
     rep = json.loads(out.read_text())
     assert rep["n"] == 3 and rep["disagreements"] == []
     assert rep["top1_board"] == rep["top1_golden"]
+    # the on-chip head's int32 logits, equal to the golden model's on every image
+    assert rep["head"] == "board" and rep["logits_equal"] == 3 and rep["bit_exact"]
+    assert [len(r["logits"]) for r in rep["images"]] == [10, 10, 10]
+    assert all(r["logits"] == r["golden_logits"] for r in rep["images"])
     assert len(set(rep["cycles"])) == 1 and rep["cycles"][0] > rep["ideal_cycles"] > 0
     assert "disagreements: 0" in text and "environment" in rep
 

@@ -24,7 +24,8 @@ from kep_hw.host.link import BoardLink, LinkError, open_port
 from kep_hw.host.run import main as run_main
 from kep_hw.system.plan import plan_network
 from kep_hw.system.protocol import BoardTimeout, FrameType, ProtocolError
-from kep_hw.testing import ScriptedBoard, random_network, reference_activations
+from kep_hw.testing import (ScriptedBoard, random_network, reference_activations,
+                             reference_logits)
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
 
@@ -58,12 +59,17 @@ def test_good_board_bit_exact(streamed, transport):
             assert info["streamed"] == streamed and info["clk_khz"] == 50_000
             for seed in range(2):
                 x = _image(seed)
-                out, cycles = link.infer(x)
-                assert torch.equal(out, reference_activations(KEP, x)[LAST])
+                logits, out, cycles = link.infer(x, fmap=seed == 1)
+                assert torch.equal(logits, reference_logits(KEP, x))
+                if seed == 1:
+                    assert torch.equal(out, reference_activations(KEP, x)[LAST])
+                else:
+                    assert out is None
                 assert cycles == 1234
     gos = board.received.count(FrameType.GO)
     assert gos == (2 * LAYERS if streamed else 0)
     assert board.received[:2] == [FrameType.PING, FrameType.IMAGE]
+    assert FrameType.IMAGE_FMAP in board.received
 
 
 # misbehaviours through BoardLink: (behaviour, at, streamed, exception, message)
@@ -82,14 +88,14 @@ CASES = [
     ("need-loop", "PING", False, ProtocolError, "NEED frame from a board that reported "
      "embedded"),
     ("wrong-info", "PING", False, KepError, "built for another model"),
-    ("short-info", "PING", False, ProtocolError, "INFO frame of 17 bytes"),
+    ("short-info", "PING", False, ProtocolError, "INFO frame of 19 bytes, expected 20"),
     ("error", "PING", False, ProtocolError, r"rejected the PING frame: not allowed now"),
     ("error", "IMAGE", True, ProtocolError, r"rejected the IMAGE frame"),
     ("bad-crc", "PING", False, ProtocolError, "CRC mismatch"),
     ("bad-crc", "IMAGE", True, ProtocolError, "CRC mismatch"),
     ("unexpected", "PING", False, ProtocolError, "unexpected RESULT frame .* waiting for INFO"),
     ("unexpected", "IMAGE", False, ProtocolError, "unexpected INFO frame"),
-    ("bad-result", "PING", False, ProtocolError, "RESULT of 259 bytes, expected 260"),
+    ("bad-result", "PING", False, ProtocolError, "RESULT of 43 bytes, expected 44"),
 ]
 
 
@@ -171,7 +177,9 @@ def test_default_image_timeout_follows_traffic_and_baud():
     link = BoardLink(_Unplugged("read"), PLAN, timeout=10.0, baud=115200)
     frames, nbytes = link.image_traffic(False)
     assert frames == 2
-    assert nbytes == 12 + PLAN.in_words * PLAN.lanes + 4 + PLAN.out_words * PLAN.lanes
+    # the longer RESULT (with the last conv output) bounds the deadline
+    assert nbytes == (12 + PLAN.image_bytes + 4 + 4 * PLAN.classes
+                      + PLAN.out_words * PLAN.lanes)
     assert link.image_timeout(False) == pytest.approx(10 + 2 * nbytes * 10 / 115200 + 0.1 + 1)
     sframes, sbytes = link.image_traffic(True)
     assert sframes >= 2 + 4 * LAYERS and sbytes > nbytes
@@ -254,7 +262,29 @@ def test_run_cli_good_board(cli_model, tiny_cifar, tmp_path, capsys, transport):
     assert rc == 0, out
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["bit_exact"] and rep["cycles"] == [1234, 1234] and rep["fmax_mhz"] == 50.0
-    assert "bit-exact on 2 of 2" in out
+    assert "logits equal to the golden model's on 2 of 2 images" in out
+    assert rep["logits_equal"] == 2 and rep["head"] == "board"
+    assert [r["logits"] == r["golden_logits"] for r in rep["images"]] == [True, True]
+    assert all(len(r["logits"]) == 10 and r["logits_equal"] for r in rep["images"])
+
+
+def test_run_cli_fmap_and_wrong_logits(cli_model, tiny_cifar, tmp_path, capsys):
+    """--fmap also compares the last conv output; a board whose logits differ from the
+    golden model's fails the run (exit 1) and is named in the report."""
+    kep, plan, _ = cli_model
+    with ScriptedBoard(plan, kep=kep) as board:
+        rc = _run(board, cli_model, tiny_cifar, "--fmap", "--out", str(tmp_path / "r.json"))
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "last conv output bit-exact on 2 of 2 images" in out
+    assert [r["mismatched"] for r in json.loads((tmp_path / "r.json").read_text())["images"]] \
+        == [0, 0]
+    with ScriptedBoard(plan, kep=kep, cycles=7) as board:
+        board._result_hook = lambda p: p[:4] + bytes([p[4] ^ 1]) + p[5:]
+        rc = _run(board, cli_model, tiny_cifar, "--out", str(tmp_path / "bad.json"))
+    rep = json.loads((tmp_path / "bad.json").read_text())
+    assert rc == 1 and rep["logits_equal"] == 0 and not rep["bit_exact"]
+    assert rep["logits_differ"] == ["image 0", "image 1"]
 
 
 # (behaviour, ScriptedBoard options, extra run options, error line)
@@ -267,7 +297,7 @@ CLI_CASES = [
     ("silent", {}, [], r"no answer from the board within 0\.5 s; --timeout 0.5 s"),
     ("garbage", {}, [], "corrupted frame"),
     ("wrong-info", {}, [], "built for another model"),
-    ("short-info", {}, [], "INFO frame of 17 bytes"),
+    ("short-info", {}, [], "INFO frame of 19 bytes, expected 20"),
     ("error", {"at": "IMAGE"}, [], "rejected the IMAGE frame"),
     ("good", {"px": 2}, [], "PX=2"),
 ]

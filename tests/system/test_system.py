@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kep_hw.host.link import BoardLink
-from kep_hw.testing import random_network, reference_activations
+from kep_hw.testing import random_network, reference_activations, reference_logits
 from kep_hw.system.plan import (pack_param_words, pack_weight_words, plan_network,
                              tensor_to_words, words_to_tensor)
 from kep_hw.gateware.layouts import ParamWord, pack, weight_word
@@ -97,12 +97,18 @@ def test_system_rtl_bit_exact_and_rejects_bad_frames(streamed, tmp_path_factory)
         link = BoardLink(port, plan, timeout=120)
         info = link.connect()
         assert info["streamed"] == streamed and info["po"] == 8
+        assert info["classes"] == plan.classes == 10
         cycles = set()
-        for x in _images(2, 8, 5):
-            out, cyc = link.infer(x)
-            ref = reference_activations(kep, x)["b2.conv2"]
-            assert torch.equal(out, ref)
+        for n, x in enumerate(_images(3, 8, 5)):
+            # the first image also returns the last conv output (IMAGE_FMAP)
+            logits, out, cyc = link.infer(x, fmap=n == 0)
+            assert torch.equal(logits, reference_logits(kep, x))
+            if n == 0:
+                assert torch.equal(out, reference_activations(kep, x)["b2.conv2"])
+            else:
+                assert out is None
             cycles.add(cyc)
+        # the head's cycles are counted, the same for every image
         assert len(cycles) == 1 and 5000 < cycles.pop() < 15000
         reader = FrameReader(port.read, timeout=60, byte_timeout=5)
         # corrupted CRC
@@ -121,16 +127,37 @@ def test_system_rtl_bit_exact_and_rejects_bad_frames(streamed, tmp_path_factory)
         ftype, payload = reader.read_frame()
         assert (ftype, payload[0]) == (FrameType.ERROR, ErrorCode.LENGTH)
         # truncated frame: the board drops it after its inter-byte timeout
-        port.write(encode_frame(FrameType.IMAGE, b"\x00" * 64 * 4)[:40])
+        port.write(encode_frame(FrameType.IMAGE, b"\x00" * plan.image_bytes)[:40])
         ftype, payload = reader.read_frame()
         assert (ftype, payload[0]) == (FrameType.ERROR, ErrorCode.TIMEOUT)
         # and the board still works
         x = _images(1, 8, 9)[0]
-        out, _ = link.infer(x)
-        assert torch.equal(out, reference_activations(kep, x)["b2.conv2"])
+        logits, _, _ = link.infer(x)
+        assert torch.equal(logits, reference_logits(kep, x))
         # a silent board: nothing is sent, the host times out quickly
         quiet = FrameReader(port.read, timeout=0.5)
         t = time.monotonic()
         with pytest.raises(BoardTimeout):
             quiet.read_frame()
         assert time.monotonic() - t < 5
+
+
+@pytest.mark.slow
+def test_system_rtl_maxpool_and_head(tmp_path_factory):
+    """A network with a max pooling layer between conv layers (read by a conv and a residual
+    add), streamed weights (no NEED for the pooling layer): logits and, with IMAGE_FMAP, the
+    last conv output equal to the golden model's."""
+    from kep_hw.bench.system_sim import SimBoard
+    from kep_train.golden.evaluate import run_network
+    kep = random_network(4, maxpool=True)
+    plan = plan_network(kep, po=8, lanes=4)
+    assert [lp.kind for lp in plan.layers].count("maxpool") == 1
+    root = tmp_path_factory.getbasetemp().parent / "kep-system-sim-pool"
+    with SimBoard(plan, streamed=True, build_root=root) as port:
+        link = BoardLink(port, plan, timeout=120)
+        assert link.connect()["classes"] == 10
+        for n, x in enumerate(_images(2, 8, 11)):
+            logits, out, _ = link.infer(x, fmap=n == 1)
+            assert torch.equal(logits, run_network(kep, x[None])[0].to(torch.int64))
+            if n == 1:
+                assert torch.equal(out, reference_activations(kep, x)["b2.conv2"])

@@ -1,0 +1,224 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The network's head on chip: global average pooling and the classifier, in int32.
+
+The arithmetic is that of ``docs/arithmetic.md`` ("Other operations"): the global average pool
+is the int32 sum of the last conv output over H x W (the division is folded into the
+classifier's scale), the classifier is ``logits = bias + W @ sums`` with int8 ``W`` and int32
+``bias``, wrapping modulo 2^32. :func:`kep_hw.system.plan.run_tail` is the same on the host.
+
+Schedule (all memory outputs and the product registered; no path goes from a memory output
+through a multiplier or adder in one cycle):
+
+- **pool**: for every channel word ``g`` (``G`` channels, ``cwo = ceil(C / G)`` words per
+  pixel) the ``H * W`` words ``n * cwo + g`` are read one per cycle and summed lane by lane,
+  then the ``G`` sums are written into the sums memory, one per cycle (``H*W + 2 + G`` cycles
+  per word);
+- **classify**: for every class ``j``: ``acc = bias[j]``, then ``acc += W[j, c] * sums[c]``
+  for every channel, one per cycle through a 3-stage pipeline (read, multiply, add), and the
+  logit is written (``C + 4`` cycles per class).
+
+:func:`head_cycles` is this count; the sequencer adds it to the cycle counter.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from amaranth import Array, Const, Module, Signal, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory, ReadPort
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["Head", "head_cycles", "sum_bits", "MAX_CLASSES"]
+
+#: Largest number of classes of the on-chip classifier.
+MAX_CLASSES = 1024
+
+
+def sum_bits(pixels: int) -> int:
+    """Bits of a signed sum of ``pixels`` int8 values (at most 32: the sums wrap like int32)."""
+    return min(32, 8 + max(pixels - 1, 0).bit_length())
+
+
+def head_cycles(channels: int, height: int, width: int, lanes: int, classes: int) -> int:
+    """Cycles of one run of :class:`Head` from ``start`` to ``busy`` low (``start`` cycle
+    included, see the module docstring)."""
+    cwo = math.ceil(channels / lanes)
+    return 1 + cwo * (height * width + 2 + lanes) + classes * (channels + 4)
+
+
+class Head(wiring.Component):
+    """Global average pooling (int32 sums over H x W) and the linear classifier.
+
+    Parameters
+    ----------
+    shape : tuple
+        ``(C, H, W)`` of the last conv output, stored as words of ``lanes`` int8 channels of
+        one pixel, word ``n * ceil(C / lanes) + g`` for pixel ``n`` (row-major) and channel
+        word ``g``.
+    lanes : int
+        G, channels per activation word.
+    weight : torch.Tensor
+        int8 ``[classes, C]``, the classifier's weights.
+    bias : torch.Tensor
+        int32 ``[classes]``.
+    addr_width : int
+        Address bits of ``rd``.
+
+    Attributes
+    ----------
+    start : In(1)
+        Start (the output buffer holds the last conv output).
+    busy : Out(1)
+        High from the cycle after ``start`` until the logits are written.
+    rd : In(ReadPort.Signature)
+        Reads of the last conv output (latency 1).
+    logits : Out(ReadPort.Signature(shape=signed(32)))
+        Reads of the logits, class ``j`` at address ``j`` (latency 1).
+
+    Raises
+    ------
+    ValueError
+        If the shapes of ``weight`` and ``bias`` do not match ``shape``, or there are more than
+        :data:`MAX_CLASSES` classes.
+    """
+
+    def __init__(self, *, shape: tuple, lanes: int, weight: torch.Tensor, bias: torch.Tensor,
+                 addr_width: int):
+        c, h, w = (int(v) for v in shape)
+        try:
+            self._check(c, lanes, weight, bias)
+        except ValueError:
+            self._MustUse__silence = True       # not built: no "never used" warning
+            raise
+        self.shape, self.lanes = (c, h, w), lanes
+        self.classes = int(weight.shape[0])
+        self.weight = [int(v) for v in weight.to(torch.int64).flatten().tolist()]
+        self.bias = [int(v) for v in bias.to(torch.int64).tolist()]
+        super().__init__({
+            "start": In(1),
+            "busy": Out(1),
+            "rd": In(ReadPort.Signature(addr_width=addr_width, shape=unsigned(8 * lanes))),
+            "logits": Out(ReadPort.Signature(addr_width=max(1, (self.classes - 1).bit_length()),
+                                             shape=signed(32))),
+        })
+
+    @staticmethod
+    def _check(c, lanes, weight, bias):
+        if not isinstance(lanes, int) or lanes < 1:
+            raise ValueError(f"lanes must be a positive integer, got {lanes!r}")
+        if weight.dim() != 2 or weight.shape[1] != c or not 1 <= weight.shape[0] <= MAX_CLASSES:
+            raise ValueError(f"classifier weight of shape {tuple(weight.shape)} does not take "
+                             f"{c} channels to 1..{MAX_CLASSES} classes")
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"classifier bias of shape {tuple(bias.shape)}, expected "
+                             f"({weight.shape[0]},)")
+        if weight.numel() and not (-128 <= int(weight.min()) and int(weight.max()) <= 127):
+            raise ValueError("classifier weights must be int8")
+
+    def elaborate(self, platform):
+        m = Module()
+        (C, H, W), G, J = self.shape, self.lanes, self.classes
+        cwo = math.ceil(C / G)
+        hw = H * W
+        S = sum_bits(hw)
+
+        # memories: sums (C x S bits), weights (ROM, class-major), logits (J x 32 bits)
+        m.submodules.sums = sums_mem = Memory(shape=signed(S), depth=C, init=[])
+        m.submodules.wrom = wrom = Memory(shape=signed(8), depth=J * C, init=self.weight)
+        m.submodules.lmem = lmem = Memory(shape=signed(32), depth=J, init=[])
+        s_wr, s_rd = sums_mem.write_port(), sums_mem.read_port()
+        w_rd = wrom.read_port()
+        l_wr, l_rd = lmem.write_port(), lmem.read_port()
+        m.d.comb += [l_rd.addr.eq(self.logits.addr), self.logits.data.eq(l_rd.data)]
+        bias = Array(Const(b, signed(32)) for b in self.bias)
+
+        # pool: address, data register, lane sums
+        g = Signal(range(cwo + 1))
+        n = Signal(range(hw + 1))
+        addr = Signal.like(self.rd.addr)
+        issue = Signal()
+        v1, v2 = Signal(), Signal()
+        word = Signal(8 * G)
+        lsum = [Signal(signed(S), name=f"lsum{lane}") for lane in range(G)]
+        wl = Signal(range(G + 1))           # lane being written into the sums memory
+        m.d.comb += self.rd.addr.eq(addr)
+        m.d.sync += [v1.eq(issue), v2.eq(v1)]
+        with m.If(v1):
+            m.d.sync += word.eq(self.rd.data)
+        with m.If(v2):
+            m.d.sync += [lsum[lane].eq(lsum[lane] + word.word_select(lane, 8).as_signed())
+                         for lane in range(G)]
+
+        # classify: (j, c) addresses -> registered operands -> registered product -> acc
+        j = Signal(range(J + 1))
+        c = Signal(range(C + 1))
+        cissue = Signal()
+        c1, c2, c3 = Signal(), Signal(), Signal()
+        w_q = Signal(signed(8))
+        s_q = Signal(signed(S))
+        prod = Signal(signed(S + 8))
+        acc = Signal(signed(32))
+        m.d.comb += [w_rd.addr.eq(j * C + c), s_rd.addr.eq(c)]
+        m.d.sync += [c1.eq(cissue), c2.eq(c1), c3.eq(c2)]
+        with m.If(c1):
+            m.d.sync += [w_q.eq(w_rd.data), s_q.eq(s_rd.data)]
+        with m.If(c2):
+            m.d.sync += prod.eq(w_q * s_q)
+        with m.If(c3):
+            m.d.sync += acc.eq(acc + prod)
+
+        with m.FSM(name="head"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [g.eq(0), n.eq(0), addr.eq(0), j.eq(0)]
+                    m.d.sync += [s.eq(0) for s in lsum]
+                    m.next = "POOL"
+            with m.State("POOL"):
+                m.d.comb += [self.busy.eq(1), issue.eq(1)]
+                m.d.sync += [n.eq(n + 1), addr.eq(addr + cwo)]
+                with m.If(n == hw - 1):
+                    m.next = "DRAIN0"
+            with m.State("DRAIN0"):
+                m.d.comb += self.busy.eq(1)
+                m.next = "DRAIN1"
+            with m.State("DRAIN1"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += wl.eq(0)
+                m.next = "SUMS"
+            with m.State("SUMS"):
+                # lane sums -> sums memory, lane 0 first, shifting the others down
+                m.d.comb += [self.busy.eq(1), s_wr.addr.eq(g * G + wl), s_wr.data.eq(lsum[0]),
+                             s_wr.en.eq(g * G + wl < C)]
+                m.d.sync += [lsum[lane].eq(lsum[lane + 1]) for lane in range(G - 1)]
+                m.d.sync += [lsum[G - 1].eq(0), wl.eq(wl + 1)]
+                with m.If(wl == G - 1):
+                    m.d.sync += [g.eq(g + 1), n.eq(0), addr.eq(g + 1)]
+                    with m.If(g == cwo - 1):
+                        m.d.sync += [c.eq(0), acc.eq(bias[0])]
+                        m.next = "CLASS"
+                    with m.Else():
+                        m.next = "POOL"
+            with m.State("CLASS"):
+                m.d.comb += [self.busy.eq(1), cissue.eq(1)]
+                m.d.sync += c.eq(c + 1)
+                with m.If(c == C - 1):
+                    m.next = "CDRAIN0"
+            with m.State("CDRAIN0"):
+                m.d.comb += self.busy.eq(1)
+                m.next = "CDRAIN1"
+            with m.State("CDRAIN1"):
+                m.d.comb += self.busy.eq(1)
+                m.next = "CDRAIN2"
+            with m.State("CDRAIN2"):
+                m.d.comb += self.busy.eq(1)
+                m.next = "LOGIT"
+            with m.State("LOGIT"):
+                m.d.comb += [self.busy.eq(1), l_wr.addr.eq(j), l_wr.data.eq(acc), l_wr.en.eq(1)]
+                m.d.sync += [j.eq(j + 1), c.eq(0), acc.eq(bias[(j + 1)[:len(j)]])]
+                with m.If(j == J - 1):
+                    m.next = "IDLE"
+                with m.Else():
+                    m.next = "CLASS"
+        return m
