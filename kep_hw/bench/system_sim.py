@@ -36,14 +36,15 @@ log = logging.getLogger(__name__)
 
 
 def write_system_verilog(plan: NetworkPlan, *, streamed: bool, out_dir: Path,
-                         px: int = 1) -> Path:
-    """Write ``kep_system.v`` for ``plan`` (sim divisor and timeout) into a folder named by
-    the hash of the Verilog under ``out_dir``; returns the file."""
+                         px: int = 1, divisor: int | None = None) -> Path:
+    """Write ``kep_system.v`` for ``plan`` (UART ``divisor``, default the sim divisor, and the
+    sim timeout) into a folder named by the hash of the Verilog under ``out_dir``; returns the
+    file."""
     from amaranth.back import verilog
 
     from kep_hw.system.top import SIM_BYTE_TIMEOUT, SIM_DIVISOR, KepSystem
-    top = KepSystem(plan, streamed=streamed, divisor=SIM_DIVISOR, clk_hz=100e6,
-                    byte_timeout=SIM_BYTE_TIMEOUT, px=px)
+    top = KepSystem(plan, streamed=streamed, divisor=divisor or SIM_DIVISOR, clk_hz=100e6,
+                    byte_timeout=max(SIM_BYTE_TIMEOUT, 40 * (divisor or 0)), px=px)
     text = verilog.convert(top, name="kep_system")
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     folder = Path(out_dir) / f"system-{digest}"
@@ -68,12 +69,20 @@ class SimBoard:
         Seconds to wait for the simulation to open its pseudo-terminal.
     px : int
         Output pixels per engine block (``plan.po * px`` PEs).
+    divisor : int, optional
+        UART cycles per bit (default :data:`kep_hw.system.top.SIM_DIVISOR`); a board's real
+        divisor (10 for 3 Mbaud at 30 MHz) makes the simulated UART take its real share of
+        cycles.
+    tx_log : path, optional
+        The testbench writes one line ``cycle byte`` per byte the design sends here (cycle
+        of its start bit), for timing the frames in design cycles.
     """
 
     def __init__(self, plan: NetworkPlan, *, streamed: bool = False,
                  build_root: str | os.PathLike = "sim_build", start_timeout: float = 900.0,
-                 px: int = 1):
+                 px: int = 1, divisor: int | None = None, tx_log=None):
         self.plan, self.streamed, self.px = plan, streamed, px
+        self.divisor, self.tx_log = divisor, tx_log
         self.build_root = Path(build_root)
         self.start_timeout = start_timeout
         self._tmp = None
@@ -97,7 +106,8 @@ class SimBoard:
         setup_verilator()
         t = time.monotonic()
         vfile = write_system_verilog(self.plan, streamed=self.streamed,
-                                     out_dir=self.build_root, px=self.px)
+                                     out_dir=self.build_root, px=self.px,
+                                     divisor=self.divisor)
         self._info(f"system Verilog: {vfile} ({time.monotonic() - t:.1f} s)")
         self.build_dir = vfile.parent / "verilator"
         self.build_dir.mkdir(parents=True, exist_ok=True)
@@ -138,7 +148,9 @@ class SimBoard:
         pty_file = Path(self._tmp.name) / "pty"
         self.stop_file = Path(self._tmp.name) / "stop"
         env = {"KEP_PTY_FILE": str(pty_file), "KEP_STOP_FILE": str(self.stop_file),
-               "KEP_DIVISOR": str(SIM_DIVISOR)}
+               "KEP_DIVISOR": str(self.divisor or SIM_DIVISOR)}
+        if self.tx_log is not None:
+            env["KEP_TX_LOG"] = str(Path(self.tx_log).resolve())
         self._thread = threading.Thread(target=self._run, args=(env,), daemon=True)
         self._thread.start()
         deadline = time.monotonic() + self.start_timeout

@@ -4,7 +4,8 @@
 Loaded by the cocotb runner inside the simulator (:mod:`kep_hw.bench.system_sim` starts it).
 The test opens a pseudo-terminal, writes the name of its slave side to ``$KEP_PTY_FILE`` and
 then moves bytes between the pty and the design's UART pins, bit by bit at ``$KEP_DIVISOR`` clock
-cycles per bit, until ``$KEP_STOP_FILE`` exists. The host opens the slave with pyserial exactly
+cycles per bit, until ``$KEP_STOP_FILE`` exists. With ``$KEP_TX_LOG`` set, every byte the design
+sends is also written there as a line ``cycle byte`` (the clock cycle of its start bit). The host opens the slave with pyserial exactly
 as it opens a board's serial port, so the very same host code runs against the RTL.
 """
 
@@ -17,6 +18,7 @@ import tty
 import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, Timer
+from cocotb.utils import get_sim_time
 
 CLK_NS = 10
 
@@ -35,6 +37,8 @@ class UartPtyBridge:
         os.set_blocking(self.master, False)
         self.rx_bytes = 0
         self.tx_bytes = 0
+        log = os.environ.get("KEP_TX_LOG")
+        self.tx_log = open(log, "w", buffering=1) if log else None
 
     async def reset(self):
         Clock(self.dut.clk, CLK_NS, unit="ns").start()
@@ -48,6 +52,7 @@ class UartPtyBridge:
         """Design TX -> pty: sample each bit in its middle."""
         while True:
             await FallingEdge(self.dut.tx)
+            start_cycle = get_sim_time(unit="ns") // CLK_NS
             await Timer(self.bit_ns // 2, unit="ns")
             if int(self.dut.tx.value) != 0:
                 continue                    # glitch
@@ -59,6 +64,8 @@ class UartPtyBridge:
             if int(self.dut.tx.value) == 1:
                 os.write(self.master, bytes([byte]))
                 self.tx_bytes += 1
+                if self.tx_log is not None:
+                    self.tx_log.write(f"{start_cycle} {byte}\n")
 
     async def drive_rx(self):
         """pty -> design RX; returns when the stop file appears."""

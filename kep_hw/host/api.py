@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -90,9 +91,19 @@ class Timing:
     clock_mhz : float or None
         The clock given to :func:`open_board`, else the one the board reports (``None`` if it
         reports 0 kHz).
+    seconds : float
+        Wall time of :meth:`Board.classify` so far, from sending the first image to the last
+        result (golden checks excluded), for :attr:`images_per_second`.
     """
     cycles: list = field(default_factory=list)
     clock_mhz: float | None = None
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float | None:
+        """Images classified per second of wall time, end to end (UART and host included;
+        ``None`` before the first image)."""
+        return len(self.cycles) / self.seconds if self.cycles and self.seconds > 0 else None
 
     @property
     def mean_cycles(self) -> float | None:
@@ -281,8 +292,14 @@ class Board:
             golden, acts = run_network(self.model, x, return_all=True)
             golden_last = acts[self.plan.layers[-1].name]     # the last on-chip layer
         results = []
-        for n in range(x.shape[0]):
-            logits, out, cycles = self.infer(x[n], fmap=fmap)
+        t0 = time.monotonic()
+        answers = self.link.infer_many((x[n] for n in range(x.shape[0])), fmap=fmap)
+        for n, (logits, out, cycles) in enumerate(answers):
+            if logits is None:
+                logits = run_tail(self.plan.tail, out)
+            self.timing.cycles.append(cycles)
+            self.timing.seconds += time.monotonic() - t0
+            t0 = time.monotonic()
             r = Result(prediction=int(torch.argmax(logits)), logits=logits, output=out,
                        cycles=cycles)
             if check:

@@ -475,18 +475,78 @@ class BoardLink:
             if streamed and want_layer != layers:
                 raise ProtocolError(f"RESULT after the weights of {want_layer} of {layers} "
                                     "layers")
-            plan = self.plan
-            want = plan.result_bytes(fmap)
-            if len(payload) != want:
-                raise ProtocolError(f"RESULT of {len(payload)} bytes, expected {want}")
-            cycles = struct.unpack("<I", payload[:4])[0]
-            j = plan.classes
-            logits = (torch.tensor(struct.unpack(f"<{j}i", payload[4:4 + 4 * j]),
-                                   dtype=torch.int64) if j else None)
-            out = None
-            if len(payload) > 4 + 4 * j:
-                lanes = plan.lanes
-                words = [int.from_bytes(payload[i:i + lanes], "little")
-                         for i in range(4 + 4 * j, len(payload), lanes)]
-                out = words_to_tensor(words, plan.out_shape, lanes)
-            return logits, out, cycles
+            return self._parse_result(payload, fmap)
+
+    def _parse_result(self, payload: bytes, fmap: bool):
+        """``(logits, output, cycles)`` of a ``RESULT`` payload (see :meth:`infer`)."""
+        plan = self.plan
+        want = plan.result_bytes(fmap)
+        if len(payload) != want:
+            raise ProtocolError(f"RESULT of {len(payload)} bytes, expected {want}")
+        cycles = struct.unpack("<I", payload[:4])[0]
+        j = plan.classes
+        logits = (torch.tensor(struct.unpack(f"<{j}i", payload[4:4 + 4 * j]),
+                               dtype=torch.int64) if j else None)
+        out = None
+        if len(payload) > 4 + 4 * j:
+            lanes = plan.lanes
+            words = [int.from_bytes(payload[i:i + lanes], "little")
+                     for i in range(4 + 4 * j, len(payload), lanes)]
+            out = words_to_tensor(words, plan.out_shape, lanes)
+        return logits, out, cycles
+
+    def can_overlap(self, fmap: bool = False) -> bool:
+        """Whether :meth:`infer_many` overlaps the images: embedded weights, an on-chip head
+        and no feature map asked for (the board then receives the next image while it
+        computes one)."""
+        if self.info is None:
+            self.connect()
+        return not self.info["streamed"] and self.plan.classes > 0 and not fmap
+
+    def infer_many(self, images, *, fmap: bool = False):
+        """Run int8 images ``[C, H, W]`` one after another; yields ``(logits, output, cycles)``
+        per image in order, as :meth:`infer`.
+
+        When :meth:`can_overlap`, two images are in flight: image ``k + 2`` is sent as soon as
+        the ``RESULT`` of image ``k`` has arrived, so the board receives an image while it
+        computes the one before (its input buffer is double). Each image must be done within
+        :meth:`image_timeout` of being sent or of the previous image's ``RESULT``, whichever
+        is later (it may wait for the one before).
+        Otherwise the images go one at a time (:meth:`infer`).
+
+        Raises
+        ------
+        BoardTimeout, ProtocolError, LinkError, KepError
+            As :meth:`infer`.
+        """
+        if self.plan is None:
+            raise KepError("no network plan for this board yet (BoardLink.use_plan)")
+        if not self.can_overlap(fmap):
+            for x in images:
+                yield self.infer(x, fmap=fmap)
+            return
+        limit = self.image_timeout(False)
+        it = iter(images)
+        flight = []                     # times the images in flight were sent, in order
+
+        def send() -> None:
+            x = next(it, None)
+            if x is None:
+                return
+            if tuple(x.shape) != tuple(self.plan.in_shape):
+                raise KepError(f"image shape {tuple(x.shape)} != network input "
+                               f"{self.plan.in_shape}")
+            flight.append(time.monotonic())
+            self._write(encode_frame(FrameType.IMAGE, image_payload(x)))
+
+        send()
+        send()
+        last = time.monotonic()
+        while flight:
+            deadline = max(flight.pop(0), last) + limit
+            _, payload = self._expect(FrameType.RESULT, deadline=deadline, what="the image",
+                                      limit=limit)
+            last = time.monotonic()
+            result = self._parse_result(payload, False)
+            send()
+            yield result

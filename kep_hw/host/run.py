@@ -246,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         "logits_equal": n - len(differ), "mismatched_values": mismatched or None,
         "bit_exact": not differ and not any(mismatched),
         "cycles": timing.cycles, "cycles_mean": mean_cyc,
+        "images_per_second": timing.images_per_second,
+        "overlapped_io": board.link.can_overlap(args.fmap),
         "ideal_cycles": ideal, "fmax_mhz": fmax,
         "latency_ms": mean_cyc / fmax / 1e3, "ideal_latency_ms": ideal / fmax / 1e3,
         "seconds": seconds, "environment": environment_info(),
@@ -280,6 +282,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{report['mode']} weights; cycles/image {mean_cyc:.0f} (ideal {ideal:.0f} = "
           f"non-zero MACs / P, {share}); at {fmax:g} MHz: {report['latency_ms']:.2f} ms/image "
           f"(ideal {report['ideal_latency_ms']:.2f} ms)")
+    if timing.images_per_second:
+        compute = (f"{1e3 / report['latency_ms']:.1f} images/s" if report["latency_ms"]
+                   else "n/a")
+        print(f"end to end: {timing.images_per_second:.1f} images/s over {n} images "
+              f"({'overlapped' if report['overlapped_io'] else 'one at a time'}, UART and host "
+              f"included; compute only: {compute})")
     if args.out:
         atomic_write_json(args.out, report)
     return 0 if not differ and not disagree and not any(mismatched) else 1

@@ -12,7 +12,7 @@ time (``init=``), or one layer's written by the host before each layer (streamed
 
 from __future__ import annotations
 
-from amaranth import Array, Module, Shape, Signal, unsigned
+from amaranth import Array, Module, Mux, Shape, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
@@ -39,10 +39,15 @@ class ActivationBuffers(wiring.Component):
     """The activation buffers and who reads and writes them.
 
     While ``running``: the engine's ``act`` and ``res`` ports read the ``src_buf`` and
-    ``res_buf`` buffers, ``wr`` (the output writer) writes the ``dst_buf`` buffer. Otherwise
-    ``img`` writes the input buffer. Every buffer not read by the engine is read at ``out``'s
-    address; ``out`` returns the output buffer's data. Reads have a latency of one cycle (the
-    memories' synchronous read ports); the multiplexers are combinational.
+    ``res_buf`` buffers, ``wr`` (the output writer) writes the ``dst_buf`` buffer. Every buffer
+    not read by the engine is read at ``out``'s address; ``out`` returns the output buffer's
+    data. Reads have a latency of one cycle (the memories' synchronous read ports); the
+    multiplexers are combinational.
+
+    The input buffer is double: two memories, copy ``run_sel`` is the buffer of the run in
+    progress (the network reads its image there and may reuse it for later tensors), copy
+    ``img_sel`` receives the next image through ``img`` at any time, also while a run is in
+    progress (the sequencer swaps them when it starts a run).
 
     Parameters
     ----------
@@ -61,6 +66,8 @@ class ActivationBuffers(wiring.Component):
         Writes of the destination buffer, while running.
     running : In(1)
     src_buf, res_buf, dst_buf : In(range(max(buffers, 2)))
+    run_sel, img_sel : In(1)
+        The input buffer's copy of the run, the copy ``img`` writes.
     """
 
     def __init__(self, plan: NetworkPlan):
@@ -81,6 +88,8 @@ class ActivationBuffers(wiring.Component):
             "src_buf": In(buf),
             "res_buf": In(buf),
             "dst_buf": In(buf),
+            "run_sel": In(1),
+            "img_sel": In(1),
         })
 
     def elaborate(self, platform):
@@ -90,27 +99,39 @@ class ActivationBuffers(wiring.Component):
         running, src, res, dst = self.running, self.src_buf, self.res_buf, self.dst_buf
         bufs = []
         for b, depth in enumerate(plan.buffer_words):
-            mem = Memory(shape=unsigned(8 * G), depth=depth, init=[])
-            m.submodules[f"act{b}"] = mem
-            bufs.append((mem.read_port(), mem.write_port()))
+            copies = 2 if b == plan.input_buffer else 1
+            ports = []
+            for c in range(copies):
+                mem = Memory(shape=unsigned(8 * G), depth=depth, init=[])
+                m.submodules[f"act{b}" + ("ab"[c] if copies == 2 else "")] = mem
+                ports.append((mem.read_port(), mem.write_port()))
+            bufs.append(ports)
 
-        for b, (rd, wr) in enumerate(bufs):
-            with m.If(running & (src == b)):
-                m.d.comb += rd.addr.eq(self.act.addr)
-            with m.Elif(running & (res == b)):
-                m.d.comb += rd.addr.eq(self.res.addr)
-            with m.Else():
-                m.d.comb += rd.addr.eq(self.out.addr)
-            with m.If(running):
-                m.d.comb += [wr.addr.eq(self.wr.addr), wr.data.eq(self.wr.data),
-                             wr.en.eq(self.wr.en & (dst == b))]
-            if b == plan.input_buffer:
+        data = []
+        for b, ports in enumerate(bufs):
+            for c, (rd, wr) in enumerate(ports):
+                with m.If(running & (src == b)):
+                    m.d.comb += rd.addr.eq(self.act.addr)
+                with m.Elif(running & (res == b)):
+                    m.d.comb += rd.addr.eq(self.res.addr)
                 with m.Else():
-                    m.d.comb += [wr.addr.eq(self.img.addr), wr.data.eq(self.img.data),
-                                 wr.en.eq(self.img.en)]
-        act_data = Array(rd.data for rd, _ in bufs)
+                    m.d.comb += rd.addr.eq(self.out.addr)
+                run_copy = (self.run_sel == c) if len(ports) == 2 else 1
+                with m.If(running & run_copy):
+                    m.d.comb += [wr.addr.eq(self.wr.addr), wr.data.eq(self.wr.data),
+                                 wr.en.eq(self.wr.en & (dst == b))]
+                if len(ports) == 2:
+                    with m.Elif(self.img_sel == c):
+                        m.d.comb += [wr.addr.eq(self.img.addr), wr.data.eq(self.img.data),
+                                     wr.en.eq(self.img.en)]
+            if len(ports) == 2:
+                data.append(Mux(self.run_sel, ports[1][0].data, ports[0][0].data))
+            else:
+                data.append(ports[0][0].data)
+        bufs = [(d, None) for d in data]
+        act_data = Array(d for d, _ in bufs)
         m.d.comb += [self.act.data.eq(act_data[src]), self.res.data.eq(act_data[res]),
-                     self.out.data.eq(bufs[plan.output_buffer][0].data)]
+                     self.out.data.eq(data[plan.output_buffer])]
         return m
 
 

@@ -75,8 +75,9 @@ class FrameReceiver(wiring.Component):
     ----------
     i : In(stream.Signature(8))
         Bytes from the UART receiver (always ready).
-    running, waiting_go : In(1)
-        The sequencer's state: a network run is in progress / it waits for ``GO``.
+    running, waiting_go, pending : In(1)
+        The sequencer's state: a network run is in progress / it waits for ``GO`` / an image
+        waits for its run.
     start, go, ping : Out(1)
         A valid ``IMAGE`` or ``IMAGE_FMAP`` (input buffer written: run the network), ``GO``
         (while waiting for it) or ``PING`` (answer with ``INFO``) frame ended.
@@ -111,6 +112,7 @@ class FrameReceiver(wiring.Component):
             "i": In(stream.Signature(unsigned(8))),
             "running": In(1),
             "waiting_go": In(1),
+            "pending": In(1),
             "start": Out(1),
             "go": Out(1),
             "ping": Out(1),
@@ -204,7 +206,7 @@ class FrameReceiver(wiring.Component):
                             with m.Case(FrameType.IMAGE, FrameType.IMAGE_FMAP):
                                 with m.If(length != in_bytes):
                                     m.d.sync += bad.eq(ErrorCode.LENGTH)
-                                with m.Elif(running):
+                                with m.Elif(self.pending):
                                     m.d.sync += bad.eq(ErrorCode.STATE)
                             with m.Case(FrameType.WRITE):
                                 with m.If(length < 3):
@@ -348,7 +350,9 @@ class FrameTransmitter(wiring.Component):
     out : In(ReadPort.Signature)
         Reads of the output buffer, word ``n`` at address ``n`` (latency 1).
     fmap : In(1)
-        Send the last conv output in the ``RESULT`` too.
+        Send the last conv output in the ``RESULT`` too (read when the frame starts).
+    result_busy : Out(1)
+        A ``RESULT`` is requested and not yet sent to the end.
     logits : In(ReadPort.Signature(shape=signed(32)))
         Reads of the logits, class ``j`` at address ``j`` (latency 1; ``classes > 0`` only).
     """
@@ -372,6 +376,7 @@ class FrameTransmitter(wiring.Component):
         super().__init__({
             **logits,
             "fmap": In(1),
+            "result_busy": Out(1),
             "o": Out(stream.Signature(unsigned(8))),
             "err": In(stream.Signature(ErrorReport, always_ready=True)),
             "ping": In(1),
@@ -421,7 +426,7 @@ class FrameTransmitter(wiring.Component):
         lbytes = 4 + 4 * J                  # cycles and logits: the RESULT without a feature map
         if J:
             m.d.comb += self.logits.addr.eq((t_n - 4) >> 2)
-        with m.FSM(name="tx"):
+        with m.FSM(name="tx") as tx_fsm:
             with m.State("IDLE"):
                 m.d.comb += tx_crc.clear.eq(1)
                 m.d.sync += [t_n.eq(0), t_h.eq(0)]
@@ -492,4 +497,6 @@ class FrameTransmitter(wiring.Component):
                 m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(tx_crc.crc[8:])]
                 with m.If(self.o.ready):
                     m.next = "IDLE"
+        m.d.comb += self.result_busy.eq(pend_result | (~tx_fsm.ongoing("IDLE")
+                                                        & (t_type == FrameType.RESULT)))
         return m

@@ -18,7 +18,17 @@ __all__ = ["LayerSequencer"]
 
 
 class LayerSequencer(wiring.Component):
-    """One network run per ``start``: every layer of the table in turn on the engine.
+    """One network run per image: every layer of the table in turn on the engine.
+
+    Images and runs overlap: ``start`` (an image was received into the input buffer's copy
+    ``img_sel``) sets ``pending``; in ``IDLE`` a pending image starts a run, which swaps the
+    copies (``run_sel`` takes ``img_sel``, the receiver gets the other one) and clears
+    ``pending``, so the next image can arrive while this one is computed. A run whose result
+    carries the feature map (``result_fmap``) must be sent before the next run overwrites the
+    buffers, so ``IDLE`` waits for ``result_busy`` to fall then; and the head, which overwrites
+    the logits, waits in ``HWAIT`` until the previous ``RESULT`` is out. ``result_cycles`` and
+    ``result_fmap`` hold the last finished run's cycle count and whether its ``RESULT`` carries
+    the feature map (``fmap`` of its image, or a plan without a head) until the next one ends.
 
     Per layer: ``CFG`` (one cycle: the layer's registers are loaded from the table; in streamed
     mode ``need`` asks for its weights and the sequencer waits in ``WAITGO`` for ``go``), then
@@ -28,13 +38,13 @@ class LayerSequencer(wiring.Component):
     ``head_busy`` is low. ``done`` is strobed in the cycle the last layer (or the head) is seen
     finished; ``running`` falls in the next one.
 
-    ``cycles`` counts the cycles of the run spent in every state but ``IDLE`` and ``WAITGO`` (not
-    those waiting for ``go``): zeroed at ``start``, it keeps its value after
-    the run.
+    ``cycles`` counts the cycles of the run spent in every state but ``IDLE``, ``WAITGO`` and
+    ``HWAIT`` (waits for the host): zeroed when a run starts, it keeps its value after the run.
 
-    Latencies: ``start`` in cycle ``c`` loads the first layer in cycle ``c + 1`` (``CFG``),
-    whose registers (``cfg``, ``src_buf``, ``res_buf``, ``dst_buf``) are valid from ``c + 2``;
-    ``eng_start`` is high in ``c + 2`` (embedded) or one cycle after ``go`` (streamed).
+    Latencies: ``start`` in cycle ``c`` on an idle sequencer (``pending`` high from ``c + 1``)
+    starts the run in ``c + 1`` and loads the first layer in cycle ``c + 2`` (``CFG``),
+    whose registers (``cfg``, ``src_buf``, ``res_buf``, ``dst_buf``) are valid from ``c + 3``;
+    ``eng_start`` is high in ``c + 3`` (embedded) or one cycle after ``go`` (streamed).
 
     Parameters
     ----------
@@ -48,7 +58,19 @@ class LayerSequencer(wiring.Component):
     Attributes
     ----------
     start : In(1)
-        Run the network (the input buffer holds the image).
+        An image was received (into copy ``img_sel`` of the input buffer).
+    fmap : In(1)
+        The received image's ``RESULT`` is to carry the feature map (read when its run starts).
+    pending : Out(1)
+        An image waits for its run (copy ``img_sel`` is taken: no other image may arrive).
+    run_sel, img_sel : Out(1)
+        The input buffer's copy of the run, the copy the next image goes to.
+    result_busy : In(1)
+        The transmitter has a ``RESULT`` to send or is sending it.
+    result_cycles : Out(32)
+        The cycle count of the last finished run.
+    result_fmap : Out(1)
+        The last finished run's ``RESULT`` carries the feature map.
     go : In(1)
         The layer's weights are loaded (streamed mode).
     waiting_go : Out(1)
@@ -96,6 +118,13 @@ class LayerSequencer(wiring.Component):
         super().__init__({
             **head,
             "start": In(1),
+            "fmap": In(1),
+            "pending": Out(1),
+            "run_sel": Out(1),
+            "img_sel": Out(1),
+            "result_busy": In(1),
+            "result_cycles": Out(32),
+            "result_fmap": Out(1),
             "go": In(1),
             "waiting_go": Out(1),
             "running": Out(1),
@@ -134,18 +163,33 @@ class LayerSequencer(wiring.Component):
             kinds = Array(Const(int(lp.kind == "maxpool"), 1) for lp in plan.layers)
             m.d.comb += is_pool.eq(kinds[layer])
 
+        # images: one may wait while another runs
+        with m.If(self.start):
+            m.d.sync += self.pending.eq(1)
+        run_fmap = Signal()
+        has_head = bool(plan.tail)
+
+        def finish():
+            m.d.sync += [self.running.eq(0), self.result_cycles.eq(cycles + 1),
+                         self.result_fmap.eq(run_fmap | (not has_head))]
+            m.d.comb += self.done.eq(1)
+            m.next = "IDLE"
+
         # run: CFG [WAITGO] START RUN per layer
         cycles = self.cycles
         with m.FSM(name="seq"):
             with m.State("IDLE"):
-                with m.If(self.start):
-                    m.d.sync += [layer.eq(0), cycles.eq(0), self.running.eq(1)]
+                with m.If(self.pending & ~(self.result_busy & self.result_fmap)):
+                    m.d.sync += [layer.eq(0), cycles.eq(0), self.running.eq(1),
+                                 self.pending.eq(0), self.run_sel.eq(self.img_sel),
+                                 self.img_sel.eq(~self.img_sel), run_fmap.eq(self.fmap)]
                     m.next = "CFG"
             with m.State("CFG"):
                 m.d.comb += load_cfg.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
                 with m.If(is_pool):
-                    m.next = "PSTART"
+                    if self.has_pool:
+                        m.next = "PSTART"
                 with m.Else():
                     if self.streamed:
                         m.d.comb += self.need.valid.eq(1)
@@ -162,12 +206,10 @@ class LayerSequencer(wiring.Component):
                 m.next = "RUN"
             def layer_done():
                 with m.If(layer == nl - 1):
-                    if plan.tail:
-                        m.next = "HEAD"
+                    if has_head:
+                        m.next = "HWAIT"
                     else:
-                        m.d.sync += self.running.eq(0)
-                        m.d.comb += self.done.eq(1)
-                        m.next = "IDLE"
+                        finish()
                 with m.Else():
                     m.d.sync += layer.eq(layer + 1)
                     m.next = "CFG"
@@ -185,7 +227,11 @@ class LayerSequencer(wiring.Component):
                     m.d.sync += cycles.eq(cycles + 1)
                     with m.If(~self.pool_busy):
                         layer_done()
-            if plan.tail:
+            if has_head:
+                with m.State("HWAIT"):
+                    # the previous RESULT reads the logits: let it go out first
+                    with m.If(~self.result_busy):
+                        m.next = "HEAD"
                 with m.State("HEAD"):
                     m.d.comb += self.head_start.eq(1)
                     m.d.sync += cycles.eq(cycles + 1)
@@ -193,7 +239,5 @@ class LayerSequencer(wiring.Component):
                 with m.State("HEADRUN"):
                     m.d.sync += cycles.eq(cycles + 1)
                     with m.If(~self.head_busy):
-                        m.d.sync += self.running.eq(0)
-                        m.d.comb += self.done.eq(1)
-                        m.next = "IDLE"
+                        finish()
         return m

@@ -132,6 +132,7 @@ class KepSystem(wiring.Component):
         m.d.comb += [eng.cfg.eq(seq.cfg), eng.start.eq(seq.eng_start),
                      seq.eng_busy.eq(eng.busy),
                      bufs.running.eq(seq.running), bufs.src_buf.eq(seq.src_buf),
+                     bufs.run_sel.eq(seq.run_sel), bufs.img_sel.eq(seq.img_sel),
                      bufs.res_buf.eq(seq.res_buf), bufs.dst_buf.eq(seq.dst_buf)]
 
         # output writer: engine transfers -> destination buffer
@@ -171,8 +172,9 @@ class KepSystem(wiring.Component):
         if self.streamed:
             wiring.connect(m, receiver=rx.wt_wr, weights=wts.wt_wr)
             wiring.connect(m, receiver=rx.prm_wr, weights=wts.prm_wr)
-        m.d.comb += [seq.start.eq(rx.start), seq.go.eq(rx.go),
-                     rx.running.eq(seq.running), rx.waiting_go.eq(seq.waiting_go)]
+        m.d.comb += [seq.start.eq(rx.start), seq.go.eq(rx.go), seq.fmap.eq(rx.fmap),
+                     rx.running.eq(seq.running), rx.waiting_go.eq(seq.waiting_go),
+                     rx.pending.eq(seq.pending)]
 
         # frame transmitter
         info = info_payload(plan, streamed=self.streamed, clk_hz=self.clk_hz, px=self.px)
@@ -182,8 +184,9 @@ class KepSystem(wiring.Component):
         wiring.connect(m, transmitter=tx.o, uart=utx.i)
         wiring.connect(m, receiver=rx.err, transmitter=tx.err)
         wiring.connect(m, sequencer=seq.need, transmitter=tx.need)
-        m.d.comb += [tx.ping.eq(rx.ping), tx.result.eq(seq.done), tx.cycles.eq(seq.cycles),
-                     tx.fmap.eq(rx.fmap), tx.out.data.eq(bufs.out.data)]
+        m.d.comb += [tx.ping.eq(rx.ping), tx.result.eq(seq.done),
+                     tx.cycles.eq(seq.result_cycles), tx.fmap.eq(seq.result_fmap),
+                     seq.result_busy.eq(tx.result_busy), tx.out.data.eq(bufs.out.data)]
 
         # head: reads the output buffer while the run is in progress, the transmitter after it
         if plan.tail:

@@ -110,6 +110,13 @@ def test_system_rtl_bit_exact_and_rejects_bad_frames(streamed, tmp_path_factory)
             cycles.add(cyc)
         # the head's cycles are counted, the same for every image
         assert len(cycles) == 1 and 5000 < cycles.pop() < 15000
+        # overlapped: image k + 2 is sent when the RESULT of k arrives, so the board
+        # receives images while it computes (double input buffer), embedded mode only
+        xs = _images(5, 8, 6)
+        assert link.can_overlap() == (not streamed)
+        got = list(link.infer_many(xs))
+        assert [lg.tolist() for lg, _, _ in got] == [reference_logits(kep, x).tolist()
+                                                    for x in xs]
         reader = FrameReader(port.read, timeout=60, byte_timeout=5)
         # corrupted CRC
         bad = bytearray(encode_frame(FrameType.PING))
