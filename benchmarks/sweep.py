@@ -16,10 +16,12 @@ The dense checkpoint is trained once, as ``RUNS/dense-s{first seed}`` (or given 
 with a complete ``report.json`` is skipped, one with a ``checkpoint.pt`` but no report is
 continued with ``--resume``; so the same command, run again, resumes a killed sweep.
 
-Default schedule (``--dense-epochs 8 --reg-epochs 2 --finetune-epochs 3``, the ``quick``
-learning rates and penalty): 23 runs x 5 epochs + 8 dense epochs = 123 epochs, about 3.4 h at
-~100 s per epoch on 2 CPU cores (plus ~30 s per run of loading, significance and evaluation:
-about 3.6 h in all). ``--dry-run`` prints the plan and its estimate.
+Default schedule: the main job's recipe (the ``quick`` preset: learning-rate shapes, label
+smoothing, penalty; ``docs/method.md``) with its 20 dense epochs but a shorter pruning stage
+(``--reg-epochs 2 --finetune-epochs 4`` instead of 3 + 8) so that the grid fits: 23 runs x 6
+epochs + 20 dense epochs = 158 epochs, about 4.4 h at ~100 s per epoch on 2 CPU cores (plus
+~30 s per run of loading, significance and evaluation: about 4.6 h in all); with the main job's
+``dense.pt`` as ``--dense`` about 4 h. ``--dry-run`` prints the plan and its estimate.
 """
 
 from __future__ import annotations
@@ -53,9 +55,9 @@ BUDGET_METHODS = ("kep", "kep-nopen")
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_TARGET_MACS = 0.3
 #: default epochs per stage; the dense stage is trained once, reg + finetune by every run
-DEFAULT_DENSE_EPOCHS = 8
+DEFAULT_DENSE_EPOCHS = 20
 DEFAULT_REG_EPOCHS = 2
-DEFAULT_FINETUNE_EPOCHS = 3
+DEFAULT_FINETUNE_EPOCHS = 4
 #: time estimate: seconds per epoch of ResNet-20 on 2 CPU cores, and per run outside epochs
 SEC_PER_EPOCH = 100.0
 OVERHEAD_S = 30.0

@@ -30,7 +30,7 @@ def sweep():
 
 def fake_report(folder: Path, method="kep", seed=0, keep=4, target_macs=None, no_penalty=False,
                 top1=80.0, cut_top1=50.0, masked_share=0.1, macs_kept=450, params_kept=300,
-                pretrained="dense.pt", reg=2, finetune=3, dense=8, finished=True):
+                pretrained="dense.pt", reg=2, finetune=4, dense=20, finished=True):
     """A report.json shaped like kep_train's (only the fields the sweep reads)."""
     folder.mkdir(parents=True, exist_ok=True)
     rep = {
@@ -82,10 +82,10 @@ def test_grid_size_and_seed_layout(sweep, tmp_path):
         assert sorted(s) == ([0, 1, 2] if cell in multi else [0]), cell
     # the runs the issue needs most come first: the penalty ablation at K=4, first seed
     assert [r.name for r in todo[1:3]] == ["kep-k4-s0", "kep-nopen-k4-s0"]
-    # default schedule: 8 dense epochs once, 2 + 3 per run; about 3.6 h at 100 s per epoch
-    assert sched == {"dense": 8, "reg": 2, "finetune": 3}
-    assert sum(r.epochs for r in todo) == 8 + 23 * 5
-    assert sum(sweep.estimate_s(r) for r in todo) == pytest.approx(123 * 100 + 24 * 30)
+    # default schedule: 20 dense epochs once, 2 + 4 per run; about 4.6 h at 100 s per epoch
+    assert sched == {"dense": 20, "reg": 2, "finetune": 4}
+    assert sum(r.epochs for r in todo) == 20 + 23 * 6
+    assert sum(sweep.estimate_s(r) for r in todo) == pytest.approx(158 * 100 + 24 * 30)
 
 
 def test_commands_share_the_dense_checkpoint_and_epochs(sweep, tmp_path):
@@ -105,7 +105,7 @@ def test_commands_share_the_dense_checkpoint_and_epochs(sweep, tmp_path):
     assert "--pretrained" not in dense and dense[dense.index("--method") + 1] == "dense"
     # one cosine schedule over --dense-epochs in all (dense - 2 + 1 + 1)
     assert [dense[dense.index(f) + 1] for f in ("--dense-epochs", "--reg-epochs",
-                                                "--finetune-epochs")] == ["6", "1", "1"]
+                                                "--finetune-epochs")] == ["18", "1", "1"]
 
 
 def test_other_seeds_and_only_and_given_dense(sweep, tmp_path):
@@ -129,9 +129,9 @@ def test_dry_run_lists_commands_and_estimate(sweep, tmp_path, capsys):
     cmds = [ln for ln in out.splitlines() if not ln.startswith("#")]
     assert len(cmds) == 23            # kep-k4-s0 is complete: no command
     assert not any(f"{tmp_path / 'sw' / 'kep-k4-s0'} " in c + " " for c in cmds)
-    # 122 epochs left (kep-k4-s0's 5 done) and 23 runs' overhead; 3.6 h for the whole plan
-    left = (123 - 5) * 100 + 23 * 30
-    assert f"{left / 3600:.1f} h left of 3.6 h" in out
+    # 152 epochs left (kep-k4-s0's 6 done) and 23 runs' overhead; 4.6 h for the whole plan
+    left = (158 - 6) * 100 + 23 * 30
+    assert f"{left / 3600:.1f} h left of 4.6 h" in out
     assert all(shlex.split(c)[1:4] == ["-m", "kep_train", "cifar"] for c in cmds)
 
 
@@ -156,7 +156,7 @@ def test_skip_resume_fresh_decisions(sweep, tmp_path):
     assert by["magnitude-k4-s0"].action == "fresh"
     assert "--resume" not in by["magnitude-k4-s0"].command
     # the dense checkpoint: a complete report but no dense.pt is not usable
-    fake_report(root / "dense-s0", method="dense", pretrained=None, dense=6, reg=1, finetune=1)
+    fake_report(root / "dense-s0", method="dense", pretrained=None, dense=18, reg=1, finetune=1)
     todo, _, _ = plan_of(sweep, tmp_path)
     assert todo[0].action == "conflict"
     (root / "dense-s0" / "dense.pt").write_bytes(b"x")
@@ -199,7 +199,7 @@ def test_run_calls_kep_train_only_for_unfinished_runs(sweep, tmp_path, monkeypat
             return Done(1)
         seed = int(cmd[cmd.index("--seed") + 1])
         if out.name.startswith("dense-s"):
-            fake_report(out, method="dense", seed=seed, pretrained=None, dense=6, reg=1,
+            fake_report(out, method="dense", seed=seed, pretrained=None, dense=18, reg=1,
                         finetune=1)
             (out / "dense.pt").write_bytes(b"x")
         else:
