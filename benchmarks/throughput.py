@@ -45,8 +45,8 @@ FRAME_OVERHEAD = 6
 def _result_starts(log_file: Path) -> list[int]:
     """Design cycles at which ``RESULT`` frames start, from the testbench's TX log."""
     from kep_hw.system.protocol import SYNC, FrameType
-    rows = [tuple(int(v) for v in line.split()) for line in log_file.read_text().splitlines()
-            if line.strip()]
+    rows = [tuple(int(float(v)) for v in line.split())
+            for line in log_file.read_text().splitlines() if line.strip()]
     starts, n = [], 0
     while n + 3 < len(rows):
         if rows[n][1] != SYNC:

@@ -52,7 +52,7 @@ class UartPtyBridge:
         """Design TX -> pty: sample each bit in its middle."""
         while True:
             await FallingEdge(self.dut.tx)
-            start_cycle = get_sim_time(unit="ns") // CLK_NS
+            start_cycle = int(get_sim_time(unit="ns")) // CLK_NS
             await Timer(self.bit_ns // 2, unit="ns")
             if int(self.dut.tx.value) != 0:
                 continue                    # glitch
