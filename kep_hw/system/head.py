@@ -30,10 +30,19 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory, ReadPort
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["Head", "head_cycles", "sum_bits", "MAX_CLASSES"]
+__all__ = ["Head", "head_cycles", "sum_bits", "drain_states", "MAX_CLASSES"]
 
 #: Largest number of classes of the on-chip classifier.
 MAX_CLASSES = 1024
+
+
+def drain_states(m: Module, busy, names: list, then: str) -> None:
+    """FSM states ``names`` (inside ``m``'s FSM), one cycle each with ``busy`` high, in turn,
+    then ``then``: the cycles a pipeline needs to empty."""
+    for here, nxt in zip(names, [*names[1:], then]):
+        with m.State(here):
+            m.d.comb += busy.eq(1)
+            m.next = nxt
 
 
 def sum_bits(pixels: int) -> int:
@@ -172,7 +181,7 @@ class Head(wiring.Component):
         with m.FSM(name="head"):
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [g.eq(0), n.eq(0), addr.eq(0), j.eq(0)]
+                    m.d.sync += [g.eq(0), n.eq(0), addr.eq(0), j.eq(0), wl.eq(0)]
                     m.d.sync += [s.eq(0) for s in lsum]
                     m.next = "POOL"
             with m.State("POOL"):
@@ -180,13 +189,7 @@ class Head(wiring.Component):
                 m.d.sync += [n.eq(n + 1), addr.eq(addr + cwo)]
                 with m.If(n == hw - 1):
                     m.next = "DRAIN0"
-            with m.State("DRAIN0"):
-                m.d.comb += self.busy.eq(1)
-                m.next = "DRAIN1"
-            with m.State("DRAIN1"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += wl.eq(0)
-                m.next = "SUMS"
+            drain_states(m, self.busy, ["DRAIN0", "DRAIN1"], "SUMS")
             with m.State("SUMS"):
                 # lane sums -> sums memory, lane 0 first, shifting the others down
                 m.d.comb += [self.busy.eq(1), s_wr.addr.eq(g * G + wl), s_wr.data.eq(lsum[0]),
@@ -195,6 +198,7 @@ class Head(wiring.Component):
                 m.d.sync += [lsum[G - 1].eq(0), wl.eq(wl + 1)]
                 with m.If(wl == G - 1):
                     m.d.sync += [g.eq(g + 1), n.eq(0), addr.eq(g + 1)]
+                    m.d.sync += wl.eq(0)
                     with m.If(g == cwo - 1):
                         m.d.sync += [c.eq(0), acc.eq(bias[0])]
                         m.next = "CLASS"
@@ -205,15 +209,7 @@ class Head(wiring.Component):
                 m.d.sync += c.eq(c + 1)
                 with m.If(c == C - 1):
                     m.next = "CDRAIN0"
-            with m.State("CDRAIN0"):
-                m.d.comb += self.busy.eq(1)
-                m.next = "CDRAIN1"
-            with m.State("CDRAIN1"):
-                m.d.comb += self.busy.eq(1)
-                m.next = "CDRAIN2"
-            with m.State("CDRAIN2"):
-                m.d.comb += self.busy.eq(1)
-                m.next = "LOGIT"
+            drain_states(m, self.busy, ["CDRAIN0", "CDRAIN1", "CDRAIN2"], "LOGIT")
             with m.State("LOGIT"):
                 m.d.comb += [self.busy.eq(1), l_wr.addr.eq(j), l_wr.data.eq(acc), l_wr.en.eq(1)]
                 m.d.sync += [j.eq(j + 1), c.eq(0), acc.eq(bias[(j + 1)[:len(j)]])]

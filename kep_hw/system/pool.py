@@ -22,6 +22,8 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 
+from kep_hw.system.head import drain_states
+
 __all__ = ["MaxPool", "pool_cycles"]
 
 
@@ -135,13 +137,5 @@ class MaxPool(wiring.Component):
                                          row.eq(row + 2 * line)]
                             with m.If(y == cfg.ho - 1):
                                 m.next = "DRAIN0"
-            with m.State("DRAIN0"):
-                m.d.comb += self.busy.eq(1)
-                m.next = "DRAIN1"
-            with m.State("DRAIN1"):
-                m.d.comb += self.busy.eq(1)
-                m.next = "DRAIN2"
-            with m.State("DRAIN2"):
-                m.d.comb += self.busy.eq(1)
-                m.next = "IDLE"
+            drain_states(m, self.busy, ["DRAIN0", "DRAIN1", "DRAIN2"], "IDLE")
         return m
