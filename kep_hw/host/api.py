@@ -373,7 +373,8 @@ def open_board(port: str | None = None, *, sim: bool = False, model, board: str 
     weights : str, optional
         ``"embedded"`` or ``"stream"`` (simulation only; default: the profile's).
     clock_mhz : float, optional
-        Clock for :attr:`Board.timing` instead of the one the board reports.
+        Clock for :attr:`Board.timing` instead of the one the board reports (simulation:
+        default the ``board`` profile's clock, the one its bitstream runs at).
     build_root : path
         Simulation build folder.
 
@@ -413,6 +414,8 @@ def open_board(port: str | None = None, *, sim: bool = False, model, board: str 
             link = BoardLink(transport, plan, timeout=600.0 if timeout is None else timeout,
                              image_timeout=image_timeout)
             target = "sim"
+            if clock_mhz is None:       # the simulation's INFO clock is nominal
+                clock_mhz = profile.default_mhz
         else:
             url = find_port(board) if port in (None, "auto") else port
             baud = profile.baud if baud is None else baud
