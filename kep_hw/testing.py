@@ -493,3 +493,36 @@ class ScriptedBoard:
         finally:
             if self.behaviour == "hangup" or not self._stop.is_set():
                 self._hang_up()
+
+
+def run_unit(m, unit, *, port, reads: int, setup=None) -> tuple[list, int]:
+    """Simulate a start/busy unit inside module ``m`` (Amaranth simulator): apply ``setup(ctx)``,
+    strobe ``unit.start``, count the cycles until ``unit.busy`` falls (the start cycle
+    included), then read addresses ``0 .. reads-1`` through the read port ``port`` (latency
+    1). Returns ``(values, cycles)``."""
+    from amaranth.sim import Simulator
+    out = {}
+
+    async def bench(ctx):
+        if setup is not None:
+            setup(ctx)
+        ctx.set(unit.start, 1)
+        await ctx.tick()
+        ctx.set(unit.start, 0)
+        cycles = 1
+        while ctx.get(unit.busy):
+            await ctx.tick()
+            cycles += 1
+            assert cycles < 1_000_000, "the unit never finished"
+        values = []
+        for a in range(reads):
+            ctx.set(port.addr, a)
+            await ctx.tick()
+            values.append(ctx.get(port.data))
+        out["values"], out["cycles"] = values, cycles
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    return out["values"], out["cycles"]

@@ -9,11 +9,11 @@ import pytest
 import torch
 from amaranth import Module
 from amaranth.lib.memory import Memory
-from amaranth.sim import Simulator
 
 from kep_hw.gateware.images import tensor_to_words
 from kep_hw.system.head import Head, head_cycles, sum_bits
 from kep_hw.system.plan import run_tail
+from kep_hw.testing import run_unit
 
 
 def _run_head(act, weight, bias, lanes):
@@ -27,29 +27,8 @@ def _run_head(act, weight, bias, lanes):
     m.submodules.head = head = Head(shape=(c, h, w), lanes=lanes, weight=weight, bias=bias,
                                     addr_width=abits)
     m.d.comb += [rd.addr.eq(head.rd.addr), head.rd.data.eq(rd.data)]
-    out = {}
-
-    async def bench(ctx):
-        ctx.set(head.start, 1)
-        await ctx.tick()
-        ctx.set(head.start, 0)
-        cycles = 1
-        while ctx.get(head.busy):
-            await ctx.tick()
-            cycles += 1
-            assert cycles < 100000
-        logits = []
-        for j in range(weight.shape[0]):
-            ctx.set(head.logits.addr, j)
-            await ctx.tick()
-            logits.append(ctx.get(head.logits.data))
-        out["logits"], out["cycles"] = logits, cycles
-
-    sim = Simulator(m)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
-    return out["logits"], out["cycles"]
+    logits, cycles = run_unit(m, head, port=head.logits, reads=weight.shape[0])
+    return logits, cycles
 
 
 def _tail(weight, bias):

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from amaranth import Module
 from amaranth.lib.memory import Memory
-from amaranth.sim import Simulator
 
 from kep_hw.gateware.images import tensor_to_words, words_to_tensor
 from kep_hw.gateware.layouts import layer_config
 from kep_hw.system.pool import MaxPool, pool_cycles
+from kep_hw.testing import run_unit
 
 CFG = layer_config(chan_bits=10, dim_bits=8, group_bits=6, act_bits=14, wt_bits=8,
                    prm_bits=8)
@@ -32,30 +32,10 @@ def _run_pool(x, lanes):
     m.submodules.pool = pool = MaxPool(lanes=lanes, addr_width=14, cfg_layout=CFG)
     m.d.comb += [rd.addr.eq(pool.rd.addr), pool.rd.data.eq(rd.data),
                  wr.addr.eq(pool.wr.addr), wr.data.eq(pool.wr.data), wr.en.eq(pool.wr.en)]
-    out = {}
-
-    async def bench(ctx):
-        ctx.set(pool.cfg, CFG.const(dict(cin=c, cout=c, h=h, w=w, ho=ho, wo=wo, cwi=cw, cwo=cw)))
-        ctx.set(pool.start, 1)
-        await ctx.tick()
-        ctx.set(pool.start, 0)
-        cycles = 1
-        while ctx.get(pool.busy):
-            await ctx.tick()
-            cycles += 1
-            assert cycles < 100000
-        got = []
-        for a in range(ho * wo * cw):
-            ctx.set(drd.addr, a)
-            await ctx.tick()
-            got.append(ctx.get(drd.data))
-        out["words"], out["cycles"] = got, cycles
-
-    sim = Simulator(m)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
-    return words_to_tensor(out["words"], (c, ho, wo), lanes), out["cycles"]
+    cfg = CFG.const(dict(cin=c, cout=c, h=h, w=w, ho=ho, wo=wo, cwi=cw, cwo=cw))
+    words, cycles = run_unit(m, pool, port=drd, reads=ho * wo * cw,
+                             setup=lambda ctx: ctx.set(pool.cfg, cfg))
+    return words_to_tensor(words, (c, ho, wo), lanes), cycles
 
 
 @pytest.mark.parametrize("c,h,w,lanes", [(8, 4, 4, 4), (6, 6, 4, 4), (16, 5, 7, 8),
