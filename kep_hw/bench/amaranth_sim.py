@@ -17,6 +17,7 @@ from kep_hw.host.driver import LayerJob, layer_program
 from kep_hw.gateware.layer_top import LayerTop
 from kep_hw.gateware.layouts import load_layout, out_word, pack, unpack
 from kep_hw.gateware.params import EngineParams
+from kep_hw.gateware.perf import layer_cycles
 
 __all__ = ["stream_put", "stream_get", "run_layers"]
 
@@ -79,7 +80,13 @@ def run_layers(params: EngineParams, jobs: list[LayerJob], *, seed: int = 0,
             n_words = math.ceil(job.cout / params.po) * ho * wo
             words = []
             lasts = []
+            limit = 4 * layer_cycles(job.shape, params) + 1000
+            spent = 0
             while ctx.get(dut.busy):
+                spent += 1
+                if spent > limit:
+                    raise AssertionError(f"{job.name}: still busy after {limit} cycles, "
+                                         f"{len(words)} of {n_words} outputs")
                 ready = not (rng.random() < stall)
                 ctx.set(dut.o.ready, int(ready))
                 valid = ctx.get(dut.o.valid)

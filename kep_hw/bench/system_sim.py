@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 
 def write_system_verilog(plan: NetworkPlan, *, streamed: bool, out_dir: Path,
-                         px: int = 1, divisor: int | None = None) -> Path:
+                         px: int = 1, divisor: int | None = None,
+                         rq_lanes: int | None = None, lut_pes: int = 0) -> Path:
     """Write ``kep_system.v`` for ``plan`` (UART ``divisor``, default the sim divisor, and the
     sim timeout) into a folder named by the hash of the Verilog under ``out_dir``; returns the
     file."""
@@ -44,7 +45,8 @@ def write_system_verilog(plan: NetworkPlan, *, streamed: bool, out_dir: Path,
 
     from kep_hw.system.top import SIM_BYTE_TIMEOUT, SIM_DIVISOR, KepSystem
     top = KepSystem(plan, streamed=streamed, divisor=divisor or SIM_DIVISOR, clk_hz=100e6,
-                    byte_timeout=max(SIM_BYTE_TIMEOUT, 40 * (divisor or 0)), px=px)
+                    byte_timeout=max(SIM_BYTE_TIMEOUT, 40 * (divisor or 0)), px=px,
+                    rq_lanes=rq_lanes, lut_pes=lut_pes)
     text = verilog.convert(top, name="kep_system")
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     folder = Path(out_dir) / f"system-{digest}"
@@ -69,6 +71,9 @@ class SimBoard:
         Seconds to wait for the simulation to open its pseudo-terminal.
     px : int
         Output pixels per engine block (``plan.po * px`` PEs).
+    rq_lanes, lut_pes : int, optional
+        Requantization lanes and PEs with a logic multiplier
+        (:class:`kep_hw.gateware.params.EngineParams`).
     divisor : int, optional
         UART cycles per bit (default :data:`kep_hw.system.top.SIM_DIVISOR`); a board's real
         divisor (10 for 3 Mbaud at 30 MHz) makes the simulated UART take its real share of
@@ -80,8 +85,10 @@ class SimBoard:
 
     def __init__(self, plan: NetworkPlan, *, streamed: bool = False,
                  build_root: str | os.PathLike = "sim_build", start_timeout: float = 900.0,
-                 px: int = 1, divisor: int | None = None, tx_log=None):
+                 px: int = 1, divisor: int | None = None, tx_log=None,
+                 rq_lanes: int | None = None, lut_pes: int = 0):
         self.plan, self.streamed, self.px = plan, streamed, px
+        self.rq_lanes, self.lut_pes = rq_lanes, lut_pes
         self.divisor, self.tx_log = divisor, tx_log
         self.build_root = Path(build_root)
         self.start_timeout = start_timeout
@@ -107,6 +114,7 @@ class SimBoard:
         t = time.monotonic()
         vfile = write_system_verilog(self.plan, streamed=self.streamed,
                                      out_dir=self.build_root, px=self.px,
+                                     rq_lanes=self.rq_lanes, lut_pes=self.lut_pes,
                                      divisor=self.divisor)
         self._info(f"system Verilog: {vfile} ({time.monotonic() - t:.1f} s)")
         self.build_dir = vfile.parent / "verilator"

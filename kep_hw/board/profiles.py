@@ -36,8 +36,10 @@ class BoardProfile:
     ``device``, ``program`` (openFPGALoader arguments before the bitstream), ``clk_resource``,
     ``clk_mhz`` (oscillator), ``default_mhz`` (core clock), ``uart`` (dict), ``luts``, ``dsps``,
     ``brams``, ``default_pes``, ``weights`` (``"embedded"`` or ``"stream"``), and the optional
-    ``default_px`` (``[defaults] px``, output pixels per engine block, 1) and
-    ``default_lanes`` (``[defaults] lanes``, G, 4).
+    ``default_px`` (``[defaults] px``, output pixels per engine block, 1),
+    ``default_lanes`` (``[defaults] lanes``, G, 4), ``default_rq_lanes`` (``[defaults]
+    rq_lanes``, the requantization lanes L, default G) and ``default_lut_pes``
+    (``[defaults] lut_pes``, PEs with a multiplier in logic, 0).
     """
     name: str
     description: str
@@ -55,6 +57,14 @@ class BoardProfile:
     weights: str = "stream"
     default_px: int = 1
     default_lanes: int = 4
+    default_rq_lanes: int | None = None
+    default_lut_pes: int = 0
+
+    def rq_lanes_for(self, lanes: int) -> int:
+        """The requantization lanes L of an engine with ``lanes`` = G: the profile's, when it
+        divides G, else G."""
+        L = self.default_rq_lanes
+        return L if L is not None and lanes % L == 0 else lanes
 
     @property
     def baud(self) -> int:
@@ -160,7 +170,7 @@ def parse_profile(text: str, where: str = "<text>") -> BoardProfile:
                 "clock": ("resource", "freq_mhz", "default_mhz"),
                 "uart": ("resource", "tx_enable", "baud", "rx_pin", "tx_pin", "io_type"),
                 "budget": ("luts", "dsps", "brams"),
-                "defaults": ("pes", "px", "lanes", "weights")}
+                "defaults": ("pes", "px", "lanes", "rq_lanes", "lut_pes", "weights")}
     for section, keys in sections.items():
         table = data if not section else _require(data, section, dict, where)
         unknown = sorted(set(table) - set(keys))
@@ -202,7 +212,15 @@ def parse_profile(text: str, where: str = "<text>") -> BoardProfile:
                            optional=1),
         default_lanes=_number(defaults, "lanes", where, low=1, high=_MAX_PES, integer=True,
                               optional=4),
+        default_rq_lanes=_number(defaults, "rq_lanes", where, low=0, high=_MAX_PES,
+                                 integer=True, optional=0) or None,
+        default_lut_pes=_number(defaults, "lut_pes", where, low=0, high=_MAX_PES,
+                                integer=True, optional=0),
     )
+    if prof.default_rq_lanes is not None and prof.default_lanes % prof.default_rq_lanes:
+        raise KepError(f"board profile {where}: defaults.rq_lanes must divide lanes")
+    if prof.default_lut_pes > prof.default_pes:
+        raise KepError(f"board profile {where}: defaults.lut_pes must be at most pes")
     if prof.default_pes % prof.default_px or (prof.default_pes // prof.default_px) \
             % prof.default_lanes:
         raise KepError(f"board profile {where}: defaults.pes must be a multiple of px x lanes")

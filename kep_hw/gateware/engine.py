@@ -10,15 +10,23 @@ windows, the sequencer and MAC array here consume one kept element per PE and cy
 pixel) while the next block is computed. Ports, layouts, addresses and configuration
 registers: ``docs/accelerator.md``.
 
+Read ports: every memory port of the engine (``act``, ``res``, ``wt``, ``prm``) delivers its data
+:data:`READ_LATENCY` = 2 cycles after the address: the block RAM's synchronous read plus a
+register right after it (:func:`connect_read`), so no path runs from a block RAM's output
+(5.8 ns clock-to-data on the ECP5) through logic into a multiplier or an adder.
+
 MAC pipeline (one (channel, element) per cycle, all PEs in lock step):
 
-- S0: weight address ``wptr`` presented (read latency 1); the 3x3 window of every pixel of the
-  block for the current channel registered.
-- S1: weight word arrives; each PE selects its operand with a 9:1 mux by its index (or by the
-  element counter in dense mode) and registers operand and value.
-- S2: each PE registers ``value * operand`` (one 8x8 multiplier).
-- S3: accumulate (``bias + product`` on the first element of a block); on the last element the
-  P sums go to the shadow register (the requantization unit's input).
+- S0: weight address ``wptr`` presented; the 3x3 window of every pixel of the block for the
+  current channel registered.
+- S1: the weight word is on its way (read latency 2); window and control move on.
+- S2: weight word arrives; each PE selects its operand with a 9:1 mux by its index (or by the
+  element counter in dense mode) and presents value and operand to its multiplier
+  (:class:`kep_hw.gateware.mul.Multiplier`: a DSP block with its input and output registers,
+  or logic for the last ``lut_pes`` PEs; two cycles either way).
+- S3: the multipliers' input registers.
+- S4: the product arrives; accumulate (``bias + product`` on the first element of a block);
+  on the last element the P sums go to the shadow register (the requantization unit's input).
 """
 
 from __future__ import annotations
@@ -29,12 +37,23 @@ from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 
 from kep_hw.gateware.fetch import WindowFetcher
+from kep_hw.gateware.mul import Multiplier
 from kep_hw.gateware.layouts import (ParamWord, acc_word, act_word, out_word, weight_word,
                                      window_cols)
 from kep_hw.gateware.params import EngineParams, check_params
 from kep_hw.gateware.requant import Requant
 
-__all__ = ["Engine"]
+__all__ = ["READ_LATENCY", "connect_read", "Engine"]
+
+#: cycles from a read port's address to its data, for every port of the engine
+READ_LATENCY = 2
+
+
+def connect_read(m: Module, mem_port, port) -> None:
+    """Connect a memory's read port (latency 1) to an engine port (:data:`READ_LATENCY`):
+    address and enable through, data through a register."""
+    m.d.comb += [mem_port.addr.eq(port.addr), mem_port.en.eq(port.en)]
+    m.d.sync += port.data.eq(mem_port.data)
 
 
 class _State(enum.Enum, shape=3):
@@ -62,7 +81,7 @@ class Engine(wiring.Component):
     busy : Out(1)
         High until the layer's last output has been transferred.
     act, res, wt, prm : In(ReadPort.Signature)
-        Read ports (the engine drives addr/en, data one cycle later).
+        Read ports (the engine drives addr/en, data :data:`READ_LATENCY` cycles later).
     o : Out(stream.Signature(out_word))
         Outputs in group / row / column order.
     """
@@ -143,22 +162,27 @@ class Engine(wiring.Component):
         s1_res = Signal(p.act_bits)
         s1_nv = Signal(range(PX + 1))
         s1_win = Signal(wl)
-        s2_valid = Signal()
+        s2_valid = Signal()               # S1 -> S2: waiting for the weight word
         s2_first = Signal()
         s2_last = Signal()
         s2_final = Signal()
+        s2_j = Signal(4)
+        s2_zero = Signal()
         s2_res = Signal(p.act_bits)
         s2_nv = Signal(range(PX + 1))
-        s2_zero = Signal()
-        s2_val = Signal(data.ArrayLayout(signed(8), PO))
-        s2_opd = Signal(data.ArrayLayout(signed(8), P))
+        s2_win = Signal(wl)
         s3_valid = Signal()
         s3_first = Signal()
         s3_last = Signal()
         s3_final = Signal()
         s3_res = Signal(p.act_bits)
         s3_nv = Signal(range(PX + 1))
-        s3_prod = Signal(data.ArrayLayout(signed(16), P))
+        s4_valid = Signal()
+        s4_first = Signal()
+        s4_last = Signal()
+        s4_final = Signal()
+        s4_res = Signal(p.act_bits)
+        s4_nv = Signal(range(PX + 1))
         acc = Signal(data.ArrayLayout(signed(32), P))
         shadow_full = Signal()
         shadow = Signal(acc_word(p))
@@ -179,7 +203,7 @@ class Engine(wiring.Component):
             end_c.eq(c == win.payload.nch - 1),
             last_mac.eq(win.payload.last & end_c & end_j),
             block.eq(shadow_full | (s1_valid & s1_last) | (s2_valid & s2_last)
-                     | (s3_valid & s3_last)),
+                     | (s3_valid & s3_last) | (s4_valid & s4_last)),
             issue.eq((state == _State.RUN) & win.valid & ~(last_mac & block)),
             win.ready.eq(issue & end_c & end_j),
             self.wt.en.eq(1),
@@ -249,46 +273,57 @@ class Engine(wiring.Component):
                     with m.Else():
                         m.d.sync += state.eq(_State.DRAIN)
 
-        # S1 -> S2: operand select (PE q*Po + o: pixel q, output channel o)
+        # S1 -> S2: the weight word is read (latency 2)
         m.d.sync += [s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last),
-                     s2_final.eq(s1_final), s2_res.eq(s1_res), s2_zero.eq(s1_zero),
-                     s2_nv.eq(s1_nv)]
+                     s2_final.eq(s1_final), s2_j.eq(s1_j), s2_zero.eq(s1_zero), s2_res.eq(s1_res),
+                     s2_nv.eq(s1_nv), s2_win.eq(s1_win)]
+
+        # S2: operand select (PE q*Po + o: pixel q, output channel o) into the multipliers;
+        # S3, S4: multiply (two cycles: the multipliers' input and output registers)
+        m.d.sync += [s3_valid.eq(s2_valid), s3_first.eq(s2_first), s3_last.eq(s2_last),
+                     s3_final.eq(s2_final), s3_res.eq(s2_res), s3_nv.eq(s2_nv),
+                     s4_valid.eq(s3_valid), s4_first.eq(s3_first), s4_last.eq(s3_last),
+                     s4_final.eq(s3_final), s4_res.eq(s3_res), s4_nv.eq(s3_nv)]
+        prods = []
         for o in range(PO):
             sel = Signal(4, name=f"sel{o}")
-            m.d.comb += sel.eq(Mux(cfg.dense, s1_j, self.wt.data[o].index))
-            m.d.sync += s2_val[o].eq(self.wt.data[o].value)
+            val = Signal(signed(8), name=f"val{o}")
+            m.d.comb += [sel.eq(Mux(cfg.dense, s2_j, self.wt.data[o].index)),
+                         val.eq(Mux(s2_zero, 0, self.wt.data[o].value))]
             for q in range(PX):
-                m.d.sync += s2_opd[q * PO + o].eq(s1_win[q].as_value().word_select(sel, 8))
+                pe = q * PO + o
+                mul = Multiplier(signed(8), signed(8),
+                                 impl="lut" if pe >= P - p.lut_pes else "dsp")
+                m.submodules[f"mul{pe}"] = mul
+                m.d.comb += [mul.a.eq(val), mul.b.eq(s2_win[q].as_value().word_select(sel, 8))]
+                prods.append((pe, mul.p))
+        prods = [v for _, v in sorted(prods, key=lambda t: t[0])]
 
-        # S2 -> S3: multiply
-        m.d.sync += [s3_valid.eq(s2_valid), s3_first.eq(s2_first), s3_last.eq(s2_last),
-                     s3_final.eq(s2_final), s3_res.eq(s2_res), s3_nv.eq(s2_nv)]
-        for pe in range(P):
-            m.d.sync += s3_prod[pe].eq(Mux(s2_zero, 0, s2_val[pe % PO] * s2_opd[pe]))
-
-        # S3: accumulate, shadow
+        # S4: accumulate, shadow
         for pe in range(P):
             nxt = Signal(signed(32), name=f"acc_next{pe}")
-            m.d.comb += nxt.eq(Mux(s3_first, prm_regs[pe % PO].bias, acc[pe]) + s3_prod[pe])
-            with m.If(s3_valid):
+            m.d.comb += nxt.eq(Mux(s4_first, prm_regs[pe % PO].bias, acc[pe]) + prods[pe])
+            with m.If(s4_valid):
                 m.d.sync += acc[pe].eq(nxt)
-                with m.If(s3_last):
+                with m.If(s4_last):
                     m.d.sync += shadow.acc[pe].eq(nxt)
-        with m.If(s3_valid & s3_last):
-            m.d.sync += [shadow_full.eq(1), shadow.res_addr.eq(s3_res),
-                         shadow.last.eq(s3_final), shadow.nv.eq(s3_nv)]
+        with m.If(s4_valid & s4_last):
+            m.d.sync += [shadow_full.eq(1), shadow.res_addr.eq(s4_res),
+                         shadow.last.eq(s4_final), shadow.nv.eq(s4_nv)]
         m.d.comb += [rq.i.valid.eq(shadow_full), rq.i.payload.eq(shadow)]
         with m.If(rq.i.valid & rq.i.ready):
             m.d.sync += shadow_full.eq(0)
 
-        # parameter load for a group: Po reads, data one cycle later
+        # parameter load for a group: Po reads, data READ_LATENCY cycles later
         ld_n = Signal(range(PO + 1))
         ld_d = Signal(range(PO + 1))
+        ld_d2 = Signal(range(PO + 1))
         ld_v = Signal()
+        ld_v2 = Signal()
         m.d.comb += self.prm.addr.eq(prm_ptr + ld_n)
-        m.d.sync += [ld_v.eq(0), ld_d.eq(ld_n)]
-        with m.If(ld_v):
-            with m.Switch(ld_d):
+        m.d.sync += [ld_v.eq(0), ld_d.eq(ld_n), ld_v2.eq(ld_v), ld_d2.eq(ld_d)]
+        with m.If(ld_v2):
+            with m.Switch(ld_d2):
                 for o in range(PO):
                     with m.Case(o):
                         m.d.sync += prm_regs[o].eq(self.prm.data)
@@ -305,12 +340,13 @@ class Engine(wiring.Component):
                     ]
                     m.d.comb += fetch.start.eq(1)
             with m.Case(_State.DRAIN):
-                with m.If(~s1_valid & ~s2_valid & ~s3_valid & ~shadow_full & ~rq.busy):
+                with m.If(~s1_valid & ~s2_valid & ~s3_valid & ~s4_valid & ~shadow_full
+                          & ~rq.busy):
                     m.d.sync += [state.eq(_State.LOAD), ld_n.eq(0)]
             with m.Case(_State.LOAD):
                 with m.If(ld_n != PO):
                     m.d.sync += [ld_n.eq(ld_n + 1), ld_v.eq(1)]
-                with m.Elif(~ld_v):
+                with m.Elif(~ld_v & ~ld_v2):
                     m.d.sync += state.eq(_State.RUN)
             with m.Case(_State.FINISH):
                 with m.If(self.o.valid & self.o.ready & self.o.payload.last):

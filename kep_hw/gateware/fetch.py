@@ -44,7 +44,8 @@ class WindowFetcher(wiring.Component):
     start : In(1)
         Starts a layer.
     act : In(ReadPort.Signature)
-        Activation read port (data one cycle after addr).
+        Activation read port (data two cycles after addr:
+        :data:`kep_hw.gateware.engine.READ_LATENCY`).
     o : Out(stream.Signature(window_word))
         Windows in loop order.
     """
@@ -153,24 +154,37 @@ class WindowFetcher(wiring.Component):
             end_r.eq(~k3 | (r == 2)),
         ]
         issue = Signal()
+        # a buffer whose last read is issued but not yet written back is taken too (a 1x1
+        # window is one read: the next one must not reuse the buffer in the read latency)
+        inflight = Signal(2)
         m.d.comb += [
-            issue.eq(run & ~full.bit_select(wr, 1)),
+            issue.eq(run & ~(full | inflight).bit_select(wr, 1)),
             self.act.en.eq(1),
             self.act.addr.eq(ca),
         ]
 
-        # read data stage (one cycle after issue)
+        # read data stage (READ_LATENCY = 2 cycles after issue: f1, then f2)
+        f0_valid = Signal()
+        f0_inb = Signal()
+        f0_slot = Signal(range(3 * NC))
+        f0_buf = Signal()
+        f0_end = Signal()
         f1_valid = Signal()
         f1_inb = Signal()
         f1_slot = Signal(range(3 * NC))
         f1_buf = Signal()
         f1_end = Signal()
         m.d.sync += [
-            f1_valid.eq(issue),
-            f1_inb.eq(inb),
-            f1_slot.eq(slot),
-            f1_buf.eq(wr),
-            f1_end.eq(end_r & end_c),
+            f0_valid.eq(issue),
+            f0_inb.eq(inb),
+            f0_slot.eq(slot),
+            f0_buf.eq(wr),
+            f0_end.eq(end_r & end_c),
+            f1_valid.eq(f0_valid),
+            f1_inb.eq(f0_inb),
+            f1_slot.eq(f0_slot),
+            f1_buf.eq(f0_buf),
+            f1_end.eq(f0_end),
         ]
         for b in range(2):
             with m.If(f1_valid & (f1_buf == b)):
@@ -184,7 +198,8 @@ class WindowFetcher(wiring.Component):
             set_full.eq((f1_valid & f1_end) << f1_buf),
             clr_full.eq(pop << rd),
         ]
-        m.d.sync += full.eq((full | set_full) & ~clr_full)
+        m.d.sync += [full.eq((full | set_full) & ~clr_full),
+                     inflight.eq((inflight | ((issue & end_r & end_c) << wr)) & ~set_full)]
 
         # loop advance
         nch = Signal(range(G + 1))
@@ -240,7 +255,7 @@ class WindowFetcher(wiring.Component):
             m.d.sync += [
                 init.eq(1), g.eq(0), oy.eq(0), ox.eq(0), iw.eq(0), ch_left.eq(cfg.cin),
                 r.eq(0), c.eq(0), cx.eq(0), iy0.eq(-cfg.pad), ix0.eq(-cfg.pad),
-                full.eq(0), wr.eq(0), rd.eq(0),
+                full.eq(0), inflight.eq(0), wr.eq(0), rd.eq(0),
             ]
         with m.If(init):
             m.d.sync += [init.eq(0), run.eq(1), prow.eq(base), pa.eq(base), ra.eq(base),

@@ -41,6 +41,15 @@ class EngineParams:
         Largest input height and width.
     act_depth, wt_depth, prm_depth : int
         Words of the activation (+ residual), weight and parameter address spaces.
+    px : int
+        Px, output pixels per block (the PEs' split ``P = Po x Px``).
+    rq_lanes : int, optional
+        L, lanes of the requantization unit (outputs per cycle); it runs once per output, not
+        per MAC, so it needs only ``nv * Po / L`` cycles per block of ``nv`` pixels; divides
+        ``lanes`` (default: ``lanes``).
+    lut_pes : int
+        PEs whose multiplier is built from logic instead of a DSP block
+        (:mod:`kep_hw.gateware.mul`), for more PEs than the chip has DSPs (default 0).
     """
 
     pes: int = 16
@@ -52,10 +61,14 @@ class EngineParams:
     wt_depth: int = 4096
     prm_depth: int = 256
     px: int = 1
+    rq_lanes: int | None = None
+    lut_pes: int = 0
 
     def __post_init__(self):
+        if self.rq_lanes is None:
+            object.__setattr__(self, "rq_lanes", self.lanes)
         for name in ("pes", "lanes", "max_cin", "max_cout", "max_hw", "act_depth", "wt_depth",
-                     "prm_depth", "px"):
+                     "prm_depth", "px", "rq_lanes"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -64,6 +77,12 @@ class EngineParams:
         if self.po % self.lanes:
             raise ValueError(f"pes / px ({self.po!r}) must be a multiple of lanes "
                              f"({self.lanes!r})")
+        if self.lanes % self.rq_lanes:
+            raise ValueError(f"rq_lanes ({self.rq_lanes!r}) must divide lanes "
+                             f"({self.lanes!r})")
+        if not isinstance(self.lut_pes, int) or isinstance(self.lut_pes, bool) \
+                or not 0 <= self.lut_pes <= self.pes:
+            raise ValueError(f"lut_pes must be an integer in [0, pes], got {self.lut_pes!r}")
         if self.px > 16:
             raise ValueError(f"px must be at most 16, got {self.px!r}")
         if self.max_hw > 255 or max(self.max_cin, self.max_cout) > 1023:
@@ -83,9 +102,9 @@ class EngineParams:
         (one transfer per output pixel and group); only the cycle counts differ. Host code that
         packs words from ``pes`` (e.g. :func:`kep_hw.host.driver.layer_program`) gets this engine.
         """
-        if self.px == 1:
+        if self.px == 1 and self.lut_pes == 0:
             return self
-        return dataclasses.replace(self, pes=self.po, px=1)
+        return dataclasses.replace(self, pes=self.po, px=1, lut_pes=0)
 
     # field widths
     @property

@@ -6,7 +6,7 @@ Per output-channel group the engine loads Po parameter words, then computes ever
 block takes one MAC cycle per (input channel, kept element). The window fetcher supplies a
 block window (G channels) every ``k * ncols`` cycles (``ncols = (nv-1)*stride + 3`` for 3x3,
 ``nv`` for 1x1) from a two-entry FIFO, so a channel word costs ``max(nch * K, k * ncols)``
-cycles, and the requantization unit needs ``nv * Po/G`` issue cycles per block. Between groups
+cycles (or half of both plus the FIFO's loop latency when they are close), and the requantization unit needs ``nv * Po/G`` issue cycles per block. Between groups
 the pipeline drains before the next parameters load.
 """
 
@@ -19,13 +19,18 @@ from kep_hw.gateware.params import EngineParams
 
 __all__ = ["LayerShape", "layer_cycles", "block_cycles", "ideal_cycles", "useful_macs"]
 
-# pipeline constants, from the RTL (see the docstrings of engine.py / requant.py / fetch.py)
+# pipeline constants, from the RTL (see the docstrings of engine.py / requant.py / fetch.py;
+# every memory read takes READ_LATENCY = 2 cycles, the MAC pipeline S0-S4 and the
+# requantization pipeline R0-R7)
 _START = 3          # start -> LOAD, LOAD -> RUN hand-over
-_DRAIN = 7          # last MAC of a group -> next LOAD: S1-S3, shadow, requant issue
-                    # (nv * Po/G cycles, added below) and its pipeline
-_END = 5            # last MAC of the layer -> last output transferred (+ nv * Po/G)
-_RQ_EXTRA = 4       # a block's shadow register is free nv * Po/G + 4 cycles after its
+_DRAIN = 12         # last MAC of a group -> next LOAD: S1-S4, shadow, requant issue
+                    # (nv * Po/L cycles, added below) and its pipeline R1-R7
+_END = 10           # last MAC of the layer -> last output transferred (+ nv * Po/L)
+_RQ_EXTRA = 5       # a block's shadow register is free nv * Po/L + 5 cycles after its
                     # last MAC
+_LOAD_EXTRA = 3     # Po parameter reads, the last one's data READ_LATENCY cycles later
+_FETCH_EXTRA = 4    # the first window is complete k * ncols + 4 cycles after start
+_FIFO_LOOP = 2      # two windows in flight: fetch + MAC + 2 cycles for both (on average)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +93,9 @@ def ideal_cycles(shape, params) -> float:
     return sum(useful_macs(s) for s in shapes) / pes
 
 
-def block_cycles(shape: LayerShape, params: EngineParams, nv: int) -> int:
-    """Cycles of one block of ``nv`` output pixels (MAC-, fetch- or requantization-bound)."""
+def block_cycles(shape: LayerShape, params: EngineParams, nv: int) -> float:
+    """Cycles of one block of ``nv`` output pixels (MAC-, fetch- or requantization-bound; a
+    mean, so it may be fractional)."""
     G = params.lanes
     keff = max(shape.kept, 1)
     if shape.k == 3:
@@ -100,9 +106,11 @@ def block_cycles(shape: LayerShape, params: EngineParams, nv: int) -> int:
     left = shape.cin
     while left > 0:
         nch = min(G, left)
-        cyc += max(nch * keff, fetch)
+        # a window buffer is free again only after the MACs of the window before the last
+        # one; the window's data lands READ_LATENCY + 1 cycles after its last read
+        cyc += max(nch * keff, fetch, (fetch + nch * keff + _FIFO_LOOP) / 2)
         left -= nch
-    return max(cyc, nv * (params.po // G) + _RQ_EXTRA)
+    return max(cyc, nv * (params.po // params.rq_lanes) + _RQ_EXTRA)
 
 
 def layer_cycles(shape: LayerShape, params: EngineParams) -> int:
@@ -127,11 +135,11 @@ def layer_cycles(shape: LayerShape, params: EngineParams) -> int:
     row = full * block_cycles(shape, params, PX)
     if rest:
         row += block_cycles(shape, params, rest)
-    load = PO + 2
-    rq_last = (rest or PX) * (PO // params.lanes)     # requant issue of a row's last block
-    # the first window arrives k * ncols + 3 cycles after start; the first MAC waits for it
+    load = PO + _LOAD_EXTRA
+    rq_last = (rest or PX) * (PO // params.rq_lanes)  # requant issue of a row's last block
+    # the first window arrives k * ncols + 4 cycles after start; the first MAC waits for it
     first_fetch = (3 * ((min(PX, wo) - 1) * shape.stride + 3) if shape.k == 3
                    else min(PX, wo))
-    first = max(_START + load, first_fetch + 3)
-    return (first + groups * ho * row + (groups - 1) * (_DRAIN + rq_last + load)
-            + _END + rq_last)
+    first = max(_START + load, first_fetch + _FETCH_EXTRA)
+    return round(first + groups * ho * row + (groups - 1) * (_DRAIN + rq_last + load)
+                 + _END + rq_last)

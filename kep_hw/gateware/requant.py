@@ -7,44 +7,56 @@ Per lane (``docs/arithmetic.md``)::
 
 The input holds the accumulators of a block of ``nv <= Px`` output pixels; pixel ``q`` owns
 accumulators ``q*Po .. q*Po + Po-1`` and its residual word is ``res_addr + q*res_step``.
-Pipeline, one lane group (G output channels of one pixel) issued per cycle:
+The unit has L = ``params.rq_lanes`` lanes (L divides G): it runs once per output, not per MAC,
+so it is sized to the rate it needs. Pipeline, one lane group (L output channels of one pixel)
+issued per cycle, every step registered:
 
-- R0: residual word address ``res_addr + q*res_step + c`` presented; accumulators and
-  parameters of the lane group selected into registers.
-- R1: residual data arrives (read latency 1); ``acc*mult`` (32x16) and ``res*res_mult`` (8x24)
-  registered.
-- R2: sum plus rounding term registered.
-- R3: arithmetic shift, ReLU, saturation written into an output queue slot.
+- R0: residual word address ``res_addr + q*res_step + c // (G/L)`` presented; accumulators
+  and parameters of the lane group selected into registers.
+- R1: ``acc * mult`` as two DSP products, ``acc[15:0] * mult`` and ``acc[31:16] * mult``
+  (:class:`kep_hw.gateware.mul.Multiplier`, two cycles: R1 -> R3).
+- R2: the residual word arrives (read latency 2); the lane's byte into ``res * res_mult``, an
+  8 x 24 product built from logic (two cycles: R2 -> R4).
+- R3: ``acc * mult = (hi << 16) + lo``.
+- R4: ``+ 2**(shift-1)``; the residual product arrives.
+- R5: the sum of both.
+- R6: arithmetic shift.
+- R7: ReLU and saturation written into an output queue slot.
 
-A pixel takes ``Po/G`` issue cycles; pixels issue back to back while the output queue (``D``
-slots, ``D = max(2, ceil((Po/G + 4) / (Po/G)))``, enough for a ready consumer) has a free slot,
-reserved when the pixel's first lane group issues. A pixel is written to the queue ``Po/G + 2``
-cycles after its first issue and offered on ``o`` in the next cycle.
+A pixel takes ``Po/L`` issue cycles; pixels issue back to back while the output queue (``D``
+slots, ``D = max(2, ceil((Po/L + PIPE) / (Po/L)))``, enough for a ready consumer) has a free
+slot, reserved when the pixel's first lane group issues. A pixel is written to the queue
+``Po/L + PIPE - 1`` cycles after its first issue (:data:`PIPE` = 7) and offered on ``o`` in the
+next cycle.
 """
 
 from __future__ import annotations
 
 import math
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 
 from kep_hw.gateware.layouts import ParamWord, acc_word, act_word, out_word
+from kep_hw.gateware.mul import Multiplier
 from kep_hw.gateware.params import EngineParams, check_params
 
-__all__ = ["queue_depth", "Requant"]
+__all__ = ["PIPE", "queue_depth", "Requant"]
+
+#: cycles from a lane group's issue (R0) to its write into the output queue (R7)
+PIPE = 7
 
 
 def queue_depth(params: EngineParams) -> int:
     """Output queue slots of :class:`Requant`."""
-    ng = params.po // params.lanes
-    return max(2, math.ceil((ng + 4) / ng))
+    ng = params.po // params.rq_lanes
+    return max(2, math.ceil((ng + PIPE) / ng))
 
 
 class Requant(wiring.Component):
-    """Requantization of a block's accumulators, G lanes per cycle, one transfer per pixel.
+    """Requantization of a block's accumulators, L lanes per cycle, one transfer per pixel.
 
     Parameters
     ----------
@@ -63,7 +75,8 @@ class Requant(wiring.Component):
     res_step : In(chan_bits)
         Residual words between horizontally adjacent pixels (``cwo``).
     res : In(ReadPort.Signature)
-        Residual read port, data one cycle after addr.
+        Residual read port, data two cycles after addr
+        (:data:`kep_hw.gateware.engine.READ_LATENCY`).
     o : Out(stream.Signature(out_word(Po)))
         int8 outputs, one transfer per pixel.
     busy : Out(1)
@@ -87,8 +100,9 @@ class Requant(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = self.params
-        PO, PX, G = p.po, p.px, p.lanes
-        NG = PO // G
+        PO, PX, G, L = p.po, p.px, p.lanes, p.rq_lanes
+        NG = PO // L                     # lane groups per pixel
+        SUB = G // L                     # lane groups per residual word
         D = queue_depth(p)
 
         c = Signal(range(NG))            # lane group
@@ -99,40 +113,41 @@ class Requant(wiring.Component):
         pix_start = Signal()
         end_pix = Signal()
         end_blk = Signal()
-        r1_valid = Signal()
-        r2_valid = Signal()
-        r3_valid = Signal()
+        valid = [Signal(name=f"r{i}_valid") for i in range(PIPE + 1)]   # valid[i]: R_i
+        end = [Signal(name=f"r{i}_end") for i in range(PIPE + 1)]
+        last = [Signal(name=f"r{i}_last") for i in range(PIPE + 1)]
+        grp = [Signal(range(NG), name=f"r{i}_c") for i in range(PIPE + 1)]
         m.d.comb += [
             issuing.eq(self.i.valid & ((c != 0) | (credits != 0))),
             pix_start.eq(issuing & (c == 0)),
             end_pix.eq(c == NG - 1),
             end_blk.eq(end_pix & (q == self.i.payload.nv - 1)),
-            self.busy.eq((c != 0) | (q != 0) | r1_valid | r2_valid | r3_valid),
+            self.busy.eq((c != 0) | (q != 0) | Cat(*valid[1:]).any()),
             self.res.en.eq(1),
-            self.res.addr.eq(self.i.payload.res_addr + qoff + c),
+            self.res.addr.eq(self.i.payload.res_addr + qoff + (c // SUB if SUB > 1 else c)),
             self.i.ready.eq(issuing & end_blk),
+            valid[0].eq(issuing), end[0].eq(end_pix),
+            last[0].eq(self.i.payload.last & end_blk), grp[0].eq(c),
         ]
+        for i in range(1, PIPE + 1):
+            m.d.sync += [valid[i].eq(valid[i - 1]), end[i].eq(end[i - 1]),
+                         last[i].eq(last[i - 1]), grp[i].eq(grp[i - 1])]
 
-        # R0 -> R1
-        r1_c = Signal(range(NG))
-        r1_end = Signal()
-        r1_last = Signal()
-        r1_acc = Signal(data.ArrayLayout(signed(32), G))
-        r1_prm = Signal(data.ArrayLayout(ParamWord, G))
-        m.d.sync += [r1_valid.eq(issuing), r1_c.eq(c), r1_end.eq(end_pix),
-                     r1_last.eq(self.i.payload.last & end_blk)]
+        # R0 -> R1: the lane group's accumulators and parameters
+        r1_acc = Signal(data.ArrayLayout(signed(32), L))
+        r1_prm = Signal(data.ArrayLayout(ParamWord, L))
         with m.Switch(c):
-            for grp in range(NG):
-                with m.Case(grp):
-                    for lane in range(G):
-                        m.d.sync += r1_prm[lane].eq(self.prm[grp * G + lane])
+            for g in range(NG):
+                with m.Case(g):
+                    for lane in range(L):
+                        m.d.sync += r1_prm[lane].eq(self.prm[g * L + lane])
         sel = Signal(range(PX * NG))
         m.d.comb += sel.eq(q * NG + c)
         with m.Switch(sel):
             for n in range(PX * NG):
                 with m.Case(n):
-                    for lane in range(G):
-                        m.d.sync += r1_acc[lane].eq(self.i.payload.acc[n * G + lane])
+                    for lane in range(L):
+                        m.d.sync += r1_acc[lane].eq(self.i.payload.acc[n * L + lane])
         with m.If(issuing):
             with m.If(~end_pix):
                 m.d.sync += c.eq(c + 1)
@@ -143,39 +158,61 @@ class Requant(wiring.Component):
                 with m.Else():
                     m.d.sync += [q.eq(q + 1), qoff.eq(qoff + self.res_step)]
 
-        # R1 -> R2: products
-        r2_c = Signal(range(NG))
-        r2_end = Signal()
-        r2_last = Signal()
-        r2_pm = [Signal(signed(49), name=f"r2_pm{lane}") for lane in range(G)]
-        r2_pr = [Signal(signed(33), name=f"r2_pr{lane}") for lane in range(G)]
-        r2_shift = [Signal(6, name=f"r2_shift{lane}") for lane in range(G)]
-        m.d.sync += [r2_valid.eq(r1_valid), r2_c.eq(r1_c), r2_end.eq(r1_end),
-                     r2_last.eq(r1_last)]
-        for lane in range(G):
+        # parameters travel with their lane group (R1 -> R2 -> ...)
+        def delayed(sig, n, name):
+            out = sig
+            for k in range(n):
+                nxt = Signal.like(sig, name=f"{name}_d{k + 1}")
+                m.d.sync += nxt.eq(out)
+                out = nxt
+            return out
+
+        ys = []
+        for lane in range(L):
+            prm = r1_prm[lane]
+            acc = r1_acc[lane]
+            # R1 -> R3: acc * mult as two products
+            lo = Multiplier(unsigned(16), unsigned(16), impl="dsp")
+            hi = Multiplier(signed(16), unsigned(16), impl="dsp")
+            m.submodules[f"mul_lo{lane}"] = lo
+            m.submodules[f"mul_hi{lane}"] = hi
+            m.d.comb += [lo.a.eq(acc[:16]), lo.b.eq(prm.mult),
+                         hi.a.eq(acc[16:]), hi.b.eq(prm.mult)]
+            # R2 -> R4: res * res_mult (the residual word arrived in R2)
+            sub = delayed(grp[1], 1, f"sub{lane}")              # lane group in R2
+            rm = delayed(prm.res_mult, 1, f"rm{lane}")
             res = Signal(signed(8), name=f"res{lane}")
-            m.d.comb += res.eq(Mux(self.residual, self.res.data[lane], 0))
-            m.d.sync += [
-                r2_pm[lane].eq(r1_acc[lane] * r1_prm[lane].mult),
-                r2_pr[lane].eq(res * r1_prm[lane].res_mult),
-                r2_shift[lane].eq(r1_prm[lane].shift),
-            ]
-
-        # R2 -> R3: sum and rounding
-        r3_c = Signal(range(NG))
-        r3_end = Signal()
-        r3_last = Signal()
-        r3_sum = [Signal(signed(52), name=f"r3_sum{lane}") for lane in range(G)]
-        r3_shift = [Signal(6, name=f"r3_shift{lane}") for lane in range(G)]
-        m.d.sync += [r3_valid.eq(r2_valid), r3_c.eq(r2_c), r3_end.eq(r2_end),
-                     r3_last.eq(r2_last)]
-        for lane in range(G):
+            word = self.res.data
+            if SUB > 1:
+                choices = [word[k * L + lane] for k in range(SUB)]
+                pick = choices[0]
+                for k in range(1, SUB):
+                    pick = Mux((sub % SUB) == k, choices[k], pick)
+            else:
+                pick = word[lane]
+            m.d.comb += res.eq(Mux(self.residual, pick, 0))
+            rmul = Multiplier(signed(8), unsigned(24), impl="lut")
+            m.submodules[f"mul_res{lane}"] = rmul
+            m.d.comb += [rmul.a.eq(res), rmul.b.eq(rm)]
+            # R3 -> R4: (hi << 16) + lo
+            r4_pm = Signal(signed(50), name=f"r4_pm{lane}")
+            m.d.sync += r4_pm.eq((hi.p << 16) + lo.p)
+            # R4 -> R5: + rounding term; R5 -> R6: + residual product
+            shift3 = delayed(prm.shift, 3, f"shift{lane}")       # in R4
             rnd = Signal(48, name=f"rnd{lane}")
-            m.d.comb += rnd.eq((Const(1, 48) << r2_shift[lane]) >> 1)
-            m.d.sync += [r3_sum[lane].eq(r2_pm[lane] + r2_pr[lane] + rnd),
-                         r3_shift[lane].eq(r2_shift[lane])]
+            m.d.comb += rnd.eq((Const(1, 48) << shift3) >> 1)
+            r5_pm = Signal(signed(51), name=f"r5_pm{lane}")
+            r5_pr = Signal(signed(34), name=f"r5_pr{lane}")
+            m.d.sync += [r5_pm.eq(r4_pm + rnd), r5_pr.eq(rmul.p)]
+            r6_sum = Signal(signed(52), name=f"r6_sum{lane}")
+            m.d.sync += r6_sum.eq(r5_pm + r5_pr)
+            # R6 -> R7: arithmetic shift
+            shift5 = delayed(shift3, 2, f"shift{lane}_r6")       # in R6
+            r7_z = Signal(signed(52), name=f"r7_z{lane}")
+            m.d.sync += r7_z.eq(r6_sum >> shift5)
+            ys.append(r7_z)
 
-        # R3: shift, ReLU, saturation into the output queue slot ``wp``
+        # R7: ReLU, saturation into the output queue slot ``wp``
         ow = out_word(PO)
         queue = Signal(data.ArrayLayout(ow, D))
         wp = Signal(range(D))
@@ -183,31 +220,28 @@ class Requant(wiring.Component):
         count = Signal(range(D + 1))
         push = Signal()
         pop = Signal()
+        v7, e7, l7, c7 = valid[PIPE], end[PIPE], last[PIPE], grp[PIPE]
         m.d.comb += [
-            push.eq(r3_valid & r3_end),
+            push.eq(v7 & e7),
             pop.eq(self.o.valid & self.o.ready),
             self.o.valid.eq(count != 0),
             self.o.payload.as_value().eq(queue.as_value().word_select(rp, ow.size)),
         ]
-        with m.If(r3_valid):
-            for lane in range(G):
-                z = Signal(signed(52), name=f"z{lane}")
+        with m.If(v7):
+            for lane, z in enumerate(ys):
                 y = Signal(signed(8), name=f"y{lane}")
-                m.d.comb += [
-                    z.eq(r3_sum[lane] >> r3_shift[lane]),
-                    y.eq(Mux(self.relu & (z < 0), 0,
-                             Mux(z > 127, 127, Mux(z < -128, -128, z)))),
-                ]
+                m.d.comb += y.eq(Mux(self.relu & (z < 0), 0,
+                                     Mux(z > 127, 127, Mux(z < -128, -128, z))))
                 for d in range(D):
                     with m.If(wp == d):
-                        with m.Switch(r3_c):
-                            for grp in range(NG):
-                                with m.Case(grp):
-                                    m.d.sync += queue[d].data[grp * G + lane].eq(y)
-            with m.If(r3_end):
+                        with m.Switch(c7):
+                            for g in range(NG):
+                                with m.Case(g):
+                                    m.d.sync += queue[d].data[g * L + lane].eq(y)
+            with m.If(e7):
                 for d in range(D):
                     with m.If(wp == d):
-                        m.d.sync += queue[d].last.eq(r3_last)
+                        m.d.sync += queue[d].last.eq(l7)
         with m.If(push):
             m.d.sync += wp.eq(Mux(wp == D - 1, 0, wp + 1))
         with m.If(pop):

@@ -50,7 +50,9 @@ def params_from_args(args) -> EngineParams:
         return EngineParams(pes=pes, px=px, lanes=args.lanes, max_cin=args.max_cin,
                             max_cout=args.max_cout, max_hw=args.max_hw,
                             act_depth=args.act_depth, wt_depth=args.wt_depth,
-                            prm_depth=args.prm_depth)
+                            prm_depth=args.prm_depth,
+                            rq_lanes=getattr(args, "rq_lanes", None),
+                            lut_pes=getattr(args, "lut_pes", 0))
     except ValueError as e:
         raise KepError(str(e)) from None
 
@@ -65,6 +67,10 @@ def add_params_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--px", type=int, default=None,
                     help="Px, output pixels computed at once (same as the x of --pes)")
     ap.add_argument("--lanes", type=int, default=d.lanes, help="channels per activation word G")
+    ap.add_argument("--rq-lanes", type=int, default=None, metavar="L",
+                    help="requantization lanes L, outputs per cycle (divides G; default G)")
+    ap.add_argument("--lut-pes", type=int, default=0, metavar="N",
+                    help="PEs whose multiplier is built from logic instead of a DSP (default 0)")
     ap.add_argument("--max-cin", type=int, default=d.max_cin)
     ap.add_argument("--max-cout", type=int, default=d.max_cout)
     ap.add_argument("--max-hw", type=int, default=d.max_hw)

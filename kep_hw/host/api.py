@@ -409,8 +409,11 @@ def open_board(port: str | None = None, *, sim: bool = False, model, board: str 
                                f"G = {g} (--lanes)")
             plan = plan_network(kep, po=p // px, lanes=g)
             streamed = (weights or profile.weights) == "stream"
-            transport = stack.enter_context(SimBoard(plan, streamed=streamed,
-                                                     build_root=build_root, px=px))
+            lut_pes = profile.default_lut_pes if (p, px) == (profile.default_pes,
+                                                             profile.default_px) else 0
+            transport = stack.enter_context(SimBoard(
+                plan, streamed=streamed, build_root=build_root, px=px,
+                rq_lanes=profile.rq_lanes_for(g), lut_pes=lut_pes))
             link = BoardLink(transport, plan, timeout=600.0 if timeout is None else timeout,
                              image_timeout=image_timeout)
             target = "sim"

@@ -17,6 +17,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 
+from kep_hw.gateware.engine import connect_read
 from kep_hw.gateware.layouts import (PARAM_WORD_BITS, WEIGHT_ELEM_BITS, ParamWord, act_word,
                                      out_word, weight_word)
 from kep_hw.system.plan import NetworkPlan
@@ -41,8 +42,10 @@ class ActivationBuffers(wiring.Component):
     While ``running``: the engine's ``act`` and ``res`` ports read the ``src_buf`` and
     ``res_buf`` buffers, ``wr`` (the output writer) writes the ``dst_buf`` buffer. Every buffer
     not read by the engine is read at ``out``'s address; ``out`` returns the output buffer's
-    data. Reads have a latency of one cycle (the memories' synchronous read ports); the
-    multiplexers are combinational.
+    data. ``out`` reads have a latency of one cycle (the memories' synchronous read ports);
+    the engine's ``act`` and ``res`` reads two (:data:`kep_hw.gateware.engine.READ_LATENCY`):
+    every memory's read data is registered before the multiplexers that select the engine's
+    buffers, so no path runs from a block RAM output through a multiplexer into the engine.
 
     The input buffer is double: two memories, copy ``run_sel`` is the buffer of the run in
     progress (the network reads its image there and may reuse it for later tensors), copy
@@ -108,6 +111,7 @@ class ActivationBuffers(wiring.Component):
             bufs.append(ports)
 
         data = []
+        data_q = []             # the same, registered (the engine's ports)
         for b, ports in enumerate(bufs):
             for c, (rd, wr) in enumerate(ports):
                 with m.If(running & (src == b)):
@@ -124,12 +128,18 @@ class ActivationBuffers(wiring.Component):
                     with m.Elif(self.img_sel == c):
                         m.d.comb += [wr.addr.eq(self.img.addr), wr.data.eq(self.img.data),
                                      wr.en.eq(self.img.en)]
+            regs = []
+            for c, (rd, _) in enumerate(ports):
+                q = Signal.like(rd.data, name=f"act{b}_{c}_q")
+                m.d.sync += q.eq(rd.data)
+                regs.append(q)
             if len(ports) == 2:
                 data.append(Mux(self.run_sel, ports[1][0].data, ports[0][0].data))
+                data_q.append(Mux(self.run_sel, regs[1], regs[0]))
             else:
                 data.append(ports[0][0].data)
-        bufs = [(d, None) for d in data]
-        act_data = Array(d for d, _ in bufs)
+                data_q.append(regs[0])
+        act_data = Array(data_q)
         m.d.comb += [self.act.data.eq(act_data[src]), self.res.data.eq(act_data[res]),
                      self.out.data.eq(data[plan.output_buffer])]
         return m
@@ -221,7 +231,8 @@ class WeightMemories(wiring.Component):
 
     Embedded mode: all layers' words (``plan.layers[n].wt_words`` / ``prm_words`` in layer
     order) as the memories' initial contents. Streamed mode: room for the largest layer, written
-    through ``wt_wr`` and ``prm_wr``. Reads have a latency of one cycle.
+    through ``wt_wr`` and ``prm_wr``. Reads have a latency of two cycles (the read data is
+    registered: :data:`kep_hw.gateware.engine.READ_LATENCY`).
 
     Parameters
     ----------
@@ -269,8 +280,8 @@ class WeightMemories(wiring.Component):
         m.submodules.prm_mem = prm_mem = Memory(shape=unsigned(PARAM_WORD_BITS),
                                                 depth=self.prm_depth, init=prm_init)
         wt_rd, prm_rd = wt_mem.read_port(), prm_mem.read_port()
-        m.d.comb += [wt_rd.addr.eq(self.wt.addr), self.wt.data.eq(wt_rd.data),
-                     prm_rd.addr.eq(self.prm.addr), self.prm.data.eq(prm_rd.data)]
+        connect_read(m, wt_rd, self.wt)
+        connect_read(m, prm_rd, self.prm)
         if self.streamed:
             wt_wr, prm_wr = wt_mem.write_port(), prm_mem.write_port()
             m.d.comb += [wt_wr.addr.eq(self.wt_wr.addr), wt_wr.data.eq(self.wt_wr.data),

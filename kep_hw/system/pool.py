@@ -11,7 +11,8 @@ row or column of the input is not read (``Ho = H // 2``, ``Wo = W // 2``).
 
 First the length of an input row in words, ``W * cw``, is summed in ``W`` cycles (no
 multiplier). Pipeline: read address (cycle ``i``), registered read data (``i + 1``), running
-maximum (``i + 2``), write (``i + 3``, after the fourth word). :func:`pool_cycles` is the count from
+maximum (``i + 2``), write (``i + 3``, after the fourth word); each one cycle later with
+``latency=2``. :func:`pool_cycles` is the count from
 ``start`` to ``busy`` low.
 """
 
@@ -27,10 +28,11 @@ from kep_hw.system.head import drain_states
 __all__ = ["MaxPool", "pool_cycles"]
 
 
-def pool_cycles(words: int, w: int, ho: int, wo: int) -> int:
+def pool_cycles(words: int, w: int, ho: int, wo: int, latency: int = 1) -> int:
     """Cycles of one :class:`MaxPool` run (``start`` cycle included) for ``words`` channel
-    words per pixel, an input ``w`` pixels wide and a ``ho x wo`` output."""
-    return 1 + w + 4 * words * ho * wo + 3
+    words per pixel, an input ``w`` pixels wide and a ``ho x wo`` output, with reads of
+    ``latency`` cycles."""
+    return 1 + w + 4 * words * ho * wo + 2 + latency
 
 
 class MaxPool(wiring.Component):
@@ -45,6 +47,9 @@ class MaxPool(wiring.Component):
     cfg_layout : data.Layout
         The engine's configuration layout: ``cwi`` (channel words per pixel), ``w`` (input
         width), ``ho``, ``wo`` (output size) are used.
+    latency : int
+        Read latency of ``rd`` in cycles (1: a memory's read port; 2: the engine's
+        registered port, :data:`kep_hw.gateware.engine.READ_LATENCY`).
 
     Attributes
     ----------
@@ -54,15 +59,17 @@ class MaxPool(wiring.Component):
         High from the cycle after ``start`` until the last word is written.
     cfg : In(cfg_layout)
     rd : In(ReadPort.Signature)
-        Reads of the source buffer (latency 1).
+        Reads of the source buffer (``latency`` cycles).
     wr : In(WritePort.Signature)
         Writes of the destination buffer.
     """
 
-    def __init__(self, *, lanes: int, addr_width: int, cfg_layout):
+    def __init__(self, *, lanes: int, addr_width: int, cfg_layout, latency: int = 1):
         if not isinstance(lanes, int) or lanes < 1:
             raise ValueError(f"lanes must be a positive integer, got {lanes!r}")
-        self.lanes = lanes
+        if latency not in (1, 2):
+            raise ValueError(f"latency must be 1 or 2, got {latency!r}")
+        self.lanes, self.latency = lanes, latency
         word = unsigned(8 * lanes)
         super().__init__({
             "start": In(1),
@@ -98,7 +105,12 @@ class MaxPool(wiring.Component):
         d_q = Signal(8 * G)
         mx = Signal(8 * G)
         oaddr = Signal(aw)
-        m.d.sync += [v1.eq(issue), first1.eq(issue & (t == 0)), last1.eq(issue & (t == 3)),
+        v0, first0, last0 = issue, issue & (t == 0), issue & (t == 3)
+        if self.latency == 2:      # one more cycle to the read data
+            v0d, first0d, last0d = Signal(), Signal(), Signal()
+            m.d.sync += [v0d.eq(v0), first0d.eq(first0), last0d.eq(last0)]
+            v0, first0, last0 = v0d, first0d, last0d
+        m.d.sync += [v1.eq(v0), first1.eq(first0), last1.eq(last0),
                      v2.eq(v1), first2.eq(first1), last2.eq(last1), last3.eq(last2)]
         with m.If(v1):
             m.d.sync += d_q.eq(self.rd.data)
@@ -137,5 +149,6 @@ class MaxPool(wiring.Component):
                                          row.eq(row + 2 * line)]
                             with m.If(y == cfg.ho - 1):
                                 m.next = "DRAIN0"
-            drain_states(m, self.busy, ["DRAIN0", "DRAIN1", "DRAIN2"], "IDLE")
+            drain_states(m, self.busy, ["DRAIN0", "DRAIN1", "DRAIN2", "DRAIN3"][:2 + self.latency],
+                         "IDLE")
         return m

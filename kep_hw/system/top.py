@@ -31,7 +31,7 @@ from amaranth import Module, Mux
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from kep_hw.gateware.engine import Engine
+from kep_hw.gateware.engine import READ_LATENCY, Engine
 from kep_hw.gateware.params import EngineParams
 from kep_hw.gateware.uart import UARTRx, UARTTx
 from kep_hw.system.buffers import ActivationBuffers, OutputWriter, WeightMemories
@@ -80,6 +80,10 @@ class KepSystem(wiring.Component):
         Output pixels per block of :class:`kep_hw.gateware.engine.Engine`: the engine has
         ``plan.po * px`` PEs, ``plan.po`` (Po) output channels per group. Memory images,
         configuration and output stream are those of ``px = 1``.
+    rq_lanes : int, optional
+        Requantization lanes L of the engine (default ``plan.lanes``).
+    lut_pes : int
+        PEs whose multiplier is built from logic (default 0).
 
     Attributes
     ----------
@@ -93,10 +97,11 @@ class KepSystem(wiring.Component):
     """
 
     def __init__(self, plan: NetworkPlan, *, streamed: bool, divisor: int, clk_hz: float,
-                 byte_timeout: int, px: int = 1):
+                 byte_timeout: int, px: int = 1, rq_lanes: int | None = None,
+                 lut_pes: int = 0):
         if not isinstance(px, int) or px < 1:
             raise ValueError(f"px must be a positive integer, got {px!r}")
-        self.px = px
+        self.px, self.rq_lanes, self.lut_pes = px, rq_lanes, lut_pes
         self.plan, self.streamed, self.divisor = plan, streamed, divisor
         self.clk_hz, self.byte_timeout = clk_hz, byte_timeout
         if plan.image_bytes > MAX_PAYLOAD or plan.result_bytes(True) > MAX_PAYLOAD:
@@ -118,7 +123,8 @@ class KepSystem(wiring.Component):
         maxd = max(max(c["h"], c["w"]) for c in cfgs)
         m.submodules.engine = eng = Engine(EngineParams(
             pes=P * self.px, px=self.px, lanes=G, max_cin=maxc, max_cout=maxc, max_hw=maxd,
-            act_depth=2**bufs.addr_bits, wt_depth=2**wts.wt_bits, prm_depth=2**wts.prm_bits))
+            act_depth=2**bufs.addr_bits, wt_depth=2**wts.wt_bits, prm_depth=2**wts.prm_bits,
+            rq_lanes=self.rq_lanes, lut_pes=self.lut_pes))
         has_pool = any(lp.kind == "maxpool" for lp in plan.layers)
         if not has_pool:
             wiring.connect(m, act=bufs.act, engine=eng.act)
@@ -144,7 +150,8 @@ class KepSystem(wiring.Component):
             # max pooling layers: the pooling unit reads the source buffer through the
             # engine's port and writes the destination buffer instead of the output writer
             m.submodules.pool = pool = MaxPool(lanes=G, addr_width=bufs.addr_bits + 1,
-                                               cfg_layout=eng.cfg_layout)
+                                               cfg_layout=eng.cfg_layout,
+                                               latency=READ_LATENCY)
             pooling = seq.pooling
             m.d.comb += [pool.cfg.eq(seq.cfg), pool.start.eq(seq.pool_start),
                          seq.pool_busy.eq(pool.busy),

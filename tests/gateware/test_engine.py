@@ -19,6 +19,7 @@ from kep_train.golden.intarith import requantize
 
 from kep_hw.bench import amaranth_sim
 from kep_hw.bench.amaranth_sim import run_layers, stream_get, stream_put
+from kep_hw.gateware.engine import connect_read
 from kep_hw.gateware.fetch import WindowFetcher
 from kep_hw.gateware.layouts import (ParamWord, Target, acc_word, act_word, load_layout,
                                      out_word, pack, unpack, weight_word, window_cols,
@@ -279,7 +280,7 @@ def test_window_fetcher(k, stride, pad, cin, h, w, px):
     m.submodules.dut = dut = WindowFetcher(params)
     m.submodules.mem = mem = Memory(shape=act_word(params.lanes), depth=params.act_depth,
                                     init=[unpack(act_word(params.lanes), v) for v in init])
-    wiring.connect(m, dut.act, mem.read_port())
+    connect_read(m, mem.read_port(), dut.act)
     ref = _window_ref(x, k, stride, pad, cfg["groups"], params.lanes, params.px)
     wl = window_word(params.lanes, params.px)
     rng = random.Random(7)
@@ -311,10 +312,12 @@ def test_window_fetcher(k, stride, pad, cin, h, w, px):
 
 
 @pytest.mark.parametrize("px", [1, 3])
-def test_requant_unit(px):
-    """Blocks of ``nv <= Px`` pixels (random nv), extreme accumulators and residuals."""
+@pytest.mark.parametrize("rq_lanes", [4, 2, 1])
+def test_requant_unit(px, rq_lanes):
+    """Blocks of ``nv <= Px`` pixels (random nv), extreme accumulators and residuals, with
+    L = G, G/2 and 1 requantization lanes."""
     params = EngineParams(pes=8 * px, px=px, lanes=4, max_cin=8, max_cout=8, max_hw=4,
-                          act_depth=64, wt_depth=64, prm_depth=16)
+                          act_depth=64, wt_depth=64, prm_depth=16, rq_lanes=rq_lanes)
     PO, G = params.po, params.lanes
     rng = random.Random(3 + px)
     n_blk = 5
@@ -341,7 +344,7 @@ def test_requant_unit(px):
     m.submodules.dut = dut = Requant(params)
     m.submodules.mem = mem = Memory(shape=act_word(G), depth=params.act_depth,
                                     init=[unpack(act_word(G), v) for v in res_words])
-    wiring.connect(m, dut.res, mem.read_port())
+    connect_read(m, mem.read_port(), dut.res)
     aw = acc_word(params)
     got = []
 
