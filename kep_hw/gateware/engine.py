@@ -56,12 +56,11 @@ def connect_read(m: Module, mem_port, port) -> None:
     m.d.sync += port.data.eq(mem_port.data)
 
 
-class _State(enum.Enum, shape=3):
+class _State(enum.Enum, shape=2):
     IDLE = 0
-    DRAIN = 1
-    LOAD = 2
-    RUN = 3
-    FINISH = 4
+    LOAD = 1
+    RUN = 2
+    FINISH = 3
 
 
 class Engine(wiring.Component):
@@ -122,8 +121,13 @@ class Engine(wiring.Component):
         wiring.connect(m, rq.o, wiring.flipped(self.o))
 
         state = Signal(_State)
-        prm_regs = Signal(data.ArrayLayout(ParamWord, PO))
-        m.d.comb += rq.prm.eq(prm_regs)
+        # two parameter banks: the MACs of group g use bank ``bank`` while the next group's
+        # parameters load into the other one, as soon as the requantization no longer needs
+        # it (no group drains its pipeline before the next one starts)
+        banks = [Signal(data.ArrayLayout(ParamWord, PO), name=f"prm_bank{b}") for b in range(2)]
+        bank = Signal()
+        shadow_bank = Signal()
+        m.d.comb += rq.prm.eq(Mux(shadow_bank, banks[1], banks[0]))
 
         # group / block bookkeeping; registered products of the (stable) configuration
         g = Signal(p.group_bits)
@@ -131,7 +135,6 @@ class Engine(wiring.Component):
         py = Signal(p.dim_bits)
         wptr = Signal(p.wt_bits)
         gbase = Signal(p.wt_bits)
-        prm_ptr = Signal(p.prm_bits)
         res_ptr = Signal(p.act_bits)         # residual word of (py, px), group g
         res_row = Signal(p.act_bits)         # residual word of (py, 0), group g
         res_gbase = Signal(p.act_bits)
@@ -183,6 +186,8 @@ class Engine(wiring.Component):
         s4_final = Signal()
         s4_res = Signal(p.act_bits)
         s4_nv = Signal(range(PX + 1))
+        s1_bank, s2_bank, s3_bank, s4_bank = (Signal(name=f"s{i}_bank") for i in range(1, 5))
+        next_ready = Signal()
         acc = Signal(data.ArrayLayout(signed(32), P))
         shadow_full = Signal()
         shadow = Signal(acc_word(p))
@@ -204,7 +209,9 @@ class Engine(wiring.Component):
             last_mac.eq(win.payload.last & end_c & end_j),
             block.eq(shadow_full | (s1_valid & s1_last) | (s2_valid & s2_last)
                      | (s3_valid & s3_last) | (s4_valid & s4_last)),
-            issue.eq((state == _State.RUN) & win.valid & ~(last_mac & block)),
+            # a group's last MAC waits for the next group's parameters
+            issue.eq((state == _State.RUN) & win.valid & ~(last_mac & block)
+                     & ~(last_mac & last_px & ~last_g & ~next_ready)),
             win.ready.eq(issue & end_c & end_j),
             self.wt.en.eq(1),
             self.wt.addr.eq(wptr),
@@ -231,6 +238,7 @@ class Engine(wiring.Component):
 
         # S0 -> S1
         m.d.sync += [
+            s1_bank.eq(bank),
             s1_valid.eq(issue),
             s1_first.eq(win.payload.first & (c == 0) & (j == 0)),
             s1_last.eq(last_mac),
@@ -264,17 +272,17 @@ class Engine(wiring.Component):
                     # group done
                     m.d.sync += [px.eq(0), py.eq(0), g.eq(g + 1),
                                  gbase.eq(wptr + (cfg.kk != 0)),
-                                 prm_ptr.eq(prm_ptr + PO),
                                  res_gbase.eq(res_gbase + PO // G),
                                  res_row.eq(res_gbase + PO // G),
                                  res_ptr.eq(res_gbase + PO // G)]
                     with m.If(last_g):
                         m.d.sync += state.eq(_State.FINISH)
                     with m.Else():
-                        m.d.sync += state.eq(_State.DRAIN)
+                        m.d.sync += bank.eq(~bank)
 
         # S1 -> S2: the weight word is read (latency 2)
-        m.d.sync += [s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last),
+        m.d.sync += [s2_bank.eq(s1_bank), s3_bank.eq(s2_bank), s4_bank.eq(s3_bank),
+s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last),
                      s2_final.eq(s1_final), s2_j.eq(s1_j), s2_zero.eq(s1_zero), s2_res.eq(s1_res),
                      s2_nv.eq(s1_nv), s2_win.eq(s1_win)]
 
@@ -299,34 +307,65 @@ class Engine(wiring.Component):
                 prods.append((pe, mul.p))
         prods = [v for _, v in sorted(prods, key=lambda t: t[0])]
 
-        # S4: accumulate, shadow
+        # S3 -> S4: the bias of the block's bank; S4: accumulate, shadow
+        bias = Signal(data.ArrayLayout(signed(32), PO))
+        for o in range(PO):
+            m.d.sync += bias[o].eq(Mux(s3_bank, banks[1][o].bias, banks[0][o].bias))
         for pe in range(P):
             nxt = Signal(signed(32), name=f"acc_next{pe}")
-            m.d.comb += nxt.eq(Mux(s4_first, prm_regs[pe % PO].bias, acc[pe]) + prods[pe])
+            m.d.comb += nxt.eq(Mux(s4_first, bias[pe % PO], acc[pe]) + prods[pe])
             with m.If(s4_valid):
                 m.d.sync += acc[pe].eq(nxt)
                 with m.If(s4_last):
                     m.d.sync += shadow.acc[pe].eq(nxt)
         with m.If(s4_valid & s4_last):
-            m.d.sync += [shadow_full.eq(1), shadow.res_addr.eq(s4_res),
+            m.d.sync += [shadow_full.eq(1), shadow_bank.eq(s4_bank), shadow.res_addr.eq(s4_res),
                          shadow.last.eq(s4_final), shadow.nv.eq(s4_nv)]
         m.d.comb += [rq.i.valid.eq(shadow_full), rq.i.payload.eq(shadow)]
         with m.If(rq.i.valid & rq.i.ready):
             m.d.sync += shadow_full.eq(0)
 
-        # parameter load for a group: Po reads, data READ_LATENCY cycles later
-        ld_n = Signal(range(PO + 1))
+        # parameter load of a group into bank ``ld_bank``: Po reads from ``ld_ptr``, data
+        # READ_LATENCY cycles later. Group 0 loads in LOAD; group g+1 while group g runs, into
+        # the other bank once no block of group g-1 is in the MAC pipeline, the shadow register
+        # or waiting for its parameters in the requantization unit (which reads them when it
+        # issues a block's lane groups, before it frees the shadow register).
+        ld_n = Signal(range(PO + 1), init=PO)
         ld_d = Signal(range(PO + 1))
         ld_d2 = Signal(range(PO + 1))
         ld_v = Signal()
         ld_v2 = Signal()
-        m.d.comb += self.prm.addr.eq(prm_ptr + ld_n)
-        m.d.sync += [ld_v.eq(0), ld_d.eq(ld_n), ld_v2.eq(ld_v), ld_d2.eq(ld_d)]
+        ld_bank = Signal()
+        ld_b1 = Signal()
+        ld_b2 = Signal()
+        ld_ptr = Signal(p.prm_bits)
+        ld_g = Signal(p.group_bits)          # the group being loaded / last loaded
+        loading = Signal()
+        m.d.comb += [self.prm.addr.eq(ld_ptr + ld_n), loading.eq(ld_n != PO)]
+        m.d.sync += [ld_v.eq(loading), ld_d.eq(ld_n), ld_b1.eq(ld_bank),
+                     ld_v2.eq(ld_v), ld_d2.eq(ld_d), ld_b2.eq(ld_b1)]
+        with m.If(loading):
+            m.d.sync += ld_n.eq(ld_n + 1)
         with m.If(ld_v2):
-            with m.Switch(ld_d2):
-                for o in range(PO):
-                    with m.Case(o):
-                        m.d.sync += prm_regs[o].eq(self.prm.data)
+            for b in range(2):
+                with m.If(ld_b2 == b):
+                    with m.Switch(ld_d2):
+                        for o in range(PO):
+                            with m.Case(o):
+                                m.d.sync += banks[b][o].eq(self.prm.data)
+        # next_ready: bank ~bank holds group g+1's parameters
+        other_busy = Signal()
+        m.d.comb += other_busy.eq(
+            (s1_valid & (s1_bank != bank)) | (s2_valid & (s2_bank != bank))
+            | (s3_valid & (s3_bank != bank)) | (s4_valid & (s4_bank != bank))
+            | (shadow_full & (shadow_bank != bank)))
+        want = Signal()
+        m.d.comb += want.eq((state == _State.RUN) & (ld_g == g) & ~last_g & ~other_busy
+                            & ~loading & ~ld_v & ~ld_v2)
+        with m.If(want):
+            m.d.sync += [ld_n.eq(0), ld_bank.eq(~bank), ld_ptr.eq(ld_ptr + PO),
+                         ld_g.eq(ld_g + 1)]
+        m.d.comb += next_ready.eq((ld_g == g + 1) & ~loading & ~ld_v & ~ld_v2)
 
         with m.Switch(state):
             with m.Case(_State.IDLE):
@@ -334,19 +373,14 @@ class Engine(wiring.Component):
                     m.d.sync += [
                         state.eq(_State.LOAD), g.eq(0), px.eq(0), py.eq(0),
                         wptr.eq(cfg.wt_base), gbase.eq(cfg.wt_base),
-                        prm_ptr.eq(cfg.prm_base), res_ptr.eq(cfg.res_base),
-                        res_row.eq(cfg.res_base), res_gbase.eq(cfg.res_base), ld_n.eq(0),
-                        c.eq(0), j.eq(0),
+                        res_ptr.eq(cfg.res_base),
+                        res_row.eq(cfg.res_base), res_gbase.eq(cfg.res_base),
+                        c.eq(0), j.eq(0), bank.eq(0),
+                        ld_n.eq(0), ld_ptr.eq(cfg.prm_base), ld_bank.eq(0), ld_g.eq(0),
                     ]
                     m.d.comb += fetch.start.eq(1)
-            with m.Case(_State.DRAIN):
-                with m.If(~s1_valid & ~s2_valid & ~s3_valid & ~s4_valid & ~shadow_full
-                          & ~rq.busy):
-                    m.d.sync += [state.eq(_State.LOAD), ld_n.eq(0)]
             with m.Case(_State.LOAD):
-                with m.If(ld_n != PO):
-                    m.d.sync += [ld_n.eq(ld_n + 1), ld_v.eq(1)]
-                with m.Elif(~ld_v & ~ld_v2):
+                with m.If(~loading & ~ld_v & ~ld_v2):
                     m.d.sync += state.eq(_State.RUN)
             with m.Case(_State.FINISH):
                 with m.If(self.o.valid & self.o.ready & self.o.payload.last):

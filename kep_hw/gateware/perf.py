@@ -1,13 +1,14 @@
 # SPDX-License-Identifier: Apache-2.0
 """Cycle model of the engine (``docs/accelerator.md``), output stream always ready.
 
-Per output-channel group the engine loads Po parameter words, then computes every block of
-``nv <= Px`` horizontally adjacent output pixels (``nv = Px`` except at the end of a row); a
-block takes one MAC cycle per (input channel, kept element). The window fetcher supplies a
-block window (G channels) every ``k * ncols`` cycles (``ncols = (nv-1)*stride + 3`` for 3x3,
-``nv`` for 1x1) from a two-entry FIFO, so a channel word costs ``max(nch * K, k * ncols)``
-cycles (or half of both plus the FIFO's loop latency when they are close), and the requantization unit needs ``nv * Po/G`` issue cycles per block. Between groups
-the pipeline drains before the next parameters load.
+Per output-channel group the engine computes every block of ``nv <= Px`` horizontally adjacent
+output pixels (``nv = Px`` except at the end of a row); a block takes one MAC cycle per (input
+channel, kept element). The window fetcher supplies a block window (G channels) every
+``k * ncols`` cycles (``ncols = (nv-1)*stride + 3`` for 3x3, ``nv`` for 1x1) from a two-entry
+FIFO, so a channel word costs ``max(nch * K, k * ncols)`` cycles (or half of both plus the
+FIFO's loop latency when they are close), and the requantization unit needs ``nv * Po/L``
+issue cycles per block (L its lanes). Groups follow each other without a drain: the next
+group's parameters load into a second bank while a group runs.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ __all__ = ["LayerShape", "layer_cycles", "block_cycles", "ideal_cycles", "useful
 # every memory read takes READ_LATENCY = 2 cycles, the MAC pipeline S0-S4 and the
 # requantization pipeline R0-R7)
 _START = 3          # start -> LOAD, LOAD -> RUN hand-over
-_DRAIN = 12         # last MAC of a group -> next LOAD: S1-S4, shadow, requant issue
-                    # (nv * Po/L cycles, added below) and its pipeline R1-R7
+_BANK_EXTRA = 2     # hand-over of the bank: shadow freed -> load starts -> ready
 _END = 10           # last MAC of the layer -> last output transferred (+ nv * Po/L)
 _RQ_EXTRA = 5       # a block's shadow register is free nv * Po/L + 5 cycles after its
                     # last MAC
@@ -141,5 +141,9 @@ def layer_cycles(shape: LayerShape, params: EngineParams) -> int:
     first_fetch = (3 * ((min(PX, wo) - 1) * shape.stride + 3) if shape.k == 3
                    else min(PX, wo))
     first = max(_START + load, first_fetch + _FETCH_EXTRA)
-    return round(first + groups * ho * row + (groups - 1) * (_DRAIN + rq_last + load)
-                 + _END + rq_last)
+    # the next group's parameters load into the other bank while a group runs, once the
+    # previous group's last block has left the shadow register: a group shorter than that
+    # waits for them
+    ready = _RQ_EXTRA + rq_last + load + _BANK_EXTRA
+    stall = max(0, ready - ho * row)
+    return round(first + groups * ho * row + (groups - 1) * stall + _END + rq_last)
