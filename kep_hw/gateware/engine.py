@@ -141,18 +141,21 @@ class Engine(wiring.Component):
         blk_res = Signal(p.act_bits)         # Px * cwo
         row_res = Signal(p.act_bits)         # wo * cwo
         m.d.sync += [blk_res.eq(cfg.cwo * PX), row_res.eq(cfg.wo * cfg.cwo)]
-        left = Signal(range(p.max_hw + 1))
-        row_end = Signal()
-        nv = Signal(range(PX + 1))
+        # block flags as registers, updated with px / py / g from their next values (no
+        # subtraction or comparison of the block position lies on the issue path)
+        left = Signal(range(p.max_hw + 1))   # wo - px
+        row_end = Signal()                   # left <= Px: the row's last block
+        nv = Signal(range(PX + 1))           # valid pixels of the block
+        last_row = Signal()                  # py == ho - 1
         last_px = Signal()
-        last_g = Signal()
-        m.d.comb += [
-            left.eq(cfg.wo - px),
-            row_end.eq(left <= PX),
-            nv.eq(Mux(row_end, left, PX)),
-            last_px.eq(row_end & (py == cfg.ho - 1)),
-            last_g.eq(g == cfg.groups - 1),
-        ]
+        last_g = Signal()                    # g == groups - 1
+        m.d.comb += last_px.eq(row_end & last_row)
+        wo_short = Signal()
+        nv_row = Signal(range(PX + 1))       # nv of a row's first block
+        m.d.comb += [wo_short.eq(cfg.wo <= PX), nv_row.eq(Mux(wo_short, cfg.wo, PX))]
+
+        def row_start():
+            return [px.eq(0), left.eq(cfg.wo), row_end.eq(wo_short), nv.eq(nv_row)]
 
         # pipeline registers
         wl = data.ArrayLayout(data.ArrayLayout(signed(8), 9), PX)
@@ -193,9 +196,10 @@ class Engine(wiring.Component):
         shadow = Signal(acc_word(p))
 
         # control
-        keff = Signal(4)
-        m.d.comb += keff.eq(Mux(cfg.kk == 0, 1, cfg.kk))
+        keff_m1 = Signal(4)                  # K - 1 (K = 0 counts as 1)
+        m.d.sync += keff_m1.eq(Mux(cfg.kk == 0, 0, cfg.kk - 1))
         c = Signal(range(G))
+        c_next = Signal(range(G + 1))        # c + 1
         j = Signal(4)
         win = fetch.o
         end_j = Signal()
@@ -204,8 +208,8 @@ class Engine(wiring.Component):
         block = Signal()
         issue = Signal()
         m.d.comb += [
-            end_j.eq(j == keff - 1),
-            end_c.eq(c == win.payload.nch - 1),
+            end_j.eq(j == keff_m1),
+            end_c.eq(c_next == win.payload.nch),
             last_mac.eq(win.payload.last & end_c & end_j),
             block.eq(shadow_full | (s1_valid & s1_last) | (s2_valid & s2_last)
                      | (s3_valid & s3_last) | (s4_valid & s4_last)),
@@ -254,9 +258,9 @@ class Engine(wiring.Component):
             with m.Else():
                 m.d.sync += j.eq(0)
                 with m.If(~end_c):
-                    m.d.sync += c.eq(c + 1)
+                    m.d.sync += [c.eq(c_next), c_next.eq(c_next + 1)]
                 with m.Else():
-                    m.d.sync += c.eq(0)
+                    m.d.sync += [c.eq(0), c_next.eq(1)]
             with m.If(cfg.kk != 0):
                 m.d.sync += wptr.eq(wptr + 1)
             with m.If(last_mac):
@@ -264,13 +268,19 @@ class Engine(wiring.Component):
                     with m.If(cfg.kk != 0):
                         m.d.sync += wptr.eq(gbase)
                     with m.If(row_end):
-                        m.d.sync += [px.eq(0), py.eq(py + 1), res_row.eq(res_row + row_res),
+                        m.d.sync += [*row_start(), py.eq(py + 1),
+                                     last_row.eq(py + 2 == cfg.ho),
+                                     res_row.eq(res_row + row_res),
                                      res_ptr.eq(res_row + row_res)]
                     with m.Else():
-                        m.d.sync += [px.eq(px + PX), res_ptr.eq(res_ptr + blk_res)]
+                        m.d.sync += [px.eq(px + PX), left.eq(left - PX),
+                                     row_end.eq(left <= 2 * PX),
+                                     nv.eq(Mux(left <= 2 * PX, left - PX, PX)),
+                                     res_ptr.eq(res_ptr + blk_res)]
                 with m.Else():
                     # group done
-                    m.d.sync += [px.eq(0), py.eq(0), g.eq(g + 1),
+                    m.d.sync += [*row_start(), py.eq(0), last_row.eq(cfg.ho == 1),
+                                 g.eq(g + 1), last_g.eq(g + 2 == cfg.groups),
                                  gbase.eq(wptr + (cfg.kk != 0)),
                                  res_gbase.eq(res_gbase + PO // G),
                                  res_row.eq(res_gbase + PO // G),
@@ -365,13 +375,16 @@ s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last),
         with m.If(want):
             m.d.sync += [ld_n.eq(0), ld_bank.eq(~bank), ld_ptr.eq(ld_ptr + PO),
                          ld_g.eq(ld_g + 1)]
-        m.d.comb += next_ready.eq((ld_g == g + 1) & ~loading & ~ld_v & ~ld_v2)
+        # registered (one cycle late: conservative), and cleared when the banks swap
+        m.d.sync += next_ready.eq((ld_g == g + 1) & ~loading & ~ld_v & ~ld_v2
+                                  & ~(issue & last_mac & last_px))
 
         with m.Switch(state):
             with m.Case(_State.IDLE):
                 with m.If(self.start):
                     m.d.sync += [
-                        state.eq(_State.LOAD), g.eq(0), px.eq(0), py.eq(0),
+                        state.eq(_State.LOAD), g.eq(0), *row_start(), py.eq(0),
+                        last_row.eq(cfg.ho == 1), last_g.eq(cfg.groups == 1), c_next.eq(1),
                         wptr.eq(cfg.wt_base), gbase.eq(cfg.wt_base),
                         res_ptr.eq(cfg.res_base),
                         res_row.eq(cfg.res_base), res_gbase.eq(cfg.res_base),

@@ -126,17 +126,21 @@ class WindowFetcher(wiring.Component):
         with m.If(pop):
             m.d.sync += rd.eq(~rd)
 
-        # block size: nv valid pixels, ncols window columns
-        left = Signal(range(p.max_hw + 1))
-        nv = Signal(range(PX + 1))
-        ncols = Signal(range(NC + 1))
-        last_blk = Signal()
-        m.d.comb += [
-            left.eq(cfg.wo - ox),
-            last_blk.eq(left <= PX),
-            nv.eq(Mux(last_blk, left, PX)),
-            ncols.eq(Mux(k3, Mux(s2, (nv << 1) + 1, nv + 2), nv)),
-        ]
+        # block size: nv valid pixels, ncols window columns; registers updated with ox from
+        # their next values (no subtraction or comparison of ox on the address path)
+        left = Signal(range(p.max_hw + 1))       # wo - ox
+        last_blk = Signal()                      # left <= Px
+        ncols_m1 = Signal(range(NC + 1))         # ncols - 1
+
+        def cols_m1(nv):
+            return Mux(k3, Mux(s2, nv << 1, nv + 1), nv - 1)
+
+        wo_short = Signal()
+        m.d.comb += wo_short.eq(cfg.wo <= PX)
+
+        def row_start():
+            return [ox.eq(0), left.eq(cfg.wo), last_blk.eq(wo_short),
+                    ncols_m1.eq(cols_m1(Mux(wo_short, cfg.wo, PX)))]
 
         # issue stage: one window position per cycle
         iy = Signal(signed(dw))
@@ -150,7 +154,7 @@ class WindowFetcher(wiring.Component):
             ix.eq(ix0 + cx),
             inb.eq((iy >= 0) & (iy < cfg.h) & (ix >= 0) & (ix < cfg.w)),
             slot.eq(r * NC + c),
-            end_c.eq(c == ncols - 1),
+            end_c.eq(c == ncols_m1),
             end_r.eq(~k3 | (r == 2)),
         ]
         issue = Signal()
@@ -231,11 +235,14 @@ class WindowFetcher(wiring.Component):
                     with m.Else():
                         m.d.sync += [iw.eq(0), ch_left.eq(cfg.cin)]
                         with m.If(~last_blk):
-                            m.d.sync += [ox.eq(ox + PX), ix0.eq(ix0 + bstep_x),
+                            nxt = Mux(left <= 2 * PX, left - PX, PX)
+                            m.d.sync += [ox.eq(ox + PX), left.eq(left - PX),
+                                         last_blk.eq(left <= 2 * PX),
+                                         ncols_m1.eq(cols_m1(nxt)), ix0.eq(ix0 + bstep_x),
                                          pa.eq(pa + bstep), ra.eq(pa + bstep),
                                          ca.eq(pa + bstep)]
                         with m.Else():
-                            m.d.sync += [ox.eq(0), ix0.eq(-cfg.pad)]
+                            m.d.sync += [*row_start(), ix0.eq(-cfg.pad)]
                             with m.If(oy != cfg.ho - 1):
                                 m.d.sync += [oy.eq(oy + 1), iy0.eq(iy0 + cfg.stride),
                                              prow.eq(prow + step_y), pa.eq(prow + step_y),
@@ -253,7 +260,7 @@ class WindowFetcher(wiring.Component):
         # start: counters now, addresses one cycle later (once ``wrow`` is valid)
         with m.If(self.start & ~run & ~init):
             m.d.sync += [
-                init.eq(1), g.eq(0), oy.eq(0), ox.eq(0), iw.eq(0), ch_left.eq(cfg.cin),
+                init.eq(1), g.eq(0), oy.eq(0), *row_start(), iw.eq(0), ch_left.eq(cfg.cin),
                 r.eq(0), c.eq(0), cx.eq(0), iy0.eq(-cfg.pad), ix0.eq(-cfg.pad),
                 full.eq(0), inflight.eq(0), wr.eq(0), rd.eq(0),
             ]
