@@ -1,22 +1,34 @@
 # SPDX-License-Identifier: Apache-2.0
 """Build a bitstream of the KEP system for a board with open tools (Yosys, nextpnr, ecppack).
 
-``python -m kep_hw.build --board ulx3s --model model.kep [--pes N] [--freq MHZ] [--out DIR]
-[--weights auto|embedded|stream] [--toolchain auto|native|yowasp] [--program] [--dry-run]
-[--quiet | --verbose]``
+``python -m kep_hw.build --board ulx3s --model model.kep [--pes N] [--freq MHZ | --freq auto
+[--freq-start MHZ] [--seeds 1,2,3] [--max-tries N]] [--out DIR] [--weights auto|embedded|stream]
+[--toolchain auto|native|yowasp] [--program] [--dry-run] [--quiet | --verbose]``
 
 Writes to ``--out``: the bitstream ``kep_top.bit``, ``report.json`` (utilisation used and
-available, requested and achieved fmax, timing met, P, board, weight mode, tool paths, kinds and
-versions, seconds per stage), ``summary.txt`` and the build folder with all tool inputs and
-logs. Before running the tools, a resource estimate checks the board's budget; a design that
-does not fit (by the estimate or by nextpnr) or misses timing is reported in one line naming
-what overflowed and the largest ``--pes`` that the estimate says fits. Without ``--model`` a
-small built-in test network is used (the CI smoke configuration).
+available, requested and achieved fmax (after placement and after routing), timing met, the
+worst critical paths from nextpnr's JSON report (``worst_paths``: from and to cell/port, total,
+logic and routing ns, logic levels, biggest segments), P, board, weight mode, tool paths, kinds
+and versions, seconds per stage), ``summary.txt`` (with the worst path in one line) and the build
+folder with all tool inputs and logs. Before running the tools, a resource estimate checks the
+board's budget; a design that does not fit (by the estimate or by nextpnr) or misses timing is
+reported in one line naming what overflowed and the largest ``--pes`` that the estimate says
+fits. Without ``--model`` a small built-in test network is used (the CI smoke configuration).
+
+``--freq auto`` searches the fastest clock that meets timing (:mod:`kep_hw.board.clock_search`):
+a first build at ``--freq-start`` (default: the board's clock), then builds at the highest clock
+at most the reported fmax that the board's PLL makes exactly and its UART accepts, the next of
+``--seeds`` at a clock that missed before a lower clock, at most ``--max-tries`` builds, each in
+``--out``/``tries/<MHz>-s<seed>/``. The fastest try that met timing is the result
+(``kep_top.bit``, ``report.json`` with ``clock_search``: every try and the search's seconds,
+``summary.txt``). Finished tries are recorded in ``clock_search.json`` (keyed by a hash of the
+tool inputs, clock, seed and tools): the same command again skips them and continues.
 
 Progress goes to stderr as it happens, one line per stage (elaborate, synth, place and route,
 pack, program) with the elapsed seconds, nextpnr's utilisation and fmax estimates as it prints
-them, and a line a minute while a tool is silent; ``--verbose`` also streams the tools' own
-logs, ``--quiet`` prints only errors (and the summary on stdout).
+them, the worst path, each try of a clock search, and a line a minute while a tool is silent;
+``--verbose`` also streams the tools' own logs, ``--quiet`` prints only errors (and the summary
+on stdout).
 """
 
 from __future__ import annotations
@@ -24,6 +36,8 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
+import functools
 import json
 import logging
 import math
@@ -40,12 +54,15 @@ from kep_common.errors import KepError, cli_errors
 from kep_common.fileio import atomic_write_bytes, atomic_write_json, environment_info
 from kep_common.log import add_logging_args, setup_logging, verbosity
 
+from kep_hw.board.clock_search import (STORE_NAME, TryStore, design_key, next_clock,
+                                       try_folder_name)
 from kep_hw.board.profiles import list_boards, load_board
 from kep_hw.gateware.params import parse_pes
 from kep_hw.system.plan import PARAM_WORD_BITS, WEIGHT_ELEM_BITS, NetworkPlan, plan_network
 
-__all__ = ["estimate_resources", "largest_fitting_pes", "parse_nextpnr_log", "parse_yosys_stats",
-           "parse_pes", "Progress", "NextpnrWatcher", "YosysWatcher", "run_tool", "main"]
+__all__ = ["estimate_resources", "largest_fitting_pes", "parse_nextpnr_log",
+           "parse_nextpnr_report", "describe_path", "parse_yosys_stats", "parse_pes", "Progress",
+           "NextpnrWatcher", "YosysWatcher", "run_tool", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +74,14 @@ LUT_BASE = 4000            # UART, frames, sequencer, address arithmetic, requan
 #: LUT4s per PE (9:1 x 8-bit mux, 32-bit accumulator, pipeline and output registers), fitted
 #: to the 85F build (P = 64 as 16x4: 15,678 LUT4 + 2,078 CCU2)
 LUT_PER_PE = 250
-#: DSPs besides the one per PE: ``DSP_PER_LANE * G + DSP_BASE`` for the G requantization lanes
-#: (32x16 and 8x24 products) and address multipliers; fitted to the 85F build (99 with P = 64,
-#: G = 8)
-DSP_PER_LANE = 4
+#: LUT4s of one 8 x 8 multiplier built from logic (:mod:`kep_hw.gateware.mul`, ``"lut"``)
+LUT_PER_LUT_MUL = 80
+#: DSPs besides the one per PE: ``DSP_PER_LANE * L + DSP_BASE`` for the L requantization lanes
+#: (two 16 x 16 products each) and the head's and the address products
+DSP_PER_LANE = 2
 DSP_BASE = 3
+#: block RAMs of the head (weight ROM and channel sums)
+HEAD_BRAMS = 2
 
 
 def _bram_blocks(width: int, depth: int) -> int:
@@ -73,21 +93,30 @@ def _bram_blocks(width: int, depth: int) -> int:
     return best
 
 
-def estimate_resources(plan: NetworkPlan, *, streamed: bool, px: int = 1) -> dict:
+def estimate_resources(plan: NetworkPlan, *, streamed: bool, px: int = 1,
+                       rq_lanes: int | None = None, lut_pes: int = 0) -> dict:
     """Estimated LUT4s, DSPs (MULT18X18D) and block RAMs (DP16KD) of a system.
 
-    The LUT estimate is a linear fit (``LUT_BASE + LUT_PER_PE * P``); DSPs are one per PE plus
-    the requantization lanes; block RAMs follow the memories' widths and depths exactly.
+    The LUT estimate is a linear fit (``LUT_BASE + LUT_PER_PE * P`` plus ``LUT_PER_LUT_MUL``
+    per PE whose multiplier is in logic); DSPs are one per PE with a DSP multiplier, two per
+    requantization lane (``acc * mult`` as two 16 x 16 products; ``res * res_mult`` is built
+    from logic) and ``DSP_BASE`` (the head's product and the configuration's address
+    products); block RAMs follow the memories' widths and depths exactly: the activation
+    buffers (the input buffer twice), weights, parameters, and the head's weight ROM and sums.
     ``plan.po`` is Po (output channels per group), the engine has ``P = Po * px`` PEs.
     """
     P, G = plan.po * px, plan.lanes
+    L = G if rq_lanes is None else rq_lanes
     wt_depth = plan.max_layer_weight_words if streamed else plan.weight_words
     prm_depth = plan.max_layer_param_words if streamed else plan.param_words
     brams = sum(_bram_blocks(8 * G, d) for d in plan.buffer_words)
+    brams += _bram_blocks(8 * G, plan.buffer_words[plan.input_buffer])   # double input buffer
     brams += _bram_blocks(WEIGHT_ELEM_BITS * plan.po, wt_depth) + _bram_blocks(PARAM_WORD_BITS,
                                                                           prm_depth)
-    return {"luts": LUT_BASE + LUT_PER_PE * P, "dsps": P + DSP_PER_LANE * G + DSP_BASE,
-            "brams": brams}
+    if plan.tail:
+        brams += HEAD_BRAMS
+    return {"luts": LUT_BASE + LUT_PER_PE * P + LUT_PER_LUT_MUL * lut_pes,
+            "dsps": P - lut_pes + DSP_PER_LANE * L + DSP_BASE, "brams": brams}
 
 
 def _overflow(est: dict, board) -> list:
@@ -96,12 +125,13 @@ def _overflow(est: dict, board) -> list:
 
 
 def largest_fitting_pes(kep, board, *, lanes: int, streamed: bool, limit: int = 256,
-                        px: int = 1) -> int:
+                        px: int = 1, rq_lanes: int | None = None, lut_pes: int = 0) -> int:
     """Largest P (a multiple of ``lanes * px``) whose estimate fits ``board``; 0 if none."""
     best = 0
     for pes in range(lanes * px, limit + 1, lanes * px):
         plan = plan_network(kep, po=pes // px, lanes=lanes)
-        if not _overflow(estimate_resources(plan, streamed=streamed, px=px), board):
+        if not _overflow(estimate_resources(plan, streamed=streamed, px=px, rq_lanes=rq_lanes,
+                                            lut_pes=min(lut_pes, pes)), board):
             best = pes
     return best
 
@@ -109,6 +139,8 @@ def largest_fitting_pes(kep, board, *, lanes: int, streamed: bool, limit: int = 
 _UTIL = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", re.M)
 _FMAX = re.compile(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz \((PASS|FAIL) at "
                    r"([\d.]+) MHz\)")
+#: the first line of nextpnr's routing (what comes before it is placement)
+_ROUTING = re.compile(r"^Info: (Routing\.\.|Running router2|Routing globals)", re.M)
 
 
 def parse_nextpnr_log(text: str) -> dict:
@@ -119,18 +151,93 @@ def parse_nextpnr_log(text: str) -> dict:
     dict
         ``utilisation``: ``{cell: (used, available)}`` from the last "Device utilisation"
         table; ``clocks``: ``{clock: {"fmax_mhz", "target_mhz", "pass"}}`` from the last
-        "Max frequency for clock" line of each clock (after routing).
+        "Max frequency for clock" line of each clock (after routing); ``clocks_placed``: the
+        same from the last such line before routing starts (nextpnr's estimate after
+        placement; all lines when the log has no routing).
     """
     util = {}
     idx = text.rfind("Device utilisation")
     if idx >= 0:
         for cell, used, avail in _UTIL.findall(text[idx:idx + 4000]):
             util.setdefault(cell, (int(used), int(avail)))
-    clocks = {}
-    for clk, fmax, verdict, target in _FMAX.findall(text):
-        clocks[clk] = {"fmax_mhz": float(fmax), "target_mhz": float(target),
-                       "pass": verdict == "PASS"}
-    return {"utilisation": util, "clocks": clocks}
+    m = _ROUTING.search(text)
+    parts = {"clocks": text, "clocks_placed": text[:m.start()] if m else text}
+    out = {"utilisation": util}
+    for key, part in parts.items():
+        out[key] = {clk: {"fmax_mhz": float(fmax), "target_mhz": float(target),
+                          "pass": verdict == "PASS"}
+                    for clk, fmax, verdict, target in _FMAX.findall(part)}
+    return out
+
+
+def _endpoint(seg: dict, side: str) -> dict:
+    end = seg.get(side) or {}
+    return {"cell": str(end.get("cell", "?")), "port": str(end.get("port", "?"))}
+
+
+def parse_nextpnr_report(report: dict, *, n: int = 5, segments: int = 3) -> list[dict]:
+    """The worst critical paths of a nextpnr JSON report (``--report FILE``), worst first.
+
+    nextpnr reports the worst path of each pair of clock edges: one per clock domain and one
+    per cross-domain pair (``<async>`` for the I/O pins), each as a list of segments
+    (``clk-to-q``, ``source``, ``logic``, ``routing``, ``setup``) with their delays.
+
+    Parameters
+    ----------
+    report : dict
+        The report as read from its JSON file (``critical_paths`` is used).
+    n : int
+        At most this many paths.
+    segments : int
+        The biggest segments kept per path.
+
+    Returns
+    -------
+    list of dict
+        Per path: ``from_clock``, ``to_clock`` (nextpnr's edge names, e.g.
+        ``posedge $glbnet$clk``); ``from`` and ``to`` (``{"cell", "port"}`` of the first and
+        last segment); ``total_ns``, ``logic_ns`` (every segment but routing: clock to output,
+        cells, setup), ``routing_ns``; ``logic_levels`` (the ``logic`` segments, cells the
+        path goes through); ``segments``: the ``segments`` biggest as ``{"type", "delay_ns",
+        "from", "to"}`` (``"net"`` too for routing), biggest first. Paths within one clock
+        domain come first, then the cross-domain ones, each group by total delay.
+    """
+    paths = []
+    for cp in report.get("critical_paths") or []:
+        segs = [sg for sg in (cp.get("path") or []) if isinstance(sg, dict)]
+        if not segs:
+            continue
+        delays = [float(sg.get("delay") or 0.0) for sg in segs]
+        routing = sum(d for sg, d in zip(segs, delays) if sg.get("type") == "routing")
+        biggest = sorted(zip(delays, range(len(segs))), key=lambda x: (-x[0], x[1]))[:segments]
+        top = []
+        for d, i in biggest:
+            sg = segs[i]
+            item = {"type": str(sg.get("type", "?")), "delay_ns": round(d, 3),
+                    "from": _endpoint(sg, "from"), "to": _endpoint(sg, "to")}
+            if "net" in sg:
+                item["net"] = str(sg["net"])
+            top.append(item)
+        total = sum(delays)
+        paths.append({
+            "from_clock": str(cp.get("from", "?")), "to_clock": str(cp.get("to", "?")),
+            "from": _endpoint(segs[0], "from"), "to": _endpoint(segs[-1], "to"),
+            "total_ns": round(total, 3), "logic_ns": round(total - routing, 3),
+            "routing_ns": round(routing, 3),
+            "logic_levels": sum(1 for sg in segs if sg.get("type") == "logic"),
+            "segments": top})
+    paths.sort(key=lambda p: (p["from_clock"] != p["to_clock"], -p["total_ns"]))
+    return paths[:n]
+
+
+def describe_path(path: dict) -> str:
+    """One line of a :func:`parse_nextpnr_report` path: ``A.port -> B.port: 21.23 ns = 11.33
+    logic + 9.90 routing, 7 logic levels`` (cross-domain paths name their clock edges)."""
+    where = "" if path["from_clock"] == path["to_clock"] else \
+        f" ({path['from_clock']} -> {path['to_clock']})"
+    return (f"{path['from']['cell']}.{path['from']['port']} -> {path['to']['cell']}."
+            f"{path['to']['port']}{where}: {path['total_ns']:.2f} ns = {path['logic_ns']:.2f} "
+            f"logic + {path['routing_ns']:.2f} routing, {path['logic_levels']} logic levels")
 
 
 def parse_yosys_stats(text: str) -> dict:
@@ -249,7 +356,7 @@ class NextpnrWatcher:
             notes.append("placing")
         elif "simulated annealing placer" in line and self.phase == "placing":
             self.phase = "refining the placement"
-        elif re.match(r"^Info: (Routing\.\.|Running router2|Routing globals)", line) \
+        elif _ROUTING.match(line) \
                 and self.phase != "routing":
             self.phase = "routing"
             self.routed = True
@@ -350,9 +457,46 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}\n")
 
 
+def _freq_arg(text: str):
+    """``--freq``: a clock in MHz (float) or ``"auto"``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: a clock in MHz or "
+                                         f"'auto'") from None
+
+
+def _seeds_arg(text: str) -> list[int]:
+    """``--seeds``: comma-separated nextpnr seeds, each >= 0 and given once."""
+    try:
+        seeds = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: comma-separated seeds, "
+                                         f"e.g. 1,2,3") from None
+    if any(x < 0 for x in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: seeds must be >= 0, each "
+                                         f"given once")
+    return seeds
+
+
+#: ``--help``'s paragraph on ``--freq auto``
+SEARCH_HELP = """\
+--freq auto searches the fastest clock that meets timing: a first build at --freq-start
+(default: the board's clock) reports nextpnr's fmax after routing; the next try asks the highest
+clock at most that fmax which the board's PLL makes exactly and its UART accepts (at 3 Mbaud:
+near a multiple of 3 MHz) - after a miss first the same clock with the next of --seeds, then a
+lower one - for at most --max-tries builds, each in OUT/tries/<MHz>-s<seed>/. The fastest try
+that met timing becomes OUT/kep_top.bit, report.json (its "clock_search" lists every try) and
+summary.txt. Finished tries are kept in OUT/clock_search.json: the same command run again
+skips them and goes on where it stopped."""
+
+
 def _parser() -> argparse.ArgumentParser:
     from kep_hw.board.toolchain import PREFERENCES
-    p = _Parser(prog="python -m kep_hw.build", description=__doc__.split("\n")[0])
+    p = _Parser(prog="python -m kep_hw.build", description=__doc__.split("\n")[0],
+                epilog=SEARCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--board", default="ulx3s",
                    help=f"board profile ({', '.join(list_boards())}; ulx3s = ulx3s-85f)")
     p.add_argument("--model", default=None, help=".kep model (default: small test network)")
@@ -361,13 +505,28 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: the board's)")
     p.add_argument("--lanes", type=int, default=None,
                    help="channels per activation word (default: the board's, else 4)")
-    p.add_argument("--freq", type=float, default=None,
-                   help=f"core clock MHz, {MIN_MHZ:g}-{MAX_MHZ:g} (default: the board's)")
+    p.add_argument("--rq-lanes", type=int, default=None, metavar="L",
+                   help="requantization lanes, outputs per cycle; divides --lanes (default: "
+                        "the board's when it divides --lanes, else --lanes)")
+    p.add_argument("--lut-pes", type=int, default=None, metavar="N",
+                   help="PEs whose multiplier is built from logic instead of a DSP block "
+                        "(default: the board's with its default --pes, else 0)")
+    p.add_argument("--freq", type=_freq_arg, default=None,
+                   help=f"core clock MHz, {MIN_MHZ:g}-{MAX_MHZ:g} (default: the board's), or "
+                        f"auto: search the fastest clock that meets timing (below)")
+    p.add_argument("--freq-start", type=float, default=None,
+                   help="--freq auto: the first try's clock (default: the board's)")
+    p.add_argument("--seeds", type=_seeds_arg, default=None,
+                   help="--freq auto: nextpnr seeds to try at a clock that missed, e.g. 1,2,3 "
+                        "(default: --seed)")
+    p.add_argument("--max-tries", type=int, default=None,
+                   help=f"--freq auto: at most this many builds (default {DEFAULT_MAX_TRIES})")
     p.add_argument("--weights", choices=("auto", "embedded", "stream"), default="auto",
                    help="embed all weights, stream them per layer, or choose by fit (auto)")
     p.add_argument("--out", default="build/kep", help="output folder (default build/kep)")
     p.add_argument("--baud", type=int, default=None, help="UART baud rate (board default)")
-    p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (>= 0)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="nextpnr placement seed (>= 0; default 1)")
     p.add_argument("--router", choices=("router2", "router1"), default="router2",
                    help="nextpnr router (router2 default: router1 did not converge on the 85F "
                         "with 64 PEs)")
@@ -380,34 +539,68 @@ def _parser() -> argparse.ArgumentParser:
                         "OPENFPGALOADER set by the user always win")
     p.add_argument("--program", action="store_true", help="load the bitstream with openFPGALoader")
     p.add_argument("--dry-run", action="store_true",
-                   help="elaborate and write the tool inputs without running the tools")
+                   help="elaborate and write the tool inputs without running the tools (with "
+                        "--freq auto: those of the first try)")
     add_logging_args(p)
     return p
 
 
 #: the core clock range ``--freq`` accepts (MHz)
 MIN_MHZ, MAX_MHZ = 10.0, 200.0
+#: ``--max-tries`` without the option
+DEFAULT_MAX_TRIES = 5
+#: the critical paths kept in ``report.json`` (``worst_paths``)
+WORST_PATHS = 5
+#: the design's name: ``kep_top.bit``, ``kep_top.tim`` (nextpnr's log), ...
+NAME = "kep_top"
 
 
 def _check_args(args, board) -> tuple[int, int, float, int]:
-    """Validated ``(pes, px, freq, baud)``; a bad value is one :class:`KepError`."""
+    """Validated ``(pes, px, freq, baud)``; a bad value is one :class:`KepError`.
+
+    ``freq`` is ``--freq``, or with ``--freq auto`` the first try's clock (``--freq-start``);
+    ``args.seed``, ``args.seeds`` and ``args.max_tries`` get their defaults.
+    """
     pes, px = parse_pes(args.pes) if args.pes is not None else (board.default_pes,
                                                                 board.default_px)
     if args.lanes is None:
         args.lanes = board.default_lanes
     if args.lanes < 1 or args.lanes & (args.lanes - 1):
         raise KepError(f"--lanes must be a power of two, got {args.lanes}")
+    if args.rq_lanes is None:
+        args.rq_lanes = board.rq_lanes_for(args.lanes)
+    if args.rq_lanes < 1 or args.lanes % args.rq_lanes:
+        raise KepError(f"--rq-lanes must divide --lanes {args.lanes}, got {args.rq_lanes}")
+    if args.lut_pes is None:
+        args.lut_pes = board.default_lut_pes if args.pes is None else 0
     if pes > 255 or (pes // px) % args.lanes:
         raise KepError(f"--pes: P/PX must be a multiple of --lanes {args.lanes} and P at most "
                        f"255, got {pes}x{px}")
-    freq = board.default_mhz if args.freq is None else args.freq
+    auto = args.freq == "auto"
+    if not auto:
+        for opt, value in (("--freq-start", args.freq_start), ("--seeds", args.seeds),
+                           ("--max-tries", args.max_tries)):
+            if value is not None:
+                raise KepError(f"{opt} belongs to the clock search: give --freq auto too")
+    elif args.seeds is not None and args.seed is not None:
+        raise KepError("--seed and --seeds: give one of them (--seeds with --freq auto)")
+    opt, freq = ("--freq-start", args.freq_start) if auto else ("--freq", args.freq)
+    freq = board.default_mhz if freq is None else freq
     if not (math.isfinite(freq) and MIN_MHZ <= freq <= MAX_MHZ):
-        raise KepError(f"--freq must be a clock in [{MIN_MHZ:g}, {MAX_MHZ:g}] MHz, got {freq:g}")
+        raise KepError(f"{opt} must be a clock in [{MIN_MHZ:g}, {MAX_MHZ:g}] MHz, got {freq:g}")
     baud = board.baud if args.baud is None else args.baud
     if baud <= 0:
         raise KepError(f"--baud must be a positive rate, got {baud}")
+    _clock_setting(board, freq, baud)
+    if args.seed is None:
+        args.seed = 1
     if args.seed < 0:
         raise KepError(f"--seed must be >= 0, got {args.seed}")
+    if auto:
+        args.seeds = args.seeds or [args.seed]
+        args.max_tries = DEFAULT_MAX_TRIES if args.max_tries is None else args.max_tries
+        if args.max_tries < 1:
+            raise KepError(f"--max-tries must be at least 1, got {args.max_tries}")
     return pes, px, freq, baud
 
 
@@ -468,6 +661,330 @@ def _run_tools(commands, *, build_dir: Path, env: dict, progress: Progress, fail
                     progress.info(f"{stage}: cells " + ", ".join(shown))
 
 
+#: nextpnr's JSON report with the critical paths (and, where accepted, the net timings)
+REPORT_OPTS = ("--report", "--detailed-timing-report")
+
+
+@functools.lru_cache(maxsize=8)
+def _nextpnr_report_opts(nextpnr: str) -> tuple[str, ...]:
+    """The options of :data:`REPORT_OPTS` that this nextpnr's ``--help`` lists."""
+    try:
+        res = subprocess.run([nextpnr, "--help"], capture_output=True, text=True,
+                             errors="replace", stdin=subprocess.DEVNULL, timeout=300)
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    text = res.stdout + res.stderr
+    return tuple(opt for opt in REPORT_OPTS if re.search(rf"{re.escape(opt)}\b", text))
+
+
+@dataclasses.dataclass
+class _Setup:
+    """What every build of one command shares: the options, board, network plan and tools."""
+    args: argparse.Namespace
+    board: object
+    pes: int
+    px: int
+    baud: int
+    kep: object
+    plan: NetworkPlan
+    streamed: bool
+    est: dict
+    found: dict
+    tool_env: dict
+
+    @property
+    def po(self) -> int:
+        return self.pes // self.px
+
+    @property
+    def wmode(self) -> str:
+        return "streamed" if self.streamed else "embedded"
+
+    @functools.cached_property
+    def tools_id(self) -> dict:
+        """The tools' paths, kinds and versions (part of a clock search try's design key)."""
+        from kep_hw.board.toolchain import tool_versions
+        return tool_versions(self.found)
+
+    def largest_pes(self) -> int:
+        return largest_fitting_pes(self.kep, self.board, lanes=self.args.lanes,
+                                   rq_lanes=self.args.rq_lanes, lut_pes=self.args.lut_pes,
+                                   streamed=self.streamed, px=self.px)
+
+
+def _clock_setting(board, freq: float, baud: int) -> tuple[dict, int]:
+    """The PLL setting for ``freq`` and the UART divisor at ``baud``; one :class:`KepError`
+    if the PLL cannot make the clock or the UART's rate would be too far off."""
+    from kep_hw.board.pll import ecp5_pll_params
+    from kep_hw.gateware.uart import uart_divisor
+    try:
+        pll = ecp5_pll_params(board.clk_mhz, freq)
+        return pll, uart_divisor(pll["fout"] * 1e6, baud)
+    except ValueError as e:
+        raise KepError(str(e)) from None
+
+
+def _elaborate(s: _Setup, freq: float, seed: int, build_dir: Path, progress: Progress):
+    """Elaborate the system at ``freq`` and write the tool inputs into ``build_dir``.
+
+    Returns ``(pll, divisor, plan)``: the PLL setting, the UART divisor and Amaranth's build
+    plan (its ``files`` are the tool inputs)."""
+    from kep_hw.board.top import BoardTop
+    from kep_hw.system.top import KepSystem
+    board = s.board
+    pll, divisor = _clock_setting(board, freq, s.baud)
+    if pll["err"] > 1e-6 * freq:
+        log.warning("the PLL makes %.4f MHz of the %g MHz asked for (%g MHz oscillator)",
+                    pll["fout"], freq, board.clk_mhz)
+    nextpnr = s.found.get("nextpnr-ecp5")
+    report_opts = _nextpnr_report_opts(nextpnr[0]) if nextpnr else ()
+    pnr_opts = [f"--timing-allow-fail --seed {seed} --router {s.args.router}"]
+    if "--report" in report_opts:
+        pnr_opts += [f"--report {NAME}.report.json"] + \
+            [o for o in report_opts if o != "--report"]
+    with progress.stage("elaborate", f"{board.name}, P={s.pes} ({s.po} channels x {s.px} "
+                                     f"pixels), {s.wmode} weights, {len(s.plan.layers)} layers, "
+                                     f"PLL {board.clk_mhz:g} -> {pll['fout']:.3f} MHz"):
+        system = KepSystem(s.plan, streamed=s.streamed, divisor=divisor,
+                           clk_hz=pll["fout"] * 1e6, byte_timeout=int(pll["fout"] * 1e6 * 0.05),
+                           px=s.px, rq_lanes=s.args.rq_lanes, lut_pes=s.args.lut_pes)
+        top = BoardTop(system, board, freq)
+        platform = board.make_platform()
+        # verbose: the tools print their whole log, which is streamed and parsed as it comes
+        overrides = {"nextpnr_opts": " ".join(pnr_opts), "verbose": True}
+        if not s.args.abc9:
+            # synth_ecp5 up to its LUT mapping, classic ABC for the LUTs, then the rest of it
+            overrides["synth_opts"] = "-run :map_luts"
+            overrides["script_after_synth"] = "\n".join([
+                "techmap -map +/lattice/latches_map.v", "abc -lut 4", "clean",
+                f"synth_ecp5 -top {NAME} -run map_cells:"])
+        products = platform.build(top, name=NAME, build_dir=build_dir, do_build=False,
+                                  **overrides)
+        products.extract(build_dir)
+    return pll, divisor, products
+
+
+def _worst_paths(path: Path) -> list[dict]:
+    """:func:`parse_nextpnr_report` of nextpnr's JSON report; ``[]`` (with a warning when the
+    file is there but unreadable) if there is none."""
+    if not path.exists():
+        return []
+    try:
+        return parse_nextpnr_report(json.loads(path.read_text()), n=WORST_PATHS)
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        log.warning("cannot read nextpnr's report %s (%s)", path, e)
+        return []
+
+
+def _run_build(s: _Setup, build_dir: Path, progress: Progress) -> dict:
+    """Synthesis, place and route and packing in ``build_dir``; what their logs say.
+
+    Returns ``{"utilisation", "clocks", "clocks_placed", "yosys_cells", "worst_paths"}``
+    (:func:`parse_nextpnr_log`, :func:`parse_yosys_stats`, :func:`parse_nextpnr_report`)."""
+    for ext in (".bit", ".tim", ".rpt", ".report.json"):
+        (build_dir / f"{NAME}{ext}").unlink(missing_ok=True)   # no stale result of an earlier run
+    commands = _tool_commands(build_dir, NAME, s.found)
+
+    def fail(msg):
+        raise KepError(f"{msg}; logs in {build_dir}; largest --pes that fits by the "
+                       f"estimate: {s.largest_pes()}")
+
+    _run_tools(commands, build_dir=build_dir, env=s.tool_env, progress=progress, fail=fail)
+    parsed = parse_nextpnr_log((build_dir / f"{NAME}.tim").read_text())
+    parsed["yosys_cells"] = parse_yosys_stats((build_dir / f"{NAME}.rpt").read_text())
+    parsed["worst_paths"] = _worst_paths(build_dir / f"{NAME}.report.json")
+    if parsed["worst_paths"]:
+        progress.info(f"worst path: {describe_path(parsed['worst_paths'][0])}")
+    return parsed
+
+
+def _core_fmax(clocks: dict) -> tuple[float | None, bool | None]:
+    """``(fmax, met)`` of the core clock (the PLL's output; all clocks if none is named so)."""
+    core = {k: v for k, v in clocks.items() if "clkop" in k.lower() or "sync" in k.lower()}
+    core = core or clocks
+    fmax = min((c["fmax_mhz"] for c in core.values()), default=None)
+    met = all(c["pass"] for c in core.values()) if core else None
+    return fmax, met
+
+
+def _report(s: _Setup, freq: float, seed: int, pll: dict, divisor: int, results: dict | None,
+            seconds: float, stage_seconds: dict) -> tuple[dict, list[str]]:
+    """``report.json``'s contents and ``summary.txt``'s lines of one build (``results`` of
+    :func:`_run_build`, ``None`` for a dry run)."""
+    args, board = s.args, s.board
+    results = results or {}
+    util = results.get("utilisation", {})
+    clocks = results.get("clocks", {})
+    fmax, met = _core_fmax(clocks)
+    fmax_placed, _ = _core_fmax(results.get("clocks_placed", {}))
+    status = "built" if results else "dry-run"
+
+    def used(cell):
+        return {"used": util[cell][0], "available": util[cell][1]} if cell in util else None
+
+    report = {
+        "board": board.name, "device": board.device, "status": status, "pes": s.pes,
+        "px": s.px, "po": s.po,
+        "lanes": args.lanes, "rq_lanes": args.rq_lanes, "lut_pes": args.lut_pes,
+        "weights": s.wmode,
+        "abc9": args.abc9,
+        "model": str(args.model) if args.model else "built-in test network",
+        "layers": len(s.plan.layers), "uart_baud": s.baud, "uart_divisor": divisor,
+        "freq_requested_mhz": freq, "freq_pll_mhz": pll["fout"],
+        "pll": {k: pll[k] for k in ("refdiv", "fbdiv", "opdiv", "fvco")},
+        "seed": seed,
+        "fmax_mhz": fmax, "fmax_placed_mhz": fmax_placed, "timing_met": met, "clocks": clocks,
+        "worst_paths": results.get("worst_paths", []),
+        "utilisation": {"luts": used("TRELLIS_COMB"), "ffs": used("TRELLIS_FF"),
+                        "dsps": used("MULT18X18D"), "brams": used("DP16KD")},
+        "estimate": s.est, "budget": {"luts": board.luts, "dsps": board.dsps,
+                                      "brams": board.brams},
+        "yosys_cells": results.get("yosys_cells", {}), "toolchain": args.toolchain,
+        "tools": s.tools_id,
+        "stage_seconds": dict(stage_seconds),
+        "seconds": seconds, "environment": environment_info(),
+    }
+    lines = [f"{board.name} ({board.device}), P={s.pes} ({s.po} channels x {s.px} pixels), "
+             f"{s.wmode} weights, {len(s.plan.layers)} layers, {status}"]
+    for k, v in report["utilisation"].items():
+        if v:
+            lines.append(f"  {k:6s} {v['used']:6d} / {v['available']:6d}")
+    if fmax is not None:
+        lines.append(f"  clock  requested {freq:g} MHz (PLL {pll['fout']:.3f}), fmax "
+                     f"{fmax:.2f} MHz, timing {'met' if met else 'MISSED'}")
+    if report["worst_paths"]:
+        lines.append(f"  worst  {describe_path(report['worst_paths'][0])}")
+    lines.append(f"  UART   {s.baud} baud (divisor {divisor}); {seconds:.0f} s")
+    return report, lines
+
+
+def _write_result(folder: Path, report: dict, lines: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "report.json", report)
+    atomic_write_bytes(folder / "summary.txt", ("\n".join(lines) + "\n").encode())
+
+
+def _single_build(s: _Setup, freq: float, out: Path, progress: Progress) -> None:
+    """One build at ``freq`` (``--freq N``, or a dry run) into ``out``."""
+    build_dir = out / "build"
+    pll, divisor, _ = _elaborate(s, freq, s.args.seed, build_dir, progress)
+    if s.args.dry_run:
+        progress.info(f"dry run: synth, place and route and pack skipped; tool inputs and "
+                      f"build_{NAME}.sh in {build_dir}")
+        results = None
+    else:
+        results = _run_build(s, build_dir, progress)
+        shutil.copyfile(build_dir / f"{NAME}.bit", out / f"{NAME}.bit")
+    report, lines = _report(s, freq, s.args.seed, pll, divisor, results, progress.elapsed(),
+                            progress.seconds)
+    _write_result(out, report, lines)
+    print("\n".join(lines))
+    if report["status"] == "built" and report["timing_met"] is False:
+        raise KepError(f"timing missed: fmax {report['fmax_mhz']:.2f} MHz < {pll['fout']:.2f} "
+                       f"MHz requested; try a lower --freq (or --freq auto) or --pes (largest "
+                       f"fitting by estimate: {s.largest_pes()})")
+
+
+def _search_try(s: _Setup, freq: float, seed: int, n: int, out: Path, store: TryStore,
+                progress: Progress) -> tuple[dict, dict, list[str]]:
+    """Try ``n`` of a clock search: build at ``freq`` with ``seed`` in
+    ``out/tries/<MHz>-s<seed>/``, or take the recorded result of an identical finished try.
+
+    Returns the try's record (``clock_search`` entry), its report and its summary lines."""
+    folder = out / "tries" / try_folder_name(freq, seed)
+    build_dir = folder / "build"
+    progress.info(f"clock search: try {n} of at most {s.args.max_tries}: {freq:.3f} MHz, seed "
+                  f"{seed}, in {folder}")
+    progress.seconds = {}
+    t0 = time.monotonic()
+    pll, divisor, products = _elaborate(s, freq, seed, build_dir, progress)
+    key = design_key(products.files, freq_mhz=pll["fout"], seed=seed, tools=s.tools_id)
+    rec = store.get(key)
+    kept = [folder / "report.json", folder / "summary.txt"]
+    if rec is not None and rec.get("timing_met"):
+        kept.append(folder / f"{NAME}.bit")     # the result may be this try's bitstream
+    if rec is not None and all(f.exists() for f in kept):
+        progress.info(f"clock search: try {n} was done before ({_try_result(rec)}); skipped")
+        report = json.loads((folder / "report.json").read_text())
+        lines = (folder / "summary.txt").read_text().splitlines()
+        return dict(rec, resumed=True), report, lines
+    results = _run_build(s, build_dir, progress)
+    shutil.copyfile(build_dir / f"{NAME}.bit", folder / f"{NAME}.bit")
+    seconds = time.monotonic() - t0
+    report, lines = _report(s, freq, seed, pll, divisor, results, seconds, progress.seconds)
+    _write_result(folder, report, lines)
+    rec = {"freq_requested_mhz": freq, "freq_pll_mhz": pll["fout"], "seed": seed,
+           "fmax_placed_mhz": report["fmax_placed_mhz"], "fmax_mhz": report["fmax_mhz"],
+           "timing_met": report["timing_met"], "seconds": round(seconds, 1),
+           "folder": folder.relative_to(out).as_posix(), "key": key}
+    store.put(key, rec)
+    progress.info(f"clock search: try {n}: {_try_result(rec)}")
+    return dict(rec, resumed=False), report, lines
+
+
+def _fmt_mhz(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _try_result(rec: dict) -> str:
+    verdict = "met" if rec["timing_met"] else "MISSED"
+    return (f"{rec['freq_pll_mhz']:.3f} MHz seed {rec['seed']}: fmax {_fmt_mhz(rec['fmax_mhz'])} "
+            f"MHz after routing ({_fmt_mhz(rec['fmax_placed_mhz'])} after placement), timing "
+            f"{verdict}, {rec['seconds']:.0f} s")
+
+
+def _clock_search(s: _Setup, start: float, out: Path, progress: Progress) -> None:
+    """``--freq auto``: the tries of :func:`next_clock` from ``start`` until it has none or
+    ``--max-tries`` are done; the fastest try that met timing is the result in ``out``."""
+    args = s.args
+    t0 = time.monotonic()
+    store = TryStore(out / STORE_NAME)
+    tries, results = [], []
+    freq, seed = start, args.seeds[0]
+    while True:
+        rec, report, lines = _search_try(s, freq, seed, len(tries) + 1, out, store, progress)
+        tries.append(rec)
+        results.append((report, lines))
+        if len(tries) >= args.max_tries:
+            stopped = f"--max-tries {args.max_tries} reached"
+            break
+        nxt = next_clock(s.board, s.baud, tries, seeds=args.seeds, lo=MIN_MHZ, hi=MAX_MHZ)
+        if nxt is None:
+            stopped = ("no faster clock to try" if any(t["timing_met"] for t in tries) else
+                       "no lower clock to try")
+            break
+        how = ("the same clock, next seed" if abs(nxt[0] - rec["freq_pll_mhz"]) < 1e-6 else
+               "up" if nxt[0] > rec["freq_pll_mhz"] else "down")
+        progress.info(f"clock search: next {nxt[0]:.3f} MHz, seed {nxt[1]} ({how})")
+        freq, seed = nxt
+    met = [i for i, t in enumerate(tries) if t["timing_met"]]
+    best = max(met, key=lambda i: tries[i]["freq_pll_mhz"]) if met else len(tries) - 1
+    search = {"start_mhz": start, "seeds": list(args.seeds), "max_tries": args.max_tries,
+              "tries": tries, "chosen": tries[best]["folder"] if met else None,
+              "stopped": stopped, "seconds": round(time.monotonic() - t0, 1),
+              "tries_seconds": round(sum(t["seconds"] for t in tries), 1)}
+    report, lines = results[best]
+    report = dict(report, clock_search=search)
+    resumed = sum(t["resumed"] for t in tries)
+    lines = lines + [f"  search {len(tries)} tries ({resumed} done before) in "
+                     f"{search['seconds']:.0f} s ({search['tries_seconds']:.0f} s of builds); "
+                     f"{stopped}; result: {search['chosen'] or 'none met timing'}"]
+    lines += [f"    {t['folder']:16s} {_try_result(t)}" for t in tries]
+    bit = out / f"{NAME}.bit"
+    if met:
+        shutil.copyfile(out / tries[best]["folder"] / f"{NAME}.bit", bit)
+    else:
+        bit.unlink(missing_ok=True)         # no bitstream of an earlier run posing as this one
+    _write_result(out, report, lines)
+    print("\n".join(lines))
+    if not met:
+        top = max(tries, key=lambda t: t["fmax_mhz"] or 0.0)
+        raise KepError(f"timing missed in all {len(tries)} tries of the clock search (best: "
+                       f"fmax {_fmt_mhz(top['fmax_mhz'])} MHz at {top['freq_pll_mhz']:.3f} MHz); "
+                       f"try a lower --freq-start, more --max-tries or --seeds, or a smaller "
+                       f"--pes (largest fitting by estimate: {s.largest_pes()})")
+
+
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (see the module docstring)."""
@@ -480,126 +997,39 @@ def main(argv: list[str] | None = None) -> int:
     kep = _load_network(args.model)
     plan = plan_network(kep, po=po, lanes=args.lanes)
     if args.weights == "auto":
-        streamed = bool(_overflow(estimate_resources(plan, streamed=False, px=px), board))
+        streamed = bool(_overflow(estimate_resources(plan, streamed=False, px=px,
+                                                     rq_lanes=args.rq_lanes,
+                                                     lut_pes=args.lut_pes), board))
     else:
         streamed = args.weights == "stream"
-    est = estimate_resources(plan, streamed=streamed, px=px)
+    est = estimate_resources(plan, streamed=streamed, px=px, rq_lanes=args.rq_lanes,
+                             lut_pes=args.lut_pes)
     over = _overflow(est, board)
     if over:
         best = largest_fitting_pes(kep, board, lanes=args.lanes, streamed=streamed,
-                                   px=px)
+                                   px=px, rq_lanes=args.rq_lanes, lut_pes=args.lut_pes)
         raise KepError(f"does not fit {board.name} ({'streamed' if streamed else 'embedded'} "
                        f"weights, P={pes}): estimated {', '.join(over)}; largest --pes that "
                        f"fits: {best or 'none'}")
 
-    from kep_hw.board.pll import ecp5_pll_params
-    from kep_hw.board.top import BoardTop
-    from kep_hw.system.top import KepSystem
-    from kep_hw.board.toolchain import configure_amaranth, tool_versions
-    from kep_hw.gateware.uart import uart_divisor
-    try:
-        pll = ecp5_pll_params(board.clk_mhz, freq)
-        divisor = uart_divisor(pll["fout"] * 1e6, baud)
-    except ValueError as e:
-        raise KepError(str(e)) from None
-    if pll["err"] > 1e-6 * freq:
-        log.warning("the PLL makes %.4f MHz of the %g MHz asked for (%g MHz oscillator)",
-                    pll["fout"], freq, board.clk_mhz)
+    from kep_hw.board.toolchain import configure_amaranth
     found = _find_tools(args.toolchain, need_programmer=args.program, dry_run=args.dry_run)
     # the tools' variables for the build plan's script, never written into our own environment
     tool_env = dict(os.environ)
     configure_amaranth(found, tool_env)
+    s = _Setup(args=args, board=board, pes=pes, px=px, baud=baud, kep=kep, plan=plan,
+               streamed=streamed, est=est, found=found, tool_env=tool_env)
     out = Path(args.out)
-    build_dir = out / "build"
-    name = "kep_top"
-    wmode = "streamed" if streamed else "embedded"
-    with progress.stage("elaborate", f"{board.name}, P={pes} ({po} channels x {px} pixels), "
-                                     f"{wmode} weights, {len(plan.layers)} layers, PLL "
-                                     f"{board.clk_mhz:g} -> {pll['fout']:.3f} MHz"):
-        system = KepSystem(plan, streamed=streamed, divisor=divisor, clk_hz=pll["fout"] * 1e6,
-                           byte_timeout=int(pll["fout"] * 1e6 * 0.05), px=px)
-        top = BoardTop(system, board, freq)
-        platform = board.make_platform()
-        # verbose: the tools print their whole log, which is streamed and parsed as it comes
-        overrides = {"nextpnr_opts": f"--timing-allow-fail --seed {args.seed} "
-                                     f"--router {args.router}", "verbose": True}
-        if not args.abc9:
-            # synth_ecp5 up to its LUT mapping, classic ABC for the LUTs, then the rest of it
-            overrides["synth_opts"] = "-run :map_luts"
-            overrides["script_after_synth"] = "\n".join([
-                "techmap -map +/lattice/latches_map.v", "abc -lut 4", "clean",
-                f"synth_ecp5 -top {name} -run map_cells:"])
-        products = platform.build(top, name=name, build_dir=build_dir, do_build=False,
-                                  **overrides)
-        products.extract(build_dir)
-    commands = _tool_commands(build_dir, name, found) if not args.dry_run else []
-
-    def fail(msg):
-        best = largest_fitting_pes(kep, board, lanes=args.lanes, streamed=streamed, px=px)
-        raise KepError(f"{msg}; logs in {build_dir}; largest --pes that fits by the "
-                       f"estimate: {best}")
-
-    if args.dry_run:
-        progress.info(f"dry run: synth, place and route and pack skipped; tool inputs and "
-                      f"build_{name}.sh in {build_dir}")
-        status = "dry-run"
-        util, clocks, stats = {}, {}, {}
+    if args.freq == "auto" and not args.dry_run:
+        _clock_search(s, freq, out, progress)
     else:
-        for f in (f"{name}.bit", f"{name}.tim", f"{name}.rpt"):
-            (build_dir / f).unlink(missing_ok=True)       # no stale result of an earlier run
-        _run_tools(commands, build_dir=build_dir, env=tool_env, progress=progress, fail=fail)
-        parsed = parse_nextpnr_log((build_dir / f"{name}.tim").read_text())
-        util, clocks = parsed["utilisation"], parsed["clocks"]
-        stats = parse_yosys_stats((build_dir / f"{name}.rpt").read_text())
-        shutil.copyfile(build_dir / f"{name}.bit", out / f"{name}.bit")
-        status = "built"
-    core = {k: v for k, v in clocks.items() if "clkop" in k.lower() or "sync" in k.lower()}
-    core = core or clocks
-    fmax = min((c["fmax_mhz"] for c in core.values()), default=None)
-    met = all(c["pass"] for c in core.values()) if core else None
-
-    def used(cell):
-        return {"used": util[cell][0], "available": util[cell][1]} if cell in util else None
-
-    report = {
-        "board": board.name, "device": board.device, "status": status, "pes": pes,
-        "px": px, "po": po,
-        "lanes": args.lanes, "weights": wmode,
-        "abc9": args.abc9,
-        "model": str(args.model) if args.model else "built-in test network",
-        "layers": len(plan.layers), "uart_baud": baud, "uart_divisor": divisor,
-        "freq_requested_mhz": freq, "freq_pll_mhz": pll["fout"],
-        "pll": {k: pll[k] for k in ("refdiv", "fbdiv", "opdiv", "fvco")},
-        "fmax_mhz": fmax, "timing_met": met, "clocks": clocks,
-        "utilisation": {"luts": used("TRELLIS_COMB"), "ffs": used("TRELLIS_FF"),
-                        "dsps": used("MULT18X18D"), "brams": used("DP16KD")},
-        "estimate": est, "budget": {"luts": board.luts, "dsps": board.dsps,
-                                    "brams": board.brams},
-        "yosys_cells": stats, "toolchain": args.toolchain, "tools": tool_versions(found),
-        "stage_seconds": dict(progress.seconds),
-        "seconds": progress.elapsed(), "environment": environment_info(),
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "report.json", report)
-    lines = [f"{board.name} ({board.device}), P={pes} ({po} channels x {px} pixels), "
-             f"{report['weights']} weights, "
-             f"{len(plan.layers)} layers, {status}"]
-    for k, v in report["utilisation"].items():
-        if v:
-            lines.append(f"  {k:6s} {v['used']:6d} / {v['available']:6d}")
-    if fmax is not None:
-        lines.append(f"  clock  requested {freq:g} MHz (PLL {pll['fout']:.3f}), fmax "
-                     f"{fmax:.2f} MHz, timing {'met' if met else 'MISSED'}")
-    lines.append(f"  UART   {baud} baud (divisor {divisor}); {report['seconds']:.0f} s")
-    atomic_write_bytes(out / "summary.txt", ("\n".join(lines) + "\n").encode())
-    print("\n".join(lines))
-    if status == "built" and met is False:
-        best = largest_fitting_pes(kep, board, lanes=args.lanes, streamed=streamed,
-                                   px=px)
-        raise KepError(f"timing missed: fmax {fmax:.2f} MHz < {pll['fout']:.2f} MHz requested; "
-                       f"try a lower --freq or --pes (largest fitting by estimate: {best})")
+        if args.freq == "auto":
+            args.seed = args.seeds[0]
+            progress.info(f"dry run of --freq auto: the tool inputs of its first try "
+                          f"({freq:g} MHz, seed {args.seed})")
+        _single_build(s, freq, out, progress)
     if args.program:
-        cmd = [found["openFPGALoader"][0], *board.program, str(out / f"{name}.bit")]
+        cmd = [found["openFPGALoader"][0], *board.program, str(out / f"{NAME}.bit")]
         with progress.stage("program (openFPGALoader)"):
             rc, tail = run_tool("program (openFPGALoader)", cmd, cwd=out, progress=progress,
                                 env=tool_env)
