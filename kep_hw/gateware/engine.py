@@ -51,9 +51,12 @@ READ_LATENCY = 2
 
 def connect_read(m: Module, mem_port, port) -> None:
     """Connect a memory's read port (latency 1) to an engine port (:data:`READ_LATENCY`):
-    address and enable through, data through a register."""
-    m.d.comb += [mem_port.addr.eq(port.addr), mem_port.en.eq(port.en)]
-    m.d.sync += port.data.eq(mem_port.data)
+    address and enable through, data through a register (without reset, like every data
+    register of the datapath: only control and valid flags load the reset, which keeps the
+    reset net's fanout small)."""
+    q = Signal.like(mem_port.data, reset_less=True)
+    m.d.comb += [mem_port.addr.eq(port.addr), mem_port.en.eq(port.en), port.data.eq(q)]
+    m.d.sync += q.eq(mem_port.data)
 
 
 class _State(enum.Enum, shape=2):
@@ -124,7 +127,8 @@ class Engine(wiring.Component):
         # two parameter banks: the MACs of group g use bank ``bank`` while the next group's
         # parameters load into the other one, as soon as the requantization no longer needs
         # it (no group drains its pipeline before the next one starts)
-        banks = [Signal(data.ArrayLayout(ParamWord, PO), name=f"prm_bank{b}") for b in range(2)]
+        banks = [Signal(data.ArrayLayout(ParamWord, PO), name=f"prm_bank{b}", reset_less=True)
+                 for b in range(2)]
         bank = Signal()
         shadow_bank = Signal()
         m.d.comb += rq.prm.eq(Mux(shadow_bank, banks[1], banks[0]))
@@ -167,7 +171,7 @@ class Engine(wiring.Component):
         s1_zero = Signal()
         s1_res = Signal(p.act_bits)
         s1_nv = Signal(range(PX + 1))
-        s1_win = Signal(wl)
+        s1_win = Signal(wl, reset_less=True)
         s2_valid = Signal()               # S1 -> S2: waiting for the weight word
         s2_first = Signal()
         s2_last = Signal()
@@ -176,7 +180,7 @@ class Engine(wiring.Component):
         s2_zero = Signal()
         s2_res = Signal(p.act_bits)
         s2_nv = Signal(range(PX + 1))
-        s2_win = Signal(wl)
+        s2_win = Signal(wl, reset_less=True)
         s3_valid = Signal()
         s3_first = Signal()
         s3_last = Signal()
@@ -191,9 +195,9 @@ class Engine(wiring.Component):
         s4_nv = Signal(range(PX + 1))
         s1_bank, s2_bank, s3_bank, s4_bank = (Signal(name=f"s{i}_bank") for i in range(1, 5))
         next_ready = Signal()
-        acc = Signal(data.ArrayLayout(signed(32), P))
+        acc = Signal(data.ArrayLayout(signed(32), P), reset_less=True)
         shadow_full = Signal()
-        shadow = Signal(acc_word(p))
+        shadow = Signal(acc_word(p), reset_less=True)
 
         # control
         keff_m1 = Signal(4)                  # K - 1 (K = 0 counts as 1)
@@ -318,7 +322,7 @@ s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last),
         prods = [v for _, v in sorted(prods, key=lambda t: t[0])]
 
         # S3 -> S4: the bias of the block's bank; S4: accumulate, shadow
-        bias = Signal(data.ArrayLayout(signed(32), PO))
+        bias = Signal(data.ArrayLayout(signed(32), PO), reset_less=True)
         for o in range(PO):
             m.d.sync += bias[o].eq(Mux(s3_bank, banks[1][o].bias, banks[0][o].bias))
         for pe in range(P):

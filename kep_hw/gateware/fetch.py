@@ -89,7 +89,7 @@ class WindowFetcher(wiring.Component):
 
         # two window buffers (a two-entry FIFO) and their flags
         wl = window_word(G, PX)
-        bufs = [Signal(wl, name=f"buf{b}") for b in range(2)]
+        bufs = [Signal(wl, name=f"buf{b}", reset_less=True) for b in range(2)]
         full = Signal(2)
         wr = Signal()
         rd = Signal()

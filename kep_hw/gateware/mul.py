@@ -82,9 +82,11 @@ class Multiplier(wiring.Component):
         elif _is_ecp5(platform):
             self._mult18(m)
         else:
-            ra = Signal(self.a_shape)
-            rb = Signal(self.b_shape)
-            m.d.sync += [ra.eq(self.a), rb.eq(self.b), self.p.eq(ra * rb)]
+            ra = Signal(self.a_shape, reset_less=True)
+            rb = Signal(self.b_shape, reset_less=True)
+            rp = Signal.like(self.p, reset_less=True)
+            m.d.sync += [ra.eq(self.a), rb.eq(self.b), rp.eq(ra * rb)]
+            m.d.comb += self.p.eq(rp)
         return m
 
     def _mult18(self, m):
@@ -129,7 +131,7 @@ class Multiplier(wiring.Component):
         # stage 1: pairs
         pairs = []
         for k in range(0, len(rows), 2):
-            s = Signal(signed(pw), name=f"pair{k // 2}")
+            s = Signal(signed(pw), name=f"pair{k // 2}", reset_less=True)
             (r0, n0), *rest = rows[k:k + 2]
             v = -r0 if n0 else r0
             if rest:
@@ -141,4 +143,6 @@ class Multiplier(wiring.Component):
         total = pairs[0]
         for s in pairs[1:]:
             total = total + s
-        m.d.sync += self.p.eq(total)
+        rp = Signal.like(self.p, reset_less=True)
+        m.d.sync += rp.eq(total)
+        m.d.comb += self.p.eq(rp)

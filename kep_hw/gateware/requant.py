@@ -134,8 +134,8 @@ class Requant(wiring.Component):
                          last[i].eq(last[i - 1]), grp[i].eq(grp[i - 1])]
 
         # R0 -> R1: the lane group's accumulators and parameters
-        r1_acc = Signal(data.ArrayLayout(signed(32), L))
-        r1_prm = Signal(data.ArrayLayout(ParamWord, L))
+        r1_acc = Signal(data.ArrayLayout(signed(32), L), reset_less=True)
+        r1_prm = Signal(data.ArrayLayout(ParamWord, L), reset_less=True)
         with m.Switch(c):
             for g in range(NG):
                 with m.Case(g):
@@ -162,7 +162,7 @@ class Requant(wiring.Component):
         def delayed(sig, n, name):
             out = sig
             for k in range(n):
-                nxt = Signal.like(sig, name=f"{name}_d{k + 1}")
+                nxt = Signal.like(sig, name=f"{name}_d{k + 1}", reset_less=True)
                 m.d.sync += nxt.eq(out)
                 out = nxt
             return out
@@ -195,26 +195,26 @@ class Requant(wiring.Component):
             m.submodules[f"mul_res{lane}"] = rmul
             m.d.comb += [rmul.a.eq(res), rmul.b.eq(rm)]
             # R3 -> R4: (hi << 16) + lo
-            r4_pm = Signal(signed(50), name=f"r4_pm{lane}")
+            r4_pm = Signal(signed(50), name=f"r4_pm{lane}", reset_less=True)
             m.d.sync += r4_pm.eq((hi.p << 16) + lo.p)
             # R4 -> R5: + rounding term; R5 -> R6: + residual product
             shift3 = delayed(prm.shift, 3, f"shift{lane}")       # in R4
             rnd = Signal(48, name=f"rnd{lane}")
             m.d.comb += rnd.eq((Const(1, 48) << shift3) >> 1)
-            r5_pm = Signal(signed(51), name=f"r5_pm{lane}")
-            r5_pr = Signal(signed(34), name=f"r5_pr{lane}")
+            r5_pm = Signal(signed(51), name=f"r5_pm{lane}", reset_less=True)
+            r5_pr = Signal(signed(34), name=f"r5_pr{lane}", reset_less=True)
             m.d.sync += [r5_pm.eq(r4_pm + rnd), r5_pr.eq(rmul.p)]
-            r6_sum = Signal(signed(52), name=f"r6_sum{lane}")
+            r6_sum = Signal(signed(52), name=f"r6_sum{lane}", reset_less=True)
             m.d.sync += r6_sum.eq(r5_pm + r5_pr)
             # R6 -> R7: arithmetic shift
             shift5 = delayed(shift3, 2, f"shift{lane}_r6")       # in R6
-            r7_z = Signal(signed(52), name=f"r7_z{lane}")
+            r7_z = Signal(signed(52), name=f"r7_z{lane}", reset_less=True)
             m.d.sync += r7_z.eq(r6_sum >> shift5)
             ys.append(r7_z)
 
         # R7: ReLU, saturation into the output queue slot ``wp``
         ow = out_word(PO)
-        queue = Signal(data.ArrayLayout(ow, D))
+        queue = Signal(data.ArrayLayout(ow, D), reset_less=True)
         wp = Signal(range(D))
         rp = Signal(range(D))
         count = Signal(range(D + 1))

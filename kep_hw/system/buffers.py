@@ -130,7 +130,7 @@ class ActivationBuffers(wiring.Component):
                                      wr.en.eq(self.img.en)]
             regs = []
             for c, (rd, _) in enumerate(ports):
-                q = Signal.like(rd.data, name=f"act{b}_{c}_q")
+                q = Signal.like(rd.data, name=f"act{b}_{c}_q", reset_less=True)
                 m.d.sync += q.eq(rd.data)
                 regs.append(q)
             if len(ports) == 2:
