@@ -167,7 +167,9 @@ class WindowFetcher(wiring.Component):
             self.act.addr.eq(ca),
         ]
 
-        # read data stage (READ_LATENCY = 2 cycles after issue: f1, then f2)
+        # read data stage: the word arrives READ_LATENCY = 2 cycles after issue (f1) through
+        # the buffers' multiplexer and is registered (f2, zero outside the image) before it is
+        # written into the window buffer
         f0_valid = Signal()
         f0_inb = Signal()
         f0_slot = Signal(range(3 * NC))
@@ -178,6 +180,11 @@ class WindowFetcher(wiring.Component):
         f1_slot = Signal(range(3 * NC))
         f1_buf = Signal()
         f1_end = Signal()
+        f2_valid = Signal()
+        f2_slot = Signal(range(3 * NC))
+        f2_buf = Signal()
+        f2_end = Signal()
+        f2_data = Signal(act_word(G), reset_less=True)
         m.d.sync += [
             f0_valid.eq(issue),
             f0_inb.eq(inb),
@@ -189,17 +196,21 @@ class WindowFetcher(wiring.Component):
             f1_slot.eq(f0_slot),
             f1_buf.eq(f0_buf),
             f1_end.eq(f0_end),
+            f2_valid.eq(f1_valid),
+            f2_slot.eq(f1_slot),
+            f2_buf.eq(f1_buf),
+            f2_end.eq(f1_end),
+            f2_data.eq(Mux(f1_inb, self.act.data, 0)),
         ]
         for b in range(2):
-            with m.If(f1_valid & (f1_buf == b)):
+            with m.If(f2_valid & (f2_buf == b)):
                 for lane in range(G):
-                    val = Signal(signed(8), name=f"rdval{b}_{lane}")
-                    m.d.comb += val.eq(Mux(f1_inb, self.act.data[lane], 0))
-                    m.d.sync += bufs[b].win[lane].as_value().word_select(f1_slot, 8).eq(val)
+                    m.d.sync += bufs[b].win[lane].as_value().word_select(f2_slot, 8).eq(
+                        f2_data[lane])
         set_full = Signal(2)
         clr_full = Signal(2)
         m.d.comb += [
-            set_full.eq((f1_valid & f1_end) << f1_buf),
+            set_full.eq((f2_valid & f2_end) << f2_buf),
             clr_full.eq(pop << rd),
         ]
         m.d.sync += [full.eq((full | set_full) & ~clr_full),

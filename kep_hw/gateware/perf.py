@@ -29,8 +29,8 @@ _END = 10           # last MAC of the layer -> last output transferred (+ nv * P
 _RQ_EXTRA = 5       # a block's shadow register is free nv * Po/L + 5 cycles after its
                     # last MAC
 _LOAD_EXTRA = 3     # Po parameter reads, the last one's data READ_LATENCY cycles later
-_FETCH_EXTRA = 4    # the first window is complete k * ncols + 4 cycles after start
-_FIFO_LOOP = 2      # two windows in flight: fetch + MAC + 2 cycles for both (on average)
+_FETCH_EXTRA = 5    # the first window is complete k * ncols + 5 cycles after start
+_FIFO_LOOP = 3      # two windows in flight: fetch + MAC + 3 cycles for both (on average)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,11 +15,11 @@ issued per cycle, every step registered:
   and parameters of the lane group selected into registers.
 - R1: ``acc * mult`` as two DSP products, ``acc[15:0] * mult`` and ``acc[31:16] * mult``
   (:class:`kep_hw.gateware.mul.Multiplier`, two cycles: R1 -> R3).
-- R2: the residual word arrives (read latency 2); the lane's byte into ``res * res_mult``, an
-  8 x 24 product built from logic (two cycles: R2 -> R4).
+- R2: the residual word arrives (read latency 2); the lane's byte is registered.
+- R3: ``res * res_mult``, an 8 x 24 product built from logic (two cycles: R3 -> R5).
 - R3: ``acc * mult = (hi << 16) + lo``.
-- R4: ``+ 2**(shift-1)``; the residual product arrives.
-- R5: the sum of both.
+- R4: ``+ 2**(shift-1)``.
+- R5: the residual product arrives; the sum of both.
 - R6: arithmetic shift.
 - R7: ReLU and saturation written into an output queue slot.
 
@@ -178,10 +178,12 @@ class Requant(wiring.Component):
             m.submodules[f"mul_hi{lane}"] = hi
             m.d.comb += [lo.a.eq(acc[:16]), lo.b.eq(prm.mult),
                          hi.a.eq(acc[16:]), hi.b.eq(prm.mult)]
-            # R2 -> R4: res * res_mult (the residual word arrived in R2)
+            # R2 -> R3: the lane's residual byte registered (the residual word arrived in R2
+            # through the buffers' multiplexer); R3 -> R5: res * res_mult in logic
             sub = delayed(grp[1], 1, f"sub{lane}")              # lane group in R2
-            rm = delayed(prm.res_mult, 1, f"rm{lane}")
+            rm = delayed(prm.res_mult, 2, f"rm{lane}")           # in R3
             res = Signal(signed(8), name=f"res{lane}")
+            r3_res = Signal(signed(8), name=f"r3_res{lane}", reset_less=True)
             word = self.res.data
             if SUB > 1:
                 choices = [word[k * L + lane] for k in range(SUB)]
@@ -191,21 +193,22 @@ class Requant(wiring.Component):
             else:
                 pick = word[lane]
             m.d.comb += res.eq(Mux(self.residual, pick, 0))
+            m.d.sync += r3_res.eq(res)
             rmul = Multiplier(signed(8), unsigned(24), impl="lut")
             m.submodules[f"mul_res{lane}"] = rmul
-            m.d.comb += [rmul.a.eq(res), rmul.b.eq(rm)]
+            m.d.comb += [rmul.a.eq(r3_res), rmul.b.eq(rm)]
             # R3 -> R4: (hi << 16) + lo
             r4_pm = Signal(signed(50), name=f"r4_pm{lane}", reset_less=True)
             m.d.sync += r4_pm.eq((hi.p << 16) + lo.p)
-            # R4 -> R5: + rounding term; R5 -> R6: + residual product
+            # R4 -> R5: + rounding term; R5 -> R6: + residual product (from its multiplier's
+            # output register)
             shift3 = delayed(prm.shift, 3, f"shift{lane}")       # in R4
             rnd = Signal(48, name=f"rnd{lane}")
             m.d.comb += rnd.eq((Const(1, 48) << shift3) >> 1)
             r5_pm = Signal(signed(51), name=f"r5_pm{lane}", reset_less=True)
-            r5_pr = Signal(signed(34), name=f"r5_pr{lane}", reset_less=True)
-            m.d.sync += [r5_pm.eq(r4_pm + rnd), r5_pr.eq(rmul.p)]
+            m.d.sync += r5_pm.eq(r4_pm + rnd)
             r6_sum = Signal(signed(52), name=f"r6_sum{lane}", reset_less=True)
-            m.d.sync += r6_sum.eq(r5_pm + r5_pr)
+            m.d.sync += r6_sum.eq(r5_pm + rmul.p)
             # R6 -> R7: arithmetic shift
             shift5 = delayed(shift3, 2, f"shift{lane}_r6")       # in R6
             r7_z = Signal(signed(52), name=f"r7_z{lane}", reset_less=True)
