@@ -70,18 +70,26 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 60.0
 
 BRAM_BITS = 18432          # DP16KD
-LUT_BASE = 4000            # UART, frames, sequencer, address arithmetic, requantization
-#: LUT4s per PE (9:1 x 8-bit mux, 32-bit accumulator, pipeline and output registers), fitted
-#: to the 85F build (P = 64 as 16x4: 15,678 LUT4 + 2,078 CCU2)
-LUT_PER_PE = 250
+#: LUT4 (nextpnr's TRELLIS_COMB: LUT4s and carry cells) model,
+#: ``LUT_BASE + LUT_PER_PE * P + LUT_PER_LANE * G + LUT_PER_RQ_LANE * L
+#: + LUT_PER_LUT_MUL * lut_pes``, fitted to three ResNet-20 builds of the registered engine
+#: (docs/boards.md): 85F P=128 as 16x8, G=16, L=8: 46,506; 85F P=32 as 16x2, G=16, L=8:
+#: 24,957; 12F P=32 as 16x2, G=8, L=2, 12 logic multipliers, streamed: 17,002. Per PE: the
+#: operand mux, 32-bit accumulator, shadow register and the window slice of its pixel; per
+#: lane of G: the activation words' registers and multiplexers, the window buffers' lanes;
+#: per requantization lane (an estimate, not fitted): its 8x24 logic product, adders and shifter
+LUT_BASE = 2350
+LUT_PER_PE = 225
+LUT_PER_LANE = 665
+LUT_PER_RQ_LANE = 600
 #: LUT4s of one 8 x 8 multiplier built from logic (:mod:`kep_hw.gateware.mul`, ``"lut"``)
 LUT_PER_LUT_MUL = 80
 #: DSPs besides the one per PE: ``DSP_PER_LANE * L + DSP_BASE`` for the L requantization lanes
-#: (two 16 x 16 products each) and the head's and the address products
+#: (two 16 x 16 products each), the head's product and three address products
 DSP_PER_LANE = 2
-DSP_BASE = 3
-#: block RAMs of the head (weight ROM and channel sums)
-HEAD_BRAMS = 2
+DSP_BASE = 4
+#: block RAMs of the head (its weight ROM; the sums and logits go to distributed RAM)
+HEAD_BRAMS = 1
 
 
 def _bram_blocks(width: int, depth: int) -> int:
@@ -97,8 +105,8 @@ def estimate_resources(plan: NetworkPlan, *, streamed: bool, px: int = 1,
                        rq_lanes: int | None = None, lut_pes: int = 0) -> dict:
     """Estimated LUT4s, DSPs (MULT18X18D) and block RAMs (DP16KD) of a system.
 
-    The LUT estimate is a linear fit (``LUT_BASE + LUT_PER_PE * P`` plus ``LUT_PER_LUT_MUL``
-    per PE whose multiplier is in logic); DSPs are one per PE with a DSP multiplier, two per
+    The LUT estimate is a linear fit (``LUT_BASE + LUT_PER_PE * P + LUT_PER_LANE * G +
+    LUT_PER_RQ_LANE * L`` plus ``LUT_PER_LUT_MUL`` per PE whose multiplier is in logic); DSPs are one per PE with a DSP multiplier, two per
     requantization lane (``acc * mult`` as two 16 x 16 products; ``res * res_mult`` is built
     from logic) and ``DSP_BASE`` (the head's product and the configuration's address
     products); block RAMs follow the memories' widths and depths exactly: the activation
@@ -115,7 +123,8 @@ def estimate_resources(plan: NetworkPlan, *, streamed: bool, px: int = 1,
                                                                           prm_depth)
     if plan.tail:
         brams += HEAD_BRAMS
-    return {"luts": LUT_BASE + LUT_PER_PE * P + LUT_PER_LUT_MUL * lut_pes,
+    return {"luts": (LUT_BASE + LUT_PER_PE * P + LUT_PER_LANE * G + LUT_PER_RQ_LANE * L
+                     + LUT_PER_LUT_MUL * lut_pes),
             "dsps": P - lut_pes + DSP_PER_LANE * L + DSP_BASE, "brams": brams}
 
 
