@@ -404,6 +404,8 @@ def open_board(port: str | None = None, *, sim: bool = False, model, board: str 
             if p is None:
                 p, px = profile.default_pes, profile.default_px
             g = lanes if lanes is not None else profile.default_lanes
+            while lanes is None and g > 1 and (p // px) % g:
+                g //= 2          # --pes without --lanes: the widest word that P/PX fills
             if (p // px) % g:
                 raise KepError(f"P/PX = {p // px} (--pes {p}x{px}) is not a multiple of "
                                f"G = {g} (--lanes)")

@@ -113,7 +113,8 @@ def _parser() -> argparse.ArgumentParser:
                         f"most {MAX_PES}); default: the board's INFO (--sim: the --board "
                         "profile's); given, it must agree with the board")
     p.add_argument("--lanes", type=int, default=None,
-                   help="G, channels per activation word; default as --pes")
+                   help="G, channels per activation word; default as --pes (with --pes "
+                        "and --sim: the profile's G, halved until P/PX is a multiple of it)")
     p.add_argument("--baud", type=int, default=None,
                    help="UART baud rate of the board (default: the --board profile's)")
     p.add_argument("--streamed", action="store_true",

@@ -131,11 +131,12 @@ def test_unknown_board_is_one_error(model, tiny_cifar, one_line_error):
     assert "unknown board 'nosuch'" in one_line_error(rc)
 
 
-def test_sim_pes_incompatible_with_profile_lanes_is_one_error(model, tiny_cifar,
-                                                              one_line_error):
-    """--sim has no board to ask: the profile's G = 8 with --pes 8x2 (Po 4) cannot work."""
-    rc = _run("--sim", "--model", model[1], "--data-dir", tiny_cifar, "--pes", "8x2")
-    assert "not a multiple of G = 8" in one_line_error(rc)
+def test_sim_pes_incompatible_with_lanes_is_one_error(model, tiny_cifar, one_line_error):
+    """--sim has no board to ask: G = 8 with --pes 8x2 (Po 4) cannot work (without --lanes the
+    profile's G is halved until Po is a multiple of it)."""
+    rc = _run("--sim", "--model", model[1], "--data-dir", tiny_cifar, "--pes", "8x2",
+              "--lanes", "8")
+    assert "must be a multiple of --lanes 8" in one_line_error(rc)
 
 
 # --image
