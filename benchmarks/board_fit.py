@@ -81,7 +81,9 @@ def main(argv=None) -> int:
         for board in boards:
             pes, px, lanes = board.default_pes, board.default_px, board.default_lanes
             plan = plan_network(kep, po=pes // px, lanes=lanes)
-            est = {mode: estimate_resources(plan, streamed=mode == "streamed", px=px)
+            est = {mode: estimate_resources(plan, streamed=mode == "streamed", px=px,
+                                            rq_lanes=board.rq_lanes_for(lanes),
+                                            lut_pes=board.default_lut_pes)
                    for mode in ("embedded", "streamed")}
             fits = [mode for mode in est if all(est[mode][k] <= getattr(board, k)
                                                 for k in ("luts", "dsps", "brams"))]
