@@ -27,15 +27,20 @@ MAC pipeline (one (channel, element) per cycle, all PEs in lock step):
 - S3: the multipliers' input registers.
 - S4: the product arrives; accumulate (``bias + product`` on the first element of a block);
   on the last element the P sums go to the shadow register (the requantization unit's input).
+
+Selects and enables with thousands of loads (the window's channel counter, the S4 flags of
+the P accumulators, the parameter banks' flags) are registered several times over, one copy
+per group of loads (:func:`kep_hw.gateware.fanout.copies`), with no added latency.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 
+from kep_hw.gateware.fanout import copies
 from kep_hw.gateware.fetch import WindowFetcher
 from kep_hw.gateware.mul import Multiplier
 from kep_hw.gateware.layouts import (ParamWord, acc_word, act_word, out_word, weight_word,
@@ -131,7 +136,7 @@ class Engine(wiring.Component):
                  for b in range(2)]
         bank = Signal()
         shadow_bank = Signal()
-        m.d.comb += rq.prm.eq(Mux(shadow_bank, banks[1], banks[0]))
+        shadow_bank_d = Signal()             # shadow_bank's next value (and its copies')
 
         # group / block bookkeeping; registered products of the (stable) configuration
         g = Signal(p.group_bits)
@@ -188,7 +193,6 @@ class Engine(wiring.Component):
         s3_res = Signal(p.act_bits)
         s3_nv = Signal(range(PX + 1))
         s4_valid = Signal()
-        s4_first = Signal()
         s4_last = Signal()
         s4_final = Signal()
         s4_res = Signal(p.act_bits)
@@ -203,6 +207,7 @@ class Engine(wiring.Component):
         keff_m1 = Signal(4)                  # K - 1 (K = 0 counts as 1)
         m.d.sync += keff_m1.eq(Mux(cfg.kk == 0, 0, cfg.kk - 1))
         c = Signal(range(G))
+        c_d = Signal(range(G))               # c's next value (its copies load it too)
         c_next = Signal(range(G + 1))        # c + 1
         j = Signal(4)
         win = fetch.o
@@ -228,12 +233,19 @@ class Engine(wiring.Component):
         ]
 
         # the 3x3 window of every pixel of the block, channel c: pixel q reads the block
-        # columns q*stride + 0..2 (3x3) or column q (1x1, slot 0)
-        raw = win.payload.win[c]
-        k3 = Signal()
-        s2 = Signal()
-        m.d.comb += [k3.eq(cfg.k == 3), s2.eq(cfg.stride == 2)]
+        # columns q*stride + 0..2 (3x3) or column q (1x1, slot 0). The channel multiplexer
+        # has one copy of c per window slot, the stride and kernel flags one per pixel
+        # (kep_hw.gateware.fanout: no select net spans the G x 3 x NC byte multiplexer)
+        m.d.comb += c_d.eq(c)                # default: hold (the assignments above override)
+        m.d.sync += c.eq(c_d)
+        c_cp = copies(m, platform, c_d, 3 * NC, name="win_c")
+        k3_cp = copies(m, platform, cfg.k == 3, PX, name="win_k3")
+        s2_cp = copies(m, platform, cfg.stride == 2, PX, name="win_s2")
+        raw = [Cat(*(win.payload.win[lane].as_value().word_select(slot, 8)
+                     for lane in range(G))).word_select(c_cp[slot], 8)
+               for slot in range(3 * NC)]
         for q in range(PX):
+            k3, s2 = k3_cp[q], s2_cp[q]
             for r in range(3):
                 for cc in range(3):
                     if PX == 1:
@@ -262,9 +274,11 @@ class Engine(wiring.Component):
             with m.Else():
                 m.d.sync += j.eq(0)
                 with m.If(~end_c):
-                    m.d.sync += [c.eq(c_next), c_next.eq(c_next + 1)]
+                    m.d.comb += c_d.eq(c_next)
+                    m.d.sync += c_next.eq(c_next + 1)
                 with m.Else():
-                    m.d.sync += [c.eq(0), c_next.eq(1)]
+                    m.d.comb += c_d.eq(0)
+                    m.d.sync += c_next.eq(1)
             with m.If(cfg.kk != 0):
                 m.d.sync += wptr.eq(wptr + 1)
             with m.If(last_mac):
@@ -296,7 +310,7 @@ class Engine(wiring.Component):
 
         # S1 -> S2: the weight word is read (latency 2)
         m.d.sync += [s2_bank.eq(s1_bank), s3_bank.eq(s2_bank), s4_bank.eq(s3_bank),
-s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last),
+                     s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last),
                      s2_final.eq(s1_final), s2_j.eq(s1_j), s2_zero.eq(s1_zero), s2_res.eq(s1_res),
                      s2_nv.eq(s1_nv), s2_win.eq(s1_win)]
 
@@ -304,7 +318,7 @@ s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last),
         # S3, S4: multiply (two cycles: the multipliers' input and output registers)
         m.d.sync += [s3_valid.eq(s2_valid), s3_first.eq(s2_first), s3_last.eq(s2_last),
                      s3_final.eq(s2_final), s3_res.eq(s2_res), s3_nv.eq(s2_nv),
-                     s4_valid.eq(s3_valid), s4_first.eq(s3_first), s4_last.eq(s3_last),
+                     s4_valid.eq(s3_valid), s4_last.eq(s3_last),
                      s4_final.eq(s3_final), s4_res.eq(s3_res), s4_nv.eq(s3_nv)]
         prods = []
         for o in range(PO):
@@ -322,18 +336,29 @@ s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last),
         prods = [v for _, v in sorted(prods, key=lambda t: t[0])]
 
         # S3 -> S4: the bias of the block's bank; S4: accumulate, shadow
+        # (one copy of the bank flag per output channel, and of the S4 flags per PE: each
+        # drives 32 or 64 flip-flop enables or multiplexers instead of P x 32)
         bias = Signal(data.ArrayLayout(signed(32), PO), reset_less=True)
+        b3_cp = copies(m, platform, s2_bank, PO, name="s3_bank_o")
         for o in range(PO):
-            m.d.sync += bias[o].eq(Mux(s3_bank, banks[1][o].bias, banks[0][o].bias))
+            m.d.sync += bias[o].eq(Mux(b3_cp[o], banks[1][o].bias, banks[0][o].bias))
+        v4_cp = copies(m, platform, s3_valid, P, name="s4_valid_pe")
+        f4_cp = copies(m, platform, s3_first, P, name="s4_first_pe")
+        l4_cp = copies(m, platform, s3_valid & s3_last, P, name="s4_load_pe")
         for pe in range(P):
             nxt = Signal(signed(32), name=f"acc_next{pe}")
-            m.d.comb += nxt.eq(Mux(s4_first, bias[pe % PO], acc[pe]) + prods[pe])
-            with m.If(s4_valid):
+            m.d.comb += nxt.eq(Mux(f4_cp[pe], bias[pe % PO], acc[pe]) + prods[pe])
+            with m.If(v4_cp[pe]):
                 m.d.sync += acc[pe].eq(nxt)
-                with m.If(s4_last):
-                    m.d.sync += shadow.acc[pe].eq(nxt)
+            with m.If(l4_cp[pe]):
+                m.d.sync += shadow.acc[pe].eq(nxt)
+        m.d.comb += shadow_bank_d.eq(Mux(s4_valid & s4_last, s4_bank, shadow_bank))
+        m.d.sync += shadow_bank.eq(shadow_bank_d)
+        sb_cp = copies(m, platform, shadow_bank_d, PO, name="shadow_bank_o")
+        for o in range(PO):
+            m.d.comb += rq.prm[o].eq(Mux(sb_cp[o], banks[1][o], banks[0][o]))
         with m.If(s4_valid & s4_last):
-            m.d.sync += [shadow_full.eq(1), shadow_bank.eq(s4_bank), shadow.res_addr.eq(s4_res),
+            m.d.sync += [shadow_full.eq(1), shadow.res_addr.eq(s4_res),
                          shadow.last.eq(s4_final), shadow.nv.eq(s4_nv)]
         m.d.comb += [rq.i.valid.eq(shadow_full), rq.i.payload.eq(shadow)]
         with m.If(rq.i.valid & rq.i.ready):
@@ -392,10 +417,10 @@ s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last),
                         wptr.eq(cfg.wt_base), gbase.eq(cfg.wt_base),
                         res_ptr.eq(cfg.res_base),
                         res_row.eq(cfg.res_base), res_gbase.eq(cfg.res_base),
-                        c.eq(0), j.eq(0), bank.eq(0),
+                        j.eq(0), bank.eq(0),
                         ld_n.eq(0), ld_ptr.eq(cfg.prm_base), ld_bank.eq(0), ld_g.eq(0),
                     ]
-                    m.d.comb += fetch.start.eq(1)
+                    m.d.comb += [fetch.start.eq(1), c_d.eq(0)]
             with m.Case(_State.LOAD):
                 with m.If(~loading & ~ld_v & ~ld_v2):
                     m.d.sync += state.eq(_State.RUN)

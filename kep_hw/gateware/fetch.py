@@ -23,6 +23,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 
+from kep_hw.gateware.fanout import copies
 from kep_hw.gateware.layouts import act_word, window_cols, window_word
 from kep_hw.gateware.params import EngineParams, check_params
 
@@ -113,18 +114,27 @@ class WindowFetcher(wiring.Component):
         m.d.comb += self.busy.eq(run | init)
         base = Signal(signed(aw))     # address of input position (-pad, -pad)
 
-        # stream head
+        # stream head; the window bytes through one copy of ``rd`` per (lane, row) of the
+        # window (kep_hw.gateware.fanout: the select does not span the G x 3 x NC bytes)
+        pop = Signal()
+        rd_d = Signal()                           # rd's next value
         m.d.comb += [
             self.o.valid.eq(full.bit_select(rd, 1)),
+            pop.eq(self.o.valid & self.o.ready),
+            rd_d.eq(rd ^ pop),
         ]
+        m.d.sync += rd.eq(rd_d)
+        rd_cp = copies(m, platform, rd_d, 3 * G, name="rd")
         with m.If(rd):
             m.d.comb += self.o.payload.eq(bufs[1])
         with m.Else():
             m.d.comb += self.o.payload.eq(bufs[0])
-        pop = Signal()
-        m.d.comb += pop.eq(self.o.valid & self.o.ready)
-        with m.If(pop):
-            m.d.sync += rd.eq(~rd)
+        for lane in range(G):
+            for row in range(3):
+                bits = slice(row * NC * 8, (row + 1) * NC * 8)
+                m.d.comb += self.o.payload.win[lane].as_value()[bits].eq(
+                    Mux(rd_cp[3 * lane + row], bufs[1].win[lane].as_value()[bits],
+                        bufs[0].win[lane].as_value()[bits]))
 
         # block size: nv valid pixels, ncols window columns; registers updated with ox from
         # their next values (no subtraction or comparison of ox on the address path)
@@ -270,10 +280,11 @@ class WindowFetcher(wiring.Component):
 
         # start: counters now, addresses one cycle later (once ``wrow`` is valid)
         with m.If(self.start & ~run & ~init):
+            m.d.comb += rd_d.eq(0)
             m.d.sync += [
                 init.eq(1), g.eq(0), oy.eq(0), *row_start(), iw.eq(0), ch_left.eq(cfg.cin),
                 r.eq(0), c.eq(0), cx.eq(0), iy0.eq(-cfg.pad), ix0.eq(-cfg.pad),
-                full.eq(0), inflight.eq(0), wr.eq(0), rd.eq(0),
+                full.eq(0), inflight.eq(0), wr.eq(0),
             ]
         with m.If(init):
             m.d.sync += [init.eq(0), run.eq(1), prow.eq(base), pa.eq(base), ra.eq(base),

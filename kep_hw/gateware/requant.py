@@ -39,6 +39,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 
+from kep_hw.gateware.fanout import copies
 from kep_hw.gateware.layouts import ParamWord, acc_word, act_word, out_word
 from kep_hw.gateware.mul import Multiplier
 from kep_hw.gateware.params import EngineParams, check_params
@@ -133,30 +134,38 @@ class Requant(wiring.Component):
             m.d.sync += [valid[i].eq(valid[i - 1]), end[i].eq(end[i - 1]),
                          last[i].eq(last[i - 1]), grp[i].eq(grp[i - 1])]
 
-        # R0 -> R1: the lane group's accumulators and parameters
+        # R0 -> R1: the lane group's accumulators and parameters, each lane through its own
+        # copy of (q, c) (kep_hw.gateware.fanout: no select net spans all L lanes)
         r1_acc = Signal(data.ArrayLayout(signed(32), L), reset_less=True)
         r1_prm = Signal(data.ArrayLayout(ParamWord, L), reset_less=True)
-        with m.Switch(c):
-            for g in range(NG):
-                with m.Case(g):
-                    for lane in range(L):
-                        m.d.sync += r1_prm[lane].eq(self.prm[g * L + lane])
-        sel = Signal(range(PX * NG))
-        m.d.comb += sel.eq(q * NG + c)
-        with m.Switch(sel):
-            for n in range(PX * NG):
-                with m.Case(n):
-                    for lane in range(L):
-                        m.d.sync += r1_acc[lane].eq(self.i.payload.acc[n * L + lane])
+        c_d = Signal(range(NG))          # next values of c and q (their copies load them too)
+        q_d = Signal(range(PX))
+        m.d.comb += [c_d.eq(c), q_d.eq(q)]
         with m.If(issuing):
             with m.If(~end_pix):
-                m.d.sync += c.eq(c + 1)
+                m.d.comb += c_d.eq(c + 1)
             with m.Else():
-                m.d.sync += c.eq(0)
+                m.d.comb += c_d.eq(0)
                 with m.If(end_blk):
-                    m.d.sync += [q.eq(0), qoff.eq(0)]
+                    m.d.comb += q_d.eq(0)
+                    m.d.sync += qoff.eq(0)
                 with m.Else():
-                    m.d.sync += [q.eq(q + 1), qoff.eq(qoff + self.res_step)]
+                    m.d.comb += q_d.eq(q + 1)
+                    m.d.sync += qoff.eq(qoff + self.res_step)
+        m.d.sync += [c.eq(c_d), q.eq(q_d)]
+        c_cp = copies(m, platform, c_d, L, name="lane_c")
+        q_cp = copies(m, platform, q_d, L, name="lane_q")
+        for lane in range(L):
+            with m.Switch(c_cp[lane]):
+                for g in range(NG):
+                    with m.Case(g):
+                        m.d.sync += r1_prm[lane].eq(self.prm[g * L + lane])
+            with m.Switch(Cat(c_cp[lane], q_cp[lane])):
+                for qq in range(PX):
+                    for g in range(NG):
+                        with m.Case(g | (qq << len(c_cp[lane]))):
+                            m.d.sync += r1_acc[lane].eq(
+                                self.i.payload.acc[(qq * NG + g) * L + lane])
 
         # parameters travel with their lane group (R1 -> R2 -> ...)
         def delayed(sig, n, name):
