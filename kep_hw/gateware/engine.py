@@ -238,9 +238,9 @@ class Engine(wiring.Component):
         # (kep_hw.gateware.fanout: no select net spans the G x 3 x NC byte multiplexer)
         m.d.comb += c_d.eq(c)                # default: hold (the assignments above override)
         m.d.sync += c.eq(c_d)
-        c_cp = copies(m, platform, c_d, 3 * NC, name="win_c")
-        k3_cp = copies(m, platform, cfg.k == 3, PX, name="win_k3")
-        s2_cp = copies(m, platform, cfg.stride == 2, PX, name="win_s2")
+        c_cp = copies(m, platform, c_d, 3 * NC, name="win_c", reset_less=True)
+        k3_cp = copies(m, platform, cfg.k == 3, PX, name="win_k3", reset_less=True)
+        s2_cp = copies(m, platform, cfg.stride == 2, PX, name="win_s2", reset_less=True)
         raw = [Cat(*(win.payload.win[lane].as_value().word_select(slot, 8)
                      for lane in range(G))).word_select(c_cp[slot], 8)
                for slot in range(3 * NC)]
@@ -339,12 +339,12 @@ class Engine(wiring.Component):
         # (one copy of the bank flag per output channel, and of the S4 flags per PE: each
         # drives 32 or 64 flip-flop enables or multiplexers instead of P x 32)
         bias = Signal(data.ArrayLayout(signed(32), PO), reset_less=True)
-        b3_cp = copies(m, platform, s2_bank, PO, name="s3_bank_o")
+        b3_cp = copies(m, platform, s2_bank, PO, name="s3_bank_o", reset_less=True)
         for o in range(PO):
             m.d.sync += bias[o].eq(Mux(b3_cp[o], banks[1][o].bias, banks[0][o].bias))
-        v4_cp = copies(m, platform, s3_valid, P, name="s4_valid_pe")
-        f4_cp = copies(m, platform, s3_first, P, name="s4_first_pe")
-        l4_cp = copies(m, platform, s3_valid & s3_last, P, name="s4_load_pe")
+        v4_cp = copies(m, platform, s3_valid, P, name="s4_valid_pe", reset_less=True)
+        f4_cp = copies(m, platform, s3_first, P, name="s4_first_pe", reset_less=True)
+        l4_cp = copies(m, platform, s3_valid & s3_last, P, name="s4_load_pe", reset_less=True)
         for pe in range(P):
             nxt = Signal(signed(32), name=f"acc_next{pe}")
             m.d.comb += nxt.eq(Mux(f4_cp[pe], bias[pe % PO], acc[pe]) + prods[pe])
@@ -354,7 +354,7 @@ class Engine(wiring.Component):
                 m.d.sync += shadow.acc[pe].eq(nxt)
         m.d.comb += shadow_bank_d.eq(Mux(s4_valid & s4_last, s4_bank, shadow_bank))
         m.d.sync += shadow_bank.eq(shadow_bank_d)
-        sb_cp = copies(m, platform, shadow_bank_d, PO, name="shadow_bank_o")
+        sb_cp = copies(m, platform, shadow_bank_d, PO, name="shadow_bank_o", reset_less=True)
         for o in range(PO):
             m.d.comb += rq.prm[o].eq(Mux(sb_cp[o], banks[1][o], banks[0][o]))
         with m.If(s4_valid & s4_last):

@@ -12,6 +12,10 @@ merges identical flip-flops (``opt_merge``: same D, same clock, same reset), a `
 wire does not stop it, but it leaves instantiated primitives alone. Elsewhere, and in
 simulation, a single register is returned ``n`` times: the same value with the same latency,
 one cycle after ``d``, so the simulated design is the built one up to the duplication.
+
+The engine's copies are ``reset_less``: each loads its next value in every cycle, and that value
+is computed from registers that are reset, so a copy holds the reset value one cycle into the
+reset (and 0 from configuration on); leaving them off the reset net keeps its fanout down.
 """
 
 from __future__ import annotations

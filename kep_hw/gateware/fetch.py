@@ -124,7 +124,7 @@ class WindowFetcher(wiring.Component):
             rd_d.eq(rd ^ pop),
         ]
         m.d.sync += rd.eq(rd_d)
-        rd_cp = copies(m, platform, rd_d, 3 * G, name="rd")
+        rd_cp = copies(m, platform, rd_d, 3 * G, name="rd", reset_less=True)
         with m.If(rd):
             m.d.comb += self.o.payload.eq(bufs[1])
         with m.Else():

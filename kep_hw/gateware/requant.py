@@ -153,8 +153,8 @@ class Requant(wiring.Component):
                     m.d.comb += q_d.eq(q + 1)
                     m.d.sync += qoff.eq(qoff + self.res_step)
         m.d.sync += [c.eq(c_d), q.eq(q_d)]
-        c_cp = copies(m, platform, c_d, L, name="lane_c")
-        q_cp = copies(m, platform, q_d, L, name="lane_q")
+        c_cp = copies(m, platform, c_d, L, name="lane_c", reset_less=True)
+        q_cp = copies(m, platform, q_d, L, name="lane_q", reset_less=True)
         for lane in range(L):
             with m.Switch(c_cp[lane]):
                 for g in range(NG):
