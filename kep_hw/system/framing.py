@@ -392,7 +392,11 @@ class FrameTransmitter(wiring.Component):
         lg = G.bit_length() - 1
         m.submodules.crc = tx_crc = Crc16()
         info = self.info
-        out_data = self.out.data
+        # the read data of the feature map and the logits through a register (one more cycle
+        # per byte, PAYR): no path from a block RAM's output through the byte multiplexers
+        # into t_byte in one cycle (it limited the 12F build at 73.7 MHz)
+        out_data = Signal.like(self.out.data, reset_less=True)
+        m.d.sync += out_data.eq(self.out.data)
 
         # pending requests (a request in the cycle its frame starts is overridden there)
         req_err = Signal()
@@ -426,6 +430,8 @@ class FrameTransmitter(wiring.Component):
         lbytes = 4 + 4 * J                  # cycles and logits: the RESULT without a feature map
         if J:
             m.d.comb += self.logits.addr.eq((t_n - 4) >> 2)
+            logit_q = Signal.like(self.logits.data, reset_less=True)
+            m.d.sync += logit_q.eq(self.logits.data)
         with m.FSM(name="tx") as tx_fsm:
             with m.State("IDLE"):
                 m.d.comb += tx_crc.clear.eq(1)
@@ -461,7 +467,10 @@ class FrameTransmitter(wiring.Component):
                 with m.If(t_n == t_len):
                     m.next = "CRC0"
                 with m.Else():
-                    m.next = "PAYW"
+                    m.next = "PAYR"
+            with m.State("PAYR"):
+                m.d.comb += self.out.addr.eq((t_n - lbytes) >> lg)
+                m.next = "PAYW"
             with m.State("PAYW"):
                 m.d.comb += self.out.addr.eq((t_n - lbytes) >> lg)
                 with m.Switch(t_type):
@@ -476,8 +485,7 @@ class FrameTransmitter(wiring.Component):
                             m.d.sync += t_byte.eq(t_cycles.word_select(t_n[:2], 8))
                         if J:
                             with m.Elif(t_n < lbytes):
-                                m.d.sync += t_byte.eq(self.logits.data
-                                                      .word_select(t_n[:2], 8))
+                                m.d.sync += t_byte.eq(logit_q.word_select(t_n[:2], 8))
                         with m.Else():
                             sub = Signal(range(G))
                             m.d.comb += sub.eq((t_n - lbytes)[:lg] if lg else 0)
