@@ -241,9 +241,14 @@ class Requant(wiring.Component):
         ]
         with m.If(v7):
             for lane, z in enumerate(ys):
+                # saturation from the sign and the bits above bit 7 (wide OR / AND, a few
+                # LUT levels), not from comparisons (a 52-bit carry chain each): z > 127 iff z
+                # is positive with a one above bit 6, z < -128 iff negative with a zero there
                 y = Signal(signed(8), name=f"y{lane}")
-                m.d.comb += y.eq(Mux(self.relu & (z < 0), 0,
-                                     Mux(z > 127, 127, Mux(z < -128, -128, z))))
+                neg = z[-1]
+                high = z[7:-1]
+                m.d.comb += y.eq(Mux(neg, Mux(self.relu, 0, Mux(high.all(), z[:8], -128)),
+                                     Mux(high.any(), 127, z[:8])))
                 for d in range(D):
                     with m.If(wp == d):
                         with m.Switch(c7):
