@@ -209,7 +209,9 @@ def test_dry_run_writes_tool_inputs(tmp_path):
     assert build_main(["--board", "colorlight-5a75b", "--out", str(tmp_path), "--dry-run"]) == 0
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep["status"] == "dry-run" and rep["board"] == "colorlight-5a75b"
-    assert rep["uart_divisor"] == round(50e6 / 115200)
+    # the profile's default clock, and the divisor of its 115,200 baud at the PLL's clock
+    assert rep["freq_requested_mhz"] == load_board("colorlight-5a75b").default_mhz
+    assert rep["uart_divisor"] == round(rep["freq_pll_mhz"] * 1e6 / 115200)
     assert (tmp_path / "build" / "kep_top.il").exists()
     assert "EHXPLLL" in (tmp_path / "build" / "kep_top.il").read_text()
     assert "environment" in rep

@@ -254,7 +254,7 @@ class FakeTools:
 #: fmax after routing of each try: 30 meets (47.09) -> 45.833 misses (44.9) -> 41.667 meets
 #: (45.2) -> 45.0 meets (45.1) -> nothing acceptable in (45.0, 45.1]: done
 FMAX = {("30", 1): 47.09, ("45.833", 1): 44.9, ("41.667", 1): 45.2, ("45", 1): 45.1}
-ARGS = ["--board", "ulx3s-12f", "--pes", "8", "--freq", "auto", "--quiet"]
+ARGS = ["--board", "ulx3s-12f", "--pes", "8", "--freq", "auto", "--freq-start", "30", "--quiet"]
 
 
 def _search(out, fake, monkeypatch, *extra):
