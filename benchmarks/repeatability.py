@@ -56,6 +56,7 @@ try:
 except ImportError:   # run from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from kep_common.errors import KepError, cli_errors
+from kep_common.fileio import atomic_write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REFERENCE = "t2-a"
@@ -159,7 +160,7 @@ def run_variant(v: Variant, opts, log) -> dict:
            "wall_s": round(time.time() - t0, 1), "loadavg_start": load0,
            "loadavg_end": _loadavg(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z",
                                                                time.localtime(t0))}
-    meta_path.write_text(json.dumps(rec, indent=1) + "\n")
+    atomic_write_json(meta_path, rec)
     log(f"{v.name}: exit code {rc} after {rec['wall_s']} s")
     return rec
 
@@ -576,7 +577,6 @@ def main(argv=None) -> int:
         "seconds": round(time.time() - t_start, 1),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    from kep_common.fileio import atomic_write_json
     Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(opts.out, report)
     print(markdown(rows, probes, data))

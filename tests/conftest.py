@@ -1,8 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Shared fixtures: a tiny CIFAR-10-shaped image-folder data set made on the fly, and the
-``python -m kep_train`` command line run in the test process."""
+"""Shared fixtures: a tiny CIFAR-10-shaped image-folder data set made on the fly, the
+``python -m kep_train`` command line run in the test process, and the scripts of
+``benchmarks/`` loaded as modules."""
 
 from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,3 +67,28 @@ def one_line_error(capsys):
         assert len(lines) == 1 and lines[0].startswith("error:"), err
         return lines[0]
     return check
+
+
+#: the folder of the benchmark scripts (they are scripts, not a package)
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def bench_script():
+    """``load(name)``: ``benchmarks/<name>.py`` imported as a module (once per session,
+    registered in ``sys.modules`` while the session runs, as dataclasses and pickling need)."""
+    loaded = {}
+
+    def load(name):
+        if name not in loaded:
+            spec = importlib.util.spec_from_file_location(f"kep_{name}_under_test",
+                                                          BENCH / f"{name}.py")
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = mod
+            spec.loader.exec_module(mod)
+            loaded[name] = mod
+        return loaded[name]
+
+    yield load
+    for mod in loaded.values():
+        sys.modules.pop(mod.__name__, None)

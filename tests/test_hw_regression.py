@@ -7,10 +7,8 @@ the report and not the state file."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shlex
-import sys
 import types
 from pathlib import Path
 
@@ -22,18 +20,9 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 ARGS = ["--layers", "12", "--chunk", "2", "--seed", "3"]
 
 
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
-def hw():
-    yield _load("kep_hw_regression_under_test", BENCH / "hw_regression.py")
-    sys.modules.pop("kep_hw_regression_under_test", None)
+def hw(bench_script):
+    return bench_script("hw_regression")
 
 
 class FakeSim:
@@ -295,15 +284,13 @@ def test_stale_temp_of_the_state_is_harmless(fake, run, reference, tmp_path, int
     assert not stale.exists() and _report(out) == ref
 
 
-def test_results_table_reads_the_report_not_the_state(fake, run, tmp_path, interrupted):
-    table = _load("kep_results_table_under_test", BENCH / "results_table.py")
-    try:
-        runs = tmp_path / "runs"
-        assert run(*ARGS, "--out", runs / "hw_regression_a.json") == 1
-        interrupted(runs / "hw_regression_b.json")
-        assert (runs / "hw_regression_b.state.json").exists()
-        rows = [r for r in table.summary_rows(runs) if "random-layer RTL regression" in r]
-    finally:
-        sys.modules.pop("kep_results_table_under_test", None)
+def test_results_table_reads_the_report_not_the_state(fake, run, tmp_path, interrupted,
+                                                      bench_script):
+    table = bench_script("results_table")
+    runs = tmp_path / "runs"
+    assert run(*ARGS, "--out", runs / "hw_regression_a.json") == 1
+    interrupted(runs / "hw_regression_b.json")
+    assert (runs / "hw_regression_b.state.json").exists()
+    rows = [r for r in table.summary_rows(runs) if "random-layer RTL regression" in r]
     assert len(rows) == 1 and "hw_regression_a.json" in rows[0]
     assert "verilator, 12 layers, 1 not bit-exact, 1 mismatching outputs of" in rows[0]

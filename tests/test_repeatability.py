@@ -5,27 +5,17 @@ kep_train subprocess replaced by a stub)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "repeatability.py"
-
-
 @pytest.fixture(scope="module")
-def rep():
-    spec = importlib.util.spec_from_file_location("kep_repeatability_under_test", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+def rep(bench_script):
+    return bench_script("repeatability")
 
 
 def history(losses, correct=None):

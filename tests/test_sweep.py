@@ -6,26 +6,16 @@ over fake run folders."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shlex
-import sys
 from pathlib import Path
 
 import pytest
 
-SWEEP = Path(__file__).resolve().parent.parent / "benchmarks" / "sweep.py"
-
-
 @pytest.fixture(scope="module")
-def sweep():
-    spec = importlib.util.spec_from_file_location("kep_sweep_under_test", SWEEP)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+def sweep(bench_script):
+    return bench_script("sweep")
 
 
 def fake_report(folder: Path, method="kep", seed=0, keep=4, target_macs=None, no_penalty=False,

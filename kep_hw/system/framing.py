@@ -428,6 +428,9 @@ class FrameTransmitter(wiring.Component):
         out_bytes = self.out_words * G
         J = self.classes
         lbytes = 4 + 4 * J                  # cycles and logits: the RESULT without a feature map
+        # read addresses follow the byte counter in every state (the feature map's port is
+        # the buffers' only while no layer runs; the data is used in PAYW, two cycles on)
+        m.d.comb += self.out.addr.eq((t_n - lbytes) >> lg)
         if J:
             m.d.comb += self.logits.addr.eq((t_n - 4) >> 2)
             logit_q = Signal.like(self.logits.data, reset_less=True)
@@ -463,16 +466,13 @@ class FrameTransmitter(wiring.Component):
                     with m.If(t_h == 3):
                         m.next = "PAYF"
             with m.State("PAYF"):
-                m.d.comb += self.out.addr.eq((t_n - lbytes) >> lg)
                 with m.If(t_n == t_len):
                     m.next = "CRC0"
                 with m.Else():
                     m.next = "PAYR"
-            with m.State("PAYR"):
-                m.d.comb += self.out.addr.eq((t_n - lbytes) >> lg)
+            with m.State("PAYR"):           # the read word on its way into out_data
                 m.next = "PAYW"
             with m.State("PAYW"):
-                m.d.comb += self.out.addr.eq((t_n - lbytes) >> lg)
                 with m.Switch(t_type):
                     with m.Case(FrameType.ERROR):
                         m.d.sync += t_byte.eq(t_err.as_value().word_select(t_n[:1], 8))
