@@ -520,6 +520,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lut-pes", type=int, default=None, metavar="N",
                    help="PEs whose multiplier is built from logic instead of a DSP block "
                         "(default: the board's with its default --pes, else 0)")
+    p.add_argument("--operand-reg", action="store_true",
+                   help="a register per PE between its operand multiplexer and its multiplier, "
+                        "in logic beside the DSP block: one more MAC pipeline stage, for P "
+                        "where the window-to-DSP routes limit the clock")
     p.add_argument("--freq", type=_freq_arg, default=None,
                    help=f"core clock MHz, {MIN_MHZ:g}-{MAX_MHZ:g} (default: the board's), or "
                         f"auto: search the fastest clock that meets timing (below)")
@@ -756,7 +760,8 @@ def _elaborate(s: _Setup, freq: float, seed: int, build_dir: Path, progress: Pro
                                      f"PLL {board.clk_mhz:g} -> {pll['fout']:.3f} MHz"):
         system = KepSystem(s.plan, streamed=s.streamed, divisor=divisor,
                            clk_hz=pll["fout"] * 1e6, byte_timeout=int(pll["fout"] * 1e6 * 0.05),
-                           px=s.px, rq_lanes=s.args.rq_lanes, lut_pes=s.args.lut_pes)
+                           px=s.px, rq_lanes=s.args.rq_lanes, lut_pes=s.args.lut_pes,
+                           operand_reg=s.args.operand_reg)
         top = BoardTop(system, board, freq)
         platform = board.make_platform()
         # verbose: the tools print their whole log, which is streamed and parsed as it comes
@@ -835,6 +840,7 @@ def _report(s: _Setup, freq: float, seed: int, pll: dict, divisor: int, results:
         "board": board.name, "device": board.device, "status": status, "pes": s.pes,
         "px": s.px, "po": s.po,
         "lanes": args.lanes, "rq_lanes": args.rq_lanes, "lut_pes": args.lut_pes,
+        "operand_reg": args.operand_reg,
         "weights": s.wmode,
         "abc9": args.abc9,
         "model": str(args.model) if args.model else "built-in test network",

@@ -24,6 +24,9 @@ MAC pipeline (one (channel, element) per cycle, all PEs in lock step):
   element counter in dense mode) and presents value and operand to its multiplier
   (:class:`kep_hw.gateware.mul.Multiplier`: a DSP block with its input and output registers,
   or logic for the last ``lut_pes`` PEs; two cycles either way).
+- S2R (only with ``params.operand_reg``): each PE's operands in a register of its own, in
+  logic beside its multiplier; the stages below, and every latency the cycle model counts
+  after the last MAC, move one cycle later.
 - S3: the multipliers' input registers.
 - S4: the product arrives; accumulate (``bias + product`` on the first element of a block);
   on the last element the P sums go to the shadow register (the requantization unit's input).
@@ -198,6 +201,19 @@ class Engine(wiring.Component):
         s4_res = Signal(p.act_bits)
         s4_nv = Signal(range(PX + 1))
         s1_bank, s2_bank, s3_bank, s4_bank = (Signal(name=f"s{i}_bank") for i in range(1, 5))
+        # m2_*: the flags as the multipliers' input registers see them (S2R, or S2 itself)
+        if p.operand_reg:
+            m2_valid, m2_first, m2_last, m2_final, m2_bank = (
+                Signal(name=f"s2r_{f}") for f in ("valid", "first", "last", "final", "bank"))
+            m2_res = Signal(p.act_bits, name="s2r_res")
+            m2_nv = Signal(range(PX + 1), name="s2r_nv")
+        else:
+            m2_valid, m2_first, m2_last, m2_final, m2_bank, m2_res, m2_nv = (
+                s2_valid, s2_first, s2_last, s2_final, s2_bank, s2_res, s2_nv)
+        # the stages between S0 and the shadow register: (valid, last, bank)
+        stages = [(s1_valid, s1_last, s1_bank), (s2_valid, s2_last, s2_bank),
+                  *([(m2_valid, m2_last, m2_bank)] if p.operand_reg else []),
+                  (s3_valid, s3_last, s3_bank), (s4_valid, s4_last, s4_bank)]
         next_ready = Signal()
         acc = Signal(data.ArrayLayout(signed(32), P), reset_less=True)
         shadow_full = Signal()
@@ -220,8 +236,7 @@ class Engine(wiring.Component):
             end_j.eq(j == keff_m1),
             end_c.eq(c_next == win.payload.nch),
             last_mac.eq(win.payload.last & end_c & end_j),
-            block.eq(shadow_full | (s1_valid & s1_last) | (s2_valid & s2_last)
-                     | (s3_valid & s3_last) | (s4_valid & s4_last)),
+            block.eq(shadow_full | Cat(*(v & la for v, la, _ in stages)).any()),
             # a group's last MAC waits for the next group's parameters
             issue.eq((state == _State.RUN) & win.valid & ~(last_mac & block)
                      & ~(last_mac & last_px & ~last_g & ~next_ready)),
@@ -309,15 +324,21 @@ class Engine(wiring.Component):
                         m.d.sync += bank.eq(~bank)
 
         # S1 -> S2: the weight word is read (latency 2)
-        m.d.sync += [s2_bank.eq(s1_bank), s3_bank.eq(s2_bank), s4_bank.eq(s3_bank),
+        m.d.sync += [s2_bank.eq(s1_bank),
                      s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last),
                      s2_final.eq(s1_final), s2_j.eq(s1_j), s2_zero.eq(s1_zero), s2_res.eq(s1_res),
                      s2_nv.eq(s1_nv), s2_win.eq(s1_win)]
 
-        # S2: operand select (PE q*Po + o: pixel q, output channel o) into the multipliers;
-        # S3, S4: multiply (two cycles: the multipliers' input and output registers)
-        m.d.sync += [s3_valid.eq(s2_valid), s3_first.eq(s2_first), s3_last.eq(s2_last),
-                     s3_final.eq(s2_final), s3_res.eq(s2_res), s3_nv.eq(s2_nv),
+        # S2: operand select (PE q*Po + o: pixel q, output channel o) into the multipliers
+        # (or, with operand_reg, into each PE's operand registers: S2R); S3, S4: multiply
+        # (two cycles: the multipliers' input and output registers)
+        if p.operand_reg:
+            m.d.sync += [m2_valid.eq(s2_valid), m2_first.eq(s2_first), m2_last.eq(s2_last),
+                         m2_final.eq(s2_final), m2_bank.eq(s2_bank), m2_res.eq(s2_res),
+                         m2_nv.eq(s2_nv)]
+        m.d.sync += [s3_bank.eq(m2_bank), s4_bank.eq(s3_bank),
+                     s3_valid.eq(m2_valid), s3_first.eq(m2_first), s3_last.eq(m2_last),
+                     s3_final.eq(m2_final), s3_res.eq(m2_res), s3_nv.eq(m2_nv),
                      s4_valid.eq(s3_valid), s4_last.eq(s3_last),
                      s4_final.eq(s3_final), s4_res.eq(s3_res), s4_nv.eq(s3_nv)]
         prods = []
@@ -326,12 +347,20 @@ class Engine(wiring.Component):
             val = Signal(signed(8), name=f"val{o}")
             m.d.comb += [sel.eq(Mux(cfg.dense, s2_j, self.wt.data[o].index)),
                          val.eq(Mux(s2_zero, 0, self.wt.data[o].value))]
+            # S2R: one copy of the weight value per PE (the copies are not merged on the ECP5)
+            vals = (copies(m, platform, val, PX, name=f"s2r_val{o}", reset_less=True)
+                    if p.operand_reg else [val] * PX)
             for q in range(PX):
                 pe = q * PO + o
                 mul = Multiplier(signed(8), signed(8),
                                  impl="lut" if pe >= P - p.lut_pes else "dsp")
                 m.submodules[f"mul{pe}"] = mul
-                m.d.comb += [mul.a.eq(val), mul.b.eq(s2_win[q].as_value().word_select(sel, 8))]
+                opnd = s2_win[q].as_value().word_select(sel, 8)
+                if p.operand_reg:
+                    opnd_r = Signal(signed(8), name=f"s2r_opnd{pe}", reset_less=True)
+                    m.d.sync += opnd_r.eq(opnd)
+                    opnd = opnd_r
+                m.d.comb += [mul.a.eq(vals[q]), mul.b.eq(opnd)]
                 prods.append((pe, mul.p))
         prods = [v for _, v in sorted(prods, key=lambda t: t[0])]
 
@@ -339,7 +368,7 @@ class Engine(wiring.Component):
         # (one copy of the bank flag per output channel, and of the S4 flags per PE: each
         # drives 32 or 64 flip-flop enables or multiplexers instead of P x 32)
         bias = Signal(data.ArrayLayout(signed(32), PO), reset_less=True)
-        b3_cp = copies(m, platform, s2_bank, PO, name="s3_bank_o", reset_less=True)
+        b3_cp = copies(m, platform, m2_bank, PO, name="s3_bank_o", reset_less=True)
         for o in range(PO):
             m.d.sync += bias[o].eq(Mux(b3_cp[o], banks[1][o].bias, banks[0][o].bias))
         v4_cp = copies(m, platform, s3_valid, P, name="s4_valid_pe", reset_less=True)
@@ -395,8 +424,7 @@ class Engine(wiring.Component):
         # next_ready: bank ~bank holds group g+1's parameters
         other_busy = Signal()
         m.d.comb += other_busy.eq(
-            (s1_valid & (s1_bank != bank)) | (s2_valid & (s2_bank != bank))
-            | (s3_valid & (s3_bank != bank)) | (s4_valid & (s4_bank != bank))
+            Cat(*(v & (b != bank) for v, _, b in stages)).any()
             | (shadow_full & (shadow_bank != bank)))
         want = Signal()
         m.d.comb += want.eq((state == _State.RUN) & (ld_g == g) & ~last_g & ~other_busy

@@ -50,6 +50,12 @@ class EngineParams:
     lut_pes : int
         PEs whose multiplier is built from logic instead of a DSP block
         (:mod:`kep_hw.gateware.mul`), for more PEs than the chip has DSPs (default 0).
+    operand_reg : bool
+        A register per PE between its operand multiplexer and its multiplier (in logic, so
+        the placer can put it beside the DSP block): one more MAC pipeline stage (S2R in
+        ``docs/accelerator.md``), for large P where the window register's fanout to the
+        P multiplexers and the multiplexers' routes to the DSP blocks span the die
+        (default False).
     """
 
     pes: int = 16
@@ -63,6 +69,7 @@ class EngineParams:
     px: int = 1
     rq_lanes: int | None = None
     lut_pes: int = 0
+    operand_reg: bool = False
 
     def __post_init__(self):
         if self.rq_lanes is None:
@@ -83,6 +90,8 @@ class EngineParams:
         if not isinstance(self.lut_pes, int) or isinstance(self.lut_pes, bool) \
                 or not 0 <= self.lut_pes <= self.pes:
             raise ValueError(f"lut_pes must be an integer in [0, pes], got {self.lut_pes!r}")
+        if not isinstance(self.operand_reg, bool):
+            raise ValueError(f"operand_reg must be a bool, got {self.operand_reg!r}")
         if self.px > 16:
             raise ValueError(f"px must be at most 16, got {self.px!r}")
         if self.max_hw > 255 or max(self.max_cin, self.max_cout) > 1023:
@@ -102,9 +111,9 @@ class EngineParams:
         (one transfer per output pixel and group); only the cycle counts differ. Host code that
         packs words from ``pes`` (e.g. :func:`kep_hw.host.driver.layer_program`) gets this engine.
         """
-        if self.px == 1 and self.lut_pes == 0:
+        if self.px == 1 and self.lut_pes == 0 and not self.operand_reg:
             return self
-        return dataclasses.replace(self, pes=self.po, px=1, lut_pes=0)
+        return dataclasses.replace(self, pes=self.po, px=1, lut_pes=0, operand_reg=False)
 
     # field widths
     @property

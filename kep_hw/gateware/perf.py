@@ -31,6 +31,11 @@ _RQ_EXTRA = 5       # a block's shadow register is free nv * Po/L + 5 cycles aft
 _LOAD_EXTRA = 3     # Po parameter reads, the last one's data READ_LATENCY cycles later
 _FETCH_EXTRA = 5    # the first window is complete k * ncols + 5 cycles after start
 _FIFO_LOOP = 3      # two windows in flight: fetch + MAC + 3 cycles for both (on average)
+# EngineParams.operand_reg adds one MAC stage (S2R): _RQ_EXTRA and _END grow by one cycle
+
+
+def _rq_extra(params: EngineParams) -> int:
+    return _RQ_EXTRA + int(params.operand_reg)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +115,7 @@ def block_cycles(shape: LayerShape, params: EngineParams, nv: int) -> float:
         # one; the window's data lands READ_LATENCY + 1 cycles after its last read
         cyc += max(nch * keff, fetch, (fetch + nch * keff + _FIFO_LOOP) / 2)
         left -= nch
-    return max(cyc, nv * (params.po // params.rq_lanes) + _RQ_EXTRA)
+    return max(cyc, nv * (params.po // params.rq_lanes) + _rq_extra(params))
 
 
 def layer_cycles(shape: LayerShape, params: EngineParams) -> int:
@@ -144,6 +149,7 @@ def layer_cycles(shape: LayerShape, params: EngineParams) -> int:
     # the next group's parameters load into the other bank while a group runs, once the
     # previous group's last block has left the shadow register: a group shorter than that
     # waits for them
-    ready = _RQ_EXTRA + rq_last + load + _BANK_EXTRA
+    ready = _rq_extra(params) + rq_last + load + _BANK_EXTRA
     stall = max(0, ready - ho * row)
-    return round(first + groups * ho * row + (groups - 1) * stall + _END + rq_last)
+    end = _END + int(params.operand_reg)
+    return round(first + groups * ho * row + (groups - 1) * stall + end + rq_last)

@@ -52,7 +52,8 @@ def params_from_args(args) -> EngineParams:
                             act_depth=args.act_depth, wt_depth=args.wt_depth,
                             prm_depth=args.prm_depth,
                             rq_lanes=getattr(args, "rq_lanes", None),
-                            lut_pes=getattr(args, "lut_pes", 0))
+                            lut_pes=getattr(args, "lut_pes", 0),
+                            operand_reg=bool(getattr(args, "operand_reg", False)))
     except ValueError as e:
         raise KepError(str(e)) from None
 
@@ -71,6 +72,9 @@ def add_params_args(ap: argparse.ArgumentParser) -> None:
                     help="requantization lanes L, outputs per cycle (divides G; default G)")
     ap.add_argument("--lut-pes", type=int, default=0, metavar="N",
                     help="PEs whose multiplier is built from logic instead of a DSP (default 0)")
+    ap.add_argument("--operand-reg", action="store_true",
+                    help="a register per PE between its operand multiplexer and its multiplier "
+                         "(one more MAC pipeline stage; for large P)")
     ap.add_argument("--max-cin", type=int, default=d.max_cin)
     ap.add_argument("--max-cout", type=int, default=d.max_cout)
     ap.add_argument("--max-hw", type=int, default=d.max_hw)

@@ -83,6 +83,25 @@ def test_dry_run_progress_on_stderr_results_on_stdout(tmp_path, capsys, no_tool_
     assert rep["pll"] == {"refdiv": 5, "fbdiv": 6, "opdiv": 20, "fvco": 600.0}
 
 
+def test_operand_registers_reach_the_netlist(tmp_path, capsys, no_tool_vars):
+    """``--operand-reg`` is recorded in the report and puts one operand register per PE into
+    the design the tools get; without it there is none."""
+    def netlist(out, *extra):
+        assert _run(["--board", "ulx3s-12f", "--pes", "8x2", "--freq", "30", "--out", str(out),
+                     "--dry-run", "--quiet", *extra]) == 0
+        rep = json.loads((out / "report.json").read_text())
+        text = "".join(f.read_text(errors="replace") for f in out.rglob("*")
+                       if f.is_file() and f.suffix in (".v", ".il", ".ys"))
+        return rep, text
+
+    rep, text = netlist(tmp_path / "reg", "--operand-reg")
+    assert rep["operand_reg"] is True
+    assert len(set(re.findall(r"s2r_opnd(\d+)", text))) == 8
+    rep, text = netlist(tmp_path / "plain")
+    assert rep["operand_reg"] is False and "s2r_opnd" not in text
+    capsys.readouterr()
+
+
 def test_quiet_and_verbose(tmp_path, capsys, no_tool_vars):
     argv = ["--board", "ulx3s-12f", "--pes", "8", "--out", str(tmp_path), "--dry-run"]
     assert _run(argv + ["--quiet"]) == 0

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import warnings
@@ -37,6 +38,8 @@ PX2 = EngineParams(pes=16, px=2, lanes=4, max_cin=16, max_cout=24, max_hw=8, act
                    wt_depth=2048, prm_depth=64)
 PX4 = EngineParams(pes=16, px=4, lanes=4, max_cin=16, max_cout=24, max_hw=8, act_depth=1024,
                    wt_depth=2048, prm_depth=64)
+#: PX4 with a register per PE between its operand multiplexer and its multiplier (S2R)
+PX4R = dataclasses.replace(PX4, operand_reg=True)
 
 
 def test_layout_roundtrip():
@@ -90,6 +93,9 @@ def test_params_validation():
                         pad=1)["groups"] == 3
     with pytest.raises(ValueError, match="pes"):
         EngineParams(pes=0)
+    with pytest.raises(ValueError, match="operand_reg"):
+        EngineParams(operand_reg=1)
+    assert PX4R.format_params == PX4.format_params
     with pytest.raises(KepError, match="stride"):
         layer_config(SMALL, cin=4, cout=4, h=4, w=4, k=3, kept=4, stride=3, pad=1)
     with pytest.raises(KepError, match="exceed"):
@@ -118,9 +124,11 @@ def _check_layers(params, jobs, **kw):
     # Px > 1: widths mostly not multiples of Px
     (PX2, 15, 6, 7, 10, 4),
     (PX4, 17, 6, 7, 10, 4),
-], ids=["px1", "px2", "px4"])
+    (PX4R, 17, 6, 7, 10, 4),
+], ids=["px1", "px2", "px4", "px4-operand-reg"])
 def test_engine_random_layers_backpressure(params, seed, n, max_hw, max_c, tb_seed):
-    """Random layers with valid gaps on the load stream and output back-pressure."""
+    """Random layers with valid gaps on the load stream and output back-pressure (and the
+    operand registers' extra MAC stage)."""
     jobs = random_layers(seed, n, params, max_hw=max_hw, max_c=max_c)
     _check_layers(params, jobs, seed=tb_seed, stall=0.4, gap=0.3)
 
@@ -389,10 +397,14 @@ def test_px_cycles_match_model():
     single = EngineParams(pes=8, lanes=4, max_cin=16, max_cout=24, max_hw=8,
                           act_depth=1024, wt_depth=2048, prm_depth=64)
     cycles = {}
-    for params, js in ((PX2, jobs), (PX4, dense), (single, jobs[:1])):
+    for params, js in ((PX2, jobs), (PX4, dense), (single, jobs[:1]),
+                       (dataclasses.replace(PX2, operand_reg=True), jobs)):
         for job, res in zip(js, _check_layers(params, js)):
             pred = layer_cycles(job.shape, params)
             assert abs(res["cycles"] - pred) <= 0.02 * pred, (params.px, job.name,
                                                                res["cycles"], pred)
-            cycles[params.px, job.name] = res["cycles"]
-    assert 1.9 <= cycles[1, "k4"] / cycles[2, "k4"] <= 2.0
+            cycles[params.px, params.operand_reg, job.name] = res["cycles"]
+    assert 1.9 <= cycles[1, False, "k4"] / cycles[2, False, "k4"] <= 2.0
+    # the operand registers' stage costs a cycle per layer end (and none per MAC)
+    for name in ("k4", "s2"):
+        assert 1 <= cycles[2, True, name] - cycles[2, False, name] <= 3
