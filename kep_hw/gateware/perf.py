@@ -31,11 +31,12 @@ _RQ_EXTRA = 5       # a block's shadow register is free nv * Po/L + 5 cycles aft
 _LOAD_EXTRA = 3     # Po parameter reads, the last one's data READ_LATENCY cycles later
 _FETCH_EXTRA = 5    # the first window is complete k * ncols + 5 cycles after start
 _FIFO_LOOP = 3      # two windows in flight: fetch + MAC + 3 cycles for both (on average)
-# EngineParams.operand_reg adds one MAC stage (S2R): _RQ_EXTRA and _END grow by one cycle
 
 
-def _rq_extra(params: EngineParams) -> int:
-    return _RQ_EXTRA + int(params.operand_reg)
+def _extra_stages(params: EngineParams) -> int:
+    """MAC stages beyond S0-S4 (EngineParams.operand_reg: S2R); each one delays the shadow
+    register's hand-over, so _RQ_EXTRA and _END grow by one cycle per stage."""
+    return int(params.operand_reg)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +116,7 @@ def block_cycles(shape: LayerShape, params: EngineParams, nv: int) -> float:
         # one; the window's data lands READ_LATENCY + 1 cycles after its last read
         cyc += max(nch * keff, fetch, (fetch + nch * keff + _FIFO_LOOP) / 2)
         left -= nch
-    return max(cyc, nv * (params.po // params.rq_lanes) + _rq_extra(params))
+    return max(cyc, nv * (params.po // params.rq_lanes) + _RQ_EXTRA + _extra_stages(params))
 
 
 def layer_cycles(shape: LayerShape, params: EngineParams) -> int:
@@ -149,7 +150,7 @@ def layer_cycles(shape: LayerShape, params: EngineParams) -> int:
     # the next group's parameters load into the other bank while a group runs, once the
     # previous group's last block has left the shadow register: a group shorter than that
     # waits for them
-    ready = _rq_extra(params) + rq_last + load + _BANK_EXTRA
+    ready = _RQ_EXTRA + _extra_stages(params) + rq_last + load + _BANK_EXTRA
     stall = max(0, ready - ho * row)
-    end = _END + int(params.operand_reg)
+    end = _END + _extra_stages(params)
     return round(first + groups * ho * row + (groups - 1) * stall + end + rq_last)
