@@ -48,6 +48,7 @@ from kep_train.pruning import (KEPPruner, MagnitudeImportance, PenaltySchedule, 
                                filter_l1_masks, magnitude_masks, prunable_convs,
                                removed_share)
 from kep_train.train import distributed as kdist
+from kep_train.train.allocator import keep_freed_memory
 from kep_train.train.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION,
                                         check_model_arg, checkpoint_from_object,
                                         load_checkpoint, load_tensors_file)
@@ -474,6 +475,7 @@ class Pipeline:
                                                 and torch.cuda.is_available()) else "cpu")
         if args.threads:
             torch.set_num_threads(args.threads)
+        self.allocator = keep_freed_memory()   # no page faults on reused activation buffers
         budgets = [x is not None for x in (args.keep, args.target_macs, args.target_params)]
         if sum(budgets) > 1:
             raise KepError("give only one of --keep, --target-macs, --target-params")

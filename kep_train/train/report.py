@@ -146,7 +146,7 @@ def write_outputs(pipe, r) -> dict:
         "seconds": {**{k: round(v, 1) for k, v in r.stage_seconds.items()},
                     "total": round(sum(r.stage_seconds.values()), 1)},
         "history": r.history,
-        "environment": environment_info(),
+        "environment": {**environment_info(), **getattr(pipe, "allocator", {})},
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     extra = getattr(pipe, "report_extra", None)
