@@ -99,6 +99,7 @@ def main(argv=None) -> int:
         log_file = Path(tmp) / "tx.log"
         with SimBoard(plan, px=px, divisor=divisor, tx_log=log_file,
                       rq_lanes=board.rq_lanes_for(lanes), lut_pes=board.default_lut_pes,
+                      operand_reg=board.default_operand_reg,
                       build_root=args.build_root) as port:
             link = BoardLink(port, plan, timeout=3600, byte_timeout=600)
             link.connect()

@@ -520,10 +520,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lut-pes", type=int, default=None, metavar="N",
                    help="PEs whose multiplier is built from logic instead of a DSP block "
                         "(default: the board's with its default --pes, else 0)")
-    p.add_argument("--operand-reg", action="store_true",
+    p.add_argument("--operand-reg", action=argparse.BooleanOptionalAction, default=None,
                    help="a register per PE between its operand multiplexer and its multiplier, "
                         "in logic beside the DSP block: one more MAC pipeline stage, for P "
-                        "where the window-to-DSP routes limit the clock")
+                        "where the window-to-DSP routes limit the clock (default: the board's "
+                        "with its default --pes, else off)")
     p.add_argument("--freq", type=_freq_arg, default=None,
                    help=f"core clock MHz, {MIN_MHZ:g}-{MAX_MHZ:g} (default: the board's), or "
                         f"auto: search the fastest clock that meets timing (below)")
@@ -586,6 +587,8 @@ def _check_args(args, board) -> tuple[int, int, float, int]:
         raise KepError(f"--rq-lanes must divide --lanes {args.lanes}, got {args.rq_lanes}")
     if args.lut_pes is None:
         args.lut_pes = board.default_lut_pes if args.pes is None else 0
+    if args.operand_reg is None:
+        args.operand_reg = board.default_operand_reg if args.pes is None else False
     if pes > 255 or (pes // px) % args.lanes:
         raise KepError(f"--pes: P/PX must be a multiple of --lanes {args.lanes} and P at most "
                        f"255, got {pes}x{px}")
@@ -713,6 +716,14 @@ class _Setup:
     def wmode(self) -> str:
         return "streamed" if self.streamed else "embedded"
 
+    @property
+    def engine_text(self) -> str:
+        """``P=.. (.. channels x .. pixels)``, the logic multipliers and operand registers."""
+        a = self.args
+        return (f"P={self.pes} ({self.po} channels x {self.px} pixels)"
+                + (f", {a.lut_pes} logic multipliers" if a.lut_pes else "")
+                + (", operand registers" if a.operand_reg else ""))
+
     @functools.cached_property
     def tools_id(self) -> dict:
         """The tools' paths, kinds and versions (part of a clock search try's design key)."""
@@ -755,8 +766,8 @@ def _elaborate(s: _Setup, freq: float, seed: int, build_dir: Path, progress: Pro
     if "--report" in report_opts:
         pnr_opts += [f"--report {NAME}.report.json"] + \
             [o for o in report_opts if o != "--report"]
-    with progress.stage("elaborate", f"{board.name}, P={s.pes} ({s.po} channels x {s.px} "
-                                     f"pixels), {s.wmode} weights, {len(s.plan.layers)} layers, "
+    with progress.stage("elaborate", f"{board.name}, {s.engine_text}, {s.wmode} weights, "
+                                     f"{len(s.plan.layers)} layers, "
                                      f"PLL {board.clk_mhz:g} -> {pll['fout']:.3f} MHz"):
         system = KepSystem(s.plan, streamed=s.streamed, divisor=divisor,
                            clk_hz=pll["fout"] * 1e6, byte_timeout=int(pll["fout"] * 1e6 * 0.05),
@@ -859,8 +870,8 @@ def _report(s: _Setup, freq: float, seed: int, pll: dict, divisor: int, results:
         "stage_seconds": dict(stage_seconds),
         "seconds": seconds, "environment": environment_info(),
     }
-    lines = [f"{board.name} ({board.device}), P={s.pes} ({s.po} channels x {s.px} pixels), "
-             f"{s.wmode} weights, {len(s.plan.layers)} layers, {status}"]
+    lines = [f"{board.name} ({board.device}), {s.engine_text}, {s.wmode} weights, "
+             f"{len(s.plan.layers)} layers, {status}"]
     for k, v in report["utilisation"].items():
         if v:
             lines.append(f"  {k:6s} {v['used']:6d} / {v['available']:6d}")

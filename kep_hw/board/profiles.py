@@ -38,8 +38,9 @@ class BoardProfile:
     ``brams``, ``default_pes``, ``weights`` (``"embedded"`` or ``"stream"``), and the optional
     ``default_px`` (``[defaults] px``, output pixels per engine block, 1),
     ``default_lanes`` (``[defaults] lanes``, G, 4), ``default_rq_lanes`` (``[defaults]
-    rq_lanes``, the requantization lanes L, default G) and ``default_lut_pes``
-    (``[defaults] lut_pes``, PEs with a multiplier in logic, 0).
+    rq_lanes``, the requantization lanes L, default G), ``default_lut_pes``
+    (``[defaults] lut_pes``, PEs with a multiplier in logic, 0) and ``default_operand_reg``
+    (``[defaults] operand_reg``, a register per PE before its multiplier, false).
     """
     name: str
     description: str
@@ -59,6 +60,7 @@ class BoardProfile:
     default_lanes: int = 4
     default_rq_lanes: int | None = None
     default_lut_pes: int = 0
+    default_operand_reg: bool = False
 
     def rq_lanes_for(self, lanes: int) -> int:
         """The requantization lanes L of an engine with ``lanes`` = G: the profile's, when it
@@ -135,6 +137,13 @@ def _number(data: dict, key: str, where: str, *, low: float, high: float, intege
     return int(value) if integer else float(value)
 
 
+def _flag(data: dict, key: str, where: str, *, optional: bool) -> bool:
+    value = data.get(key, optional)
+    if not isinstance(value, bool):
+        raise KepError(f"board profile {where}: {key!r} must be true or false, got {value!r}")
+    return value
+
+
 def _name(data: dict, key: str, where: str, *, optional=None) -> str:
     value = _require(data, key, str, where, optional=optional)
     if value is not optional and not value.strip():
@@ -170,7 +179,8 @@ def parse_profile(text: str, where: str = "<text>") -> BoardProfile:
                 "clock": ("resource", "freq_mhz", "default_mhz"),
                 "uart": ("resource", "tx_enable", "baud", "rx_pin", "tx_pin", "io_type"),
                 "budget": ("luts", "dsps", "brams"),
-                "defaults": ("pes", "px", "lanes", "rq_lanes", "lut_pes", "weights")}
+                "defaults": ("pes", "px", "lanes", "rq_lanes", "lut_pes", "operand_reg",
+                             "weights")}
     for section, keys in sections.items():
         table = data if not section else _require(data, section, dict, where)
         unknown = sorted(set(table) - set(keys))
@@ -216,6 +226,7 @@ def parse_profile(text: str, where: str = "<text>") -> BoardProfile:
                                  integer=True, optional=0) or None,
         default_lut_pes=_number(defaults, "lut_pes", where, low=0, high=_MAX_PES,
                                 integer=True, optional=0),
+        default_operand_reg=_flag(defaults, "operand_reg", where, optional=False),
     )
     if prof.default_rq_lanes is not None and prof.default_lanes % prof.default_rq_lanes:
         raise KepError(f"board profile {where}: defaults.rq_lanes must divide lanes")

@@ -239,6 +239,8 @@ class Board:
         self._stack = stack
         clk = clock_mhz if clock_mhz is not None else (self.info["clk_khz"] / 1000 or None)
         self.timing = Timing(clock_mhz=clk)
+        #: the simulation's operand registers (a board does not report them): bool, or None
+        self.operand_reg: bool | None = None
 
     @property
     def pes(self) -> int:
@@ -340,13 +342,15 @@ def open_board(port: str | None = None, *, sim: bool = False, model, board: str 
                pes: str | int | None = None, lanes: int | None = None,
                baud: int | None = None, timeout: float | None = None,
                image_timeout: float | None = None, weights: str | None = None,
-               clock_mhz: float | None = None, build_root="sim_build") -> Board:
+               clock_mhz: float | None = None, operand_reg: bool | None = None,
+               build_root="sim_build") -> Board:
     """Open a board (or its Verilator simulation) that runs ``model``.
 
     On a board, the engine's configuration comes from its ``INFO`` frame (Po, Px, G) and the
     network is planned for it; ``pes`` and ``lanes``, when given, must agree. The simulation
     has no board to ask before it is built: ``pes``/``lanes``/``weights`` default to the board
-    profile's (``ulx3s``: 64x4 PEs, G = 8, embedded).
+    profile's (``ulx3s``: 128 PEs as 16 channels x 8 pixels, G = 16, embedded), and the logic
+    multipliers and operand registers to the profile's when ``pes`` is its default.
 
     Parameters
     ----------
@@ -375,6 +379,9 @@ def open_board(port: str | None = None, *, sim: bool = False, model, board: str 
     clock_mhz : float, optional
         Clock for :attr:`Board.timing` instead of the one the board reports (simulation:
         default the ``board`` profile's clock, the one its bitstream runs at).
+    operand_reg : bool, optional
+        Simulation only: a register per PE before its multiplier (``--operand-reg`` of the
+        build); default the profile's with its default ``pes``, else off.
     build_root : path
         Simulation build folder.
 
@@ -411,11 +418,13 @@ def open_board(port: str | None = None, *, sim: bool = False, model, board: str 
                                f"G = {g} (--lanes)")
             plan = plan_network(kep, po=p // px, lanes=g)
             streamed = (weights or profile.weights) == "stream"
-            lut_pes = profile.default_lut_pes if (p, px) == (profile.default_pes,
-                                                             profile.default_px) else 0
+            default = (p, px) == (profile.default_pes, profile.default_px)
+            lut_pes = profile.default_lut_pes if default else 0
+            if operand_reg is None:
+                operand_reg = profile.default_operand_reg and default
             transport = stack.enter_context(SimBoard(
                 plan, streamed=streamed, build_root=build_root, px=px,
-                rq_lanes=profile.rq_lanes_for(g), lut_pes=lut_pes))
+                rq_lanes=profile.rq_lanes_for(g), lut_pes=lut_pes, operand_reg=operand_reg))
             link = BoardLink(transport, plan, timeout=600.0 if timeout is None else timeout,
                              image_timeout=image_timeout)
             target = "sim"
@@ -435,7 +444,9 @@ def open_board(port: str | None = None, *, sim: bool = False, model, board: str 
             link.use_plan(plan_network(kep, po=info["po"], lanes=info["lanes"]))
         elif info["px"] != px:
             raise KepError(f"the simulation reports PX={info['px']}, built for {px}")
-        return Board(link, kep, target=target, stack=stack, clock_mhz=clock_mhz)
+        b = Board(link, kep, target=target, stack=stack, clock_mhz=clock_mhz)
+        b.operand_reg = operand_reg if sim else None
+        return b
     except BaseException:
         stack.close()
         raise

@@ -115,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lanes", type=int, default=None,
                    help="G, channels per activation word; default as --pes (with --pes "
                         "and --sim: the profile's G, halved until P/PX is a multiple of it)")
+    p.add_argument("--operand-reg", action=argparse.BooleanOptionalAction, default=None,
+                   help="(--sim) a register per PE before its multiplier, as the build's "
+                        "--operand-reg (default: the profile's without --pes, else off)")
     p.add_argument("--baud", type=int, default=None,
                    help="UART baud rate of the board (default: the --board profile's)")
     p.add_argument("--streamed", action="store_true",
@@ -219,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
                            pes=args.pes, lanes=args.lanes, baud=args.baud, timeout=timeout,
                            image_timeout=args.image_timeout,
                            weights="stream" if args.streamed else None,
-                           clock_mhz=args.fmax, build_root=args.build_root)
+                           clock_mhz=args.fmax, operand_reg=args.operand_reg,
+                           build_root=args.build_root)
         with board:
             if args.fmax is None and board.info["clk_khz"] == 0:
                 raise KepError("the board reports a clock of 0 kHz in its INFO frame; give "
@@ -242,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         "n": n, "mode": "streamed" if info["streamed"] else "embedded",
         "target": board.target, "board": load_board(args.board).name, "pes": pes, "px": px,
         "po": info["po"], "lanes": info["lanes"],
+        **({"operand_reg": board.operand_reg} if board.operand_reg is not None else {}),
         "classes": info["classes"], "head": "board" if info["classes"] else "host",
         "disagreements": disagree, "logits_differ": differ,
         "logits_equal": n - len(differ), "mismatched_values": mismatched or None,

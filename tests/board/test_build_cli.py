@@ -85,9 +85,10 @@ def test_dry_run_progress_on_stderr_results_on_stdout(tmp_path, capsys, no_tool_
 
 def test_operand_registers_reach_the_netlist(tmp_path, capsys, no_tool_vars):
     """``--operand-reg`` is recorded in the report and puts one operand register per PE into
-    the design the tools get; without it there is none."""
-    def netlist(out, *extra):
-        assert _run(["--board", "ulx3s-12f", "--pes", "8x2", "--freq", "30", "--out", str(out),
+    the design the tools get; without it there is none. The 12F profile turns them on for its
+    default P = 16; ``--no-operand-reg`` turns them off, and ``--pes`` alone leaves them off."""
+    def netlist(out, *extra, pes=("--pes", "8x2")):
+        assert _run(["--board", "ulx3s-12f", *pes, "--freq", "30", "--out", str(out),
                      "--dry-run", "--quiet", *extra]) == 0
         rep = json.loads((out / "report.json").read_text())
         text = "".join(f.read_text(errors="replace") for f in out.rglob("*")
@@ -99,6 +100,11 @@ def test_operand_registers_reach_the_netlist(tmp_path, capsys, no_tool_vars):
     assert len(set(re.findall(r"s2r_opnd(\d+)", text))) == 8
     rep, text = netlist(tmp_path / "plain")
     assert rep["operand_reg"] is False and "s2r_opnd" not in text
+    rep, text = netlist(tmp_path / "profile", pes=())
+    assert rep["operand_reg"] is True and rep["pes"] == 16
+    assert len(set(re.findall(r"s2r_opnd(\d+)", text))) == 16
+    rep, _ = netlist(tmp_path / "off", "--no-operand-reg", pes=())
+    assert rep["operand_reg"] is False and rep["pes"] == 16
     capsys.readouterr()
 
 

@@ -44,6 +44,9 @@ def test_packaged_profiles_load():
 def test_good_profile_parses():
     prof = parse_profile(GOOD, "t.toml")
     assert (prof.default_pes, prof.default_px, prof.default_lanes, prof.baud) == (64, 4, 8, 1000000)
+    assert prof.default_operand_reg is False
+    prof = parse_profile(GOOD.replace("lanes = 8", "lanes = 8\noperand_reg = true"), "t.toml")
+    assert prof.default_operand_reg is True
 
 
 @pytest.mark.parametrize("old, new, msg", [
@@ -64,6 +67,8 @@ def test_good_profile_parses():
     ("px = 4", "px = 3", "multiple of px x lanes"),
     ("lanes = 8", "lanes = -8", "'lanes' must be between"),
     ("dsps = 156", "dsps = 0", "'dsps' must be between"),
+    ("lanes = 8", "lanes = 8\noperand_reg = 1", "'operand_reg' must be true or false"),
+    ("lanes = 8", 'lanes = 8\noperand_reg = "yes"', "'operand_reg' must be true or false"),
     ('weights = "embedded"', 'weights = "flash"', "weights must be one of"),
     ('device = "LFE5U-85F"', 'device = ""', "'device' must not be empty"),
     ('device = "LFE5U-85F"', 'devise = "LFE5U-85F"', "unknown key 'devise'"),
