@@ -178,7 +178,7 @@ def compare_histories(ref: list[dict], other: list[dict]) -> dict:
     Returns ``losses_identical`` (same epochs, every ``train_loss`` equal), ``first_loss_diff``
     (label ``"stage epoch"`` of the first epoch whose train_loss differs, or of the first
     missing / extra / misaligned epoch; None when identical), ``first_any_diff`` (the same,
-    also counting ``test_correct`` and ``train_top1``) and ``max_abs_loss_diff`` over the
+    also counting ``train_top1``, and ``test_correct`` where both runs evaluated the epoch) and ``max_abs_loss_diff`` over the
     epochs both have.
     """
     first_loss = first_any = None
@@ -199,7 +199,9 @@ def compare_histories(ref: list[dict], other: list[dict]) -> dict:
             first_loss = first_loss or _epoch_label(a)
             if la is not None and lb is not None:
                 max_diff = max(max_diff, abs(la - lb))
-        if la != lb or any(a.get(k) != b.get(k) for k in ("test_correct", "train_top1")):
+        ta, tb = a.get("test_correct"), b.get("test_correct")
+        tested = ta is not None and tb is not None     # --eval-every may skip an epoch's test
+        if la != lb or a.get("train_top1") != b.get("train_top1") or (tested and ta != tb):
             first_any = first_any or _epoch_label(a)
     return {"losses_identical": first_loss is None, "first_loss_diff": first_loss,
             "first_any_diff": first_any, "max_abs_loss_diff": max_diff}

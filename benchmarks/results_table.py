@@ -117,7 +117,16 @@ def board_rows(root: Path) -> list[str]:
     return rows
 
 
-_RUN_ONLY_ARGS = ("out", "resume", "no_progress", "threads", "device")
+_RUN_ONLY_ARGS = ("out", "resume", "no_progress", "threads", "device", "eval_every")
+
+
+def _same_epoch(a: dict, b: dict) -> bool:
+    """Same loss and accuracies in one epoch record; the test top-1 only where both runs
+    evaluated it (``--eval-every``)."""
+    tested = a.get("test_top1") is not None and b.get("test_top1") is not None
+    return (a.get("train_loss"), a.get("train_top1")) == (b.get("train_loss"),
+                                                          b.get("train_top1")) \
+        and (not tested or a["test_top1"] == b["test_top1"])
 
 
 def repeat_rows(root: Path) -> list[str]:
@@ -136,10 +145,8 @@ def repeat_rows(root: Path) -> list[str]:
             if any(key_a.get(k) != key_b.get(k) and (key_a.get(k) or key_b.get(k))
                    for k in key_a.keys() | key_b.keys()):
                 continue
-            metrics = ("train_loss", "train_top1", "test_top1")
-            same = ([[h[m] for m in metrics] for h in a["history"]]
-                    == [[h[m] for m in metrics] for h in b["history"]]
-                    and a["top1"] == b["top1"])
+            same = (len(a["history"]) == len(b["history"]) and a["top1"] == b["top1"]
+                    and all(_same_epoch(ha, hb) for ha, hb in zip(a["history"], b["history"])))
             rows.append(f"- repeatability: {name_a} and {name_b} ran the same options and seed "
                         f"({len(a['history'])} epochs): identical loss/accuracy in every epoch and "
                         f"identical final top-1: {'yes' if same else 'NO'} (wall time "

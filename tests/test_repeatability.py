@@ -54,6 +54,16 @@ def test_equal_losses_but_other_test_counts(rep):
     assert c["first_any_diff"] == "reg 1"
 
 
+def test_an_epoch_one_run_did_not_evaluate_is_no_difference(rep):
+    ref = history([2.5, 2.1, 1.9], correct=[100, 200, 300])
+    other = history([2.5, 2.1, 1.9], correct=[100, 200, 300])
+    other[0].update(test_top1=None)
+    del other[0]["test_correct"]                     # --eval-every skipped dense 1
+    assert rep.compare_histories(ref, other)["first_any_diff"] is None
+    other[2]["test_correct"] = 301                   # an epoch both evaluated still counts
+    assert rep.compare_histories(ref, other)["first_any_diff"] == "reg 1"
+
+
 def test_missing_epoch_is_a_difference(rep):
     ref = history([2.5, 2.1, 1.9, 1.8])
     c = rep.compare_histories(ref, ref[:3])

@@ -294,6 +294,10 @@ def base_args_parser(command: str, *, data_dir: dict, model_default: str,
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     g.add_argument("--threads", type=thread_count, default=0,
                    help="CPU threads for torch, at most 1024 (0 = torch's default)")
+    g.add_argument("--eval-every", type=strictly_positive_int, default=4, metavar="N",
+                   help="evaluate the test set after every N-th epoch of a stage and after "
+                        "each stage's last epoch (default %(default)s; 1: every epoch); "
+                        "the weights do not depend on it")
     g.add_argument("--calib-batches", type=strictly_positive_int, default=4,
                    help="training batches used to calibrate int8 activation scales")
     g.add_argument("--no-export", action="store_true", help="do not write model.kep")
@@ -908,13 +912,17 @@ class Pipeline:
                 label_smoothing=sched.label_smoothing, progress=bar, prepare=self.prepare,
                 reduce=self.reduce)
             bar.close()
-            top1 = self.evaluate_model(r.model)
+            # the test set after every --eval-every-th epoch and each stage's last: skipping one
+            # changes no weight (batches come from per-epoch generators, evaluation draws none)
+            evaluate = (r.epoch + 1) % a.eval_every == 0 or r.epoch + 1 == n_epochs
+            top1 = self.evaluate_model(r.model) if evaluate else None
             dt = time.time() - t0
             r.stage_seconds[stage] += dt
             r.epoch += 1
             rec = {"stage": stage, "epoch": r.epoch, "train_loss": round(loss, 5),
-                   "train_top1": round(acc, 3), "test_top1": round(top1, 3),
-                   **getattr(self, "last_eval", {}),   # test_correct, test_images
+                   "train_top1": round(acc, 3),
+                   "test_top1": None if top1 is None else round(top1, 3),
+                   **(getattr(self, "last_eval", {}) if evaluate else {}),  # test_correct, ..
                    "lr": r.optimizer.param_groups[0]["lr"], "seconds": round(dt, 2)}
             if r.pruner is not None:
                 rec["lambda"] = r.pruner.lam

@@ -4,8 +4,9 @@ compressed ``model.kep``.
 
 ``metrics.jsonl`` holds one JSON object per line, one per epoch (plus a ``pretrained`` line for
 the evaluation of a ``--pretrained`` start), the same records as ``report.json``'s ``history``:
-``stage``, ``epoch`` (within the stage), ``train_loss``, ``train_top1``, ``test_top1`` (%),
-``test_correct``/``test_images`` (when the data set counts them), ``lr`` (of the epoch's last
+``stage``, ``epoch`` (within the stage), ``train_loss``, ``train_top1``, ``test_top1`` (%;
+``null`` on the epochs that ``--eval-every`` skips), ``test_correct``/``test_images`` (when the
+data set counts them and the epoch was evaluated), ``lr`` (of the epoch's last
 step), ``seconds``, and in the reg stage ``lambda`` and ``masked_share``. A line is appended and
 flushed after each epoch; a run started or resumed rewrites the file from its checkpoint's
 history first, so a resumed run never repeats an epoch.
@@ -231,7 +232,8 @@ def accuracy_figure(history: list[dict]):
         xs.setdefault(h["stage"], []).append((epoch, h))
     for stage, pts in xs.items():
         color = _STAGE_COLORS.get(stage)
-        ax.plot([x for x, _ in pts], [h["test_top1"] for _, h in pts], "o-", color=color,
+        test = [(x, h["test_top1"]) for x, h in pts if h.get("test_top1") is not None]
+        ax.plot([x for x, _ in test], [y for _, y in test], "o-", color=color,
                 label=f"{stage}: test", markersize=3)
         train = [(x, h["train_top1"]) for x, h in pts if "train_top1" in h]
         if train:

@@ -86,6 +86,30 @@ def test_kill_and_resume_gives_identical_weights(run_cli, tiny_cifar, tmp_path):
     assert [h["test_top1"] for h in wa["history"]] == [h["test_top1"] for h in wb["history"]]
 
 
+def test_eval_every_skips_tests_not_training(run_cli, tiny_cifar, tmp_path):
+    """``--eval-every`` leaves the test out of a stage's inner epochs (``test_top1`` null, no
+    counts) and changes no weight, loss or final top-1."""
+    two = {"--dense-epochs": "2", "--reg-epochs": "2", "--finetune-epochs": "2"}
+    tiny = [two.get(TINY[i - 1], a) if i else a for i, a in enumerate(TINY)]
+    common = ["cifar", "--data-dir", str(tiny_cifar), "--keep", "4", "--no-export"] + tiny
+    every, sparse = tmp_path / "every", tmp_path / "sparse"
+    assert run_cli(common + ["--out", str(every), "--eval-every", "1"]) == 0
+    assert run_cli(common + ["--out", str(sparse), "--eval-every", "2"]) == 0
+    assert run_cli(common + ["--out", str(tmp_path / "x"), "--eval-every", "0"]) == 2
+    e, s = (json.loads((d / "report.json").read_text()) for d in (every, sparse))
+    assert [h["test_top1"] is None for h in e["history"]] == [False] * 6
+    # stages of 2 epochs, every 2nd evaluated: the last epoch of each stage, never the first
+    assert [h["test_top1"] is None for h in s["history"]] == [True, False] * 3
+    assert all("test_correct" not in h for h in s["history"][::2])
+    for he, hs in zip(e["history"], s["history"]):
+        assert (he["train_loss"], he["train_top1"]) == (hs["train_loss"], hs["train_top1"])
+        if hs["test_top1"] is not None:
+            assert he["test_top1"] == hs["test_top1"]
+    assert e["top1"] == s["top1"] and e["kep"]["cut"] == s["kep"]["cut"]
+    we, ws = (load_checkpoint(d / "checkpoint.pt")["model"] for d in (every, sparse))
+    assert all(torch.equal(we[k], ws[k]) for k in we)
+
+
 def _metrics(out):
     return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
 
