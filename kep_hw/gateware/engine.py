@@ -169,51 +169,26 @@ class Engine(wiring.Component):
         def row_start():
             return [px.eq(0), left.eq(cfg.wo), row_end.eq(wo_short), nv.eq(nv_row)]
 
-        # pipeline registers
+        # pipeline registers: the flags every stage carries (one StructLayout), and the weight
+        # position and window, which only S1 and S2 need
+        flags = data.StructLayout({
+            "valid": 1, "first": 1, "last": 1, "final": 1,
+            "bank": 1,                        # the accumulator bank of the MAC's group
+            "res": p.act_bits,                # residual address of the block
+            "nv": range(PX + 1),              # valid pixels of the block
+        })
         wl = data.ArrayLayout(data.ArrayLayout(signed(8), 9), PX)
-        s1_valid = Signal()
-        s1_first = Signal()
-        s1_last = Signal()
-        s1_final = Signal()
+        s1, s2, s3, s4 = (Signal(flags, name=f"s{i}") for i in range(1, 5))
         s1_j = Signal(4)
         s1_zero = Signal()
-        s1_res = Signal(p.act_bits)
-        s1_nv = Signal(range(PX + 1))
         s1_win = Signal(wl, reset_less=True)
-        s2_valid = Signal()               # S1 -> S2: waiting for the weight word
-        s2_first = Signal()
-        s2_last = Signal()
-        s2_final = Signal()
-        s2_j = Signal(4)
+        s2_j = Signal(4)                     # S1 -> S2: waiting for the weight word
         s2_zero = Signal()
-        s2_res = Signal(p.act_bits)
-        s2_nv = Signal(range(PX + 1))
         s2_win = Signal(wl, reset_less=True)
-        s3_valid = Signal()
-        s3_first = Signal()
-        s3_last = Signal()
-        s3_final = Signal()
-        s3_res = Signal(p.act_bits)
-        s3_nv = Signal(range(PX + 1))
-        s4_valid = Signal()
-        s4_last = Signal()
-        s4_final = Signal()
-        s4_res = Signal(p.act_bits)
-        s4_nv = Signal(range(PX + 1))
-        s1_bank, s2_bank, s3_bank, s4_bank = (Signal(name=f"s{i}_bank") for i in range(1, 5))
-        # m2_*: the flags as the multipliers' input registers see them (S2R, or S2 itself)
-        if p.operand_reg:
-            m2_valid, m2_first, m2_last, m2_final, m2_bank = (
-                Signal(name=f"s2r_{f}") for f in ("valid", "first", "last", "final", "bank"))
-            m2_res = Signal(p.act_bits, name="s2r_res")
-            m2_nv = Signal(range(PX + 1), name="s2r_nv")
-        else:
-            m2_valid, m2_first, m2_last, m2_final, m2_bank, m2_res, m2_nv = (
-                s2_valid, s2_first, s2_last, s2_final, s2_bank, s2_res, s2_nv)
-        # the stages between S0 and the shadow register: (valid, last, bank)
-        stages = [(s1_valid, s1_last, s1_bank), (s2_valid, s2_last, s2_bank),
-                  *([(m2_valid, m2_last, m2_bank)] if p.operand_reg else []),
-                  (s3_valid, s3_last, s3_bank), (s4_valid, s4_last, s4_bank)]
+        # m2: the flags as the multipliers' input registers see them (S2R, or S2 itself)
+        m2 = Signal(flags, name="s2r") if p.operand_reg else s2
+        # the stages between S0 and the shadow register
+        stages = [s1, s2, *([m2] if p.operand_reg else []), s3, s4]
         next_ready = Signal()
         acc = Signal(data.ArrayLayout(signed(32), P), reset_less=True)
         shadow_full = Signal()
@@ -236,7 +211,7 @@ class Engine(wiring.Component):
             end_j.eq(j == keff_m1),
             end_c.eq(c_next == win.payload.nch),
             last_mac.eq(win.payload.last & end_c & end_j),
-            block.eq(shadow_full | Cat(*(v & la for v, la, _ in stages)).any()),
+            block.eq(shadow_full | Cat(*(st.valid & st.last for st in stages)).any()),
             # a group's last MAC waits for the next group's parameters
             issue.eq((state == _State.RUN) & win.valid & ~(last_mac & block)
                      & ~(last_mac & last_px & ~last_g & ~next_ready)),
@@ -260,28 +235,28 @@ class Engine(wiring.Component):
                      for lane in range(G))).word_select(c_cp[slot], 8)
                for slot in range(3 * NC)]
         for q in range(PX):
-            k3, s2 = k3_cp[q], s2_cp[q]
+            k3, st2 = k3_cp[q], s2_cp[q]
             for r in range(3):
                 for cc in range(3):
                     if PX == 1:
                         src = raw[r * NC + cc]
                     else:
-                        src = Mux(s2, raw[r * NC + 2 * q + cc], raw[r * NC + q + cc])
+                        src = Mux(st2, raw[r * NC + 2 * q + cc], raw[r * NC + q + cc])
                         if r == 0 and cc == 0:
                             src = Mux(k3, src, raw[q])
                     m.d.sync += s1_win[q][r * 3 + cc].eq(src)
 
         # S0 -> S1
         m.d.sync += [
-            s1_bank.eq(bank),
-            s1_valid.eq(issue),
-            s1_first.eq(win.payload.first & (c == 0) & (j == 0)),
-            s1_last.eq(last_mac),
-            s1_final.eq(last_mac & last_px & last_g),
+            s1.bank.eq(bank),
+            s1.valid.eq(issue),
+            s1.first.eq(win.payload.first & (c == 0) & (j == 0)),
+            s1.last.eq(last_mac),
+            s1.final.eq(last_mac & last_px & last_g),
+            s1.res.eq(res_ptr),
+            s1.nv.eq(nv),
             s1_j.eq(j),
             s1_zero.eq(cfg.kk == 0),
-            s1_res.eq(res_ptr),
-            s1_nv.eq(nv),
         ]
         with m.If(issue):
             with m.If(~end_j):
@@ -324,23 +299,14 @@ class Engine(wiring.Component):
                         m.d.sync += bank.eq(~bank)
 
         # S1 -> S2: the weight word is read (latency 2)
-        m.d.sync += [s2_bank.eq(s1_bank),
-                     s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last),
-                     s2_final.eq(s1_final), s2_j.eq(s1_j), s2_zero.eq(s1_zero), s2_res.eq(s1_res),
-                     s2_nv.eq(s1_nv), s2_win.eq(s1_win)]
+        m.d.sync += [s2.eq(s1), s2_j.eq(s1_j), s2_zero.eq(s1_zero), s2_win.eq(s1_win)]
 
         # S2: operand select (PE q*Po + o: pixel q, output channel o) into the multipliers
         # (or, with operand_reg, into each PE's operand registers: S2R); S3, S4: multiply
         # (two cycles: the multipliers' input and output registers)
         if p.operand_reg:
-            m.d.sync += [m2_valid.eq(s2_valid), m2_first.eq(s2_first), m2_last.eq(s2_last),
-                         m2_final.eq(s2_final), m2_bank.eq(s2_bank), m2_res.eq(s2_res),
-                         m2_nv.eq(s2_nv)]
-        m.d.sync += [s3_bank.eq(m2_bank), s4_bank.eq(s3_bank),
-                     s3_valid.eq(m2_valid), s3_first.eq(m2_first), s3_last.eq(m2_last),
-                     s3_final.eq(m2_final), s3_res.eq(m2_res), s3_nv.eq(m2_nv),
-                     s4_valid.eq(s3_valid), s4_last.eq(s3_last),
-                     s4_final.eq(s3_final), s4_res.eq(s3_res), s4_nv.eq(s3_nv)]
+            m.d.sync += m2.eq(s2)
+        m.d.sync += [s3.eq(m2), s4.eq(s3)]
         prods = []
         for o in range(PO):
             sel = Signal(4, name=f"sel{o}")
@@ -368,12 +334,12 @@ class Engine(wiring.Component):
         # (one copy of the bank flag per output channel, and of the S4 flags per PE: each
         # drives 32 or 64 flip-flop enables or multiplexers instead of P x 32)
         bias = Signal(data.ArrayLayout(signed(32), PO), reset_less=True)
-        b3_cp = copies(m, platform, m2_bank, PO, name="s3_bank_o", reset_less=True)
+        b3_cp = copies(m, platform, m2.bank, PO, name="s3_bank_o", reset_less=True)
         for o in range(PO):
             m.d.sync += bias[o].eq(Mux(b3_cp[o], banks[1][o].bias, banks[0][o].bias))
-        v4_cp = copies(m, platform, s3_valid, P, name="s4_valid_pe", reset_less=True)
-        f4_cp = copies(m, platform, s3_first, P, name="s4_first_pe", reset_less=True)
-        l4_cp = copies(m, platform, s3_valid & s3_last, P, name="s4_load_pe", reset_less=True)
+        v4_cp = copies(m, platform, s3.valid, P, name="s4_valid_pe", reset_less=True)
+        f4_cp = copies(m, platform, s3.first, P, name="s4_first_pe", reset_less=True)
+        l4_cp = copies(m, platform, s3.valid & s3.last, P, name="s4_load_pe", reset_less=True)
         for pe in range(P):
             nxt = Signal(signed(32), name=f"acc_next{pe}")
             m.d.comb += nxt.eq(Mux(f4_cp[pe], bias[pe % PO], acc[pe]) + prods[pe])
@@ -381,14 +347,14 @@ class Engine(wiring.Component):
                 m.d.sync += acc[pe].eq(nxt)
             with m.If(l4_cp[pe]):
                 m.d.sync += shadow.acc[pe].eq(nxt)
-        m.d.comb += shadow_bank_d.eq(Mux(s4_valid & s4_last, s4_bank, shadow_bank))
+        m.d.comb += shadow_bank_d.eq(Mux(s4.valid & s4.last, s4.bank, shadow_bank))
         m.d.sync += shadow_bank.eq(shadow_bank_d)
         sb_cp = copies(m, platform, shadow_bank_d, PO, name="shadow_bank_o", reset_less=True)
         for o in range(PO):
             m.d.comb += rq.prm[o].eq(Mux(sb_cp[o], banks[1][o], banks[0][o]))
-        with m.If(s4_valid & s4_last):
-            m.d.sync += [shadow_full.eq(1), shadow.res_addr.eq(s4_res),
-                         shadow.last.eq(s4_final), shadow.nv.eq(s4_nv)]
+        with m.If(s4.valid & s4.last):
+            m.d.sync += [shadow_full.eq(1), shadow.res_addr.eq(s4.res),
+                         shadow.last.eq(s4.final), shadow.nv.eq(s4.nv)]
         m.d.comb += [rq.i.valid.eq(shadow_full), rq.i.payload.eq(shadow)]
         with m.If(rq.i.valid & rq.i.ready):
             m.d.sync += shadow_full.eq(0)
@@ -424,7 +390,7 @@ class Engine(wiring.Component):
         # next_ready: bank ~bank holds group g+1's parameters
         other_busy = Signal()
         m.d.comb += other_busy.eq(
-            Cat(*(v & (b != bank) for v, _, b in stages)).any()
+            Cat(*(st.valid & (st.bank != bank) for st in stages)).any()
             | (shadow_full & (shadow_bank != bank)))
         want = Signal()
         m.d.comb += want.eq((state == _State.RUN) & (ld_g == g) & ~last_g & ~other_busy
