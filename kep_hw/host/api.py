@@ -350,7 +350,7 @@ def open_board(port: str | None = None, *, sim: bool = False, model, board: str 
     network is planned for it; ``pes`` and ``lanes``, when given, must agree. The simulation
     has no board to ask before it is built: ``pes``/``lanes``/``weights`` default to the board
     profile's (``ulx3s``: 128 PEs as 16 channels x 8 pixels, G = 16, embedded), and the logic
-    multipliers and operand registers to the profile's when ``pes`` is its default.
+    multipliers and operand registers to the profile's when ``pes`` is not given (as the build).
 
     Parameters
     ----------
@@ -381,7 +381,7 @@ def open_board(port: str | None = None, *, sim: bool = False, model, board: str 
         default the ``board`` profile's clock, the one its bitstream runs at).
     operand_reg : bool, optional
         Simulation only: a register per PE before its multiplier (``--operand-reg`` of the
-        build); default the profile's with its default ``pes``, else off.
+        build); default the profile's without ``pes``, else off.
     build_root : path
         Simulation build folder.
 
@@ -408,6 +408,7 @@ def open_board(port: str | None = None, *, sim: bool = False, model, board: str 
     try:
         if sim:
             from kep_hw.bench.system_sim import SimBoard
+            default = p is None          # as the build: the profile's extras with its own P
             if p is None:
                 p, px = profile.default_pes, profile.default_px
             g = lanes if lanes is not None else profile.default_lanes
@@ -418,7 +419,6 @@ def open_board(port: str | None = None, *, sim: bool = False, model, board: str 
                                f"G = {g} (--lanes)")
             plan = plan_network(kep, po=p // px, lanes=g)
             streamed = (weights or profile.weights) == "stream"
-            default = (p, px) == (profile.default_pes, profile.default_px)
             lut_pes = profile.default_lut_pes if default else 0
             if operand_reg is None:
                 operand_reg = profile.default_operand_reg and default
