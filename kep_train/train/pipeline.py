@@ -938,6 +938,9 @@ class Pipeline:
                 r.save(Path(a.out) / "dense.pt")
             r.epochs_this_process += 1
             if a.halt_after and r.epochs_this_process >= a.halt_after:
+                # every process waits for the main one's checkpoint: a process that left first
+                # would have torchrun stop the others, maybe before the checkpoint is written
+                kdist.barrier()
                 raise SystemExit(3)
 
     # -- outputs ------------------------------------------------------------------------------
