@@ -14,7 +14,9 @@ and K=4 run every seed of ``--seeds`` (default 0,1,2); every other cell runs the
 The dense checkpoint is trained once, as ``RUNS/dense-s{first seed}`` (or given with
 ``--dense``). Every run is one ``python -m kep_train cifar`` subprocess into ``RUNS/NAME``: a run
 with a complete ``report.json`` is skipped, one with a ``checkpoint.pt`` but no report is
-continued with ``--resume``; so the same command, run again, resumes a killed sweep.
+continued with ``--resume``; so the same command, run again, resumes a killed sweep. A sweep
+whose run folders were lost goes on from its last table: ``--include
+benchmarks/results/sweep.json`` (on ``run`` and ``table``) counts the runs recorded there as done.
 
 Default schedule: the main job's recipe (the ``quick`` preset: learning-rate shapes, label
 smoothing, penalty; ``docs/method.md``) with its 20 dense epochs but a shorter pruning stage
@@ -286,7 +288,14 @@ def plan(opts) -> tuple[list[Run], Path, dict]:
             cmd += ["--keep", str(r.keep)]
         r.command = cmd
         todo.append(r)
+    recorded: dict[str, str] = {}
+    for path in opts.include or []:
+        for d in include_runs(path, set()):
+            recorded.setdefault(d["name"], path)
     for r in todo:
+        if r.name in recorded and load_report(root / r.name) is None:
+            r.action, r.note = "skip", f"recorded in {recorded[r.name]}"
+            continue
         exp = _expected_args(r, sched, opts)
         if r.method == "dense-ckpt":
             exp["_total"] = sched["dense"]
@@ -591,10 +600,38 @@ def figure(groups: list[dict], path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
 
 
+def include_runs(path: str, have: set[str]) -> list[dict]:
+    """The finished runs recorded in an earlier table's JSON (``table --out``) whose names are
+    not in ``have``: a sweep whose run folders were lost goes on from its last table. Each is
+    marked with ``"from": path``."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise KepError(f"--include {path!r}: cannot read it ({e.strerror or e})")
+    except ValueError as e:
+        raise KepError(f"--include {path!r}: not JSON ({e})")
+    runs = doc.get("runs") if isinstance(doc, dict) else None
+    if not isinstance(runs, list):
+        raise KepError(f"--include {path!r}: no 'runs' list (is it a sweep table's JSON?)")
+    need = ("name", "method", "role", "seed", "top1", "epochs", *_FIELDS)
+    out = []
+    for i, d in enumerate(runs):
+        if not isinstance(d, dict) or any(k not in d for k in need):
+            raise KepError(f"--include {path!r}: run {i} lacks one of {', '.join(need)}")
+        if d["name"] not in have:
+            out.append({**d, "from": str(path)})
+    return out
+
+
 def table(opts) -> int:
     from kep_common.fileio import atomic_write_json, environment_info
     root = Path(opts.runs)
     runs, unfinished = collect(root)
+    included = []
+    for path in opts.include or []:
+        more = include_runs(path, {d["name"] for d in runs})
+        runs += more
+        included += [(path, d["name"]) for d in more]
     groups = group(runs)
     starts = [d for d in runs if d["role"] == "start"]
     planned = [r.name for r in grid(opts.seeds, opts.target_macs)]
@@ -610,6 +647,15 @@ def table(opts) -> int:
         notes.append(f"- warning: the runs do not share one schedule (dense, reg, finetune "
                      f"epochs): {mixed}")
     notes.append(f"- {seeds_note(opts.seeds)}; mean ± sample standard deviation over seeds")
+    for path in dict.fromkeys(p for p, _ in included):
+        names = [n for p, n in included if p == path]
+        notes.append(f"- {len(names)} runs taken from {path} (their folders are not under "
+                     f"{root}): {', '.join(names)}")
+    starts_top1 = sorted({d["dense_top1"] for d in runs
+                          if d["role"] == "run" and d.get("dense_top1") is not None})
+    if len(starts_top1) > 1:
+        notes.append(f"- warning: the runs start from dense models of different test top-1 "
+                     f"{starts_top1}: not one dense checkpoint")
     if missing:
         notes.append(f"- partial sweep: {len(missing)} of {len(planned)} planned runs left out "
                      f"(no complete report.json): {', '.join(missing)}")
@@ -622,7 +668,8 @@ def table(opts) -> int:
             "statistics": "mean and sample standard deviation (n - 1) over seeds; "
                           "std null where n = 1",
             "groups": groups, "runs": runs, "start": starts, "planned": planned,
-            "missing": missing, "unfinished": unfinished, "environment": environment_info()})
+            "missing": missing, "unfinished": unfinished, "included": opts.include or [],
+            "environment": environment_info()})
         print(f"-> {opts.out}", file=sys.stderr)
     if opts.figure:
         if groups:
@@ -665,6 +712,10 @@ def parser() -> argparse.ArgumentParser:
                              "first one for every other cell (default: 0,1,2)")
     common.add_argument("--target-macs", type=_fraction, default=DEFAULT_TARGET_MACS,
                         help="per-layer MACs budget of kep/kep-nopen (default: 0.3)")
+    common.add_argument("--include", metavar="JSON", action="append",
+                        help="finished runs recorded in an earlier table's JSON (e.g. "
+                             "benchmarks/results/sweep.json) whose folders are not under --runs: "
+                             "run skips them, table takes them; repeatable")
     r = sub.add_parser("run", parents=[common], help="run (or resume) the sweep")
     r.add_argument("--data-dir", default="../shared/data/cifar10")
     r.add_argument("--dense", metavar="CKPT",

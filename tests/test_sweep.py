@@ -292,3 +292,45 @@ def test_table_of_an_empty_folder(sweep, tmp_path, capsys):
     out = capsys.readouterr()
     assert "23 of 23 planned runs left out" in out.out
     assert not fig.exists() and "no figure" in out.err
+
+
+def test_include_an_earlier_table_for_lost_run_folders(sweep, tmp_path, capsys, monkeypatch):
+    """A sweep whose run folders are gone goes on from its last table's JSON: ``run --include``
+    skips the runs recorded there, ``table --include`` takes them (a folder of the same name
+    wins) and names them; a run from another dense start is flagged."""
+    _fake_sweep(tmp_path / "old")
+    old = tmp_path / "old.json"
+    assert sweep.main(["table", "--runs", str(tmp_path / "old"), "--out", str(old)]) == 0
+    root = tmp_path / "sw"
+    fake_report(root / "kep-k4-s1", seed=1, top1=90.0)                  # a folder wins
+    todo, _, _ = plan_of(sweep, tmp_path, "--include", str(old), "--dense", "d.pt")
+    act = {r.name: (r.action, r.note) for r in todo}
+    assert act["kep-k4-s0"] == ("skip", f"recorded in {old}")
+    assert act["kep-k4-s1"][0] == "skip" and "complete" in act["kep-k4-s1"][1]
+    assert act["kep-k2-s0"] == ("fresh", "")     # unfinished in the old sweep: not recorded
+    assert sum(a == "skip" for a, _ in act.values()) == 7
+    capsys.readouterr()
+    out = tmp_path / "new.json"
+    assert sweep.main(["table", "--runs", str(root), "--include", str(old), "--out",
+                       str(out)]) == 0
+    text = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    k4 = {(g["method"], g["budget"]): g for g in data["groups"]}[("kep", "K=4")]
+    assert k4["top1"]["values"] == [80.0, 90.0, 84.5]
+    src = {d["name"]: d.get("from") for d in data["runs"]}
+    assert src["kep-k4-s1"] is None and src["kep-k4-s0"] == str(old)
+    assert f"runs taken from {old}" in text and data["included"] == [str(old)]
+    assert "different test top-1" not in text
+    # a run fine-tuned from another dense model is flagged
+    rep = json.loads((root / "kep-k4-s1" / "report.json").read_text())
+    rep["top1"]["dense"] = 70.0
+    (root / "kep-k4-s1" / "report.json").write_text(json.dumps(rep))
+    assert sweep.main(["table", "--runs", str(root), "--include", str(old)]) == 0
+    assert "different test top-1 [70.0, 79.0]" in capsys.readouterr().out
+    # a file that is no table is one clear error
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"groups": []}')
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["table", "--runs", str(root), "--include", str(bad)])
+    assert e.value.code != 0
+    assert "no 'runs' list" in capsys.readouterr().err
