@@ -9,7 +9,10 @@ then the table and the figure.
 
 The grid (``run``): methods kep, kep-nopen (``kep --no-penalty``), magnitude and filter-l1 at
 uniform K = 2, 3, 4 kept elements per 3x3 plane; kep and kep-nopen at one per-layer budget
-(``--target-macs 0.3``); a dense baseline trained for the same epochs. kep and kep-nopen at K=2
+(``--target-macs 0.3``); a dense baseline trained for the same epochs; kep-late at K=2 and K=4
+(KEP's schedule with the penalty held at 0: the cut where KEP cuts, after 2 reg epochs without
+penalty, so that it fine-tunes its pruned network for as many epochs as KEP; kep-nopen cuts
+before the reg stage and trains the pruned network 2 epochs longer). kep and kep-nopen at K=2
 and K=4 run every seed of ``--seeds`` (default 0,1,2); every other cell runs the first seed only.
 The dense checkpoint is trained once, as ``RUNS/dense-s{first seed}`` (or given with
 ``--dense``). Every run is one ``python -m kep_train cifar`` subprocess into ``RUNS/NAME``: a run
@@ -20,10 +23,10 @@ benchmarks/results/sweep.json`` (on ``run`` and ``table``) counts the runs recor
 
 Default schedule: the main job's recipe (the ``quick`` preset: learning-rate shapes, label
 smoothing, penalty; ``docs/method.md``) with its 20 dense epochs but a shorter pruning stage
-(``--reg-epochs 2 --finetune-epochs 4`` instead of 3 + 8) so that the grid fits: 23 runs x 6
-epochs + 20 dense epochs = 158 epochs, about 4.4 h at ~100 s per epoch on 2 CPU cores (plus
-~30 s per run of loading, significance and evaluation: about 4.6 h in all); with the main job's
-``dense.pt`` as ``--dense`` about 4 h. ``--dry-run`` prints the plan and its estimate.
+(``--reg-epochs 2 --finetune-epochs 4`` instead of 3 + 8) so that the grid fits: 25 runs x 6
+epochs + 20 dense epochs = 170 epochs, about 4.7 h at ~100 s per epoch on 2 CPU cores (plus
+~30 s per run of loading, significance and evaluation: about 4.9 h in all); with the main job's
+``dense.pt`` as ``--dense`` about 4.4 h. ``--dry-run`` prints the plan and its estimate.
 """
 
 from __future__ import annotations
@@ -54,6 +57,10 @@ MULTI_SEED = {("kep", 2), ("kep", 4), ("kep-nopen", 2), ("kep-nopen", 4)}
 METHODS = ("kep", "kep-nopen", "magnitude", "filter-l1")
 #: methods run at the per-layer MACs budget too
 BUDGET_METHODS = ("kep", "kep-nopen")
+#: kep-late (kep with --penalty-init 0 --penalty-step 0: no penalty, the cut where KEP cuts) at
+#: these K, first seed only
+LATE_CUT_KEEPS = (2, 4)
+LATE_CUT_ARGS = ("--penalty-init", "0", "--penalty-step", "0")
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_TARGET_MACS = 0.3
 #: default epochs per stage; the dense stage is trained once, reg + finetune by every run
@@ -64,7 +71,8 @@ DEFAULT_FINETUNE_EPOCHS = 4
 SEC_PER_EPOCH = 100.0
 OVERHEAD_S = 30.0
 
-_METHOD_ORDER = {m: i for i, m in enumerate(("dense", *METHODS))}
+_METHOD_ORDER = {m: i for i, m in enumerate(("dense", "kep", "kep-nopen", "kep-late",
+                                              "magnitude", "filter-l1"))}
 
 
 # ------------------------------------------------------------------------------------------
@@ -75,7 +83,8 @@ class Run:
     """One planned ``python -m kep_train cifar`` run."""
 
     name: str
-    method: str                 # kep | kep-nopen | magnitude | filter-l1 | dense | dense-ckpt
+    method: str                 # kep | kep-nopen | kep-late | magnitude | filter-l1 | dense |
+    #                             dense-ckpt
     seed: int
     keep: int | None = None
     target_macs: float | None = None
@@ -144,6 +153,8 @@ def grid(seeds=DEFAULT_SEEDS, target_macs=DEFAULT_TARGET_MACS) -> list[Run]:
             for s in (seeds if (m, k) in MULTI_SEED else [s0]):
                 if run_name(m, s, k) not in names:
                     add(m, s, k)
+    for k in LATE_CUT_KEEPS:
+        add("kep-late", s0, k)
     return runs
 
 
@@ -181,6 +192,8 @@ def _expected_args(run: Run, sched: dict, opts) -> dict:
             exp["keep"] = run.keep
     if run.method.startswith("kep"):
         exp["no_penalty"] = run.method == "kep-nopen"
+        late = run.method == "kep-late"
+        exp["penalty_init"] = exp["penalty_step"] = 0.0 if late else None
     return exp
 
 
@@ -194,6 +207,9 @@ def _conflicts(report: dict, expected: dict) -> list[str]:
         if k == "pretrained":
             if bool(got) != bool(v):
                 out.append(f"--pretrained {'given' if got else 'not given'}")
+        elif k in ("penalty_init", "penalty_step"):    # 0 is a value here, not "unset"
+            if (got is None) != (v is None) or (got is not None and float(got) != v):
+                out.append(f"--{k.replace('_', '-')} {got!r} (the sweep wants {v!r})")
         elif got != v and not (v in (None, 0, False) and got in (None, 0, False)):
             out.append(f"--{k.replace('_', '-')} {got!r} (the sweep wants {v!r})")
     if "_total" in expected:   # the dense checkpoint: its epochs in all
@@ -275,13 +291,15 @@ def plan(opts) -> tuple[list[Run], Path, dict]:
         todo = [ck] if runs else []
     for r in runs:
         r.epochs = sched["reg"] + sched["finetune"]
-        method = {"kep-nopen": "kep"}.get(r.method, r.method)
+        method = {"kep-nopen": "kep", "kep-late": "kep"}.get(r.method, r.method)
         cmd = base + ["--out", str(root / r.name), "--method", method, "--seed", str(r.seed),
                       "--dense-epochs", str(sched["dense"]), "--reg-epochs", str(sched["reg"]),
                       "--finetune-epochs", str(sched["finetune"]),
                       "--pretrained", str(dense_ckpt)]
         if r.method == "kep-nopen":
             cmd.append("--no-penalty")
+        if r.method == "kep-late":
+            cmd += list(LATE_CUT_ARGS)
         if r.target_macs is not None:
             cmd += ["--target-macs", f"{r.target_macs:g}"]
         elif r.keep is not None:
@@ -420,6 +438,8 @@ def describe(rep: dict) -> dict:
     method = rep.get("method") or a.get("method")
     if method == "kep" and a.get("no_penalty"):
         method = "kep-nopen"
+    elif method == "kep" and a.get("penalty_init") == 0 and a.get("penalty_step") == 0:
+        method = "kep-late"
     role = "run"
     if method == "dense" and not a.get("pretrained"):
         role = "start"     # the dense checkpoint every other run starts from
@@ -530,8 +550,8 @@ def markdown(groups: list[dict]) -> list[str]:
     return rows
 
 
-_COLORS = {"kep": "tab:blue", "kep-nopen": "tab:orange", "magnitude": "tab:green",
-           "filter-l1": "tab:red", "dense": "black"}
+_COLORS = {"kep": "tab:blue", "kep-nopen": "tab:orange", "kep-late": "tab:purple",
+           "magnitude": "tab:green", "filter-l1": "tab:red", "dense": "black"}
 
 
 def figure(groups: list[dict], path: Path) -> None:

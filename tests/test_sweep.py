@@ -20,14 +20,15 @@ def sweep(bench_script):
 
 def fake_report(folder: Path, method="kep", seed=0, keep=4, target_macs=None, no_penalty=False,
                 top1=80.0, cut_top1=50.0, masked_share=0.1, macs_kept=450, params_kept=300,
-                pretrained="dense.pt", reg=2, finetune=4, dense=20, finished=True):
+                pretrained="dense.pt", reg=2, finetune=4, dense=20, finished=True,
+                penalty_init=None, penalty_step=None):
     """A report.json shaped like kep_train's (only the fields the sweep reads)."""
     folder.mkdir(parents=True, exist_ok=True)
     rep = {
         "args": {"method": method, "seed": seed, "keep": keep, "target_macs": target_macs,
                  "no_penalty": no_penalty, "pretrained": pretrained, "reg_epochs": reg,
                  "finetune_epochs": finetune, "dense_epochs": dense, "subset": 0,
-                 "test_subset": 0},
+                 "test_subset": 0, "penalty_init": penalty_init, "penalty_step": penalty_step},
         "schedule": {"dense_epochs": dense, "reg_epochs": reg, "finetune_epochs": finetune},
         "method": method,
         "top1": {"dense": 79.0, "pruned": top1},
@@ -57,7 +58,7 @@ def plan_of(sweep, tmp_path, *extra):
 
 def test_grid_size_and_seed_layout(sweep, tmp_path):
     todo, dense_ckpt, sched = plan_of(sweep, tmp_path)
-    assert len(todo) == 24          # the dense checkpoint + 23 runs from it
+    assert len(todo) == 26          # the dense checkpoint + 25 runs from it
     assert todo[0].name == "dense-s0" and todo[0].method == "dense-ckpt"
     assert dense_ckpt == tmp_path / "sw" / "dense-s0" / "dense.pt"
     seeds = {}
@@ -66,16 +67,17 @@ def test_grid_size_and_seed_layout(sweep, tmp_path):
     multi = {("kep", "K=2"), ("kep", "K=4"), ("kep-nopen", "K=2"), ("kep-nopen", "K=4")}
     expected = {(m, f"K={k}") for m in ("kep", "kep-nopen", "magnitude", "filter-l1")
                 for k in (2, 3, 4)}
-    expected |= {("kep", "MACs 0.3"), ("kep-nopen", "MACs 0.3"), ("dense", "none")}
+    expected |= {("kep", "MACs 0.3"), ("kep-nopen", "MACs 0.3"), ("dense", "none"),
+                 ("kep-late", "K=2"), ("kep-late", "K=4")}
     assert set(seeds) == expected
     for cell, s in seeds.items():
         assert sorted(s) == ([0, 1, 2] if cell in multi else [0]), cell
     # the runs the issue needs most come first: the penalty ablation at K=4, first seed
     assert [r.name for r in todo[1:3]] == ["kep-k4-s0", "kep-nopen-k4-s0"]
-    # default schedule: 20 dense epochs once, 2 + 4 per run; about 4.6 h at 100 s per epoch
+    # default schedule: 20 dense epochs once, 2 + 4 per run; about 4.9 h at 100 s per epoch
     assert sched == {"dense": 20, "reg": 2, "finetune": 4}
-    assert sum(r.epochs for r in todo) == 20 + 23 * 6
-    assert sum(sweep.estimate_s(r) for r in todo) == pytest.approx(158 * 100 + 24 * 30)
+    assert sum(r.epochs for r in todo) == 20 + 25 * 6
+    assert sum(sweep.estimate_s(r) for r in todo) == pytest.approx(170 * 100 + 26 * 30)
 
 
 def test_commands_share_the_dense_checkpoint_and_epochs(sweep, tmp_path):
@@ -88,6 +90,11 @@ def test_commands_share_the_dense_checkpoint_and_epochs(sweep, tmp_path):
         assert c[c.index("--out") + 1] == str(tmp_path / "sw" / r.name)
         assert c[c.index("--seed") + 1] == str(r.seed)
         assert ("--no-penalty" in c) == (r.method == "kep-nopen")
+        late = r.method == "kep-late"     # the penalty held at 0: the cut where KEP cuts
+        assert ("--penalty-init" in c and "--penalty-step" in c) == late
+        if late:
+            assert c[c.index("--penalty-init") + 1] == c[c.index("--penalty-step") + 1] == "0"
+            assert c[c.index("--method") + 1] == "kep"
         assert "--resume" not in c      # nothing there yet: fresh runs
         if r.target_macs is not None:
             assert c[c.index("--target-macs") + 1] == "0.3" and "--keep" not in c
@@ -103,7 +110,7 @@ def test_other_seeds_and_only_and_given_dense(sweep, tmp_path):
     names = {r.name for r in todo}
     assert {"kep-k4-s3", "kep-k4-s7", "kep-nopen-k2-s7", "magnitude-k4-s3"} <= names
     assert "kep-k3-s7" not in names and "magnitude-k4-s7" not in names and "dense-s3" in names
-    assert len(todo) == 1 + 23 - 4      # two seeds instead of three in the 4 multi-seed cells
+    assert len(todo) == 1 + 25 - 4      # two seeds instead of three in the 4 multi-seed cells
     ck = tmp_path / "given.pt"
     todo, dense_ckpt, _ = plan_of(sweep, tmp_path, "--only", "kep-k4-*", "--dense", str(ck))
     assert [r.name for r in todo] == ["kep-k4-s0", "kep-k4-s1", "kep-k4-s2"]
@@ -115,13 +122,13 @@ def test_dry_run_lists_commands_and_estimate(sweep, tmp_path, capsys):
     assert sweep.main(["run", "--dry-run", "--runs", str(tmp_path / "sw"),
                        "--data-dir", "D"]) == 0
     out = capsys.readouterr().out
-    assert "24 runs" in out and "one seed (0)" in out and "seeds 0,1,2" in out
+    assert "26 runs" in out and "one seed (0)" in out and "seeds 0,1,2" in out
     cmds = [ln for ln in out.splitlines() if not ln.startswith("#")]
-    assert len(cmds) == 23            # kep-k4-s0 is complete: no command
+    assert len(cmds) == 25            # kep-k4-s0 is complete: no command
     assert not any(f"{tmp_path / 'sw' / 'kep-k4-s0'} " in c + " " for c in cmds)
-    # 152 epochs left (kep-k4-s0's 6 done) and 23 runs' overhead; 4.6 h for the whole plan
-    left = (158 - 6) * 100 + 23 * 30
-    assert f"{left / 3600:.1f} h left of 4.6 h" in out
+    # 164 epochs left (kep-k4-s0's 6 done) and 25 runs' overhead; 4.9 h for the whole plan
+    left = (170 - 6) * 100 + 25 * 30
+    assert f"{left / 3600:.1f} h left of 4.9 h" in out
     assert all(shlex.split(c)[1:4] == ["-m", "kep_train", "cifar"] for c in cmds)
 
 
@@ -198,7 +205,9 @@ def test_run_calls_kep_train_only_for_unfinished_runs(sweep, tmp_path, monkeypat
                         keep=int(cmd[cmd.index("--keep") + 1]) if "--keep" in cmd else 4,
                         target_macs=float(cmd[cmd.index("--target-macs") + 1])
                         if "--target-macs" in cmd else None,
-                        no_penalty="--no-penalty" in cmd)
+                        no_penalty="--no-penalty" in cmd,
+                        **({"penalty_init": 0.0, "penalty_step": 0.0}
+                           if "--penalty-init" in cmd else {}))
         return Done(0)
 
     monkeypatch.setattr(sweep.subprocess, "run", fake_run)
@@ -206,9 +215,10 @@ def test_run_calls_kep_train_only_for_unfinished_runs(sweep, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert rc == 1     # magnitude-k4-s0 failed
     assert calls == [("dense-s0", False), ("kep-nopen-k4-s0", True), ("dense-eq-s0", False),
-                     ("filter-l1-k4-s0", False), ("magnitude-k4-s0", False)]
-    assert "run 2/6 kep-k4-s0: skipped" in err and "ETA" in err
-    assert "magnitude-k4-s0: FAILED" in err and "5 of 6 runs complete" in err
+                     ("filter-l1-k4-s0", False), ("magnitude-k4-s0", False),
+                     ("kep-late-k4-s0", False)]
+    assert "run 2/7 kep-k4-s0: skipped" in err and "ETA" in err
+    assert "magnitude-k4-s0: FAILED" in err and "6 of 7 runs complete" in err
     # the same command again: only the failed run is started
     calls.clear()
     monkeypatch.setattr(sweep.subprocess, "run", lambda cmd: (calls.append(cmd), Done(1))[1])
@@ -279,7 +289,7 @@ def test_table_markdown_json_and_figure(sweep, tmp_path, capsys):
     nopen = [ln for ln in text.splitlines() if ln.startswith("| kep-nopen | K=4")][0]
     assert "| 1 seed | 81.00 | 30.00 |" in nopen and "±" not in nopen
     assert "dense checkpoint dense-s0: top-1 79.00 %" in text
-    assert "partial sweep: 16 of 23 planned runs left out" in text and "kep-k2-s0" in text
+    assert "partial sweep: 18 of 25 planned runs left out" in text and "kep-k2-s0" in text
     data = json.loads(out.read_text())
     assert len(data["groups"]) == 5 and "python" in data["environment"]
     assert "kep-k4-s1" not in data["missing"] and "kep-k2-s1" in data["missing"]
@@ -290,7 +300,7 @@ def test_table_of_an_empty_folder(sweep, tmp_path, capsys):
     fig = tmp_path / "f.png"
     assert sweep.main(["table", "--runs", str(tmp_path / "none"), "--figure", str(fig)]) == 0
     out = capsys.readouterr()
-    assert "23 of 23 planned runs left out" in out.out
+    assert "25 of 25 planned runs left out" in out.out
     assert not fig.exists() and "no figure" in out.err
 
 
@@ -334,3 +344,20 @@ def test_include_an_earlier_table_for_lost_run_folders(sweep, tmp_path, capsys, 
         sweep.main(["table", "--runs", str(root), "--include", str(bad)])
     assert e.value.code != 0
     assert "no 'runs' list" in capsys.readouterr().err
+
+
+def test_late_cut_ablation_is_told_apart(sweep, tmp_path):
+    """kep-late (kep with the penalty held at 0) is its own cell in the table, and a kep report
+    in its folder (or the reverse) is a conflict, not a finished run: 0 is a penalty value."""
+    late = fake_report(tmp_path / "a", penalty_init=0.0, penalty_step=0.0, top1=70.0)
+    plain = fake_report(tmp_path / "b", top1=71.0)
+    assert sweep.describe(late)["method"] == "kep-late"
+    assert sweep.describe(plain)["method"] == "kep"
+    root = tmp_path / "sw"
+    fake_report(root / "kep-late-k2-s0", keep=2)                         # no penalty args
+    fake_report(root / "kep-k2-s0", keep=2, penalty_init=0.0, penalty_step=0.0)
+    fake_report(root / "kep-late-k4-s0", keep=4, penalty_init=0.0, penalty_step=0.0)
+    todo, _, _ = plan_of(sweep, tmp_path, "--only", "kep-late-*,kep-k2-s0", "--dense", "d.pt")
+    act = {r.name: r.action for r in todo}
+    assert act == {"kep-k2-s0": "conflict", "kep-late-k2-s0": "conflict",
+                   "kep-late-k4-s0": "skip"}
