@@ -11,8 +11,10 @@ The unit has L = ``params.rq_lanes`` lanes (L divides G): it runs once per outpu
 so it is sized to the rate it needs. Pipeline, one lane group (L output channels of one pixel)
 issued per cycle, every step registered:
 
-- R0: residual word address ``res_addr + q*res_step + c // (G/L)`` presented; accumulators
-  and parameters of the lane group selected into registers.
+- R0: residual word address ``res_addr + q*res_step + c // (G/L)`` presented; the lane
+  group's parameters selected into registers, its accumulators taken from the input (the
+  block's first lane group) or from the head of a shift chain per lane that the first issue
+  loads with the block's other lane groups (no wide multiplexer: every net stays local).
 - R1: ``acc * mult`` as two DSP products, ``acc[15:0] * mult`` and ``acc[31:16] * mult``
   (:class:`kep_hw.gateware.mul.Multiplier`, two cycles: R1 -> R3).
 - R2: the residual word arrives (read latency 2); the lane's byte is registered.
@@ -154,18 +156,42 @@ class Requant(wiring.Component):
                     m.d.sync += qoff.eq(qoff + self.res_step)
         m.d.sync += [c.eq(c_d), q.eq(q_d)]
         c_cp = copies(m, platform, c_d, L, name="lane_c", reset_less=True)
-        q_cp = copies(m, platform, q_d, L, name="lane_q", reset_less=True)
         for lane in range(L):
             with m.Switch(c_cp[lane]):
                 for g in range(NG):
                     with m.Case(g):
                         m.d.sync += r1_prm[lane].eq(self.prm[g * L + lane])
-            with m.Switch(Cat(c_cp[lane], q_cp[lane])):
-                for qq in range(PX):
-                    for g in range(NG):
-                        with m.Case(g | (qq << len(c_cp[lane]))):
-                            m.d.sync += r1_acc[lane].eq(
-                                self.i.payload.acc[(qq * NG + g) * L + lane])
+        # The accumulators reach the lanes through a shift chain per lane, not a (Px*NG):1
+        # multiplexer (whose 32 * P inputs would all converge on the lanes): the block's first
+        # issue takes lane group 0 straight from the input and loads groups 1 .. Px*NG-1 into
+        # the chain, each later issue takes the chain's head and shifts it by one group. Each
+        # chain register loads either its own accumulator or its neighbour's, so no net spans
+        # more than one group. Same cycles as the multiplexer: only where the values travel.
+        # The chain's enable and load select come from per-lane copies (kep_hw.gateware.fanout)
+        # of the registers they are decoded from.
+        credits_d = Signal.like(credits)
+        m.d.comb += credits_d.eq(credits - pix_start + (self.o.valid & self.o.ready))
+        # (each copy is 0 in reset, as its source is: c = q = 0, credits = D)
+        later_cp = copies(m, platform, (c_d != 0) | (q_d != 0), L, name="lane_later")
+        c_nz_cp = copies(m, platform, c_d != 0, L, name="lane_c_nz")
+        broke_cp = copies(m, platform, credits_d == 0, L, name="lane_broke")
+        n_chain = PX * NG - 1
+        for lane in range(L):
+            head = self.i.payload.acc[lane]
+            chain = [Signal(signed(32), name=f"chain{lane}_{j}", reset_less=True)
+                     for j in range(n_chain)]
+            iss = Signal(name=f"lane_issue{lane}")
+            m.d.comb += iss.eq(self.i.valid & (c_nz_cp[lane] | ~broke_cp[lane]))
+            if chain:
+                m.d.sync += r1_acc[lane].eq(Mux(later_cp[lane], chain[0], head))
+                with m.If(iss):
+                    with m.If(~later_cp[lane]):
+                        m.d.sync += [chain[j].eq(self.i.payload.acc[(j + 1) * L + lane])
+                                     for j in range(n_chain)]
+                    with m.Else():
+                        m.d.sync += [chain[j].eq(chain[j + 1]) for j in range(n_chain - 1)]
+            else:
+                m.d.sync += r1_acc[lane].eq(head)
 
         # parameters travel with their lane group (R1 -> R2 -> ...)
         def delayed(sig, n, name):
