@@ -12,16 +12,21 @@ registers: ``docs/accelerator.md``.
 
 Read ports: every memory port of the engine (``act``, ``res``, ``wt``, ``prm``) delivers its data
 :data:`READ_LATENCY` = 2 cycles after the address: the block RAM's synchronous read plus a
-register right after it (:func:`connect_read`), so no path runs from a block RAM's output
-(5.8 ns clock-to-data on the ECP5) through logic into a multiplier or an adder.
+register right after it, so no path runs from a block RAM's output (5.8 ns clock-to-data on the
+ECP5) through logic into a multiplier or an adder. For ``act``, ``res`` and ``prm`` that register
+is outside (:func:`connect_read`); the weight port is connected straight to its memory
+(:func:`connect_direct`, :data:`WT_PORT_LATENCY` = 1) and the engine has the register itself,
+the indices in one copy per pixel group (each copy selects the operands of Po PEs only).
 
 MAC pipeline (one (channel, element) per cycle, all PEs in lock step):
 
 - S0: weight address ``wptr`` presented; the 3x3 window of every pixel of the block for the
   current channel registered.
 - S1: the weight word is on its way (read latency 2); window and control move on.
-- S2: weight word arrives; each PE selects its operand with a 9:1 mux by its index (or by the
-  element counter in dense mode) and presents value and operand to its multiplier
+- S2: weight word arrives (values in one register, indices in one register per pixel group);
+  each PE selects its operand with a 9:1 mux by its index (or by the element counter in dense
+  mode) from its own copy of the window register (one copy per 4 output channels) and presents
+  value and operand to its multiplier
   (:class:`kep_hw.gateware.mul.Multiplier`: a DSP block with its input and output registers,
   or logic for the last ``lut_pes`` PEs; two cycles either way).
 - S2R (only with ``params.operand_reg``): each PE's operands in a register of its own, in
@@ -51,10 +56,15 @@ from kep_hw.gateware.layouts import (ParamWord, acc_word, act_word, out_word, we
 from kep_hw.gateware.params import EngineParams, check_params
 from kep_hw.gateware.requant import Requant
 
-__all__ = ["READ_LATENCY", "connect_read", "Engine"]
+__all__ = ["READ_LATENCY", "WT_PORT_LATENCY", "connect_read", "connect_direct", "Engine"]
 
 #: cycles from a read port's address to its data, for every port of the engine
 READ_LATENCY = 2
+#: cycles from the ``wt`` port's address to the data on the port: the block RAM's read only (the
+#: engine registers the word itself; :data:`READ_LATENCY` from address to the registered word)
+WT_PORT_LATENCY = 1
+#: output channels served by one copy of a pixel's window register
+WINDOW_COPY_CHANNELS = 4
 
 
 def connect_read(m: Module, mem_port, port) -> None:
@@ -65,6 +75,13 @@ def connect_read(m: Module, mem_port, port) -> None:
     q = Signal.like(mem_port.data, reset_less=True)
     m.d.comb += [mem_port.addr.eq(port.addr), mem_port.en.eq(port.en), port.data.eq(q)]
     m.d.sync += q.eq(mem_port.data)
+
+
+def connect_direct(m: Module, mem_port, port) -> None:
+    """Connect a memory's read port (latency 1) straight to the engine's ``wt`` port
+    (:data:`WT_PORT_LATENCY`): the engine registers the word right after it."""
+    m.d.comb += [mem_port.addr.eq(port.addr), mem_port.en.eq(port.en),
+                 port.data.eq(mem_port.data)]
 
 
 class _State(enum.Enum, shape=2):
@@ -90,8 +107,11 @@ class Engine(wiring.Component):
         Pulse to start a layer.
     busy : Out(1)
         High until the layer's last output has been transferred.
-    act, res, wt, prm : In(ReadPort.Signature)
+    act, res, prm : In(ReadPort.Signature)
         Read ports (the engine drives addr/en, data :data:`READ_LATENCY` cycles later).
+    wt : In(ReadPort.Signature)
+        Weight read port, data :data:`WT_PORT_LATENCY` cycle later (a memory's own read port,
+        :func:`connect_direct`).
     o : Out(stream.Signature(out_word))
         Outputs in group / row / column order.
     """
@@ -182,9 +202,7 @@ class Engine(wiring.Component):
         s1_j = Signal(4)
         s1_zero = Signal()
         s1_win = Signal(wl, reset_less=True)
-        s2_j = Signal(4)                     # S1 -> S2: waiting for the weight word
-        s2_zero = Signal()
-        s2_win = Signal(wl, reset_less=True)
+        s2_zero = Signal()                   # S1 -> S2: waiting for the weight word
         # m2: the flags as the multipliers' input registers see them (S2R, or S2 itself)
         m2 = Signal(flags, name="s2r") if p.operand_reg else s2
         # the stages between S0 and the shadow register
@@ -299,7 +317,21 @@ class Engine(wiring.Component):
                         m.d.sync += bank.eq(~bank)
 
         # S1 -> S2: the weight word is read (latency 2)
-        m.d.sync += [s2.eq(s1), s2_j.eq(s1_j), s2_zero.eq(s1_zero), s2_win.eq(s1_win)]
+        # S1 -> S2: the weight word arrives from its memory into the registers right after the
+        # read port: the values once; the indices (or, in dense mode, the element counter) once
+        # per pixel group, the window once per WINDOW_COPY_CHANNELS output channels
+        # (kep_hw.gateware.fanout: each copy drives the operand multiplexers of a few PEs, not
+        # the P multiplexers spread over the DSP rows)
+        m.d.sync += [s2.eq(s1), s2_zero.eq(s1_zero)]
+        wt_val = Signal(data.ArrayLayout(signed(8), PO), reset_less=True)
+        m.d.sync += [wt_val[o].eq(self.wt.data[o].value) for o in range(PO)]
+        idx_d = Signal(4 * PO)
+        m.d.comb += idx_d.eq(Cat(*(Mux(cfg.dense, s1_j, self.wt.data[o].index)
+                                   for o in range(PO))))
+        idx_cp = copies(m, platform, idx_d, PX, name="s2_idx", reset_less=True)
+        n_win = -(-PO // WINDOW_COPY_CHANNELS)
+        win_cp = [copies(m, platform, s1_win[q].as_value(), n_win, name=f"s2_win{q}",
+                         reset_less=True) for q in range(PX)]
 
         # S2: operand select (PE q*Po + o: pixel q, output channel o) into the multipliers
         # (or, with operand_reg, into each PE's operand registers: S2R); S3, S4: multiply
@@ -309,10 +341,8 @@ class Engine(wiring.Component):
         m.d.sync += [s3.eq(m2), s4.eq(s3)]
         prods = []
         for o in range(PO):
-            sel = Signal(4, name=f"sel{o}")
             val = Signal(signed(8), name=f"val{o}")
-            m.d.comb += [sel.eq(Mux(cfg.dense, s2_j, self.wt.data[o].index)),
-                         val.eq(Mux(s2_zero, 0, self.wt.data[o].value))]
+            m.d.comb += val.eq(Mux(s2_zero, 0, wt_val[o]))
             # S2R: one copy of the weight value per PE (the copies are not merged on the ECP5)
             vals = (copies(m, platform, val, PX, name=f"s2r_val{o}", reset_less=True)
                     if p.operand_reg else [val] * PX)
@@ -321,7 +351,8 @@ class Engine(wiring.Component):
                 mul = Multiplier(signed(8), signed(8),
                                  impl="lut" if pe >= P - p.lut_pes else "dsp")
                 m.submodules[f"mul{pe}"] = mul
-                opnd = s2_win[q].as_value().word_select(sel, 8)
+                sel = idx_cp[q].word_select(o, 4)
+                opnd = win_cp[q][o // WINDOW_COPY_CHANNELS].word_select(sel, 8)
                 if p.operand_reg:
                     opnd_r = Signal(signed(8), name=f"s2r_opnd{pe}", reset_less=True)
                     m.d.sync += opnd_r.eq(opnd)

@@ -13,7 +13,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from kep_hw.gateware.engine import Engine, connect_read
+from kep_hw.gateware.engine import Engine, connect_direct, connect_read
 from kep_hw.gateware.layouts import ParamWord, Target, act_word, load_layout, out_word, weight_word
 from kep_hw.gateware.params import EngineParams, check_params
 
@@ -79,9 +79,9 @@ class LayerTop(wiring.Component):
             ]
 
         # engine
-        for port, mem in ((eng.act, act_mem), (eng.res, act_mem), (eng.wt, wt_mem),
-                          (eng.prm, prm_mem)):
+        for port, mem in ((eng.act, act_mem), (eng.res, act_mem), (eng.prm, prm_mem)):
             connect_read(m, mem.read_port(), port)
+        connect_direct(m, wt_mem.read_port(), eng.wt)
         wiring.connect(m, eng.o, wiring.flipped(self.o))
         m.d.comb += [eng.cfg.eq(self.cfg), eng.start.eq(self.start), self.busy.eq(eng.busy)]
 

@@ -17,7 +17,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 
-from kep_hw.gateware.engine import connect_read
+from kep_hw.gateware.engine import connect_direct, connect_read
 from kep_hw.gateware.layouts import (PARAM_WORD_BITS, WEIGHT_ELEM_BITS, ParamWord, act_word,
                                      out_word, weight_word)
 from kep_hw.system.plan import NetworkPlan
@@ -231,8 +231,10 @@ class WeightMemories(wiring.Component):
 
     Embedded mode: all layers' words (``plan.layers[n].wt_words`` / ``prm_words`` in layer
     order) as the memories' initial contents. Streamed mode: room for the largest layer, written
-    through ``wt_wr`` and ``prm_wr``. Reads have a latency of two cycles (the read data is
-    registered: :data:`kep_hw.gateware.engine.READ_LATENCY`).
+    through ``wt_wr`` and ``prm_wr``. Parameter reads have a latency of two cycles (the read
+    data is registered: :data:`kep_hw.gateware.engine.READ_LATENCY`), weight reads one (the
+    memory's own read port: the engine registers the word,
+    :data:`kep_hw.gateware.engine.WT_PORT_LATENCY`).
 
     Parameters
     ----------
@@ -280,7 +282,7 @@ class WeightMemories(wiring.Component):
         m.submodules.prm_mem = prm_mem = Memory(shape=unsigned(PARAM_WORD_BITS),
                                                 depth=self.prm_depth, init=prm_init)
         wt_rd, prm_rd = wt_mem.read_port(), prm_mem.read_port()
-        connect_read(m, wt_rd, self.wt)
+        connect_direct(m, wt_rd, self.wt)       # the engine registers the word itself
         connect_read(m, prm_rd, self.prm)
         if self.streamed:
             wt_wr, prm_wr = wt_mem.write_port(), prm_mem.write_port()
