@@ -148,6 +148,8 @@ def largest_fitting_pes(kep, board, *, lanes: int, streamed: bool, limit: int = 
 _UTIL = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", re.M)
 _FMAX = re.compile(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz \((PASS|FAIL) at "
                    r"([\d.]+) MHz\)")
+#: router2's line after each iteration of its main loop
+_ROUTER2_ITER = re.compile(r"\biter=(\d+)\s+wires=\d+\s+overused=(\d+)")
 #: the first line of nextpnr's routing (what comes before it is placement)
 _ROUTING = re.compile(r"^Info: (Routing\.\.|Running router2|Routing globals)", re.M)
 
@@ -333,14 +335,21 @@ class NextpnrWatcher:
 
     Notes: the device utilisation after packing, the start of placement and routing, and every
     ``Max frequency for clock`` line (the estimate after placement, the final fmax after
-    routing); :attr:`phase` is what nextpnr is doing now.
+    routing); :attr:`phase` is what nextpnr is doing now, during routing with router2's
+    iteration and overused wires (and the fewest so far: a count that stops falling is a
+    routing that does not converge). With ``heatmaps`` (a folder of router2's
+    ``--router2-heatmap`` files, :mod:`kep_hw.board.congestion`) the phase also names the most
+    congested parts of the design at the last iteration.
     """
 
-    def __init__(self):
+    def __init__(self, heatmaps: Path | None = None):
         self.phase = "reading the netlist"
         self._util: dict[str, tuple[int, int]] | None = None
         self.fmax: dict[str, dict] = {}
         self.routed = False
+        self.heatmaps = heatmaps
+        #: router2's iterations so far: [(iteration, overused wires)]
+        self.iterations: list[tuple[int, int]] = []
 
     def __call__(self, line: str) -> str | None:
         notes = []
@@ -370,6 +379,21 @@ class NextpnrWatcher:
             self.phase = "routing"
             self.routed = True
             notes.append("routing")
+        m = _ROUTER2_ITER.search(line)
+        if m:
+            it, over = int(m.group(1)), int(m.group(2))
+            self.iterations.append((it, over))
+            best = min(self.iterations, key=lambda t: (t[1], t[0]))
+            self.phase = (f"routing: iteration {it}, {over:,} overused wires (fewest "
+                          f"{best[1]:,} at iteration {best[0]})")
+            if self.heatmaps is not None:
+                from kep_hw.board.congestion import describe, summarize_folder
+                try:
+                    summ = summarize_folder(self.heatmaps, iteration=it - 1) if it > 1 else None
+                except (KepError, OSError):
+                    summ = None
+                if summ:
+                    self.phase += f"; {describe(summ)}"
         m = _FMAX.search(line)
         if m:
             clk, fmax, verdict, target = m.groups()
@@ -544,6 +568,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--router", choices=("router2", "router1"), default="router2",
                    help="nextpnr router (router2 default: router1 did not converge on the 85F "
                         "with 64 PEs)")
+    p.add_argument("--congestion", action="store_true",
+                   help="router2 writes a congestion heatmap after every iteration (OUT/build/"
+                        "congestion/); the progress and report.json name the most congested "
+                        "parts of the design; read a stopped build with python -m "
+                        "kep_hw.board.congestion OUT/build")
     p.add_argument("--abc9", action="store_true",
                    help="map LUTs with Yosys' abc9 (synth_ecp5's own flow); by default "
                         "classic abc, because Yosys 0.70's abc9 aborts on the kep engine")
@@ -592,6 +621,8 @@ def _check_args(args, board) -> tuple[int, int, float, int]:
     if pes > 255 or (pes // px) % args.lanes:
         raise KepError(f"--pes: P/PX must be a multiple of --lanes {args.lanes} and P at most "
                        f"255, got {pes}x{px}")
+    if getattr(args, "congestion", False) and args.router != "router2":
+        raise KepError("--congestion reads router2's heatmaps: use it with --router router2")
     auto = args.freq == "auto"
     if not auto:
         for opt, value in (("--freq-start", args.freq_start), ("--seeds", args.seeds),
@@ -658,11 +689,13 @@ def _tool_commands(build_dir: Path, name: str, found: dict) -> list[tuple[str, l
     return out
 
 
-def _run_tools(commands, *, build_dir: Path, env: dict, progress: Progress, fail) -> None:
-    """Run the synth, place and route and pack commands with progress; ``fail(msg)`` raises."""
+def _run_tools(commands, *, build_dir: Path, env: dict, progress: Progress, fail,
+               heatmaps: Path | None = None) -> None:
+    """Run the synth, place and route and pack commands with progress; ``fail(msg)`` raises.
+    ``heatmaps``: router2's heatmap folder (``--congestion``) for the routing progress."""
     for stage, argv in commands:
         watcher = (YosysWatcher() if stage.startswith("synth") else
-                   NextpnrWatcher() if stage.startswith("place") else None)
+                   NextpnrWatcher(heatmaps) if stage.startswith("place") else None)
         with progress.stage(stage):
             rc, tail = run_tool(stage, argv, cwd=build_dir, progress=progress,
                                 watcher=watcher, env=env)
@@ -763,6 +796,9 @@ def _elaborate(s: _Setup, freq: float, seed: int, build_dir: Path, progress: Pro
     nextpnr = s.found.get("nextpnr-ecp5")
     report_opts = _nextpnr_report_opts(nextpnr[0]) if nextpnr else ()
     pnr_opts = [f"--timing-allow-fail --seed {seed} --router {s.args.router}"]
+    if s.args.congestion:
+        from kep_hw.board.congestion import HEATMAP_DIR, HEATMAP_PREFIX
+        pnr_opts.append(f"--router2-heatmap {HEATMAP_DIR}/{HEATMAP_PREFIX}")
     if "--report" in report_opts:
         pnr_opts += [f"--report {NAME}.report.json"] + \
             [o for o in report_opts if o != "--report"]
@@ -808,18 +844,31 @@ def _run_build(s: _Setup, build_dir: Path, progress: Progress) -> dict:
     (:func:`parse_nextpnr_log`, :func:`parse_yosys_stats`, :func:`parse_nextpnr_report`)."""
     for ext in (".bit", ".tim", ".rpt", ".report.json"):
         (build_dir / f"{NAME}{ext}").unlink(missing_ok=True)   # no stale result of an earlier run
+    heatmaps = None
+    if s.args.congestion:
+        from kep_hw.board.congestion import HEATMAP_DIR
+        heatmaps = build_dir / HEATMAP_DIR
+        if heatmaps.exists():
+            shutil.rmtree(heatmaps)
+        heatmaps.mkdir(parents=True)
     commands = _tool_commands(build_dir, NAME, s.found)
 
     def fail(msg):
+        more = (f"; where routing was congested: python -m kep_hw.board.congestion "
+                f"{build_dir}" if heatmaps is not None and any(heatmaps.iterdir()) else "")
         raise KepError(f"{msg}; logs in {build_dir}; largest --pes that fits by the "
-                       f"estimate: {s.largest_pes()}")
+                       f"estimate: {s.largest_pes()}{more}")
 
-    _run_tools(commands, build_dir=build_dir, env=s.tool_env, progress=progress, fail=fail)
+    _run_tools(commands, build_dir=build_dir, env=s.tool_env, progress=progress, fail=fail,
+               heatmaps=heatmaps)
     parsed = parse_nextpnr_log((build_dir / f"{NAME}.tim").read_text())
     parsed["yosys_cells"] = parse_yosys_stats((build_dir / f"{NAME}.rpt").read_text())
     parsed["worst_paths"] = _worst_paths(build_dir / f"{NAME}.report.json")
     if parsed["worst_paths"]:
         progress.info(f"worst path: {describe_path(parsed['worst_paths'][0])}")
+    if heatmaps is not None:
+        from kep_hw.board.congestion import summarize_folder
+        parsed["congestion"] = summarize_folder(heatmaps)
     return parsed
 
 
@@ -861,6 +910,7 @@ def _report(s: _Setup, freq: float, seed: int, pll: dict, divisor: int, results:
         "seed": seed,
         "fmax_mhz": fmax, "fmax_placed_mhz": fmax_placed, "timing_met": met, "clocks": clocks,
         "worst_paths": results.get("worst_paths", []),
+        "congestion": results.get("congestion"),
         "utilisation": {"luts": used("TRELLIS_COMB"), "ffs": used("TRELLIS_FF"),
                         "dsps": used("MULT18X18D"), "brams": used("DP16KD")},
         "estimate": s.est, "budget": {"luts": board.luts, "dsps": board.dsps,

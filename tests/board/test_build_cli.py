@@ -38,6 +38,8 @@ Info: Running main analytical placer, max placement attempts per cell = 10000.
 Info: Max frequency for clock '$glbnet$clkop': 61.00 MHz (PASS at 30.00 MHz)
 Info: Routing globals...
 Info: Routing..
+Info:     iter=1 wires=5000 overused=120 overuse=130 archfail=NA
+Info:     iter=2 wires=5100 overused=12 overuse=13 archfail=NA
 Info: Routing complete.
 Info: Max frequency for clock '$glbnet$clkop': 57.25 MHz (PASS at 30.00 MHz)
 Info: Program finished normally.
@@ -226,6 +228,13 @@ if sys.argv[1:] == ['--version']:
 log = sys.argv[sys.argv.index('--log') + 1]
 text = {NEXTPNR_OUT!r}
 place, route = text.split('Info: Routing globals')
+if '--router2-heatmap' in sys.argv:      # router2's heatmaps of iterations 1 and 2
+    pre = sys.argv[sys.argv.index('--router2-heatmap') + 1]
+    open(pre + '_congestion_by_net_1.csv', 'w').write(
+        'system.engine.s2_win0_cp1[3],70\\nsystem.wt__data[3][8],50\\nclk,0\\n')
+    open(pre + '_congestion_by_net_2.csv', 'w').write(
+        'system.wt__data[3][8],9\\nsystem.wt__data[4][10],3\\n'
+        'system.engine.requant.r7_z0_TRELLIS_FF_Q_DI,4\\n')
 sys.stderr.write(place); sys.stderr.flush()
 time.sleep(float(__import__('os').environ.get('FAKE_PNR_PAUSE', '0')))
 sys.stderr.write('Info: Routing globals' + route); sys.stderr.flush()
@@ -326,3 +335,75 @@ def test_missing_tool_is_one_line(tmp_path, one_line_error, monkeypatch, no_tool
 
 def test_heartbeat_default_is_a_minute():
     assert build.HEARTBEAT_S == 60.0
+
+
+def test_congestion_heatmaps_reach_the_report(tmp_path, capsys, fake_tools, one_line_error):
+    """``--congestion``: nextpnr is asked for router2's heatmaps (in OUT/build/congestion),
+    report.json summarises the last iteration by part of the design, ``python -m
+    kep_hw.board.congestion`` reads them; router1 has none."""
+    out = tmp_path / "out"
+    assert _run(["--board", "ulx3s-12f", "--pes", "8", "--freq", "30", "--congestion",
+                 "--out", str(out), "--quiet"]) == 0
+    assert "--router2-heatmap congestion/router2" in (
+        out / "build" / "build_kep_top.sh").read_text()
+    cong = json.loads((out / "report.json").read_text())["congestion"]
+    assert cong["iteration"] == 2 and cong["overuse"] == 16 and cong["nets"] == 3
+    assert cong["parts"][0] == {"part": "system.wt__data", "overuse": 12, "share": 0.75}
+    assert cong["parts"][1]["part"] == "system.engine.requant"
+    assert cong["top_nets"][0] == {"net": "system.wt__data[3][8]", "overuse": 9}
+    capsys.readouterr()
+    from kep_hw.board import congestion
+    assert congestion.main([str(out), "--iteration", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "router2 iteration 1 (of 1..2" in text and "overuse 120 on 2 nets" in text
+    assert re.search(r"58\.3 %\s+70\s+system\.engine\.s2_win0$", text, re.M), text
+    # without --congestion: no heatmaps, no summary
+    assert _run(["--board", "ulx3s-12f", "--pes", "8", "--freq", "30", "--out",
+                 str(tmp_path / "plain"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "plain" / "report.json").read_text())["congestion"] is None
+    line = one_line_error(_run(["--board", "ulx3s-12f", "--out", str(tmp_path / "r1"),
+                                "--congestion", "--router", "router1", "--dry-run"]))
+    assert "--congestion reads router2's heatmaps" in line
+
+
+def test_router_iterations_and_congestion_in_the_phase(tmp_path):
+    """The routing phase (what the heartbeat line shows) follows router2's iterations, with
+    the fewest overused wires so far and, given the heatmaps, the most congested parts."""
+    heat = tmp_path / "h"
+    heat.mkdir()
+    (heat / "router2_congestion_by_net_1.csv").write_text("system.a.b[1],3\nsystem.c.d,1\n")
+    w = NextpnrWatcher(heat)
+    w("Info: Routing globals...")
+    w("Info:     iter=1 wires=556402 overused=44843 overuse=55405 archfail=NA")
+    assert w.phase == "routing: iteration 1, 44,843 overused wires (fewest 44,843 at iteration 1)"
+    w("Info:     iter=2 wires=573725 overused=29040 overuse=31361 archfail=NA")
+    w("Info:     iter=3 wires=573725 overused=30000 overuse=31361 archfail=NA")
+    assert w.phase.startswith("routing: iteration 3, 30,000 overused wires (fewest 29,040 at "
+                              "iteration 2)")
+    assert w.iterations == [(1, 44843), (2, 29040), (3, 30000)]
+    w2 = NextpnrWatcher(heat)
+    w2("Info:     iter=2 wires=573725 overused=29040 overuse=31361 archfail=NA")
+    assert w2.phase.endswith("; overuse 4 on 2 nets; most: system.a.b 75 %, system.c.d 25 %")
+
+
+def test_congestion_cli_errors(tmp_path, one_line_error):
+    from kep_hw.board import congestion
+    line = one_line_error(_run_module(congestion.main, [str(tmp_path)]))
+    assert "no router2 heatmap under" in line
+    (tmp_path / "router2_congestion_by_net_1.csv").write_text("system.a,3\nsystem.b,x\n")
+    line = one_line_error(_run_module(congestion.main, [str(tmp_path)]))
+    assert "row 2 is not 'net,overuse'" in line
+    line = one_line_error(_run_module(congestion.main, [str(tmp_path), "--iteration", "7"]))
+    assert "no heatmap of router2 iteration 7 (there are 1..1)" in line
+    assert congestion.design_part("system.engine.requant.r7_z0_TRELLIS_FF_Q_DI") == \
+        "system.engine.requant"
+    assert congestion.design_part("system.wt__data[3][8]") == "system.wt__data"
+    assert congestion.design_part("system.engine.s2_win1_cp3[7]") == "system.engine.s2_win1"
+    assert congestion.design_part("rst") == "rst"
+
+
+def _run_module(main, argv):
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
