@@ -621,7 +621,7 @@ def _check_args(args, board) -> tuple[int, int, float, int]:
     if pes > 255 or (pes // px) % args.lanes:
         raise KepError(f"--pes: P/PX must be a multiple of --lanes {args.lanes} and P at most "
                        f"255, got {pes}x{px}")
-    if getattr(args, "congestion", False) and args.router != "router2":
+    if args.congestion and args.router != "router2":
         raise KepError("--congestion reads router2's heatmaps: use it with --router router2")
     auto = args.freq == "auto"
     if not auto:

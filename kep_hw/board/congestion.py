@@ -30,7 +30,7 @@ from pathlib import Path
 
 from kep_common.errors import KepError, cli_errors
 
-__all__ = ["HEATMAP_DIR", "HEATMAP_PREFIX", "heatmap_files", "latest_iteration",
+__all__ = ["HEATMAP_DIR", "HEATMAP_PREFIX", "heatmap_files",
            "read_by_net", "design_part", "summarize", "summarize_folder", "main"]
 
 #: folder (inside the build folder) and file prefix of router2's heatmaps
@@ -49,11 +49,6 @@ def heatmap_files(folder: Path, prefix: str = HEATMAP_PREFIX) -> dict[int, Path]
         if m:
             out[int(m.group(1))] = p
     return out
-
-
-def latest_iteration(folder: Path, prefix: str = HEATMAP_PREFIX) -> int | None:
-    files = heatmap_files(folder, prefix)
-    return max(files) if files else None
 
 
 def read_by_net(path: Path) -> list[tuple[str, int]]:

@@ -290,5 +290,5 @@ class Requant(wiring.Component):
         with m.If(pop):
             m.d.sync += rp.eq(Mux(rp == D - 1, 0, rp + 1))
         m.d.sync += [count.eq(count + push - pop),
-                     credits.eq(credits - pix_start + pop)]
+                     credits.eq(credits_d)]
         return m
