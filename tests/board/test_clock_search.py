@@ -229,7 +229,7 @@ class FakeTools:
     def __init__(self, fmax: dict, interrupt_at: int | None = None):
         self.fmax, self.interrupt_at, self.calls = fmax, interrupt_at, []
 
-    def __call__(self, commands, *, build_dir, env, progress, fail):
+    def __call__(self, commands, *, build_dir, env, progress, fail, heatmaps=None):
         name = build_dir.parent.name                          # "<MHz>-s<seed>"
         self.calls.append(name)
         if len(self.calls) == self.interrupt_at:
