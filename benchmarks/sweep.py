@@ -12,8 +12,9 @@ uniform K = 2, 3, 4 kept elements per 3x3 plane; kep and kep-nopen at one per-la
 (``--target-macs 0.3``); a dense baseline trained for the same epochs; kep-late at K=2 and K=4
 (KEP's schedule with the penalty held at 0: the cut where KEP cuts, after 2 reg epochs without
 penalty, so that it fine-tunes its pruned network for as many epochs as KEP; kep-nopen cuts
-before the reg stage and trains the pruned network 2 epochs longer). kep and kep-nopen at K=2
-and K=4 run every seed of ``--seeds`` (default 0,1,2); every other cell runs the first seed only.
+before the reg stage and trains the pruned network 2 epochs longer). kep, kep-nopen and kep-late at
+K=2 and K=4 run every seed of ``--seeds`` (default 0,1,2); every other cell runs the first seed
+only.
 The dense checkpoint is trained once, as ``RUNS/dense-s{first seed}`` (or given with
 ``--dense``). Every run is one ``python -m kep_train cifar`` subprocess into ``RUNS/NAME``: a run
 with a complete ``report.json`` is skipped, one with a ``checkpoint.pt`` but no report is
@@ -23,10 +24,10 @@ benchmarks/results/sweep.json`` (on ``run`` and ``table``) counts the runs recor
 
 Default schedule: the main job's recipe (the ``quick`` preset: learning-rate shapes, label
 smoothing, penalty; ``docs/method.md``) with its 20 dense epochs but a shorter pruning stage
-(``--reg-epochs 2 --finetune-epochs 4`` instead of 3 + 8) so that the grid fits: 25 runs x 6
-epochs + 20 dense epochs = 170 epochs, about 4.7 h at ~100 s per epoch on 2 CPU cores (plus
-~30 s per run of loading, significance and evaluation: about 4.9 h in all); with the main job's
-``dense.pt`` as ``--dense`` about 4.4 h. ``--dry-run`` prints the plan and its estimate.
+(``--reg-epochs 2 --finetune-epochs 4`` instead of 3 + 8) so that the grid fits: 29 runs x 6
+epochs + 20 dense epochs = 194 epochs, about 5.4 h at ~100 s per epoch on 2 CPU cores (plus
+~30 s per run of loading, significance and evaluation: about 5.6 h in all); with the main job's
+``dense.pt`` as ``--dense`` about 5 h. ``--dry-run`` prints the plan and its estimate.
 """
 
 from __future__ import annotations
@@ -52,13 +53,14 @@ except ImportError:   # run from a checkout without the package installed
 #: uniform budgets (elements kept per 3x3 plane)
 KEEPS = (2, 3, 4)
 #: (method, K) cells that run every seed; all others run the first seed only
-MULTI_SEED = {("kep", 2), ("kep", 4), ("kep-nopen", 2), ("kep-nopen", 4)}
+MULTI_SEED = {("kep", 2), ("kep", 4), ("kep-nopen", 2), ("kep-nopen", 4),
+              ("kep-late", 2), ("kep-late", 4)}
 #: methods of the grid (kep-nopen = kep --no-penalty)
 METHODS = ("kep", "kep-nopen", "magnitude", "filter-l1")
 #: methods run at the per-layer MACs budget too
 BUDGET_METHODS = ("kep", "kep-nopen")
 #: kep-late (kep with --penalty-init 0 --penalty-step 0: no penalty, the cut where KEP cuts) at
-#: these K, first seed only
+#: these K, every seed (its first seed's runs come before the other seeds')
 LATE_CUT_KEEPS = (2, 4)
 LATE_CUT_ARGS = ("--penalty-init", "0", "--penalty-step", "0")
 DEFAULT_SEEDS = (0, 1, 2)
@@ -155,6 +157,9 @@ def grid(seeds=DEFAULT_SEEDS, target_macs=DEFAULT_TARGET_MACS) -> list[Run]:
                     add(m, s, k)
     for k in LATE_CUT_KEEPS:
         add("kep-late", s0, k)
+    for s in more:
+        for k in LATE_CUT_KEEPS:
+            add("kep-late", s, k)
     return runs
 
 

@@ -58,13 +58,13 @@ def plan_of(sweep, tmp_path, *extra):
 
 def test_grid_size_and_seed_layout(sweep, tmp_path):
     todo, dense_ckpt, sched = plan_of(sweep, tmp_path)
-    assert len(todo) == 26          # the dense checkpoint + 25 runs from it
+    assert len(todo) == 30          # the dense checkpoint + 29 runs from it
     assert todo[0].name == "dense-s0" and todo[0].method == "dense-ckpt"
     assert dense_ckpt == tmp_path / "sw" / "dense-s0" / "dense.pt"
     seeds = {}
     for r in todo[1:]:
         seeds.setdefault((r.method, r.budget), []).append(r.seed)
-    multi = {("kep", "K=2"), ("kep", "K=4"), ("kep-nopen", "K=2"), ("kep-nopen", "K=4")}
+    multi = {(m, f"K={k}") for m in ("kep", "kep-nopen", "kep-late") for k in (2, 4)}
     expected = {(m, f"K={k}") for m in ("kep", "kep-nopen", "magnitude", "filter-l1")
                 for k in (2, 3, 4)}
     expected |= {("kep", "MACs 0.3"), ("kep-nopen", "MACs 0.3"), ("dense", "none"),
@@ -74,10 +74,13 @@ def test_grid_size_and_seed_layout(sweep, tmp_path):
         assert sorted(s) == ([0, 1, 2] if cell in multi else [0]), cell
     # the runs the issue needs most come first: the penalty ablation at K=4, first seed
     assert [r.name for r in todo[1:3]] == ["kep-k4-s0", "kep-nopen-k4-s0"]
-    # default schedule: 20 dense epochs once, 2 + 4 per run; about 4.9 h at 100 s per epoch
+    # kep-late last, its first seed before the others
+    assert [r.name for r in todo[-6:]] == ["kep-late-k2-s0", "kep-late-k4-s0", "kep-late-k2-s1",
+                                           "kep-late-k4-s1", "kep-late-k2-s2", "kep-late-k4-s2"]
+    # default schedule: 20 dense epochs once, 2 + 4 per run; about 5.6 h at 100 s per epoch
     assert sched == {"dense": 20, "reg": 2, "finetune": 4}
-    assert sum(r.epochs for r in todo) == 20 + 25 * 6
-    assert sum(sweep.estimate_s(r) for r in todo) == pytest.approx(170 * 100 + 26 * 30)
+    assert sum(r.epochs for r in todo) == 20 + 29 * 6
+    assert sum(sweep.estimate_s(r) for r in todo) == pytest.approx(194 * 100 + 30 * 30)
 
 
 def test_commands_share_the_dense_checkpoint_and_epochs(sweep, tmp_path):
@@ -110,7 +113,7 @@ def test_other_seeds_and_only_and_given_dense(sweep, tmp_path):
     names = {r.name for r in todo}
     assert {"kep-k4-s3", "kep-k4-s7", "kep-nopen-k2-s7", "magnitude-k4-s3"} <= names
     assert "kep-k3-s7" not in names and "magnitude-k4-s7" not in names and "dense-s3" in names
-    assert len(todo) == 1 + 25 - 4      # two seeds instead of three in the 4 multi-seed cells
+    assert len(todo) == 1 + 29 - 6      # two seeds instead of three in the 6 multi-seed cells
     ck = tmp_path / "given.pt"
     todo, dense_ckpt, _ = plan_of(sweep, tmp_path, "--only", "kep-k4-*", "--dense", str(ck))
     assert [r.name for r in todo] == ["kep-k4-s0", "kep-k4-s1", "kep-k4-s2"]
@@ -122,13 +125,13 @@ def test_dry_run_lists_commands_and_estimate(sweep, tmp_path, capsys):
     assert sweep.main(["run", "--dry-run", "--runs", str(tmp_path / "sw"),
                        "--data-dir", "D"]) == 0
     out = capsys.readouterr().out
-    assert "26 runs" in out and "one seed (0)" in out and "seeds 0,1,2" in out
+    assert "30 runs" in out and "one seed (0)" in out and "seeds 0,1,2" in out
     cmds = [ln for ln in out.splitlines() if not ln.startswith("#")]
-    assert len(cmds) == 25            # kep-k4-s0 is complete: no command
+    assert len(cmds) == 29            # kep-k4-s0 is complete: no command
     assert not any(f"{tmp_path / 'sw' / 'kep-k4-s0'} " in c + " " for c in cmds)
-    # 164 epochs left (kep-k4-s0's 6 done) and 25 runs' overhead; 4.9 h for the whole plan
-    left = (170 - 6) * 100 + 25 * 30
-    assert f"{left / 3600:.1f} h left of 4.9 h" in out
+    # 188 epochs left (kep-k4-s0's 6 done) and 29 runs' overhead; 5.6 h for the whole plan
+    left = (194 - 6) * 100 + 29 * 30
+    assert f"{left / 3600:.1f} h left of 5.6 h" in out
     assert all(shlex.split(c)[1:4] == ["-m", "kep_train", "cifar"] for c in cmds)
 
 
@@ -289,7 +292,7 @@ def test_table_markdown_json_and_figure(sweep, tmp_path, capsys):
     nopen = [ln for ln in text.splitlines() if ln.startswith("| kep-nopen | K=4")][0]
     assert "| 1 seed | 81.00 | 30.00 |" in nopen and "±" not in nopen
     assert "dense checkpoint dense-s0: top-1 79.00 %" in text
-    assert "partial sweep: 18 of 25 planned runs left out" in text and "kep-k2-s0" in text
+    assert "partial sweep: 22 of 29 planned runs left out" in text and "kep-k2-s0" in text
     data = json.loads(out.read_text())
     assert len(data["groups"]) == 5 and "python" in data["environment"]
     assert "kep-k4-s1" not in data["missing"] and "kep-k2-s1" in data["missing"]
@@ -300,7 +303,7 @@ def test_table_of_an_empty_folder(sweep, tmp_path, capsys):
     fig = tmp_path / "f.png"
     assert sweep.main(["table", "--runs", str(tmp_path / "none"), "--figure", str(fig)]) == 0
     out = capsys.readouterr()
-    assert "25 of 25 planned runs left out" in out.out
+    assert "29 of 29 planned runs left out" in out.out
     assert not fig.exists() and "no figure" in out.err
 
 
@@ -357,7 +360,7 @@ def test_late_cut_ablation_is_told_apart(sweep, tmp_path):
     fake_report(root / "kep-late-k2-s0", keep=2)                         # no penalty args
     fake_report(root / "kep-k2-s0", keep=2, penalty_init=0.0, penalty_step=0.0)
     fake_report(root / "kep-late-k4-s0", keep=4, penalty_init=0.0, penalty_step=0.0)
-    todo, _, _ = plan_of(sweep, tmp_path, "--only", "kep-late-*,kep-k2-s0", "--dense", "d.pt")
+    todo, _, _ = plan_of(sweep, tmp_path, "--only", "kep-late-*-s0,kep-k2-s0", "--dense", "d.pt")
     act = {r.name: r.action for r in todo}
     assert act == {"kep-k2-s0": "conflict", "kep-late-k2-s0": "conflict",
                    "kep-late-k4-s0": "skip"}
