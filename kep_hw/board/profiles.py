@@ -22,10 +22,12 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-__all__ = ["BoardProfile", "ALIASES", "list_boards", "load_board", "parse_profile"]
+__all__ = ["BoardProfile", "ALIASES", "PLACERS", "list_boards", "load_board", "parse_profile"]
 
 ALIASES = {"ulx3s": "ulx3s-85f", "colorlight": "colorlight-5a75b", "orangecrab": "orangecrab-25f"}
 WEIGHT_MODES = ("embedded", "stream")
+#: nextpnr-ecp5 placers a profile may choose (``[defaults] placer``)
+PLACERS = ("heap", "static")
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,8 @@ class BoardProfile:
     ``default_lanes`` (``[defaults] lanes``, G, 4), ``default_rq_lanes`` (``[defaults]
     rq_lanes``, the requantization lanes L, default G), ``default_lut_pes``
     (``[defaults] lut_pes``, PEs with a multiplier in logic, 0) and ``default_operand_reg``
-    (``[defaults] operand_reg``, a register per PE before its multiplier, false).
+    (``[defaults] operand_reg``, a register per PE before its multiplier, false) and ``placer``
+    (``[defaults] placer``, nextpnr's placer: ``"heap"`` or ``"static"``, heap).
     """
     name: str
     description: str
@@ -61,6 +64,7 @@ class BoardProfile:
     default_rq_lanes: int | None = None
     default_lut_pes: int = 0
     default_operand_reg: bool = False
+    placer: str = "heap"
 
     def rq_lanes_for(self, lanes: int) -> int:
         """The requantization lanes L of an engine with ``lanes`` = G: the profile's, when it
@@ -180,7 +184,7 @@ def parse_profile(text: str, where: str = "<text>") -> BoardProfile:
                 "uart": ("resource", "tx_enable", "baud", "rx_pin", "tx_pin", "io_type"),
                 "budget": ("luts", "dsps", "brams"),
                 "defaults": ("pes", "px", "lanes", "rq_lanes", "lut_pes", "operand_reg",
-                             "weights")}
+                             "weights", "placer")}
     for section, keys in sections.items():
         table = data if not section else _require(data, section, dict, where)
         unknown = sorted(set(table) - set(keys))
@@ -227,6 +231,7 @@ def parse_profile(text: str, where: str = "<text>") -> BoardProfile:
         default_lut_pes=_number(defaults, "lut_pes", where, low=0, high=_MAX_PES,
                                 integer=True, optional=0),
         default_operand_reg=_flag(defaults, "operand_reg", where, optional=False),
+        placer=_name(defaults, "placer", where, optional="heap"),
     )
     if prof.default_rq_lanes is not None and prof.default_lanes % prof.default_rq_lanes:
         raise KepError(f"board profile {where}: defaults.rq_lanes must divide lanes")
@@ -235,6 +240,9 @@ def parse_profile(text: str, where: str = "<text>") -> BoardProfile:
     if prof.default_pes % prof.default_px or (prof.default_pes // prof.default_px) \
             % prof.default_lanes:
         raise KepError(f"board profile {where}: defaults.pes must be a multiple of px x lanes")
+    if prof.placer not in PLACERS:
+        raise KepError(f"board profile {where}: placer must be one of {PLACERS}, "
+                       f"got {prof.placer!r}")
     if prof.weights not in WEIGHT_MODES:
         raise KepError(f"board profile {where}: weights must be one of {WEIGHT_MODES}, "
                        f"got {prof.weights!r}")

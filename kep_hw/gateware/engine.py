@@ -397,27 +397,27 @@ class Engine(wiring.Component):
         # issues a block's lane groups, before it frees the shadow register).
         ld_n = Signal(range(PO + 1), init=PO)
         ld_d = Signal(range(PO + 1))
-        ld_d2 = Signal(range(PO + 1))
         ld_v = Signal()
         ld_v2 = Signal()
         ld_bank = Signal()
         ld_b1 = Signal()
-        ld_b2 = Signal()
+        # the write enable of each (bank, channel) parameter register, decoded one cycle
+        # before the word arrives and registered: each drives only its own word's clock
+        # enables (no decoder between a register and ~80 enables spread over the chip)
+        ld_en = Signal(2 * PO)
         ld_ptr = Signal(p.prm_bits)
         ld_g = Signal(p.group_bits)          # the group being loaded / last loaded
         loading = Signal()
         m.d.comb += [self.prm.addr.eq(ld_ptr + ld_n), loading.eq(ld_n != PO)]
-        m.d.sync += [ld_v.eq(loading), ld_d.eq(ld_n), ld_b1.eq(ld_bank),
-                     ld_v2.eq(ld_v), ld_d2.eq(ld_d), ld_b2.eq(ld_b1)]
+        m.d.sync += [ld_v.eq(loading), ld_d.eq(ld_n), ld_b1.eq(ld_bank), ld_v2.eq(ld_v)]
+        m.d.sync += [ld_en[b * PO + o].eq(ld_v & (ld_b1 == b) & (ld_d == o))
+                     for b in range(2) for o in range(PO)]
         with m.If(loading):
             m.d.sync += ld_n.eq(ld_n + 1)
-        with m.If(ld_v2):
-            for b in range(2):
-                with m.If(ld_b2 == b):
-                    with m.Switch(ld_d2):
-                        for o in range(PO):
-                            with m.Case(o):
-                                m.d.sync += banks[b][o].eq(self.prm.data)
+        for b in range(2):
+            for o in range(PO):
+                with m.If(ld_en[b * PO + o]):
+                    m.d.sync += banks[b][o].eq(self.prm.data)
         # next_ready: bank ~bank holds group g+1's parameters
         other_busy = Signal()
         m.d.comb += other_busy.eq(

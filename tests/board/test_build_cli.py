@@ -19,6 +19,7 @@ import pytest
 from kep_hw.board import build
 from kep_hw.board.build import NextpnrWatcher, Progress, run_tool
 from kep_hw.board.build import main as build_main
+from kep_hw.board.profiles import load_board
 from kep_hw.board.toolchain import TOOLS
 
 #: a progress line: ``[  12.3 s] message``
@@ -364,6 +365,33 @@ def test_congestion_heatmaps_reach_the_report(tmp_path, capsys, fake_tools, one_
     line = one_line_error(_run(["--board", "ulx3s-12f", "--out", str(tmp_path / "r1"),
                                 "--congestion", "--router", "router1", "--dry-run"]))
     assert "--congestion reads router2's heatmaps" in line
+
+
+def test_placer_from_the_board_or_the_option(tmp_path, fake_tools):
+    """nextpnr's placer: the board profile's unless ``--placer`` names one; report.json
+    records it (and the router)."""
+    def build(*extra):
+        out = tmp_path / "_".join(("out",) + extra).replace("-", "")
+        assert _run(["--board", "ulx3s-12f", "--pes", "8", "--freq", "30", "--out", str(out),
+                     "--quiet", *extra]) == 0
+        script = (out / "build" / "build_kep_top.sh").read_text()
+        return script, json.loads((out / "report.json").read_text())
+
+    default = load_board("ulx3s-12f").placer
+    script, rep = build()
+    assert f"--placer {default} --router router2" in script
+    assert (rep["placer"], rep["router"]) == (default, "router2")
+    for placer in ("heap", "static"):
+        script, rep = build("--placer", placer)
+        assert f"--placer {placer} " in script and rep["placer"] == placer
+
+
+def test_static_placer_is_a_placing_phase():
+    w = NextpnrWatcher()
+    w("Info: Packing IOs..")
+    assert w("Info: Running Static placer...") == "placing" and w.phase == "placing"
+    w("Info: Running simulated annealing placer for refinement.")
+    assert w.phase == "refining the placement"
 
 
 def test_router_iterations_and_congestion_in_the_phase(tmp_path):

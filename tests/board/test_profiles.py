@@ -47,6 +47,9 @@ def test_good_profile_parses():
     assert prof.default_operand_reg is False
     prof = parse_profile(GOOD.replace("lanes = 8", "lanes = 8\noperand_reg = true"), "t.toml")
     assert prof.default_operand_reg is True
+    assert prof.placer == "heap"
+    prof = parse_profile(GOOD.replace("lanes = 8", 'lanes = 8\nplacer = "static"'), "t.toml")
+    assert prof.placer == "static"
 
 
 @pytest.mark.parametrize("old, new, msg", [
@@ -70,6 +73,8 @@ def test_good_profile_parses():
     ("lanes = 8", "lanes = 8\noperand_reg = 1", "'operand_reg' must be true or false"),
     ("lanes = 8", 'lanes = 8\noperand_reg = "yes"', "'operand_reg' must be true or false"),
     ('weights = "embedded"', 'weights = "flash"', "weights must be one of"),
+    ("lanes = 8", 'lanes = 8\nplacer = "sa"', "placer must be one of"),
+    ("lanes = 8", "lanes = 8\nplacer = 1", "'placer' has the wrong type"),
     ('device = "LFE5U-85F"', 'device = ""', "'device' must not be empty"),
     ('device = "LFE5U-85F"', 'devise = "LFE5U-85F"', "unknown key 'devise'"),
     ('resource = "uart"', 'resource = "uart"\nrx_pin = "N17"', "both rx_pin and tx_pin"),
