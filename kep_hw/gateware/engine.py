@@ -223,13 +223,12 @@ class Engine(wiring.Component):
         end_j = Signal()
         end_c = Signal()
         last_mac = Signal()
-        block = Signal()
+        block = Signal()                     # registered (below)
         issue = Signal()
         m.d.comb += [
             end_j.eq(j == keff_m1),
             end_c.eq(c_next == win.payload.nch),
             last_mac.eq(win.payload.last & end_c & end_j),
-            block.eq(shadow_full | Cat(*(st.valid & st.last for st in stages)).any()),
             # a group's last MAC waits for the next group's parameters
             issue.eq((state == _State.RUN) & win.valid & ~(last_mac & block)
                      & ~(last_mac & last_px & ~last_g & ~next_ready)),
@@ -384,11 +383,21 @@ class Engine(wiring.Component):
         for o in range(PO):
             m.d.comb += rq.prm[o].eq(Mux(sb_cp[o], banks[1][o], banks[0][o]))
         with m.If(s4.valid & s4.last):
-            m.d.sync += [shadow_full.eq(1), shadow.res_addr.eq(s4.res),
+            m.d.sync += [shadow.res_addr.eq(s4.res),
                          shadow.last.eq(s4.final), shadow.nv.eq(s4.nv)]
-        m.d.comb += [rq.i.valid.eq(shadow_full), rq.i.payload.eq(shadow)]
-        with m.If(rq.i.valid & rq.i.ready):
-            m.d.sync += shadow_full.eq(0)
+        shadow_full_d = Signal()             # shadow_full's next value
+        m.d.comb += [
+            shadow_full_d.eq(Mux(rq.i.valid & rq.i.ready, 0,
+                                 (s4.valid & s4.last) | shadow_full)),
+            rq.i.valid.eq(shadow_full), rq.i.payload.eq(shadow),
+        ]
+        m.d.sync += shadow_full.eq(shadow_full_d)
+        # ``block`` (a block's last MAC is in the pipeline or the shadow register is full: the
+        # next last MAC waits) as a register, loaded with its next value: the flags of S1 (this
+        # cycle's issue), of the stages that move on, and of the shadow register; no path runs
+        # from the stage flags through the issue logic into the window's channel counter
+        m.d.sync += block.eq(shadow_full_d | (issue & last_mac)
+                             | Cat(*(st.valid & st.last for st in stages[:-1])).any())
 
         # parameter load of a group into bank ``ld_bank``: Po reads from ``ld_ptr``, data
         # READ_LATENCY cycles later. Group 0 loads in LOAD; group g+1 while group g runs, into
