@@ -155,9 +155,7 @@ def grid(seeds=DEFAULT_SEEDS, target_macs=DEFAULT_TARGET_MACS) -> list[Run]:
             for s in (seeds if (m, k) in MULTI_SEED else [s0]):
                 if run_name(m, s, k) not in names:
                     add(m, s, k)
-    for k in LATE_CUT_KEEPS:
-        add("kep-late", s0, k)
-    for s in more:
+    for s in seeds:
         for k in LATE_CUT_KEEPS:
             add("kep-late", s, k)
     return runs

@@ -568,9 +568,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="nextpnr placement seed (>= 0; default 1)")
     p.add_argument("--placer", choices=PLACERS, default=None,
                    help="nextpnr placer: static (electrostatic: spreads the design over the "
-                        "chip; on the 85F with 64 PEs 37 %% less wire than heap, 68.6 against "
-                        "66.8 MHz after placement and a routing that converges) or heap "
-                        "(analytic, packs the design around its I/O) (default: the board's)")
+                        "chip, where heap left the 85F's router stalled; docs/boards.md) or "
+                        "heap (analytic: packs the design around its I/O) (default: the "
+                        "board's)")
     p.add_argument("--router", choices=("router2", "router1"), default="router2",
                    help="nextpnr router (router2 default: router1 did not converge on the 85F "
                         "with 64 PEs)")
