@@ -36,8 +36,8 @@ MAC pipeline (one (channel, element) per cycle, all PEs in lock step):
 - S4: the product arrives; accumulate (``bias + product`` on the first element of a block);
   on the last element the P sums go to the shadow register (the requantization unit's input).
 
-Selects and enables with thousands of loads (the window's channel counter, the S4 flags of
-the P accumulators, the parameter banks' flags) are registered several times over, one copy
+Selects and enables with thousands of loads (the S4 flags of the P accumulators, the
+parameter banks' flags, the window fetcher's buffer moves) are registered several times over, one copy
 per group of loads (:func:`kep_hw.gateware.fanout.copies`), with no added latency.
 """
 
@@ -216,7 +216,7 @@ class Engine(wiring.Component):
         keff_m1 = Signal(4)                  # K - 1 (K = 0 counts as 1)
         m.d.sync += keff_m1.eq(Mux(cfg.kk == 0, 0, cfg.kk - 1))
         c = Signal(range(G))
-        c_d = Signal(range(G))               # c's next value (its copies load it too)
+        c_d = Signal(range(G))               # c's next value
         c_next = Signal(range(G + 1))        # c + 1
         j = Signal(4)
         win = fetch.o
@@ -239,18 +239,16 @@ class Engine(wiring.Component):
             self.busy.eq(state != _State.IDLE),
         ]
 
-        # the 3x3 window of every pixel of the block, channel c: pixel q reads the block
-        # columns q*stride + 0..2 (3x3) or column q (1x1, slot 0). The channel multiplexer
-        # has one copy of c per window slot, the stride and kernel flags one per pixel
-        # (kep_hw.gateware.fanout: no select net spans the G x 3 x NC byte multiplexer)
-        m.d.comb += c_d.eq(c)                # default: hold (the assignments above override)
+        # the 3x3 window of every pixel of the block, channel c (the fetcher's stream presents
+        # the head window's channel c: it moves on with ``next_ch``): pixel q reads the block
+        # columns q*stride + 0..2 (3x3) or column q (1x1, slot 0); the stride and kernel flags
+        # in one copy per pixel (kep_hw.gateware.fanout)
+        m.d.comb += [c_d.eq(c),              # default: hold (the assignments below override)
+                     fetch.next_ch.eq(issue & end_j & ~end_c)]
         m.d.sync += c.eq(c_d)
-        c_cp = copies(m, platform, c_d, 3 * NC, name="win_c", reset_less=True)
         k3_cp = copies(m, platform, cfg.k == 3, PX, name="win_k3", reset_less=True)
         s2_cp = copies(m, platform, cfg.stride == 2, PX, name="win_s2", reset_less=True)
-        raw = [Cat(*(win.payload.win[lane].as_value().word_select(slot, 8)
-                     for lane in range(G))).word_select(c_cp[slot], 8)
-               for slot in range(3 * NC)]
+        raw = [win.payload.win[slot] for slot in range(3 * NC)]
         for q in range(PX):
             k3, st2 = k3_cp[q], s2_cp[q]
             for r in range(3):
@@ -395,7 +393,7 @@ class Engine(wiring.Component):
         # ``block`` (a block's last MAC is in the pipeline or the shadow register is full: the
         # next last MAC waits) as a register, loaded with its next value: the flags of S1 (this
         # cycle's issue), of the stages that move on, and of the shadow register; no path runs
-        # from the stage flags through the issue logic into the window's channel counter
+        # from the stage flags through the issue logic into the window's buffer moves
         m.d.sync += block.eq(shadow_full_d | (issue & last_mac)
                              | Cat(*(st.valid & st.last for st in stages[:-1])).any())
 

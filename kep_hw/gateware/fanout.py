@@ -2,8 +2,8 @@
 """Register copies: one register per group of loads, so that no control net spans the chip.
 
 A pipeline flag such as "the MAC stage holds a valid element" drives the clock enables of all
-P x 32 accumulator bits (4,096 loads at P = 128); the channel counter of the window multiplexer
-drives several thousand LUT inputs. A net like that spreads over the whole die and costs more
+P x 32 accumulator bits (4,096 loads at P = 128); the window fetcher's buffer moves
+drive several thousand flip-flops. A net like that spreads over the whole die and costs more
 routing delay than any logic on the path. :func:`copies` registers the same next value ``n``
 times, so each copy drives only its own group of loads and the placer can put it beside them.
 

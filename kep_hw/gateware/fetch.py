@@ -3,12 +3,25 @@
 
 For every (group, block of Px horizontally adjacent output pixels, input channel word) in the
 engine's loop order it reads the activation words of the block's window (one read per cycle;
-out-of-image positions read as 0 without a memory access) into one of two window buffers. A
-block of ``nv`` valid pixels (``nv = Px`` except at the end of a row) needs ``k`` input rows of
+out-of-image positions read as 0 without a memory access) into the fill buffer. A block of
+``nv`` valid pixels (``nv = Px`` except at the end of a row) needs ``k`` input rows of
 ``(nv-1)*stride + 3`` columns (3x3) or ``nv`` positions (1x1, every ``stride``-th column), so
-``k*ncols`` reads: 9 for ``Px = 1`` 3x3, 18 / 27 for ``Px = 4`` 3x3 at stride 1 / 2. The buffers
-form a two-entry FIFO whose head is the ``o`` stream, so the next window is assembled while the
-MAC array works on the current one.
+``k*ncols`` reads: 9 for ``Px = 1`` 3x3, 18 / 27 for ``Px = 4`` 3x3 at stride 1 / 2.
+
+Two window buffers form a two-entry FIFO: the fill buffer receives the next window while the
+drain buffer holds the head window, whose channels the engine consumes one after the other.
+The stream ``o`` presents one channel (plane) of the head window: channel 0 when the window
+becomes the head, the next one in the cycle after each ``next_ch``, until the engine pops the
+window (``o.ready``; ``next_ch`` and ``o.ready`` are never high together). The drain buffer
+moves its planes down by one per ``next_ch`` (plane ``i`` takes plane ``i + 1``), so the
+engine's operands come from plane 0 alone: no multiplexer selects a channel out of the
+``G x 3 x NC`` bytes. Each buffer move (fill -> drain when a window becomes the head, drain
+plane ``i + 1`` -> ``i``) is decided in one cycle and done in the next through registered
+selects, one copy per lane and row of the window (:func:`kep_hw.gateware.fanout.copies`); in
+that cycle the stream presents the plane the move will bring (fill plane 0, or drain plane 1).
+The timing is that of two symmetric buffers: the head window is valid the cycle after its last
+write lands or after the window before it is popped, and the fill buffer takes the next window's
+first read while the head is still in flight (its writes land after the move).
 
 Buffer slot of the position (row ``r``, column ``c``) of a block: ``r * cols + c`` with
 ``cols = window_cols(Px) = 2*Px + 1`` (3 for ``Px = 1``, so the ``Px = 1`` buffer is the plain
@@ -18,13 +31,13 @@ Buffer slot of the position (row ``r``, column ``c``) of a block: ``r * cols + c
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
-from amaranth.lib import stream, wiring
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 
 from kep_hw.gateware.fanout import copies
-from kep_hw.gateware.layouts import act_word, window_cols, window_word
+from kep_hw.gateware.layouts import act_word, plane_word, window_cols, window_word
 from kep_hw.gateware.params import EngineParams, check_params
 
 __all__ = ["WindowFetcher"]
@@ -47,8 +60,11 @@ class WindowFetcher(wiring.Component):
     act : In(ReadPort.Signature)
         Activation read port (data two cycles after addr:
         :data:`kep_hw.gateware.engine.READ_LATENCY`).
-    o : Out(stream.Signature(window_word))
-        Windows in loop order.
+    o : Out(stream.Signature(plane_word))
+        Windows in loop order, one channel of the head window at a time; ``o.ready`` pops
+        the window.
+    next_ch : In(1)
+        The engine moves on to the head window's next channel (not with ``o.ready``).
     """
 
     def __init__(self, params: EngineParams):
@@ -59,7 +75,8 @@ class WindowFetcher(wiring.Component):
             "busy": Out(1),
             "act": In(ReadPort.Signature(addr_width=params.act_bits,
                                          shape=act_word(params.lanes))),
-            "o": Out(stream.Signature(window_word(params.lanes, params.px))),
+            "o": Out(stream.Signature(plane_word(params.lanes, params.px))),
+            "next_ch": In(1),
         })
 
     def elaborate(self, platform):
@@ -88,12 +105,13 @@ class WindowFetcher(wiring.Component):
         ra = Signal(signed(aw))                   # address of (iy0 + r, ix0), word iw
         ca = Signal(signed(aw))                   # address of (iy0 + r, ix0 + cx), word iw
 
-        # two window buffers (a two-entry FIFO) and their flags
+        # the fill and the drain buffer (a two-entry FIFO) and their flags
         wl = window_word(G, PX)
-        bufs = [Signal(wl, name=f"buf{b}", reset_less=True) for b in range(2)]
-        full = Signal(2)
-        wr = Signal()
-        rd = Signal()
+        fill = Signal(wl, name="fill", reset_less=True)
+        drain = Signal(wl, name="drain", reset_less=True)
+        f_full = Signal()            # the fill buffer holds a complete window, not yet moved
+        d_valid = Signal()           # the head window is valid (in the drain buffer, or moving)
+        owned = Signal(range(3))     # windows whose last read is issued and that are not popped
 
         # derived from the (stable) configuration, registered; a layer's first cycle after
         # ``start`` (``init``) waits for them
@@ -114,27 +132,43 @@ class WindowFetcher(wiring.Component):
         m.d.comb += self.busy.eq(run | init)
         base = Signal(signed(aw))     # address of input position (-pad, -pad)
 
-        # stream head; the window bytes through one copy of ``rd`` per (lane, row) of the
-        # window (kep_hw.gateware.fanout: the select does not span the G x 3 x NC bytes)
+        # stream head and buffer moves (decided now, done in the next cycle: ``load``: the fill
+        # buffer becomes the head; ``shift``: the head's next channel)
         pop = Signal()
-        rd_d = Signal()                           # rd's next value
+        shift = Signal()
+        load = Signal()
+        fdone = Signal()                          # the fill buffer's last write lands now
         m.d.comb += [
-            self.o.valid.eq(full.bit_select(rd, 1)),
-            pop.eq(self.o.valid & self.o.ready),
-            rd_d.eq(rd ^ pop),
+            self.o.valid.eq(d_valid),
+            pop.eq(d_valid & self.o.ready),
+            shift.eq(d_valid & self.next_ch & ~self.o.ready),
+            load.eq((f_full | fdone) & (~d_valid | pop)),
         ]
-        m.d.sync += rd.eq(rd_d)
-        rd_cp = copies(m, platform, rd_d, 3 * G, name="rd", reset_less=True)
-        with m.If(rd):
-            m.d.comb += self.o.payload.eq(bufs[1])
-        with m.Else():
-            m.d.comb += self.o.payload.eq(bufs[0])
-        for lane in range(G):
-            for row in range(3):
-                bits = slice(row * NC * 8, (row + 1) * NC * 8)
-                m.d.comb += self.o.payload.win[lane].as_value()[bits].eq(
-                    Mux(rd_cp[3 * lane + row], bufs[1].win[lane].as_value()[bits],
-                        bufs[0].win[lane].as_value()[bits]))
+        m.d.sync += [d_valid.eq(load | (d_valid & ~pop)), f_full.eq((f_full | fdone) & ~load)]
+        # the selects, registered, one copy per (lane, row) of the drain buffer and per row of
+        # the stream's plane
+        ld_cp = copies(m, platform, load, 3 * G + 3, name="mv_load", reset_less=True)
+        sh_cp = copies(m, platform, shift, 3 * G + 3, name="mv_shift", reset_less=True)
+        load_r = ld_cp[-1]
+        for row in range(3):
+            bits = slice(row * NC * 8, (row + 1) * NC * 8)
+            m.d.comb += self.o.payload.win.as_value()[bits].eq(
+                Mux(ld_cp[3 * G + row], fill.win[0].as_value()[bits],
+                    Mux(sh_cp[3 * G + row], drain.win[min(1, G - 1)].as_value()[bits],
+                        drain.win[0].as_value()[bits])))
+            for lane in range(G):
+                dst = drain.win[lane].as_value()[bits]
+                with m.If(ld_cp[3 * lane + row]):
+                    m.d.sync += dst.eq(fill.win[lane].as_value()[bits])
+                if lane + 1 < G:
+                    with m.Elif(sh_cp[3 * lane + row]):
+                        m.d.sync += dst.eq(drain.win[lane + 1].as_value()[bits])
+        # the head window's channel count and flags: registers, loaded with the window
+        head_nch = Signal(range(G + 1))
+        head_first = Signal()
+        head_last = Signal()
+        m.d.comb += [self.o.payload.nch.eq(head_nch), self.o.payload.first.eq(head_first),
+                     self.o.payload.last.eq(head_last)]
 
         # block size: nv valid pixels, ncols window columns; registers updated with ox from
         # their next values (no subtraction or comparison of ox on the address path)
@@ -168,78 +202,72 @@ class WindowFetcher(wiring.Component):
             end_r.eq(~k3 | (r == 2)),
         ]
         issue = Signal()
-        # a buffer whose last read is issued but not yet written back is taken too (a 1x1
-        # window is one read: the next one must not reuse the buffer in the read latency)
-        inflight = Signal(2)
+        # at most two windows between their last read and their pop: the fill buffer takes
+        # the next window once the window before the head is popped. Its first write lands
+        # READ_LATENCY + 1 cycles after its read, by then the head has left the fill buffer (it
+        # moves the cycle after its last write at the latest: the drain buffer is empty)
         m.d.comb += [
-            issue.eq(run & ~(full | inflight).bit_select(wr, 1)),
+            issue.eq(run & (owned != 2)),
             self.act.en.eq(1),
             self.act.addr.eq(ca),
         ]
 
-        # read data stage: the word arrives READ_LATENCY = 2 cycles after issue (f1) through
-        # the buffers' multiplexer and is registered (f2, zero outside the image) before it is
-        # written into the window buffer
+        # read data stage: the word arrives READ_LATENCY = 2 cycles after issue (f1) and is
+        # registered (f2, zero outside the image) before it is written into the fill buffer;
+        # the window's channel count and flags travel with every read
+        nch = Signal(range(G + 1))
+        meta = data.StructLayout({"nch": range(G + 1), "first": 1, "last": 1})
         f0_valid = Signal()
         f0_inb = Signal()
         f0_slot = Signal(range(3 * NC))
-        f0_buf = Signal()
         f0_end = Signal()
+        f0_meta = Signal(meta)
         f1_valid = Signal()
         f1_inb = Signal()
         f1_slot = Signal(range(3 * NC))
-        f1_buf = Signal()
         f1_end = Signal()
+        f1_meta = Signal(meta)
         f2_valid = Signal()
         f2_slot = Signal(range(3 * NC))
-        f2_buf = Signal()
         f2_end = Signal()
+        f2_meta = Signal(meta)
         f2_data = Signal(act_word(G), reset_less=True)
         m.d.sync += [
             f0_valid.eq(issue),
             f0_inb.eq(inb),
             f0_slot.eq(slot),
-            f0_buf.eq(wr),
             f0_end.eq(end_r & end_c),
+            f0_meta.nch.eq(nch),
+            f0_meta.first.eq(iw == 0),
+            f0_meta.last.eq(iw == cfg.cwi - 1),
             f1_valid.eq(f0_valid),
             f1_inb.eq(f0_inb),
             f1_slot.eq(f0_slot),
-            f1_buf.eq(f0_buf),
             f1_end.eq(f0_end),
+            f1_meta.eq(f0_meta),
             f2_valid.eq(f1_valid),
             f2_slot.eq(f1_slot),
-            f2_buf.eq(f1_buf),
             f2_end.eq(f1_end),
+            f2_meta.eq(f1_meta),
             f2_data.eq(Mux(f1_inb, self.act.data, 0)),
         ]
-        for b in range(2):
-            with m.If(f2_valid & (f2_buf == b)):
-                for lane in range(G):
-                    m.d.sync += bufs[b].win[lane].as_value().word_select(f2_slot, 8).eq(
-                        f2_data[lane])
-        set_full = Signal(2)
-        clr_full = Signal(2)
-        m.d.comb += [
-            set_full.eq((f2_valid & f2_end) << f2_buf),
-            clr_full.eq(pop << rd),
-        ]
-        m.d.sync += [full.eq((full | set_full) & ~clr_full),
-                     inflight.eq((inflight | ((issue & end_r & end_c) << wr)) & ~set_full)]
+        fill_meta = Signal(meta)
+        with m.If(f2_valid):
+            m.d.sync += fill_meta.eq(f2_meta)
+            for lane in range(G):
+                m.d.sync += fill.win[lane].as_value().word_select(f2_slot, 8).eq(f2_data[lane])
+        m.d.comb += fdone.eq(f2_valid & f2_end)
+        with m.If(load):
+            # a window that completes now has its flags in f2 only
+            src = Mux(f_full, fill_meta.as_value(), f2_meta.as_value())
+            m.d.sync += Cat(head_nch, head_first, head_last).eq(src)
+        m.d.sync += owned.eq(owned + (issue & end_r & end_c) - pop)
 
         # loop advance
-        nch = Signal(range(G + 1))
         m.d.comb += nch.eq(Mux(ch_left >= G, G, ch_left))
         step_y = Signal(signed(aw))
         m.d.comb += step_y.eq(Mux(s2, wrow << 1, wrow))
         with m.If(issue):
-            with m.If((r == 0) & (c == 0)):
-                for b in range(2):
-                    with m.If(wr == b):
-                        m.d.sync += [
-                            bufs[b].nch.eq(nch),
-                            bufs[b].first.eq(iw == 0),
-                            bufs[b].last.eq(iw == cfg.cwi - 1),
-                        ]
             with m.If(~end_c):
                 m.d.sync += [c.eq(c + 1), cx.eq(cx + Mux(~k3 & s2, 2, 1)),
                              ca.eq(ca + cstep)]
@@ -249,7 +277,7 @@ class WindowFetcher(wiring.Component):
                     m.d.sync += [r.eq(r + 1), ra.eq(ra + wrow), ca.eq(ra + wrow)]
                 with m.Else():
                     # window done: next channel word / block / row / group
-                    m.d.sync += [r.eq(0), wr.eq(~wr)]
+                    m.d.sync += r.eq(0)
                     with m.If(iw != cfg.cwi - 1):
                         m.d.sync += [iw.eq(iw + 1), ch_left.eq(ch_left - G),
                                      ra.eq(pa + iw + 1), ca.eq(pa + iw + 1)]
@@ -280,11 +308,10 @@ class WindowFetcher(wiring.Component):
 
         # start: counters now, addresses one cycle later (once ``wrow`` is valid)
         with m.If(self.start & ~run & ~init):
-            m.d.comb += rd_d.eq(0)
             m.d.sync += [
                 init.eq(1), g.eq(0), oy.eq(0), *row_start(), iw.eq(0), ch_left.eq(cfg.cin),
                 r.eq(0), c.eq(0), cx.eq(0), iy0.eq(-cfg.pad), ix0.eq(-cfg.pad),
-                full.eq(0), inflight.eq(0), wr.eq(0),
+                f_full.eq(0), d_valid.eq(0), owned.eq(0),
             ]
         with m.If(init):
             m.d.sync += [init.eq(0), run.eq(1), prow.eq(base), pa.eq(base), ra.eq(base),

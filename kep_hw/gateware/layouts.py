@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["WeightElem", "ParamWord", "WEIGHT_ELEM_BITS", "PARAM_WORD_BITS", "Target",
            "act_word", "weight_word", "out_word", "layer_config", "load_word", "load_layout",
-           "window_cols", "window_word", "acc_word", "ErrorReport", "pack", "unpack"]
+           "window_cols", "window_word", "plane_word", "acc_word", "ErrorReport", "pack", "unpack"]
 
 #: One kept kernel element: int8 value and its position ``r*k + c`` in the 3x3 plane.
 WeightElem = data.StructLayout({"value": signed(8), "index": unsigned(4)})
@@ -102,6 +102,18 @@ def window_word(lanes: int, px: int = 1) -> data.StructLayout:
     ``3 * window_cols(px)`` positions, valid channel count and pixel flags."""
     return data.StructLayout({
         "win": data.ArrayLayout(data.ArrayLayout(signed(8), 3 * window_cols(px)), lanes),
+        "nch": range(lanes + 1),
+        "first": 1,       # first channel word of the output block
+        "last": 1,        # last channel word of the output block
+    })
+
+
+def plane_word(lanes: int, px: int = 1) -> data.StructLayout:
+    """The head of :class:`kep_hw.gateware.fetch.WindowFetcher`'s window stream: one channel
+    (plane) of a block window, ``3 * window_cols(px)`` positions, with the window's valid
+    channel count and pixel flags."""
+    return data.StructLayout({
+        "win": data.ArrayLayout(signed(8), 3 * window_cols(px)),
         "nch": range(lanes + 1),
         "first": 1,       # first channel word of the output block
         "last": 1,        # last channel word of the output block

@@ -23,8 +23,8 @@ from kep_hw.bench.amaranth_sim import run_layers, stream_get, stream_put
 from kep_hw.gateware.engine import connect_read
 from kep_hw.gateware.fetch import WindowFetcher
 from kep_hw.gateware.layouts import (ParamWord, Target, acc_word, act_word, load_layout,
-                                     out_word, pack, unpack, weight_word, window_cols,
-                                     window_word)
+                                     out_word, pack, plane_word, unpack, weight_word,
+                                     window_cols, window_word)
 from kep_hw.gateware.params import EngineParams, layer_config
 from kep_hw.gateware.perf import layer_cycles
 from kep_hw.gateware.requant import Requant
@@ -52,7 +52,8 @@ def test_layout_roundtrip():
 
 
 @pytest.mark.parametrize("layout", [ParamWord, weight_word(5), act_word(8), out_word(4),
-                                    load_layout(PX4), window_word(4, 2), acc_word(PX4),
+                                    load_layout(PX4), window_word(4, 2), plane_word(4, 2),
+                                    acc_word(PX4),
                                     SMALL.config_layout])
 def test_pack_is_layout_const(layout):
     """``pack`` gives the bits of amaranth's ``Layout.const`` (out-of-range values truncated,
@@ -290,9 +291,15 @@ def test_window_fetcher(k, stride, pad, cin, h, w, px):
                                     init=[unpack(act_word(params.lanes), v) for v in init])
     connect_read(m, mem.read_port(), dut.act)
     ref = _window_ref(x, k, stride, pad, cfg["groups"], params.lanes, params.px)
-    wl = window_word(params.lanes, params.px)
+    pl = plane_word(params.lanes, params.px)
     rng = random.Random(7)
     got = []
+
+    async def plane(ctx, stall):
+        """The head plane once valid, after random idle cycles (no next_ch, no pop)."""
+        while not ctx.get(dut.o.valid) or rng.random() < stall:
+            await ctx.tick()
+        return unpack(pl, ctx.get(dut.o.payload.as_value()))
 
     async def bench(ctx):
         ctx.set(dut.cfg.as_value(), pack(params.config_layout, cfg))
@@ -300,13 +307,24 @@ def test_window_fetcher(k, stride, pad, cin, h, w, px):
         await ctx.tick()
         ctx.set(dut.start, 0)
         for _ in ref:
-            bits = await stream_get(ctx, dut.o, rng=rng, stall=0.5)
-            wd = unpack(wl, bits)
-            nch = wd["nch"]
+            # the window's channels one after the other (next_ch), then the pop (ready)
             want = ref[len(got)][0]
-            win = [{s: (wd["win"][lane][s] if lane < nch else 0) for s in want[lane]}
-                   for lane in range(params.lanes)]
-            got.append((win, nch, wd["first"], wd["last"]))
+            win = []
+            lane = 0
+            while True:
+                pw = await plane(ctx, 0.5)
+                nch = pw["nch"]
+                win.append({s: pw["win"][s] for s in want[lane]})
+                last = lane + 1 >= nch
+                ctx.set(dut.next_ch if not last else dut.o.ready, 1)
+                await ctx.tick()
+                ctx.set(dut.next_ch, 0)
+                ctx.set(dut.o.ready, 0)
+                if last:
+                    break
+                lane += 1
+            win += [{s: 0 for s in want[ln]} for ln in range(nch, params.lanes)]
+            got.append((win, nch, pw["first"], pw["last"]))
         for _ in range(12):
             await ctx.tick()
         assert not ctx.get(dut.o.valid)      # no extra window
