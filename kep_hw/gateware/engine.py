@@ -322,8 +322,11 @@ class Engine(wiring.Component):
         m.d.sync += [s2.eq(s1), s2_zero.eq(s1_zero)]
         wt_val = Signal(data.ArrayLayout(signed(8), PO), reset_less=True)
         m.d.sync += [wt_val[o].eq(self.wt.data[o].value) for o in range(PO)]
+        # a layer with K = 0 multiplies by 0 with index 0: its weight word is not read, and
+        # window position 0 of every valid pixel is written (a 4-state simulator would carry an
+        # unknown from a never-written window position through the product of 0)
         idx_d = Signal(4 * PO)
-        m.d.comb += idx_d.eq(Cat(*(Mux(cfg.dense, s1_j, self.wt.data[o].index)
+        m.d.comb += idx_d.eq(Cat(*(Mux(cfg.dense, s1_j, Mux(s1_zero, 0, self.wt.data[o].index))
                                    for o in range(PO))))
         idx_cp = copies(m, platform, idx_d, PX, name="s2_idx", reset_less=True)
         n_win = -(-PO // WINDOW_COPY_CHANNELS)

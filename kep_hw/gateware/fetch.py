@@ -106,7 +106,7 @@ class WindowFetcher(wiring.Component):
         ca = Signal(signed(aw))                   # address of (iy0 + r, ix0 + cx), word iw
 
         # the fill and the drain buffer (a two-entry FIFO) and their flags
-        wl = window_word(G, PX)
+        wl = data.StructLayout({"win": window_word(G, PX).members["win"]})
         fill = Signal(wl, name="fill", reset_less=True)
         drain = Signal(wl, name="drain", reset_less=True)
         f_full = Signal()            # the fill buffer holds a complete window, not yet moved
