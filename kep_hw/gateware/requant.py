@@ -263,8 +263,24 @@ class Requant(wiring.Component):
             push.eq(v7 & e7),
             pop.eq(self.o.valid & self.o.ready),
             self.o.valid.eq(count != 0),
-            self.o.payload.as_value().eq(queue.as_value().word_select(rp, ow.size)),
         ]
+        # the stream's payload from registers: ``head_a`` / ``head_b`` hold slots ``rp`` and
+        # ``rp + 1`` as they are after this cycle's write (the queue's slot multiplexer and the
+        # write in progress are in front of these registers, the consumer's ``ready`` is not),
+        # ``popped`` picks the one that is the head now: the same payload as ``queue[rp]``
+        head_a = Signal(ow, reset_less=True)
+        head_b = Signal(ow, reset_less=True)
+        popped = Signal()
+        rp1 = Signal(range(D))
+        m.d.comb += [rp1.eq(Mux(rp == D - 1, 0, rp + 1)),
+                     self.o.payload.eq(Mux(popped, head_b, head_a))]
+        m.d.sync += popped.eq(pop)
+        heads = []
+        for hreg, slot, nm in ((head_a, rp, "head_a"), (head_b, rp1, "head_b")):
+            hn = Signal(ow, name=f"{nm}_next")
+            m.d.comb += hn.as_value().eq(queue.as_value().word_select(slot, ow.size))
+            m.d.sync += hreg.eq(hn)
+            heads.append((hn, slot))
         with m.If(v7):
             for lane, z in enumerate(ys):
                 # saturation from the sign and the bits above bit 7 (wide OR / AND, a few
@@ -281,10 +297,19 @@ class Requant(wiring.Component):
                             for g in range(NG):
                                 with m.Case(g):
                                     m.d.sync += queue[d].data[g * L + lane].eq(y)
+                for hn, slot in heads:
+                    with m.If(wp == slot):
+                        with m.Switch(c7):
+                            for g in range(NG):
+                                with m.Case(g):
+                                    m.d.comb += hn.data[g * L + lane].eq(y)
             with m.If(e7):
                 for d in range(D):
                     with m.If(wp == d):
                         m.d.sync += queue[d].last.eq(l7)
+                for hn, slot in heads:
+                    with m.If(wp == slot):
+                        m.d.comb += hn.last.eq(l7)
         with m.If(push):
             m.d.sync += wp.eq(Mux(wp == D - 1, 0, wp + 1))
         with m.If(pop):
