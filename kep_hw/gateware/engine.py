@@ -216,7 +216,6 @@ class Engine(wiring.Component):
         keff_m1 = Signal(4)                  # K - 1 (K = 0 counts as 1)
         m.d.sync += keff_m1.eq(Mux(cfg.kk == 0, 0, cfg.kk - 1))
         c = Signal(range(G))
-        c_d = Signal(range(G))               # c's next value
         c_next = Signal(range(G + 1))        # c + 1
         j = Signal(4)
         win = fetch.o
@@ -243,9 +242,7 @@ class Engine(wiring.Component):
         # the head window's channel c: it moves on with ``next_ch``): pixel q reads the block
         # columns q*stride + 0..2 (3x3) or column q (1x1, slot 0); the stride and kernel flags
         # in one copy per pixel (kep_hw.gateware.fanout)
-        m.d.comb += [c_d.eq(c),              # default: hold (the assignments below override)
-                     fetch.next_ch.eq(issue & end_j & ~end_c)]
-        m.d.sync += c.eq(c_d)
+        m.d.comb += fetch.next_ch.eq(issue & end_j & ~end_c)
         k3_cp = copies(m, platform, cfg.k == 3, PX, name="win_k3", reset_less=True)
         s2_cp = copies(m, platform, cfg.stride == 2, PX, name="win_s2", reset_less=True)
         raw = [win.payload.win[slot] for slot in range(3 * NC)]
@@ -279,10 +276,10 @@ class Engine(wiring.Component):
             with m.Else():
                 m.d.sync += j.eq(0)
                 with m.If(~end_c):
-                    m.d.comb += c_d.eq(c_next)
+                    m.d.sync += c.eq(c_next)
                     m.d.sync += c_next.eq(c_next + 1)
                 with m.Else():
-                    m.d.comb += c_d.eq(0)
+                    m.d.sync += c.eq(0)
                     m.d.sync += c_next.eq(1)
             with m.If(cfg.kk != 0):
                 m.d.sync += wptr.eq(wptr + 1)
@@ -455,7 +452,8 @@ class Engine(wiring.Component):
                         j.eq(0), bank.eq(0),
                         ld_n.eq(0), ld_ptr.eq(cfg.prm_base), ld_bank.eq(0), ld_g.eq(0),
                     ]
-                    m.d.comb += [fetch.start.eq(1), c_d.eq(0)]
+                    m.d.comb += fetch.start.eq(1)
+                    m.d.sync += c.eq(0)
             with m.Case(_State.LOAD):
                 with m.If(~loading & ~ld_v & ~ld_v2):
                     m.d.sync += state.eq(_State.RUN)

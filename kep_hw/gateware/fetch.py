@@ -149,7 +149,6 @@ class WindowFetcher(wiring.Component):
         # the stream's plane
         ld_cp = copies(m, platform, load, 3 * G + 3, name="mv_load", reset_less=True)
         sh_cp = copies(m, platform, shift, 3 * G + 3, name="mv_shift", reset_less=True)
-        load_r = ld_cp[-1]
         for row in range(3):
             bits = slice(row * NC * 8, (row + 1) * NC * 8)
             m.d.comb += self.o.payload.win.as_value()[bits].eq(

@@ -313,7 +313,7 @@ class Requant(wiring.Component):
         with m.If(push):
             m.d.sync += wp.eq(Mux(wp == D - 1, 0, wp + 1))
         with m.If(pop):
-            m.d.sync += rp.eq(Mux(rp == D - 1, 0, rp + 1))
+            m.d.sync += rp.eq(rp1)
         m.d.sync += [count.eq(count + push - pop),
                      credits.eq(credits_d)]
         return m
