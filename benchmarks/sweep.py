@@ -13,8 +13,8 @@ uniform K = 2, 3, 4 kept elements per 3x3 plane; kep and kep-nopen at one per-la
 (KEP's schedule with the penalty held at 0: the cut where KEP cuts, after 2 reg epochs without
 penalty, so that it fine-tunes its pruned network for as many epochs as KEP; kep-nopen cuts
 before the reg stage and trains the pruned network 2 epochs longer). kep, kep-nopen and kep-late at
-K=2 and K=4 run every seed of ``--seeds`` (default 0,1,2); every other cell runs the first seed
-only.
+K=2 and K=4 and the dense baseline run every seed of ``--seeds`` (default 0,1,2; the dense
+baseline's later seeds come last); every other cell runs the first seed only.
 The dense checkpoint is trained once, as ``RUNS/dense-s{first seed}`` (or given with
 ``--dense``). Every run is one ``python -m kep_train cifar`` subprocess into ``RUNS/NAME``: a run
 with a complete ``report.json`` is skipped, one with a ``checkpoint.pt`` but no report is
@@ -24,10 +24,10 @@ benchmarks/results/sweep.json`` (on ``run`` and ``table``) counts the runs recor
 
 Default schedule: the main job's recipe (the ``quick`` preset: learning-rate shapes, label
 smoothing, penalty; ``docs/method.md``) with its 20 dense epochs but a shorter pruning stage
-(``--reg-epochs 2 --finetune-epochs 4`` instead of 3 + 8) so that the grid fits: 29 runs x 6
-epochs + 20 dense epochs = 194 epochs, about 5.4 h at ~100 s per epoch on 2 CPU cores (plus
-~30 s per run of loading, significance and evaluation: about 5.6 h in all); with the main job's
-``dense.pt`` as ``--dense`` about 5 h. ``--dry-run`` prints the plan and its estimate.
+(``--reg-epochs 2 --finetune-epochs 4`` instead of 3 + 8) so that the grid fits: 31 runs x 6
+epochs + 20 dense epochs = 206 epochs, about 5.7 h at ~100 s per epoch on 2 CPU cores (plus
+~30 s per run of loading, significance and evaluation: about 6 h in all); with the main job's
+``dense.pt`` as ``--dense`` about 5.4 h. ``--dry-run`` prints the plan and its estimate.
 """
 
 from __future__ import annotations
@@ -158,6 +158,9 @@ def grid(seeds=DEFAULT_SEEDS, target_macs=DEFAULT_TARGET_MACS) -> list[Run]:
     for s in seeds:
         for k in LATE_CUT_KEEPS:
             add("kep-late", s, k)
+    # the dense baseline's other seeds (the gap to KEP is a mean over seeds too)
+    for s in more:
+        add("dense", s)
     return runs
 
 
@@ -346,8 +349,8 @@ def _hms(s: float) -> str:
 def seeds_note(seeds) -> str:
     seeds = list(seeds)
     cells = ", ".join(f"{m} K={k}" for m, k in sorted(MULTI_SEED, key=lambda x: (x[1], x[0])))
-    return (f"seeds {','.join(map(str, seeds))} for {cells}; one seed ({seeds[0]}) for every "
-            "other cell")
+    return (f"seeds {','.join(map(str, seeds))} for {cells}, dense; one seed ({seeds[0]}) for "
+            "every other cell")
 
 
 def print_plan(todo: list[Run], dense_ckpt: Path, sched: dict, opts) -> None:
@@ -731,8 +734,9 @@ def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--runs", default="runs/sweep", help="sweep folder (default: runs/sweep)")
     common.add_argument("--seeds", type=_seeds, default=list(DEFAULT_SEEDS),
-                        help="seeds of the multi-seed cells (kep, kep-nopen at K=2, K=4); the "
-                             "first one for every other cell (default: 0,1,2)")
+                        help="seeds of the multi-seed cells (kep, kep-nopen, kep-late at K=2, K=4; "
+                             "the dense baseline); the first one for every other cell "
+                             "(default: 0,1,2)")
     common.add_argument("--target-macs", type=_fraction, default=DEFAULT_TARGET_MACS,
                         help="per-layer MACs budget of kep/kep-nopen (default: 0.3)")
     common.add_argument("--include", metavar="JSON", action="append",

@@ -58,13 +58,14 @@ def plan_of(sweep, tmp_path, *extra):
 
 def test_grid_size_and_seed_layout(sweep, tmp_path):
     todo, dense_ckpt, sched = plan_of(sweep, tmp_path)
-    assert len(todo) == 30          # the dense checkpoint + 29 runs from it
+    assert len(todo) == 32          # the dense checkpoint + 31 runs from it
     assert todo[0].name == "dense-s0" and todo[0].method == "dense-ckpt"
     assert dense_ckpt == tmp_path / "sw" / "dense-s0" / "dense.pt"
     seeds = {}
     for r in todo[1:]:
         seeds.setdefault((r.method, r.budget), []).append(r.seed)
     multi = {(m, f"K={k}") for m in ("kep", "kep-nopen", "kep-late") for k in (2, 4)}
+    multi.add(("dense", "none"))
     expected = {(m, f"K={k}") for m in ("kep", "kep-nopen", "magnitude", "filter-l1")
                 for k in (2, 3, 4)}
     expected |= {("kep", "MACs 0.3"), ("kep-nopen", "MACs 0.3"), ("dense", "none"),
@@ -74,13 +75,14 @@ def test_grid_size_and_seed_layout(sweep, tmp_path):
         assert sorted(s) == ([0, 1, 2] if cell in multi else [0]), cell
     # the runs the issue needs most come first: the penalty ablation at K=4, first seed
     assert [r.name for r in todo[1:3]] == ["kep-k4-s0", "kep-nopen-k4-s0"]
-    # kep-late last, its first seed before the others
-    assert [r.name for r in todo[-6:]] == ["kep-late-k2-s0", "kep-late-k4-s0", "kep-late-k2-s1",
-                                           "kep-late-k4-s1", "kep-late-k2-s2", "kep-late-k4-s2"]
-    # default schedule: 20 dense epochs once, 2 + 4 per run; about 5.6 h at 100 s per epoch
+    # kep-late, its first seed before the others, then the dense baseline's later seeds
+    assert [r.name for r in todo[-8:]] == ["kep-late-k2-s0", "kep-late-k4-s0", "kep-late-k2-s1",
+                                           "kep-late-k4-s1", "kep-late-k2-s2", "kep-late-k4-s2",
+                                           "dense-eq-s1", "dense-eq-s2"]
+    # default schedule: 20 dense epochs once, 2 + 4 per run; about 6 h at 100 s per epoch
     assert sched == {"dense": 20, "reg": 2, "finetune": 4}
-    assert sum(r.epochs for r in todo) == 20 + 29 * 6
-    assert sum(sweep.estimate_s(r) for r in todo) == pytest.approx(194 * 100 + 30 * 30)
+    assert sum(r.epochs for r in todo) == 20 + 31 * 6
+    assert sum(sweep.estimate_s(r) for r in todo) == pytest.approx(206 * 100 + 32 * 30)
 
 
 def test_commands_share_the_dense_checkpoint_and_epochs(sweep, tmp_path):
@@ -113,7 +115,8 @@ def test_other_seeds_and_only_and_given_dense(sweep, tmp_path):
     names = {r.name for r in todo}
     assert {"kep-k4-s3", "kep-k4-s7", "kep-nopen-k2-s7", "magnitude-k4-s3"} <= names
     assert "kep-k3-s7" not in names and "magnitude-k4-s7" not in names and "dense-s3" in names
-    assert len(todo) == 1 + 29 - 6      # two seeds instead of three in the 6 multi-seed cells
+    assert "dense-eq-s3" in names and "dense-eq-s7" in names
+    assert len(todo) == 1 + 31 - 7      # two seeds instead of three in the 7 multi-seed cells
     ck = tmp_path / "given.pt"
     todo, dense_ckpt, _ = plan_of(sweep, tmp_path, "--only", "kep-k4-*", "--dense", str(ck))
     assert [r.name for r in todo] == ["kep-k4-s0", "kep-k4-s1", "kep-k4-s2"]
@@ -125,13 +128,14 @@ def test_dry_run_lists_commands_and_estimate(sweep, tmp_path, capsys):
     assert sweep.main(["run", "--dry-run", "--runs", str(tmp_path / "sw"),
                        "--data-dir", "D"]) == 0
     out = capsys.readouterr().out
-    assert "30 runs" in out and "one seed (0)" in out and "seeds 0,1,2" in out
+    assert "32 runs" in out and "one seed (0)" in out and "seeds 0,1,2" in out
     cmds = [ln for ln in out.splitlines() if not ln.startswith("#")]
-    assert len(cmds) == 29            # kep-k4-s0 is complete: no command
+    assert len(cmds) == 31            # kep-k4-s0 is complete: no command
     assert not any(f"{tmp_path / 'sw' / 'kep-k4-s0'} " in c + " " for c in cmds)
-    # 188 epochs left (kep-k4-s0's 6 done) and 29 runs' overhead; 5.6 h for the whole plan
-    left = (194 - 6) * 100 + 29 * 30
-    assert f"{left / 3600:.1f} h left of 5.6 h" in out
+    # 200 epochs left (kep-k4-s0's 6 done) and 31 runs' overhead; 6.0 h for the whole plan
+    left = (206 - 6) * 100 + 31 * 30
+    total = 206 * 100 + 32 * 30
+    assert f"{left / 3600:.1f} h left of {total / 3600:.1f} h" in out
     assert all(shlex.split(c)[1:4] == ["-m", "kep_train", "cifar"] for c in cmds)
 
 
@@ -219,9 +223,9 @@ def test_run_calls_kep_train_only_for_unfinished_runs(sweep, tmp_path, monkeypat
     assert rc == 1     # magnitude-k4-s0 failed
     assert calls == [("dense-s0", False), ("kep-nopen-k4-s0", True), ("dense-eq-s0", False),
                      ("filter-l1-k4-s0", False), ("magnitude-k4-s0", False),
-                     ("kep-late-k4-s0", False)]
-    assert "run 2/7 kep-k4-s0: skipped" in err and "ETA" in err
-    assert "magnitude-k4-s0: FAILED" in err and "6 of 7 runs complete" in err
+                     ("kep-late-k4-s0", False), ("dense-eq-s1", False), ("dense-eq-s2", False)]
+    assert "run 2/9 kep-k4-s0: skipped" in err and "ETA" in err
+    assert "magnitude-k4-s0: FAILED" in err and "8 of 9 runs complete" in err
     # the same command again: only the failed run is started
     calls.clear()
     monkeypatch.setattr(sweep.subprocess, "run", lambda cmd: (calls.append(cmd), Done(1))[1])
@@ -292,7 +296,7 @@ def test_table_markdown_json_and_figure(sweep, tmp_path, capsys):
     nopen = [ln for ln in text.splitlines() if ln.startswith("| kep-nopen | K=4")][0]
     assert "| 1 seed | 81.00 | 30.00 |" in nopen and "±" not in nopen
     assert "dense checkpoint dense-s0: top-1 79.00 %" in text
-    assert "partial sweep: 22 of 29 planned runs left out" in text and "kep-k2-s0" in text
+    assert "partial sweep: 24 of 31 planned runs left out" in text and "kep-k2-s0" in text
     data = json.loads(out.read_text())
     assert len(data["groups"]) == 5 and "python" in data["environment"]
     assert "kep-k4-s1" not in data["missing"] and "kep-k2-s1" in data["missing"]
@@ -303,7 +307,7 @@ def test_table_of_an_empty_folder(sweep, tmp_path, capsys):
     fig = tmp_path / "f.png"
     assert sweep.main(["table", "--runs", str(tmp_path / "none"), "--figure", str(fig)]) == 0
     out = capsys.readouterr()
-    assert "29 of 29 planned runs left out" in out.out
+    assert "31 of 31 planned runs left out" in out.out
     assert not fig.exists() and "no figure" in out.err
 
 
