@@ -23,6 +23,14 @@ The timing is that of two symmetric buffers: the head window is valid the cycle 
 write lands or after the window before it is popped, and the fill buffer takes the next window's
 first read while the head is still in flight (its writes land after the move).
 
+Column reuse (``Px > 1``, 3x3, one channel word per pixel: ``cwi = 1``): the block after
+another one of its row shares its first ``ov`` columns (2 at stride 1, 1 at stride 2) with it,
+so its reads start at column ``ov``; when the window before it moves to the drain buffer (the
+registered load), the fill buffer copies its columns ``bstep_x + j`` to columns ``j``, and a
+read landing in that cycle (a row's first block reads every column) wins. A read lands at
+the earliest in that cycle: the next window's first read is issued after the window before
+the head is popped, and the head moves the cycle after its last write at the latest.
+
 Buffer slot of the position (row ``r``, column ``c``) of a block: ``r * cols + c`` with
 ``cols = window_cols(Px) = 2*Px + 1`` (3 for ``Px = 1``, so the ``Px = 1`` buffer is the plain
 3x3 window, slot ``r*3 + c``). Output pixel ``q`` of the block reads columns ``q*stride + 0..2``
@@ -122,13 +130,31 @@ class WindowFetcher(wiring.Component):
         bstep = Signal(signed(aw))                # words between blocks
         bstep_x = Signal(range(2 * PX + 1))       # input columns between blocks
         init = Signal()
-        m.d.comb += [k3.eq(cfg.k == 3), s2.eq(cfg.stride == 2)]
+        # column reuse (Px > 1, 3x3, one channel word: cwi = 1): a block after the first of its
+        # row takes its first ``ov`` columns (2 at stride 1, 1 at stride 2) from the block
+        # before it instead of reading them again (copied inside the fill buffer when the
+        # window before it moves to the drain buffer)
+        reuse = Signal()
+        ov = Signal(2)
+        wrow_ov = Signal(signed(aw))              # wrow + ov
+        bstep_ov = Signal(signed(aw))             # bstep + ov (reuse) or bstep
+        m.d.comb += [k3.eq(cfg.k == 3), s2.eq(cfg.stride == 2), ov.eq(Mux(s2, 1, 2))]
         m.d.sync += [
             wrow.eq(cfg.w * cfg.cwi),
             cstep.eq(Mux(~k3 & s2, cfg.cwi << 1, cfg.cwi)),
             bstep.eq(Mux(s2, cfg.cwi * (2 * PX), cfg.cwi * PX)),
             bstep_x.eq(Mux(s2, 2 * PX, PX)),
+            wrow_ov.eq(cfg.w + ov),
         ]
+        if PX > 1:
+            reuse_d = k3 & (cfg.cwi == 1)
+            m.d.sync += [
+                reuse.eq(reuse_d),
+                bstep_ov.eq(Mux(reuse_d, Mux(s2, 2 * PX + 1, PX + 2),
+                                Mux(s2, cfg.cwi * (2 * PX), cfg.cwi * PX))),
+            ]
+        else:
+            m.d.sync += bstep_ov.eq(Mux(s2, cfg.cwi * (2 * PX), cfg.cwi * PX))
         m.d.comb += self.busy.eq(run | init)
         base = Signal(signed(aw))     # address of input position (-pad, -pad)
 
@@ -181,9 +207,11 @@ class WindowFetcher(wiring.Component):
         wo_short = Signal()
         m.d.comb += wo_short.eq(cfg.wo <= PX)
 
+        cont = Signal()                          # the block reuses ov columns (reuse mode)
+
         def row_start():
             return [ox.eq(0), left.eq(cfg.wo), last_blk.eq(wo_short),
-                    ncols_m1.eq(cols_m1(Mux(wo_short, cfg.wo, PX)))]
+                    ncols_m1.eq(cols_m1(Mux(wo_short, cfg.wo, PX))), cont.eq(0)]
 
         # issue stage: one window position per cycle
         iy = Signal(signed(dw))
@@ -251,6 +279,19 @@ class WindowFetcher(wiring.Component):
             f2_data.eq(Mux(f1_inb, self.act.data, 0)),
         ]
         fill_meta = Signal(meta)
+        if PX > 1:
+            # column reuse: when a window moves to the drain buffer (the registered load), the
+            # fill buffer's columns bstep_x + j (the next block's columns j < ov) move to
+            # columns j; a read's write in the same cycle (a row's first block) wins
+            for row in range(3):
+                for lane in range(G):
+                    w = fill.win[lane]
+                    cp = ld_cp[3 * lane + row]
+                    with m.If(cp & reuse):
+                        m.d.sync += w[row * NC].eq(Mux(s2, w[row * NC + 2 * PX],
+                                                       w[row * NC + PX]))
+                        with m.If(~s2):
+                            m.d.sync += w[row * NC + 1].eq(w[row * NC + PX + 1])
         with m.If(f2_valid):
             m.d.sync += fill_meta.eq(f2_meta)
             for lane in range(G):
@@ -273,7 +314,11 @@ class WindowFetcher(wiring.Component):
             with m.Else():
                 m.d.sync += [c.eq(0), cx.eq(0)]
                 with m.If(~end_r):
-                    m.d.sync += [r.eq(r + 1), ra.eq(ra + wrow), ca.eq(ra + wrow)]
+                    m.d.sync += [r.eq(r + 1), ra.eq(ra + wrow)]
+                    with m.If(cont):
+                        m.d.sync += [c.eq(ov), cx.eq(ov), ca.eq(ra + wrow_ov)]
+                    with m.Else():
+                        m.d.sync += ca.eq(ra + wrow)
                 with m.Else():
                     # window done: next channel word / block / row / group
                     m.d.sync += r.eq(0)
@@ -288,7 +333,9 @@ class WindowFetcher(wiring.Component):
                                          last_blk.eq(left <= 2 * PX),
                                          ncols_m1.eq(cols_m1(nxt)), ix0.eq(ix0 + bstep_x),
                                          pa.eq(pa + bstep), ra.eq(pa + bstep),
-                                         ca.eq(pa + bstep)]
+                                         ca.eq(pa + bstep_ov), cont.eq(reuse)]
+                            with m.If(reuse):
+                                m.d.sync += [c.eq(ov), cx.eq(ov)]
                         with m.Else():
                             m.d.sync += [*row_start(), ix0.eq(-cfg.pad)]
                             with m.If(oy != cfg.ho - 1):

@@ -18,7 +18,8 @@ import math
 
 from kep_hw.gateware.params import EngineParams
 
-__all__ = ["LayerShape", "layer_cycles", "block_cycles", "ideal_cycles", "useful_macs"]
+__all__ = ["LayerShape", "layer_cycles", "block_cycles", "reuses_columns", "ideal_cycles",
+           "useful_macs"]
 
 # pipeline constants, from the RTL (see the docstrings of engine.py / requant.py / fetch.py;
 # every memory read takes READ_LATENCY = 2 cycles, the MAC pipeline S0-S4 and the
@@ -99,13 +100,24 @@ def ideal_cycles(shape, params) -> float:
     return sum(useful_macs(s) for s in shapes) / pes
 
 
-def block_cycles(shape: LayerShape, params: EngineParams, nv: int) -> float:
+def reuses_columns(shape: LayerShape, params: EngineParams) -> bool:
+    """Whether the window fetcher reuses columns in this layer: ``Px > 1``, 3x3, one channel
+    word (``Cin <= G``); every block of a row but the first then reads 2 columns (stride 1)
+    or 1 column (stride 2) fewer per window row."""
+    return params.px > 1 and shape.k == 3 and shape.cin <= params.lanes
+
+
+def block_cycles(shape: LayerShape, params: EngineParams, nv: int,
+                 cont: bool = False) -> float:
     """Cycles of one block of ``nv`` output pixels (MAC-, fetch- or requantization-bound; a
-    mean, so it may be fractional)."""
+    mean, so it may be fractional); ``cont``: the block follows another one of its row
+    (column reuse, :func:`reuses_columns`)."""
     G = params.lanes
     keff = max(shape.kept, 1)
     if shape.k == 3:
         fetch = 3 * ((nv - 1) * shape.stride + 3)
+        if cont and reuses_columns(shape, params):
+            fetch -= 3 * (2 if shape.stride == 1 else 1)
     else:
         fetch = nv
     cyc = 0
@@ -117,6 +129,35 @@ def block_cycles(shape: LayerShape, params: EngineParams, nv: int) -> float:
         cyc += max(nch * keff, fetch, (fetch + nch * keff + _FIFO_LOOP) / 2)
         left -= nch
     return max(cyc, nv * (params.po // params.rq_lanes) + _RQ_EXTRA + _extra_stages(params))
+
+
+def _reuse_row_cycles(shape: LayerShape, params: EngineParams) -> float:
+    """Cycles of one output row of a layer with column reuse (:func:`reuses_columns`: one
+    window per block), from the window FIFO's timing: window ``i``'s reads start once window
+    ``i - 2`` is popped (two windows owned at most) and its own reads before it are issued;
+    it becomes the head the cycle after window ``i - 1``'s pop and 3 cycles after its last
+    read; its MACs take ``nch * K`` cycles. A row's first block reads every column, the others
+    2 (stride 1) or 1 (stride 2) fewer per window row, so a row's first block is late by the
+    reads its predecessor could not overlap. The cost of the third of three rows in a row."""
+    PX = params.px
+    ho, wo = shape.out_hw
+    full, rest = divmod(wo, PX)
+    nvs = [PX] * full + ([rest] if rest else [])
+    macs = min(shape.cin, params.lanes) * max(shape.kept, 1)
+    ov = 2 if shape.stride == 1 else 1
+    rq = lambda nv: nv * (params.po // params.rq_lanes) + _RQ_EXTRA + _extra_stages(params)
+    e_prev, p_prev, p_prev2 = 0, 0, -10 ** 6
+    row_end = []
+    for _ in range(3):
+        for b, nv in enumerate(nvs):
+            reads = 3 * ((nv - 1) * shape.stride + 3 - (ov if b else 0))
+            start = max(e_prev, p_prev2 + 1)
+            e_prev = start + reads
+            head = max(p_prev + 1, e_prev + 3)
+            pop = max(head + macs - 1, p_prev + rq(nv))
+            p_prev2, p_prev = p_prev, pop
+        row_end.append(p_prev)
+    return row_end[2] - row_end[1]
 
 
 def layer_cycles(shape: LayerShape, params: EngineParams) -> int:
@@ -138,9 +179,12 @@ def layer_cycles(shape: LayerShape, params: EngineParams) -> int:
     ho, wo = shape.out_hw
     groups = math.ceil(shape.cout / PO)
     full, rest = divmod(wo, PX)
-    row = full * block_cycles(shape, params, PX)
-    if rest:
-        row += block_cycles(shape, params, rest)
+    if reuses_columns(shape, params) and full:
+        row = _reuse_row_cycles(shape, params)
+    else:
+        row = full * block_cycles(shape, params, PX)
+        if rest:
+            row += block_cycles(shape, params, rest)
     load = PO + _LOAD_EXTRA
     rq_last = (rest or PX) * (PO // params.rq_lanes)  # requant issue of a row's last block
     # the first window arrives k * ncols + 4 cycles after start; the first MAC waits for it

@@ -26,7 +26,7 @@ from kep_hw.gateware.layouts import (ParamWord, Target, acc_word, act_word, load
                                      out_word, pack, plane_word, unpack, weight_word,
                                      window_cols, window_word)
 from kep_hw.gateware.params import EngineParams, layer_config
-from kep_hw.gateware.perf import layer_cycles
+from kep_hw.gateware.perf import block_cycles, layer_cycles, reuses_columns
 from kep_hw.gateware.requant import Requant
 from kep_hw.host.driver import LayerJob, dense_job, expected_words, golden, layer_program
 from kep_hw.testing import random_job, random_layers
@@ -268,11 +268,12 @@ def _window_ref(x: torch.Tensor, k: int, stride: int, pad: int, groups: int, lan
     return out
 
 
-@pytest.mark.parametrize("px", [1, 4])
+@pytest.mark.parametrize("px", [1, 2, 4])
 @pytest.mark.parametrize("k,stride,pad,cin,h,w", [(3, 1, 1, 6, 3, 4), (3, 2, 1, 4, 5, 7),
-                                                  (1, 2, 0, 5, 4, 7), (1, 1, 1, 3, 2, 2)])
+                                                  (1, 2, 0, 5, 4, 7), (1, 1, 1, 3, 2, 2),
+                                                  (3, 1, 1, 3, 3, 7), (3, 1, 0, 2, 4, 8)])
 def test_window_fetcher(k, stride, pad, cin, h, w, px):
-    params = SMALL if px == 1 else PX4
+    params = {1: SMALL, 2: PX2, 4: PX4}[px]
     gen = torch.Generator().manual_seed(k * 100 + cin)
     x = torch.randint(-128, 128, (cin, h, w), generator=gen, dtype=torch.int8)
     job = LayerJob(x=x, values=torch.zeros(9, cin, 1, dtype=torch.int8),
@@ -426,3 +427,25 @@ def test_px_cycles_match_model():
     # the operand registers' stage costs a cycle per layer end (and none per MAC)
     for name in ("k4", "s2"):
         assert 1 <= cycles[2, True, name] - cycles[2, False, name] <= 3
+
+
+def test_column_reuse_cycles():
+    """One channel word, 3x3 (column reuse), fetch-bound layers at Px = 2 (9 MACs per window
+    against 12 reads, 6 for a row's later blocks, at stride 1; 15 and 12 at stride 2):
+    bit-exact, and each output row costs the cycles the model's
+    window-by-window timing predicts (two heights: their difference), fewer than its blocks
+    cost with every column read."""
+    gen = torch.Generator().manual_seed(9)
+    for params, cin, kept, stride, hs in ((PX2, 1, 9, 1, (5, 7)), (PX2, 1, 9, 2, (4, 8))):
+        jobs = [random_job(gen, cin=cin, cout=8, h=h, w=8, kept=kept, stride=stride,
+                           name=f"h{h}") for h in hs]
+        assert all(reuses_columns(j.shape, params) for j in jobs)
+        assert not reuses_columns(jobs[0].shape, SMALL)
+        res = _check_layers(params, jobs)
+        # more output rows, in every output-channel group
+        rows = (jobs[1].shape.out_hw[0] - jobs[0].shape.out_hw[0]) * -(-8 // params.po)
+        got = res[1]["cycles"] - res[0]["cycles"]
+        pred = layer_cycles(jobs[1].shape, params) - layer_cycles(jobs[0].shape, params)
+        assert got == pred, (params.px, stride, got, pred)
+        wo = jobs[0].shape.out_hw[1]
+        assert got < rows * (wo // params.px) * block_cycles(jobs[0].shape, params, params.px)
