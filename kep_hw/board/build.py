@@ -72,15 +72,20 @@ HEARTBEAT_S = 60.0
 BRAM_BITS = 18432          # DP16KD
 #: LUT4 (nextpnr's TRELLIS_COMB: LUT4s and carry cells) model,
 #: ``LUT_BASE + LUT_PER_PE * P + LUT_PER_LANE * G + LUT_PER_RQ_LANE * L
-#: + LUT_PER_LUT_MUL * lut_pes``, fitted to three ResNet-20 builds of the registered engine
-#: (docs/boards.md): 85F P=128 as 16x8, G=16, L=8: 46,506; 85F P=32 as 16x2, G=16, L=8:
-#: 24,957; 12F P=32 as 16x2, G=8, L=2, 12 logic multipliers, streamed: 17,002. Per PE: the
-#: operand mux, 32-bit accumulator, shadow register and the window slice of its pixel; per
-#: lane of G: the activation words' registers and multiplexers, the window buffers' lanes;
-#: per requantization lane (an estimate, not fitted): its 8x24 logic product, adders and shifter
-LUT_BASE = 2350
-LUT_PER_PE = 225
-LUT_PER_LANE = 665
+#: + LUT_PER_LUT_MUL * lut_pes``, fitted (least squares, the requantization lanes' 600 held)
+#: to the ResNet-20 builds of the engine with the plane fetcher (docs/boards.md, "Status"):
+#: 85F P=128 as 16x8, G=16, L=8, operand registers, streamed: 44,177 (model 44,332); 85F P=64
+#: as 16x4, G=8, L=8, operand registers: 28,457 embedded, 28,866 streamed (28,396); 12F P=16,
+#: G=4, L=4, operand registers, streamed: 13,781 (14,044). Per PE: the operand mux and
+#: register, the 32-bit accumulator, the shadow register and the PE's share of the window
+#: fan-out; the base: the system around the engine (UART, frames, sequencer, buffers' ports,
+#: head) and the engine's control. A separate term per lane of G fitted negative on these
+#: builds (the window buffers grow with G x Px, the activation ports with G: no single lane
+#: term), so the lanes' share sits in the others: 0. Per requantization lane (an estimate,
+#: not fitted): its 8x24 logic product, adders and shifter
+LUT_BASE = 7660
+LUT_PER_PE = 249
+LUT_PER_LANE = 0
 LUT_PER_RQ_LANE = 600
 #: LUT4s of one 8 x 8 multiplier built from logic (:mod:`kep_hw.gateware.mul`, ``"lut"``)
 LUT_PER_LUT_MUL = 80
