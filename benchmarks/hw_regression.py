@@ -194,10 +194,16 @@ def main(argv=None) -> int:
                          "minutes; --resume continues")
     ap.add_argument("--px-choices", type=int, nargs="+", default=[1, 2, 4], metavar="PX",
                     help="Px values drawn per layer (those that split P evenly)")
+    ap.add_argument("--layer-hw", type=int, default=7, metavar="N",
+                    help="largest input height and width of the random layers (default 7; "
+                         "at most the engine's --max-hw). Wider maps give rows of several "
+                         "blocks at Px = 8, where the window fetcher reuses columns")
     add_params_args(ap)
     args = ap.parse_args(argv)
     if args.layers < 1 or args.chunk < 1:
         raise KepError("--layers and --chunk must be >= 1")
+    if args.layer_hw < 1:
+        raise KepError(f"--layer-hw must be >= 1, got {args.layer_hw}")
     if not (math.isfinite(args.stall) and 0.0 <= args.stall < 1.0):
         raise KepError(f"--stall must lie in [0, 1), got {args.stall!r}")
     if args.max_minutes is not None and not (args.max_minutes >= 0):
@@ -218,10 +224,11 @@ def main(argv=None) -> int:
     sims = list(dict.fromkeys(args.sim))
     settings = {"seed": args.seed, "layers": args.layers, "chunk": args.chunk,
                 "stall": args.stall, "params": dataclasses.asdict(params),
+                **({"layer_hw": args.layer_hw} if args.layer_hw != 7 else {}),
                 "px_choices": sorted(engines), "simulators": sims,
                 "verilog": verilog_digests(engines)}
 
-    jobs = random_layers(args.seed, args.layers, params)
+    jobs = random_layers(args.seed, args.layers, params, max_hw=args.layer_hw)
     rng = random.Random(args.seed)
     pxs = [rng.choice(sorted(engines)) for _ in jobs]
     plan = []

@@ -294,3 +294,20 @@ def test_results_table_reads_the_report_not_the_state(fake, run, tmp_path, inter
     rows = [r for r in table.summary_rows(runs) if "random-layer RTL regression" in r]
     assert len(rows) == 1 and "hw_regression_a.json" in rows[0]
     assert "verilator, 12 layers, 1 not bit-exact, 1 mismatching outputs of" in rows[0]
+
+
+def test_layer_hw_draws_wider_layers(hw, fake, run, monkeypatch, tmp_path):
+    """--layer-hw passes the largest drawn map size on (the default draws up to 7) and is
+    recorded in the report's settings; 0 is refused with one line."""
+    seen = []
+    real = hw.random_layers
+
+    def spy(seed, n, params, **kw):
+        seen.append(kw)
+        return real(seed, n, params, **kw)
+
+    monkeypatch.setattr(hw, "random_layers", spy)
+    assert run(*ARGS, "--out", tmp_path / "a.json") == 1          # rand5 is not exact
+    assert run(*ARGS, "--layer-hw", "20", "--out", tmp_path / "b.json") == 1
+    assert seen == [{"max_hw": 7}, {"max_hw": 20}]
+    assert run(*ARGS, "--layer-hw", "0", "--out", tmp_path / "c.json") == 2
