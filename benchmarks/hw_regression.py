@@ -292,8 +292,8 @@ def main(argv=None) -> int:
 
     report = {"environment": environment_info(), "params": dataclasses.asdict(params),
               "px_choices": sorted(engines), "seed": args.seed, "stall": args.stall,
-              "layers": args.layers, "chunk": args.chunk, "verilog": settings["verilog"],
-              "simulators": {}}
+              "layers": args.layers, "layer_hw": args.layer_hw, "chunk": args.chunk,
+              "verilog": settings["verilog"], "simulators": {}}
     total_bad = 0
     for sim in sims:
         mine = [c for c in plan if c.sim == sim]
