@@ -69,6 +69,10 @@ class ActivationBuffers(wiring.Component):
         Writes of the destination buffer, while running.
     running : In(1)
     src_buf, res_buf, dst_buf : In(range(max(buffers, 2)))
+    src_sel, res_sel : In(max(buffers, 2))
+        ``running & (src_buf == b)``, ``running & (res_buf == b)`` per buffer ``b``, as the
+        sequencer's registers (:class:`kep_hw.system.sequencer.LayerSequencer`): the select of
+        each buffer's read address.
     run_sel, img_sel : In(1)
         The input buffer's copy of the run, the copy ``img`` writes.
     """
@@ -91,6 +95,8 @@ class ActivationBuffers(wiring.Component):
             "src_buf": In(buf),
             "res_buf": In(buf),
             "dst_buf": In(buf),
+            "src_sel": In(max(len(plan.buffer_words), 2)),
+            "res_sel": In(max(len(plan.buffer_words), 2)),
             "run_sel": In(1),
             "img_sel": In(1),
         })
@@ -114,9 +120,9 @@ class ActivationBuffers(wiring.Component):
         data_q = []             # the same, registered (the engine's ports)
         for b, ports in enumerate(bufs):
             for c, (rd, wr) in enumerate(ports):
-                with m.If(running & (src == b)):
+                with m.If(self.src_sel[b]):
                     m.d.comb += rd.addr.eq(self.act.addr)
-                with m.Elif(running & (res == b)):
+                with m.Elif(self.res_sel[b]):
                     m.d.comb += rd.addr.eq(self.res.addr)
                 with m.Else():
                     m.d.comb += rd.addr.eq(self.out.addr)

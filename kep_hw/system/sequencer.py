@@ -87,6 +87,12 @@ class LayerSequencer(wiring.Component):
         The current layer's configuration registers.
     src_buf, res_buf, dst_buf : Out(range(max(buffers, 2)))
         The current layer's source, residual and destination buffers.
+    src_sel, res_sel : Out(max(buffers, 2))
+        One bit per buffer: ``running & (src_buf == b)`` and ``running & (res_buf == b)`` as
+        registers of their own (loaded with the layer's configuration, cleared when the run
+        ends; 0 in the run's first cycle, before its first layer's configuration), so that
+        each buffer's read-address select is one flip-flop, not a comparison of
+        ``src_buf`` fanned out to every buffer's block RAMs.
     eng_start : Out(1)
         Start the engine on the current layer.
     eng_busy : In(1)
@@ -134,6 +140,8 @@ class LayerSequencer(wiring.Component):
             "cfg": Out(cfg_layout),
             "src_buf": Out(buf),
             "res_buf": Out(buf),
+            "src_sel": Out(max(len(plan.buffer_words), 2)),
+            "res_sel": Out(max(len(plan.buffer_words), 2)),
             "dst_buf": Out(buf),
             "eng_start": Out(1),
             "eng_busy": In(1),
@@ -153,9 +161,11 @@ class LayerSequencer(wiring.Component):
             with m.Switch(layer):
                 for n, (lp, c) in enumerate(zip(plan.layers, cfgs)):
                     with m.Case(n):
+                        res = lp.res if lp.res is not None else lp.src
                         m.d.sync += [self.cfg.eq(self.cfg_layout.const(c)),
                                      self.src_buf.eq(lp.src), self.dst_buf.eq(lp.dst),
-                                     self.res_buf.eq(lp.res if lp.res is not None else lp.src)]
+                                     self.res_buf.eq(res),
+                                     self.src_sel.eq(1 << lp.src), self.res_sel.eq(1 << res)]
                         if self.has_pool:
                             m.d.sync += self.pooling.eq(lp.kind == "maxpool")
         is_pool = Signal()
@@ -170,7 +180,8 @@ class LayerSequencer(wiring.Component):
         has_head = bool(plan.tail)
 
         def finish():
-            m.d.sync += [self.running.eq(0), self.result_cycles.eq(cycles + 1),
+            m.d.sync += [self.running.eq(0), self.src_sel.eq(0), self.res_sel.eq(0),
+                         self.result_cycles.eq(cycles + 1),
                          self.result_fmap.eq(run_fmap | (not has_head))]
             m.d.comb += self.done.eq(1)
             m.next = "IDLE"

@@ -143,7 +143,8 @@ class KepSystem(wiring.Component):
                      seq.eng_busy.eq(eng.busy),
                      bufs.running.eq(seq.running), bufs.src_buf.eq(seq.src_buf),
                      bufs.run_sel.eq(seq.run_sel), bufs.img_sel.eq(seq.img_sel),
-                     bufs.res_buf.eq(seq.res_buf), bufs.dst_buf.eq(seq.dst_buf)]
+                     bufs.res_buf.eq(seq.res_buf), bufs.dst_buf.eq(seq.dst_buf),
+                     bufs.src_sel.eq(seq.src_sel), bufs.res_sel.eq(seq.res_sel)]
 
         # output writer: engine transfers -> destination buffer
         m.submodules.writer = writer = OutputWriter(po=P, lanes=G, addr_width=bufs.addr_bits + 1,
