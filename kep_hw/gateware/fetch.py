@@ -139,10 +139,11 @@ class WindowFetcher(wiring.Component):
         wrow_ov = Signal(signed(aw))              # wrow + ov
         bstep_ov = Signal(signed(aw))             # bstep + ov (reuse) or bstep
         m.d.comb += [k3.eq(cfg.k == 3), s2.eq(cfg.stride == 2), ov.eq(Mux(s2, 1, 2))]
+        bstep_d = Mux(s2, cfg.cwi * (2 * PX), cfg.cwi * PX)
         m.d.sync += [
             wrow.eq(cfg.w * cfg.cwi),
             cstep.eq(Mux(~k3 & s2, cfg.cwi << 1, cfg.cwi)),
-            bstep.eq(Mux(s2, cfg.cwi * (2 * PX), cfg.cwi * PX)),
+            bstep.eq(bstep_d),
             bstep_x.eq(Mux(s2, 2 * PX, PX)),
             wrow_ov.eq(cfg.w + ov),
         ]
@@ -150,11 +151,10 @@ class WindowFetcher(wiring.Component):
             reuse_d = k3 & (cfg.cwi == 1)
             m.d.sync += [
                 reuse.eq(reuse_d),
-                bstep_ov.eq(Mux(reuse_d, Mux(s2, 2 * PX + 1, PX + 2),
-                                Mux(s2, cfg.cwi * (2 * PX), cfg.cwi * PX))),
+                bstep_ov.eq(Mux(reuse_d, Mux(s2, 2 * PX + 1, PX + 2), bstep_d)),
             ]
         else:
-            m.d.sync += bstep_ov.eq(Mux(s2, cfg.cwi * (2 * PX), cfg.cwi * PX))
+            m.d.sync += bstep_ov.eq(bstep_d)
         m.d.comb += self.busy.eq(run | init)
         base = Signal(signed(aw))     # address of input position (-pad, -pad)
 

@@ -107,17 +107,14 @@ def reuses_columns(shape: LayerShape, params: EngineParams) -> bool:
     return params.px > 1 and shape.k == 3 and shape.cin <= params.lanes
 
 
-def block_cycles(shape: LayerShape, params: EngineParams, nv: int,
-                 cont: bool = False) -> float:
+def block_cycles(shape: LayerShape, params: EngineParams, nv: int) -> float:
     """Cycles of one block of ``nv`` output pixels (MAC-, fetch- or requantization-bound; a
-    mean, so it may be fractional); ``cont``: the block follows another one of its row
-    (column reuse, :func:`reuses_columns`)."""
+    mean, so it may be fractional), every column read (a layer with column reuse,
+    :func:`reuses_columns`, is modelled row by row instead)."""
     G = params.lanes
     keff = max(shape.kept, 1)
     if shape.k == 3:
         fetch = 3 * ((nv - 1) * shape.stride + 3)
-        if cont and reuses_columns(shape, params):
-            fetch -= 3 * (2 if shape.stride == 1 else 1)
     else:
         fetch = nv
     cyc = 0
