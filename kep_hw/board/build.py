@@ -57,6 +57,7 @@ from kep_common.log import add_logging_args, setup_logging, verbosity
 from kep_hw.board.clock_search import (STORE_NAME, TryStore, design_key, next_clock,
                                        try_folder_name)
 from kep_hw.board.profiles import PLACERS, list_boards, load_board
+from kep_hw.gateware.layouts import wt_columns
 from kep_hw.gateware.params import parse_pes
 from kep_hw.system.plan import PARAM_WORD_BITS, WEIGHT_ELEM_BITS, NetworkPlan, plan_network
 
@@ -124,8 +125,9 @@ def estimate_resources(plan: NetworkPlan, *, streamed: bool, px: int = 1,
     prm_depth = plan.max_layer_param_words if streamed else plan.param_words
     brams = sum(_bram_blocks(8 * G, d) for d in plan.buffer_words)
     brams += _bram_blocks(8 * G, plan.buffer_words[plan.input_buffer])   # double input buffer
-    brams += _bram_blocks(WEIGHT_ELEM_BITS * plan.po, wt_depth) + _bram_blocks(PARAM_WORD_BITS,
-                                                                          prm_depth)
+    brams += sum(_bram_blocks(WEIGHT_ELEM_BITS * len(col), wt_depth)    # column memories
+                 for col in wt_columns(plan.po))
+    brams += _bram_blocks(PARAM_WORD_BITS, prm_depth)
     if plan.tail:
         brams += HEAD_BRAMS
     return {"luts": (LUT_BASE + LUT_PER_PE * P + LUT_PER_LANE * G + LUT_PER_RQ_LANE * L

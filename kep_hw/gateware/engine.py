@@ -15,7 +15,8 @@ Read ports: every memory port of the engine (``act``, ``res``, ``wt``, ``prm``) 
 register right after it, so no path runs from a block RAM's output (5.8 ns clock-to-data on the
 ECP5) through logic into a multiplier or an adder. For ``act``, ``res`` and ``prm`` that register
 is outside (:func:`connect_read`); the weight port is connected straight to its memory
-(:func:`connect_direct`, :data:`WT_PORT_LATENCY` = 1) and the engine has the register itself,
+(:data:`WT_PORT_LATENCY` = 1; :class:`kep_hw.gateware.wtmem.WeightColumns`: column memories,
+each read at its own copy of the address, ``wt_addr``) and the engine has the register itself,
 the indices in one copy per pixel group (each copy selects the operands of Po PEs only).
 
 MAC pipeline (one (channel, element) per cycle, all PEs in lock step):
@@ -43,7 +44,7 @@ per group of loads (:func:`kep_hw.gateware.fanout.copies`), with no added latenc
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
@@ -52,11 +53,11 @@ from kep_hw.gateware.fanout import copies
 from kep_hw.gateware.fetch import WindowFetcher
 from kep_hw.gateware.mul import Multiplier
 from kep_hw.gateware.layouts import (ParamWord, acc_word, act_word, out_word, weight_word,
-                                     window_cols)
+                                     window_cols, wt_columns)
 from kep_hw.gateware.params import EngineParams, check_params
 from kep_hw.gateware.requant import Requant
 
-__all__ = ["READ_LATENCY", "WT_PORT_LATENCY", "connect_read", "connect_direct", "Engine"]
+__all__ = ["READ_LATENCY", "WT_PORT_LATENCY", "connect_read", "Engine"]
 
 #: cycles from a read port's address to its data, for every port of the engine
 READ_LATENCY = 2
@@ -75,13 +76,6 @@ def connect_read(m: Module, mem_port, port) -> None:
     q = Signal.like(mem_port.data, reset_less=True)
     m.d.comb += [mem_port.addr.eq(port.addr), mem_port.en.eq(port.en), port.data.eq(q)]
     m.d.sync += q.eq(mem_port.data)
-
-
-def connect_direct(m: Module, mem_port, port) -> None:
-    """Connect a memory's read port (latency 1) straight to the engine's ``wt`` port
-    (:data:`WT_PORT_LATENCY`): the engine registers the word right after it."""
-    m.d.comb += [mem_port.addr.eq(port.addr), mem_port.en.eq(port.en),
-                 port.data.eq(mem_port.data)]
 
 
 class _State(enum.Enum, shape=2):
@@ -110,8 +104,13 @@ class Engine(wiring.Component):
     act, res, prm : In(ReadPort.Signature)
         Read ports (the engine drives addr/en, data :data:`READ_LATENCY` cycles later).
     wt : In(ReadPort.Signature)
-        Weight read port, data :data:`WT_PORT_LATENCY` cycle later (a memory's own read port,
-        :func:`connect_direct`).
+        Weight read port, data :data:`WT_PORT_LATENCY` cycle later (the memories' own read
+        ports, :class:`kep_hw.gateware.wtmem.WeightColumns`).
+    wt_addr : Out(ArrayLayout(unsigned(wt_bits), len(wt_columns(po))))
+        ``wt.addr`` once per weight column memory (:func:`kep_hw.gateware.layouts.wt_columns`):
+        registers of their own with the same value in the same cycle, so a weight memory split
+        into columns reads column ``c`` at ``wt_addr[c]`` with the same latency
+        (:class:`kep_hw.gateware.wtmem.WeightColumns`).
     o : Out(stream.Signature(out_word))
         Outputs in group / row / column order.
     """
@@ -128,6 +127,7 @@ class Engine(wiring.Component):
             "act": In(ReadPort.Signature(addr_width=p.act_bits, shape=act_word(p.lanes))),
             "res": In(ReadPort.Signature(addr_width=p.act_bits, shape=act_word(p.lanes))),
             "wt": In(ReadPort.Signature(addr_width=p.wt_bits, shape=weight_word(p.po))),
+            "wt_addr": Out(data.ArrayLayout(unsigned(p.wt_bits), len(wt_columns(p.po)))),
             "prm": In(ReadPort.Signature(addr_width=p.prm_bits, shape=ParamWord)),
             "o": Out(stream.Signature(out_word(p.po))),
         })
@@ -166,6 +166,8 @@ class Engine(wiring.Component):
         px = Signal(p.dim_bits)              # first output column of the block
         py = Signal(p.dim_bits)
         wptr = Signal(p.wt_bits)
+        wptr_n = Signal(p.wt_bits)           # wptr's next value (and its copies')
+        m.d.comb += wptr_n.eq(wptr)
         gbase = Signal(p.wt_bits)
         res_ptr = Signal(p.act_bits)         # residual word of (py, px), group g
         res_row = Signal(p.act_bits)         # residual word of (py, 0), group g
@@ -212,6 +214,11 @@ class Engine(wiring.Component):
         shadow_full = Signal()
         shadow = Signal(acc_word(p), reset_less=True)
 
+        # the weight address in one copy per weight column memory (wt_addr): each copy drives
+        # the address pins of its own column's block RAMs only
+        m.d.sync += wptr.eq(wptr_n)
+        wt_addr_cp = copies(m, platform, wptr_n, len(wt_columns(PO)), name="wt_addr")
+
         # control
         keff_m1 = Signal(4)                  # K - 1 (K = 0 counts as 1)
         m.d.sync += keff_m1.eq(Mux(cfg.kk == 0, 0, cfg.kk - 1))
@@ -234,6 +241,7 @@ class Engine(wiring.Component):
             win.ready.eq(issue & end_c & end_j),
             self.wt.en.eq(1),
             self.wt.addr.eq(wptr),
+            self.wt_addr.eq(Cat(*wt_addr_cp)),
             self.prm.en.eq(1),
             self.busy.eq(state != _State.IDLE),
         ]
@@ -282,11 +290,11 @@ class Engine(wiring.Component):
                     m.d.sync += c.eq(0)
                     m.d.sync += c_next.eq(1)
             with m.If(cfg.kk != 0):
-                m.d.sync += wptr.eq(wptr + 1)
+                m.d.comb += wptr_n.eq(wptr + 1)
             with m.If(last_mac):
                 with m.If(~last_px):
                     with m.If(cfg.kk != 0):
-                        m.d.sync += wptr.eq(gbase)
+                        m.d.comb += wptr_n.eq(gbase)
                     with m.If(row_end):
                         m.d.sync += [*row_start(), py.eq(py + 1),
                                      last_row.eq(py + 2 == cfg.ho),
@@ -446,13 +454,13 @@ class Engine(wiring.Component):
                     m.d.sync += [
                         state.eq(_State.LOAD), g.eq(0), *row_start(), py.eq(0),
                         last_row.eq(cfg.ho == 1), last_g.eq(cfg.groups == 1), c_next.eq(1),
-                        wptr.eq(cfg.wt_base), gbase.eq(cfg.wt_base),
+                        gbase.eq(cfg.wt_base),
                         res_ptr.eq(cfg.res_base),
                         res_row.eq(cfg.res_base), res_gbase.eq(cfg.res_base),
                         j.eq(0), bank.eq(0),
                         ld_n.eq(0), ld_ptr.eq(cfg.prm_base), ld_bank.eq(0), ld_g.eq(0),
                     ]
-                    m.d.comb += fetch.start.eq(1)
+                    m.d.comb += [fetch.start.eq(1), wptr_n.eq(cfg.wt_base)]
                     m.d.sync += c.eq(0)
             with m.Case(_State.LOAD):
                 with m.If(~loading & ~ld_v & ~ld_v2):

@@ -13,8 +13,9 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from kep_hw.gateware.engine import Engine, connect_direct, connect_read
-from kep_hw.gateware.layouts import ParamWord, Target, act_word, load_layout, out_word, weight_word
+from kep_hw.gateware.engine import Engine, connect_read
+from kep_hw.gateware.layouts import ParamWord, Target, act_word, load_layout, out_word
+from kep_hw.gateware.wtmem import WeightColumns
 from kep_hw.gateware.params import EngineParams, check_params
 
 __all__ = ["LayerTop"]
@@ -61,15 +62,14 @@ class LayerTop(wiring.Component):
         m.submodules.engine = eng = Engine(p)
         m.submodules.act_mem = act_mem = Memory(shape=act_word(p.lanes), depth=p.act_depth,
                                                 init=[])
-        m.submodules.wt_mem = wt_mem = Memory(shape=weight_word(p.po), depth=p.wt_depth,
-                                              init=[])
+        wt_cols = WeightColumns(m, po=p.po, depth=p.wt_depth)
         m.submodules.prm_mem = prm_mem = Memory(shape=ParamWord, depth=p.prm_depth, init=[])
 
         # loader
         m.d.comb += self.load.ready.eq(1)
         ld = self.load.payload
+        wt_cols.connect_write(m, ld.addr, ld.data, self.load.valid & (ld.target == Target.WT))
         for mem, target, shape in ((act_mem, Target.ACT, act_word(p.lanes)),
-                                   (wt_mem, Target.WT, weight_word(p.po)),
                                    (prm_mem, Target.PRM, ParamWord)):
             wp = mem.write_port()
             m.d.comb += [
@@ -81,7 +81,7 @@ class LayerTop(wiring.Component):
         # engine
         for port, mem in ((eng.act, act_mem), (eng.res, act_mem), (eng.prm, prm_mem)):
             connect_read(m, mem.read_port(), port)
-        connect_direct(m, wt_mem.read_port(), eng.wt)
+        wt_cols.connect_engine(m, eng.wt, eng.wt_addr)
         wiring.connect(m, eng.o, wiring.flipped(self.o))
         m.d.comb += [eng.cfg.eq(self.cfg), eng.start.eq(self.start), self.busy.eq(eng.busy)]
 

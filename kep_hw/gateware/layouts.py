@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from kep_hw.gateware.params import EngineParams
 
 __all__ = ["WeightElem", "ParamWord", "WEIGHT_ELEM_BITS", "PARAM_WORD_BITS", "Target",
-           "act_word", "weight_word", "out_word", "layer_config", "load_word", "load_layout",
+           "act_word", "weight_word", "WT_COLUMN_CHANNELS", "wt_columns", "out_word", "layer_config", "load_word", "load_layout",
            "window_cols", "window_word", "plane_word", "acc_word", "ErrorReport", "pack", "unpack"]
 
 #: One kept kernel element: int8 value and its position ``r*k + c`` in the 3x3 plane.
@@ -59,6 +59,19 @@ def act_word(lanes: int) -> data.ArrayLayout:
 def weight_word(pes: int) -> data.ArrayLayout:
     """Weight word: one :data:`WeightElem` per PE."""
     return data.ArrayLayout(WeightElem, pes)
+
+
+#: Output channels per weight column memory: a weight memory is split into columns of this many
+#: :data:`WeightElem` (3 x 12 = 36 bits, two 18-bit block RAMs side by side), each read at its own
+#: copy of the weight address (the engine's ``wt_addr``), so that no address register drives
+#: every weight block RAM of the die.
+WT_COLUMN_CHANNELS = 3
+
+
+def wt_columns(po: int) -> list[range]:
+    """The weight column memories of a ``po``-channel weight word: the channels (word lanes)
+    each one holds, in order."""
+    return [range(lo, min(lo + WT_COLUMN_CHANNELS, po)) for lo in range(0, po, WT_COLUMN_CHANNELS)]
 
 
 def out_word(pes: int) -> data.StructLayout:

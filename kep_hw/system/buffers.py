@@ -13,13 +13,14 @@ time (``init=``), or one layer's written by the host before each layer (streamed
 from __future__ import annotations
 
 from amaranth import Array, Module, Mux, Shape, Signal, unsigned
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 
-from kep_hw.gateware.engine import connect_direct, connect_read
+from kep_hw.gateware.engine import connect_read
 from kep_hw.gateware.layouts import (PARAM_WORD_BITS, WEIGHT_ELEM_BITS, ParamWord, act_word,
-                                     out_word, weight_word)
+                                     out_word, weight_word, wt_columns)
+from kep_hw.gateware.wtmem import WeightColumns
 from kep_hw.system.plan import NetworkPlan
 
 __all__ = ["addr_bits", "ActivationBuffers", "OutputWriter", "WeightMemories"]
@@ -250,6 +251,9 @@ class WeightMemories(wiring.Component):
     Attributes
     ----------
     wt : Out(ReadPort.Signature(addr_width=wt_bits, shape=weight_word(po)))
+    wt_addr : In(ArrayLayout(unsigned(wt_bits), len(wt_columns(po))))
+        The weight address once per column memory (the engine's ``wt_addr``; ``wt.addr`` is
+        not used): :class:`kep_hw.gateware.wtmem.WeightColumns`.
     prm : Out(ReadPort.Signature(addr_width=prm_bits, shape=ParamWord))
         The engine's reads.
     wt_wr, prm_wr : Out(WritePort.Signature(addr_width=16))
@@ -269,6 +273,7 @@ class WeightMemories(wiring.Component):
         P = plan.po
         ports = {
             "wt": Out(ReadPort.Signature(addr_width=self.wt_bits, shape=weight_word(P))),
+            "wt_addr": In(data.ArrayLayout(unsigned(self.wt_bits), len(wt_columns(P)))),
             "prm": Out(ReadPort.Signature(addr_width=self.prm_bits, shape=ParamWord)),
         }
         if self.streamed:
@@ -283,17 +288,15 @@ class WeightMemories(wiring.Component):
         plan = self.plan
         wt_init = [] if self.streamed else [w for lp in plan.layers for w in lp.wt_words]
         prm_init = [] if self.streamed else [w for lp in plan.layers for w in lp.prm_words]
-        m.submodules.wt_mem = wt_mem = Memory(shape=unsigned(WEIGHT_ELEM_BITS * plan.po),
-                                              depth=self.wt_depth, init=wt_init)
+        # the weight words in column memories, column c read at the engine's wt_addr[c]
+        wt_cols = WeightColumns(m, po=plan.po, depth=self.wt_depth, init=wt_init)
         m.submodules.prm_mem = prm_mem = Memory(shape=unsigned(PARAM_WORD_BITS),
                                                 depth=self.prm_depth, init=prm_init)
-        wt_rd, prm_rd = wt_mem.read_port(), prm_mem.read_port()
-        connect_direct(m, wt_rd, self.wt)       # the engine registers the word itself
-        connect_read(m, prm_rd, self.prm)
+        wt_cols.connect_engine(m, self.wt, self.wt_addr)   # the engine registers the word
+        connect_read(m, prm_mem.read_port(), self.prm)
         if self.streamed:
-            wt_wr, prm_wr = wt_mem.write_port(), prm_mem.write_port()
-            m.d.comb += [wt_wr.addr.eq(self.wt_wr.addr), wt_wr.data.eq(self.wt_wr.data),
-                         wt_wr.en.eq(self.wt_wr.en),
-                         prm_wr.addr.eq(self.prm_wr.addr), prm_wr.data.eq(self.prm_wr.data),
+            wt_cols.connect_write(m, self.wt_wr.addr, self.wt_wr.data, self.wt_wr.en)
+            prm_wr = prm_mem.write_port()
+            m.d.comb += [prm_wr.addr.eq(self.prm_wr.addr), prm_wr.data.eq(self.prm_wr.data),
                          prm_wr.en.eq(self.prm_wr.en)]
         return m

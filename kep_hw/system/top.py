@@ -134,6 +134,7 @@ class KepSystem(wiring.Component):
             wiring.connect(m, act=bufs.act, engine=eng.act)
         wiring.connect(m, res=bufs.res, engine=eng.res)
         wiring.connect(m, wt=wts.wt, engine=eng.wt)
+        m.d.comb += wts.wt_addr.eq(eng.wt_addr)
         wiring.connect(m, prm=wts.prm, engine=eng.prm)
 
         # sequencer
