@@ -99,11 +99,20 @@ HEAD_BRAMS = 1
 
 
 def _bram_blocks(width: int, depth: int) -> int:
-    """DP16KD blocks of a ``width`` x ``depth`` memory (best of the x36 / x18 / x9 shapes)."""
+    """DP16KD blocks of a ``width`` x ``depth`` memory, as Yosys maps it (``memory_libmap``
+    with the ECP5's DP16KD / PDPW16KD): the fewest of the x18 / x9 / x4 / x2 / x1 shapes; the
+    x36 shape only for a memory one block deep (512 words); and a memory of at most 12 bits
+    also as ``36 // width`` words per x36 row. This reproduces every memory of the builds in
+    ``docs/boards.md`` (e.g. a 36-bit weight column of 7,611 words: 16 blocks as 2 x 8 of the
+    x18 shape, not 15 of the x36; a 12-bit one: 5, three words per row)."""
     best = None
-    for w, d in ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)):
+    for w, d in ((18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)):
         n = math.ceil(width / w) * math.ceil(depth / d)
         best = n if best is None else min(best, n)
+    if depth <= 512:
+        best = min(best, math.ceil(width / 36))
+    if 36 // width >= 2:
+        best = min(best, math.ceil(depth / (512 * (36 // width))))
     return best
 
 

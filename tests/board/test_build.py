@@ -254,3 +254,19 @@ def test_real_bitstream_smallest_config(tmp_path, capsys):
     assert 1000.0 / worst["total_ns"] == pytest.approx(rep["fmax_mhz"], abs=0.01)
     assert rep["fmax_placed_mhz"] > 0 and rep["seed"] == 1
     assert "  worst  " in (out / "summary.txt").read_text()
+
+
+@pytest.mark.parametrize("width,depth,blocks", [
+    (36, 7611, 16),      # an 85F weight column: 2 x 8 of the x18 shape (Yosys: not 15 x36)
+    (12, 7611, 5),       # the last weight column: three words per x36 row
+    (78, 784, 5),        # the 85F's parameters: 5 x18
+    (78, 64, 3),         # streamed parameters, one block deep: 3 x36
+    (64, 2048, 8),       # activation buffers, G = 8
+    (32, 4096, 8),       # activation buffers, G = 4
+    (192, 1024, 11),     # a whole weight word of Po = 16, 1,024 deep
+    (36, 1024, 2), (12, 1024, 1),
+])
+def test_block_ram_count_follows_yosys(width, depth, blocks):
+    """Block RAMs per memory as the builds in docs/boards.md mapped them."""
+    from kep_hw.board.build import _bram_blocks
+    assert _bram_blocks(width, depth) == blocks
