@@ -469,23 +469,25 @@ def run_tool(stage: str, argv: list[str], *, cwd: Path, progress: Progress,
             try:
                 line = lines.get(timeout=1.0)
             except queue.Empty:
-                now = time.monotonic()
-                if now - last >= heartbeat_s:
-                    phase = getattr(watcher, "phase", None)
-                    progress.info(f"{stage}: still running after {now - started:.0f} s"
-                                  + (f" ({phase})" if phase else ""))
-                    last = now
-                continue
+                line = ""
             if line is None:
                 break
-            line = line.rstrip("\r\n")
-            tail.append(line)
-            if tool_log.isEnabledFor(logging.DEBUG):
-                tool_log.debug("%s", line)
-            note = watcher(line) if watcher is not None else None
-            if note:
-                progress.info(f"{stage}: {note}")
-                last = time.monotonic()
+            if line:
+                line = line.rstrip("\r\n")
+                tail.append(line)
+                if tool_log.isEnabledFor(logging.DEBUG):
+                    tool_log.debug("%s", line)
+                note = watcher(line) if watcher is not None else None
+                if note:
+                    progress.info(f"{stage}: {note}")
+                    last = time.monotonic()
+            # the heartbeat counts from the last note, whether the tool is silent or chatty
+            now = time.monotonic()
+            if now - last >= heartbeat_s:
+                phase = getattr(watcher, "phase", None)
+                progress.info(f"{stage}: still running after {now - started:.0f} s"
+                              + (f" ({phase})" if phase else ""))
+                last = now
         return proc.wait(), list(tail)
     finally:
         if proc.poll() is None:                     # interrupted: do not leave it running

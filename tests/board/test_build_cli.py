@@ -328,6 +328,23 @@ sys.exit(3)
     assert watcher.fmax == {"clk": {"fmax_mhz": 55.0, "target_mhz": 60.0, "pass": False}}
 
 
+def test_heartbeat_while_the_tool_prints_lines_without_notes(tmp_path, caplog):
+    """A tool that prints a line every 0.1 s that gives no progress note (nextpnr's placer
+    iterations) still gets its "still running" lines."""
+    tool = _script(tmp_path / "chatty-tool", """\
+print("Info: Placing..", flush=True)
+for i in range(20):
+    print(f"Info: iteration {i}", flush=True)
+    time.sleep(0.1)
+""")
+    caplog.set_level("INFO", logger="kep_hw.board.build")
+    rc, _ = run_tool("pnr", [tool], cwd=tmp_path, progress=Progress(), watcher=NextpnrWatcher(),
+                     heartbeat_s=0.5)
+    assert rc == 0
+    msgs = [r.getMessage() for r in caplog.records]
+    assert sum(bool(re.search(r"pnr: still running after \d+ s", m)) for m in msgs) >= 2, msgs
+
+
 def test_missing_tool_is_one_line(tmp_path, one_line_error, monkeypatch, no_tool_vars):
     monkeypatch.setenv("YOSYS", str(tmp_path / "no-such-yosys"))
     line = one_line_error(_run(["--board", "ulx3s-12f", "--out", str(tmp_path)]))
