@@ -59,6 +59,7 @@ from kep_hw.board.clock_search import (STORE_NAME, TryStore, design_key, next_cl
 from kep_hw.board.profiles import PLACERS, list_boards, load_board
 from kep_hw.gateware.layouts import wt_columns
 from kep_hw.gateware.params import parse_pes
+from kep_hw.gateware.wtmem import weight_banks
 from kep_hw.system.plan import PARAM_WORD_BITS, WEIGHT_ELEM_BITS, NetworkPlan, plan_network
 
 __all__ = ["estimate_resources", "largest_fitting_pes", "parse_nextpnr_log",
@@ -134,8 +135,8 @@ def estimate_resources(plan: NetworkPlan, *, streamed: bool, px: int = 1,
     prm_depth = plan.max_layer_param_words if streamed else plan.param_words
     brams = sum(_bram_blocks(8 * G, d) for d in plan.buffer_words)
     brams += _bram_blocks(8 * G, plan.buffer_words[plan.input_buffer])   # double input buffer
-    brams += sum(_bram_blocks(WEIGHT_ELEM_BITS * len(col), wt_depth)    # column memories
-                 for col in wt_columns(plan.po))
+    brams += sum(_bram_blocks(WEIGHT_ELEM_BITS * len(col), d)   # column memories' banks
+                 for col in wt_columns(plan.po) for d in weight_banks(wt_depth))
     brams += _bram_blocks(PARAM_WORD_BITS, prm_depth)
     if plan.tail:
         brams += HEAD_BRAMS

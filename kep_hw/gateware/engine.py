@@ -14,16 +14,18 @@ Read ports: every memory port of the engine (``act``, ``res``, ``wt``, ``prm``) 
 :data:`READ_LATENCY` = 2 cycles after the address: the block RAM's synchronous read plus a
 register right after it, so no path runs from a block RAM's output (5.8 ns clock-to-data on the
 ECP5) through logic into a multiplier or an adder. For ``act``, ``res`` and ``prm`` that register
-is outside (:func:`connect_read`); the weight port is connected straight to its memory
-(:data:`WT_PORT_LATENCY` = 1; :class:`kep_hw.gateware.wtmem.WeightColumns`: column memories,
-each read at its own copy of the address, ``wt_addr``) and the engine has the register itself,
-the indices in one copy per pixel group (each copy selects the operands of Po PEs only).
+is outside (:func:`connect_read`). The weight memory (:class:`kep_hw.gateware.wtmem.WeightColumns`:
+column memories, each read at its own copy of the address, ``wt_addr``) registers each block
+RAM's output before the multiplexer of its block RAMs (:data:`WT_PORT_LATENCY` = 2), and the
+engine registers the word once more after that multiplexer, the indices in one copy per pixel
+group (each copy selects the operands of Po PEs only).
 
 MAC pipeline (one (channel, element) per cycle, all PEs in lock step):
 
 - S0: weight address ``wptr`` presented; the 3x3 window of every pixel of the block for the
   current channel registered.
-- S1: the weight word is on its way (read latency 2); window and control move on.
+- S1: the weight word is read; window and control move on.
+- S1W: the weight word in the registers after its block RAMs; window and control move on.
 - S2: weight word arrives (values in one register, indices in one register per pixel group);
   each PE selects its operand with a 9:1 mux by its index (or by the element counter in dense
   mode) from its own copy of the window register (one copy per 4 output channels) and presents
@@ -61,9 +63,10 @@ __all__ = ["READ_LATENCY", "WT_PORT_LATENCY", "connect_read", "Engine"]
 
 #: cycles from a read port's address to its data, for every port of the engine
 READ_LATENCY = 2
-#: cycles from the ``wt`` port's address to the data on the port: the block RAM's read only (the
-#: engine registers the word itself; :data:`READ_LATENCY` from address to the registered word)
-WT_PORT_LATENCY = 1
+#: cycles from the ``wt`` port's address to the data on the port: the block RAM's read and a
+#: register right after each block RAM, before the multiplexer of the memory's block RAMs
+#: (:class:`kep_hw.gateware.wtmem.WeightColumns`); the engine registers the word itself (S2)
+WT_PORT_LATENCY = 2
 #: output channels served by one copy of a pixel's window register
 WINDOW_COPY_CHANNELS = 4
 
@@ -204,11 +207,16 @@ class Engine(wiring.Component):
         s1_j = Signal(4)
         s1_zero = Signal()
         s1_win = Signal(wl, reset_less=True)
+        # S1W: the weight word in the registers right after its block RAMs
+        s1w = Signal(flags, name="s1w")
+        s1w_j = Signal(4)
+        s1w_zero = Signal()
+        s1w_win = Signal(wl, reset_less=True)
         s2_zero = Signal()                   # S1 -> S2: waiting for the weight word
         # m2: the flags as the multipliers' input registers see them (S2R, or S2 itself)
         m2 = Signal(flags, name="s2r") if p.operand_reg else s2
         # the stages between S0 and the shadow register
-        stages = [s1, s2, *([m2] if p.operand_reg else []), s3, s4]
+        stages = [s1, s1w, s2, *([m2] if p.operand_reg else []), s3, s4]
         next_ready = Signal()
         acc = Signal(data.ArrayLayout(signed(32), P), reset_less=True)
         shadow_full = Signal()
@@ -318,24 +326,26 @@ class Engine(wiring.Component):
                     with m.Else():
                         m.d.sync += bank.eq(~bank)
 
-        # S1 -> S2: the weight word is read (latency 2)
-        # S1 -> S2: the weight word arrives from its memory into the registers right after the
-        # read port: the values once; the indices (or, in dense mode, the element counter) once
-        # per pixel group, the window once per WINDOW_COPY_CHANNELS output channels
+        # S1 -> S1W: the weight word is read into the registers right after its block RAMs
+        # (kep_hw.gateware.wtmem); the window and the flags move on with it
+        # S1W -> S2: the weight word, through the block RAMs' bank multiplexer, into the
+        # engine's registers: the values once; the indices (or, in dense mode, the element
+        # counter) once per pixel group, the window once per WINDOW_COPY_CHANNELS output channels
         # (kep_hw.gateware.fanout: each copy drives the operand multiplexers of a few PEs, not
         # the P multiplexers spread over the DSP rows)
-        m.d.sync += [s2.eq(s1), s2_zero.eq(s1_zero)]
+        m.d.sync += [s1w.eq(s1), s1w_j.eq(s1_j), s1w_zero.eq(s1_zero), s1w_win.eq(s1_win)]
+        m.d.sync += [s2.eq(s1w), s2_zero.eq(s1w_zero)]
         wt_val = Signal(data.ArrayLayout(signed(8), PO), reset_less=True)
         m.d.sync += [wt_val[o].eq(self.wt.data[o].value) for o in range(PO)]
         # a layer with K = 0 multiplies by 0 with index 0: its weight word is not read, and
         # window position 0 of every valid pixel is written (a 4-state simulator would carry an
         # unknown from a never-written window position through the product of 0)
         idx_d = Signal(4 * PO)
-        m.d.comb += idx_d.eq(Cat(*(Mux(cfg.dense, s1_j, Mux(s1_zero, 0, self.wt.data[o].index))
+        m.d.comb += idx_d.eq(Cat(*(Mux(cfg.dense, s1w_j, Mux(s1w_zero, 0, self.wt.data[o].index))
                                    for o in range(PO))))
         idx_cp = copies(m, platform, idx_d, PX, name="s2_idx", reset_less=True)
         n_win = -(-PO // WINDOW_COPY_CHANNELS)
-        win_cp = [copies(m, platform, s1_win[q].as_value(), n_win, name=f"s2_win{q}",
+        win_cp = [copies(m, platform, s1w_win[q].as_value(), n_win, name=f"s2_win{q}",
                          reset_less=True) for q in range(PX)]
 
         # S2: operand select (PE q*Po + o: pixel q, output channel o) into the multipliers

@@ -35,9 +35,10 @@ _FIFO_LOOP = 3      # two windows in flight: fetch + MAC + 3 cycles for both (on
 
 
 def _extra_stages(params: EngineParams) -> int:
-    """MAC stages beyond S0-S4 (EngineParams.operand_reg: S2R); each one delays the shadow
-    register's hand-over, so _RQ_EXTRA and _END grow by one cycle per stage."""
-    return int(params.operand_reg)
+    """MAC stages beyond S0-S4: S1W (the weight word's registers after its block RAMs,
+    always) and S2R (EngineParams.operand_reg); each one delays the shadow register's
+    hand-over, so _RQ_EXTRA and _END grow by one cycle per stage."""
+    return 1 + int(params.operand_reg)
 
 
 @dataclasses.dataclass(frozen=True)
