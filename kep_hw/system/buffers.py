@@ -239,9 +239,9 @@ class WeightMemories(wiring.Component):
     Embedded mode: all layers' words (``plan.layers[n].wt_words`` / ``prm_words`` in layer
     order) as the memories' initial contents. Streamed mode: room for the largest layer, written
     through ``wt_wr`` and ``prm_wr``. Parameter reads have a latency of two cycles (the read
-    data is registered: :data:`kep_hw.gateware.engine.READ_LATENCY`), weight reads one (the
-    memory's own read port: the engine registers the word,
-    :data:`kep_hw.gateware.engine.WT_PORT_LATENCY`).
+    data is registered: :data:`kep_hw.gateware.engine.READ_LATENCY`), weight reads two (a
+    register after each block RAM, then the bank multiplexer:
+    :class:`kep_hw.gateware.wtmem.WeightColumns`, :data:`kep_hw.gateware.engine.WT_PORT_LATENCY`).
 
     Parameters
     ----------
