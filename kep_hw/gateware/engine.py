@@ -107,7 +107,7 @@ class Engine(wiring.Component):
     act, res, prm : In(ReadPort.Signature)
         Read ports (the engine drives addr/en, data :data:`READ_LATENCY` cycles later).
     wt : In(ReadPort.Signature)
-        Weight read port, data :data:`WT_PORT_LATENCY` cycle later (the memories' own read
+        Weight read port, data :data:`WT_PORT_LATENCY` cycles later (the memories' read
         ports, :class:`kep_hw.gateware.wtmem.WeightColumns`).
     wt_addr : Out(ArrayLayout(unsigned(wt_bits), len(wt_columns(po))))
         ``wt.addr`` once per weight column memory (:func:`kep_hw.gateware.layouts.wt_columns`):
