@@ -66,14 +66,15 @@ class WeightColumns:
                  bank_words: int = BANK_WORDS):
         if bank_words < 1 or bank_words & (bank_words - 1):
             raise ValueError(f"bank_words must be a power of two, got {bank_words}")
-        self.cols = wt_columns(po)
+        #: (first bit, width) of each column's lanes in a whole weight word
+        self.slices = [(c.start * WEIGHT_ELEM_BITS, len(c) * WEIGHT_ELEM_BITS)
+                       for c in wt_columns(po)]
         self.banks = weight_banks(depth, bank_words)
         self.bank_bits = bank_words.bit_length() - 1
         self.name = name
         init = [int(w) for w in init]
         self.mems = []                  # [column][bank]
-        for c, lanes in enumerate(self.cols):
-            lo, width = lanes.start * WEIGHT_ELEM_BITS, len(lanes) * WEIGHT_ELEM_BITS
+        for c, (lo, width) in enumerate(self.slices):
             mask = (1 << width) - 1
             col = []
             for b, bdepth in enumerate(self.banks):
@@ -110,8 +111,7 @@ class WeightColumns:
 
     def connect_write(self, m: Module, addr, data, en) -> None:
         """One write port per bank: word ``data`` (whole-word bits) at ``addr`` when ``en``."""
-        for lanes, col in zip(self.cols, self.mems):
-            lo, width = lanes.start * WEIGHT_ELEM_BITS, len(lanes) * WEIGHT_ELEM_BITS
+        for (lo, width), col in zip(self.slices, self.mems):
             for b, mem in enumerate(col):
                 wp = mem.write_port()
                 hit = en if len(col) == 1 else en & (addr[self.bank_bits:] == b)
