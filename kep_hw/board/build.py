@@ -569,6 +569,11 @@ def _parser() -> argparse.ArgumentParser:
                         "in logic beside the DSP block: one more MAC pipeline stage, for P "
                         "where the window-to-DSP routes limit the clock (default: the board's "
                         "with its default --pes, else off)")
+    p.add_argument("--chain", action="store_true",
+                   help="the engine's pixel groups in a chain: group q takes the weight word "
+                        "from group q-1 one cycle later and runs q cycles behind group 0 "
+                        "(no net carries the weight word to all groups; Px - 1 cycles per "
+                        "layer end)")
     p.add_argument("--freq", type=_freq_arg, default=None,
                    help=f"core clock MHz, {MIN_MHZ:g}-{MAX_MHZ:g} (default: the board's), or "
                         f"auto: search the fastest clock that meets timing (below)")
@@ -782,7 +787,8 @@ class _Setup:
         a = self.args
         return (f"P={self.pes} ({self.po} channels x {self.px} pixels)"
                 + (f", {a.lut_pes} logic multipliers" if a.lut_pes else "")
-                + (", operand registers" if a.operand_reg else ""))
+                + (", operand registers" if a.operand_reg else "")
+                + (", pixel-group chain" if a.chain else ""))
 
     @functools.cached_property
     def tools_id(self) -> dict:
@@ -836,7 +842,7 @@ def _elaborate(s: _Setup, freq: float, seed: int, build_dir: Path, progress: Pro
         system = KepSystem(s.plan, streamed=s.streamed, divisor=divisor,
                            clk_hz=pll["fout"] * 1e6, byte_timeout=int(pll["fout"] * 1e6 * 0.05),
                            px=s.px, rq_lanes=s.args.rq_lanes, lut_pes=s.args.lut_pes,
-                           operand_reg=s.args.operand_reg)
+                           operand_reg=s.args.operand_reg, chain=s.args.chain)
         top = BoardTop(system, board, freq)
         platform = board.make_platform()
         # verbose: the tools print their whole log, which is streamed and parsed as it comes
@@ -928,7 +934,7 @@ def _report(s: _Setup, freq: float, seed: int, pll: dict, divisor: int, results:
         "board": board.name, "device": board.device, "status": status, "pes": s.pes,
         "px": s.px, "po": s.po,
         "lanes": args.lanes, "rq_lanes": args.rq_lanes, "lut_pes": args.lut_pes,
-        "operand_reg": args.operand_reg,
+        "operand_reg": args.operand_reg, "chain": args.chain,
         "weights": s.wmode,
         "abc9": args.abc9,
         "model": str(args.model) if args.model else "built-in test network",

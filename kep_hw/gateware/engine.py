@@ -36,8 +36,16 @@ MAC pipeline (one (channel, element) per cycle, all PEs in lock step):
   logic beside its multiplier; the stages below, and every latency the cycle model counts
   after the last MAC, move one cycle later.
 - S3: the multipliers' input registers.
-- S4: the product arrives; accumulate (``bias + product`` on the first element of a block);
-  on the last element the P sums go to the shadow register (the requantization unit's input).
+- S4: the product arrives; accumulate (the product alone on the first element of a block:
+  the requantization unit adds the bias, once per output); on the last element the P sums go
+  to the shadow register (the requantization unit's input).
+
+Pixel-group chain (``params.chain``, off by default): pixel group ``q`` runs
+``params.skew(q) = q`` cycles behind group 0. Its S2 registers (weight values, indices, K = 0
+flag, MAC flags) load group ``q - 1``'s, one register per hop, and its window passes through
+``q`` registers after S1W, so the weight word travels from group to group instead of leaving
+one spot for all groups. Each group has its own S2R / S3 / S4 flags; the shadow register's
+block fields come from the last group's S4, ``Px - 1`` cycles after group 0's.
 
 Selects and enables with thousands of loads (the S4 flags of the P accumulators, the
 parameter banks' flags, the window fetcher's buffer moves) are registered several times over, one copy
@@ -215,8 +223,6 @@ class Engine(wiring.Component):
         s2_zero = Signal()                   # S1 -> S2: waiting for the weight word
         # m2: the flags as the multipliers' input registers see them (S2R, or S2 itself)
         m2 = Signal(flags, name="s2r") if p.operand_reg else s2
-        # the stages between S0 and the shadow register
-        stages = [s1, s1w, s2, *([m2] if p.operand_reg else []), s3, s4]
         next_ready = Signal()
         acc = Signal(data.ArrayLayout(signed(32), P), reset_less=True)
         shadow_full = Signal()
@@ -343,68 +349,131 @@ class Engine(wiring.Component):
         idx_d = Signal(4 * PO)
         m.d.comb += idx_d.eq(Cat(*(Mux(cfg.dense, s1w_j, Mux(s1w_zero, 0, self.wt.data[o].index))
                                    for o in range(PO))))
-        idx_cp = copies(m, platform, idx_d, PX, name="s2_idx", reset_less=True)
+        # each pixel group's S2: flags, K = 0 flag, values, indices. In a chain
+        # (params.chain) group q's are group q-1's one cycle later: one register per hop, so
+        # the weight word travels from group to group instead of from one spot to all of them
+        if p.chain:
+            idx0 = Signal(4 * PO, name="s2_idx", reset_less=True)
+            m.d.sync += idx0.eq(idx_d)
+            g_flags, g_zero, g_val, g_idx = [s2], [s2_zero], [wt_val], [idx0]
+            for q in range(1, PX):
+                f = Signal(flags, name=f"g{q}_s2")
+                z = Signal(name=f"g{q}_zero")
+                v = Signal(data.ArrayLayout(signed(8), PO), name=f"g{q}_val", reset_less=True)
+                ix = Signal(4 * PO, name=f"g{q}_idx", reset_less=True)
+                m.d.sync += [f.eq(g_flags[-1]), z.eq(g_zero[-1]), v.eq(g_val[-1]),
+                             ix.eq(g_idx[-1])]
+                g_flags.append(f)
+                g_zero.append(z)
+                g_val.append(v)
+                g_idx.append(ix)
+        else:
+            g_flags, g_zero, g_val = [s2] * PX, [s2_zero] * PX, [wt_val] * PX
+            g_idx = copies(m, platform, idx_d, PX, name="s2_idx", reset_less=True)
+        # the window of pixel q: params.skew(q) registers after S1W (the group's delay in a
+        # chain), then the copies
         n_win = -(-PO // WINDOW_COPY_CHANNELS)
-        win_cp = [copies(m, platform, s1w_win[q].as_value(), n_win, name=f"s2_win{q}",
-                         reset_less=True) for q in range(PX)]
+        win_cp = []
+        for q in range(PX):
+            src = s1w_win[q].as_value()
+            for k in range(p.skew(q)):
+                dly = Signal(len(src), name=f"s1w_win{q}_d{k + 1}", reset_less=True)
+                m.d.sync += dly.eq(src)
+                src = dly
+            win_cp.append(copies(m, platform, src, n_win, name=f"s2_win{q}", reset_less=True))
 
         # S2: operand select (PE q*Po + o: pixel q, output channel o) into the multipliers
         # (or, with operand_reg, into each PE's operand registers: S2R); S3, S4: multiply
-        # (two cycles: the multipliers' input and output registers)
+        # (two cycles: the multipliers' input and output registers). Each pixel group's flags
+        # move through these stages (one set per group in a chain, else one set for all)
         if p.operand_reg:
             m.d.sync += m2.eq(s2)
         m.d.sync += [s3.eq(m2), s4.eq(s3)]
+        g_m2, g_s3, g_s4 = [m2], [s3], [s4]
+        for q in range(1, PX if p.chain else 1):
+            fm2 = Signal(flags, name=f"g{q}_s2r") if p.operand_reg else g_flags[q]
+            fs3 = Signal(flags, name=f"g{q}_s3")
+            fs4 = Signal(flags, name=f"g{q}_s4")
+            if p.operand_reg:
+                m.d.sync += fm2.eq(g_flags[q])
+            m.d.sync += [fs3.eq(fm2), fs4.eq(fs3)]
+            g_m2.append(fm2)
+            g_s3.append(fs3)
+            g_s4.append(fs4)
+        s4_last = g_s4[-1]                   # the last group's S4: the block's shadow load
+        # the stages a MAC passes from S0 to the last group's S4 (every group's S2 is one)
+        stages = [s1, s1w, *(g_flags if p.chain else [s2]),
+                  *([g_m2[-1]] if p.operand_reg else []), g_s3[-1], s4_last]
+
         prods = []
+        vals = {}
         for o in range(PO):
-            val = Signal(signed(8), name=f"val{o}")
-            m.d.comb += val.eq(Mux(s2_zero, 0, wt_val[o]))
-            # S2R: one copy of the weight value per PE (the copies are not merged on the ECP5)
-            vals = (copies(m, platform, val, PX, name=f"s2r_val{o}", reset_less=True)
-                    if p.operand_reg else [val] * PX)
-            for q in range(PX):
+            if p.chain:
+                for q in range(PX):
+                    val = Signal(signed(8), name=f"val{q}_{o}")
+                    m.d.comb += val.eq(Mux(g_zero[q], 0, g_val[q][o]))
+                    if p.operand_reg:
+                        val_r = Signal(signed(8), name=f"s2r_val{q}_{o}", reset_less=True)
+                        m.d.sync += val_r.eq(val)
+                        val = val_r
+                    vals[q, o] = val
+            else:
+                val = Signal(signed(8), name=f"val{o}")
+                m.d.comb += val.eq(Mux(s2_zero, 0, wt_val[o]))
+                # S2R: one copy of the weight value per PE (the copies are not merged on the
+                # ECP5)
+                cps = (copies(m, platform, val, PX, name=f"s2r_val{o}", reset_less=True)
+                       if p.operand_reg else [val] * PX)
+                vals.update({(q, o): cps[q] for q in range(PX)})
+        for q in range(PX):
+            for o in range(PO):
                 pe = q * PO + o
                 mul = Multiplier(signed(8), signed(8),
                                  impl="lut" if pe >= P - p.lut_pes else "dsp")
                 m.submodules[f"mul{pe}"] = mul
-                sel = idx_cp[q].word_select(o, 4)
+                sel = g_idx[q].word_select(o, 4)
                 opnd = win_cp[q][o // WINDOW_COPY_CHANNELS].word_select(sel, 8)
                 if p.operand_reg:
                     opnd_r = Signal(signed(8), name=f"s2r_opnd{pe}", reset_less=True)
                     m.d.sync += opnd_r.eq(opnd)
                     opnd = opnd_r
-                m.d.comb += [mul.a.eq(vals[q]), mul.b.eq(opnd)]
-                prods.append((pe, mul.p))
-        prods = [v for _, v in sorted(prods, key=lambda t: t[0])]
+                m.d.comb += [mul.a.eq(vals[q, o]), mul.b.eq(opnd)]
+                prods.append(mul.p)
 
-        # S3 -> S4: the bias of the block's bank; S4: accumulate, shadow
-        # (one copy of the bank flag per output channel, and of the S4 flags per PE: each
-        # drives 32 or 64 flip-flop enables or multiplexers instead of P x 32)
-        bias = Signal(data.ArrayLayout(signed(32), PO), reset_less=True)
-        b3_cp = copies(m, platform, m2.bank, PO, name="s3_bank_o", reset_less=True)
-        for o in range(PO):
-            m.d.sync += bias[o].eq(Mux(b3_cp[o], banks[1][o].bias, banks[0][o].bias))
-        v4_cp = copies(m, platform, s3.valid, P, name="s4_valid_pe", reset_less=True)
-        f4_cp = copies(m, platform, s3.first, P, name="s4_first_pe", reset_less=True)
-        l4_cp = copies(m, platform, s3.valid & s3.last, P, name="s4_load_pe", reset_less=True)
+        # S4: accumulate (the product alone on a block's first element: the bias is added in
+        # the requantization unit), shadow. One copy of the S4 flags per PE (each drives 32
+        # flip-flop enables or multiplexers instead of P x 32), from the PE's group's S3
+        if p.chain:
+            def pe_copies(attr, name):
+                return [cp for q in range(PX)
+                        for cp in copies(m, platform, attr(g_s3[q]), PO, name=f"{name}_g{q}",
+                                         reset_less=True)]
+        else:
+            def pe_copies(attr, name):
+                return copies(m, platform, attr(s3), P, name=f"{name}_pe", reset_less=True)
+        v4_cp = pe_copies(lambda st: st.valid, "s4_valid")
+        f4_cp = pe_copies(lambda st: st.first, "s4_first")
+        l4_cp = pe_copies(lambda st: st.valid & st.last, "s4_load")
         for pe in range(P):
             nxt = Signal(signed(32), name=f"acc_next{pe}")
-            m.d.comb += nxt.eq(Mux(f4_cp[pe], bias[pe % PO], acc[pe]) + prods[pe])
+            m.d.comb += nxt.eq(Mux(f4_cp[pe], 0, acc[pe]) + prods[pe])
             with m.If(v4_cp[pe]):
                 m.d.sync += acc[pe].eq(nxt)
             with m.If(l4_cp[pe]):
                 m.d.sync += shadow.acc[pe].eq(nxt)
-        m.d.comb += shadow_bank_d.eq(Mux(s4.valid & s4.last, s4.bank, shadow_bank))
+        m.d.comb += shadow_bank_d.eq(Mux(s4_last.valid & s4_last.last, s4_last.bank,
+                                         shadow_bank))
         m.d.sync += shadow_bank.eq(shadow_bank_d)
         sb_cp = copies(m, platform, shadow_bank_d, PO, name="shadow_bank_o", reset_less=True)
         for o in range(PO):
             m.d.comb += rq.prm[o].eq(Mux(sb_cp[o], banks[1][o], banks[0][o]))
-        with m.If(s4.valid & s4.last):
-            m.d.sync += [shadow.res_addr.eq(s4.res),
-                         shadow.last.eq(s4.final), shadow.nv.eq(s4.nv)]
+        with m.If(s4_last.valid & s4_last.last):
+            m.d.sync += [shadow.res_addr.eq(s4_last.res),
+                         shadow.last.eq(s4_last.final), shadow.nv.eq(s4_last.nv)]
         shadow_full_d = Signal()             # shadow_full's next value
         m.d.comb += [
             shadow_full_d.eq(Mux(rq.i.valid & rq.i.ready, 0,
-                                 (s4.valid & s4.last) | shadow_full)),
+                                 (s4_last.valid & s4_last.last) | shadow_full)),
             rq.i.valid.eq(shadow_full), rq.i.payload.eq(shadow),
         ]
         m.d.sync += shadow_full.eq(shadow_full_d)

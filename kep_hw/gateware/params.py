@@ -56,6 +56,14 @@ class EngineParams:
         ``docs/accelerator.md``), for large P where the window register's fanout to the
         P multiplexers and the multiplexers' routes to the DSP blocks span the die
         (default False).
+    chain : bool
+        The pixel groups in a chain: group ``q`` takes the weight word (values, indices) and
+        the MAC flags from group ``q - 1``'s registers one cycle later, and its window
+        through ``q`` registers, so it runs ``q`` cycles behind group 0 (``docs/accelerator.md``,
+        "Pixel-group chain"). No net then carries the weight word to all Px groups of PEs
+        spread over the DSP rows. Costs ``Px - 1`` cycles per layer and per block whose
+        shadow register hand-over bounds it (default False: at P = 128 on the 85F it moved
+        the router's congestion instead of lowering it, ``docs/boards.md``).
     """
 
     pes: int = 16
@@ -70,6 +78,7 @@ class EngineParams:
     rq_lanes: int | None = None
     lut_pes: int = 0
     operand_reg: bool = False
+    chain: bool = False
 
     def __post_init__(self):
         if self.rq_lanes is None:
@@ -92,6 +101,8 @@ class EngineParams:
             raise ValueError(f"lut_pes must be an integer in [0, pes], got {self.lut_pes!r}")
         if not isinstance(self.operand_reg, bool):
             raise ValueError(f"operand_reg must be a bool, got {self.operand_reg!r}")
+        if not isinstance(self.chain, bool):
+            raise ValueError(f"chain must be a bool, got {self.chain!r}")
         if self.px > 16:
             raise ValueError(f"px must be at most 16, got {self.px!r}")
         if self.max_hw > 255 or max(self.max_cin, self.max_cout) > 1023:
@@ -111,9 +122,14 @@ class EngineParams:
         (one transfer per output pixel and group); only the cycle counts differ. Host code that
         packs words from ``pes`` (e.g. :func:`kep_hw.host.driver.layer_program`) gets this engine.
         """
-        if self.px == 1 and self.lut_pes == 0 and not self.operand_reg:
+        if self.px == 1 and self.lut_pes == 0 and not self.operand_reg and not self.chain:
             return self
-        return dataclasses.replace(self, pes=self.po, px=1, lut_pes=0, operand_reg=False)
+        return dataclasses.replace(self, pes=self.po, px=1, lut_pes=0, operand_reg=False,
+                                   chain=False)
+
+    def skew(self, q: int) -> int:
+        """Cycles pixel group ``q`` runs behind group 0 (``q`` in a chain, else 0)."""
+        return q if self.chain else 0
 
     # field widths
     @property

@@ -23,10 +23,10 @@ __all__ = ["LayerShape", "layer_cycles", "block_cycles", "reuses_columns", "idea
 
 # pipeline constants, from the RTL (see the docstrings of engine.py / requant.py / fetch.py;
 # every memory read takes READ_LATENCY = 2 cycles, the MAC pipeline S0-S4 and the
-# requantization pipeline R0-R7)
+# requantization pipeline R0-R8)
 _START = 3          # start -> LOAD, LOAD -> RUN hand-over
 _BANK_EXTRA = 2     # hand-over of the bank: shadow freed -> load starts -> ready
-_END = 10           # last MAC of the layer -> last output transferred (+ nv * Po/L)
+_END = 11           # last MAC of the layer -> last output transferred (+ nv * Po/L)
 _RQ_EXTRA = 5       # a block's shadow register is free nv * Po/L + 5 cycles after its
                     # last MAC
 _LOAD_EXTRA = 3     # Po parameter reads, the last one's data READ_LATENCY cycles later
@@ -35,10 +35,12 @@ _FIFO_LOOP = 3      # two windows in flight: fetch + MAC + 3 cycles for both (on
 
 
 def _extra_stages(params: EngineParams) -> int:
-    """MAC stages beyond S0-S4: S1W (the weight word's registers after its block RAMs,
-    always) and S2R (EngineParams.operand_reg); each one delays the shadow register's
-    hand-over, so _RQ_EXTRA and _END grow by one cycle per stage."""
-    return 1 + int(params.operand_reg)
+    """MAC stages beyond S0-S4 up to the shadow register: S1W (the weight word's registers
+    after its block RAMs, always), S2R (EngineParams.operand_reg) and, in a chain of pixel
+    groups (EngineParams.chain), the last group's Px - 1 cycles behind group 0; each one
+    delays the shadow register's hand-over, so _RQ_EXTRA and _END grow by one cycle per
+    stage."""
+    return 1 + int(params.operand_reg) + params.skew(params.px - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,10 +110,12 @@ def reuses_columns(shape: LayerShape, params: EngineParams) -> bool:
     return params.px > 1 and shape.k == 3 and shape.cin <= params.lanes
 
 
-def block_cycles(shape: LayerShape, params: EngineParams, nv: int) -> float:
+def block_cycles(shape: LayerShape, params: EngineParams, nv: int, *,
+                 handover: bool = True) -> float:
     """Cycles of one block of ``nv`` output pixels (MAC-, fetch- or requantization-bound; a
     mean, so it may be fractional), every column read (a layer with column reuse,
-    :func:`reuses_columns`, is modelled row by row instead)."""
+    :func:`reuses_columns`, is modelled row by row instead). ``handover=False``: the MACs
+    and the fetch alone, without the bound of the shadow register's hand-over."""
     G = params.lanes
     keff = max(shape.kept, 1)
     if shape.k == 3:
@@ -126,7 +130,14 @@ def block_cycles(shape: LayerShape, params: EngineParams, nv: int) -> float:
         # one; the window's data lands READ_LATENCY + 1 cycles after its last read
         cyc += max(nch * keff, fetch, (fetch + nch * keff + _FIFO_LOOP) / 2)
         left -= nch
-    return max(cyc, nv * (params.po // params.rq_lanes) + _RQ_EXTRA + _extra_stages(params))
+    return max(cyc, _handover_cycles(params, nv)) if handover else cyc
+
+
+def _handover_cycles(params: EngineParams, nv: int) -> int:
+    """Cycles from a block's last MAC to the next block's, when the shadow register's
+    hand-over bounds them: the MAC pipeline to the shadow register, then the requantization
+    unit's ``nv * Po/L`` issues."""
+    return nv * (params.po // params.rq_lanes) + _RQ_EXTRA + _extra_stages(params)
 
 
 def _reuse_row_cycles(shape: LayerShape, params: EngineParams) -> float:
@@ -143,7 +154,7 @@ def _reuse_row_cycles(shape: LayerShape, params: EngineParams) -> float:
     nvs = [PX] * full + ([rest] if rest else [])
     macs = min(shape.cin, params.lanes) * max(shape.kept, 1)
     ov = 2 if shape.stride == 1 else 1
-    rq = lambda nv: nv * (params.po // params.rq_lanes) + _RQ_EXTRA + _extra_stages(params)
+    rq = lambda nv: _handover_cycles(params, nv)
     e_prev, p_prev, p_prev2 = 0, 0, -10 ** 6
     row_end = []
     for _ in range(3):
@@ -195,4 +206,9 @@ def layer_cycles(shape: LayerShape, params: EngineParams) -> int:
     ready = _RQ_EXTRA + _extra_stages(params) + rq_last + load + _BANK_EXTRA
     stall = max(0, ready - ho * row)
     end = _END + _extra_stages(params)
-    return round(first + groups * ho * row + (groups - 1) * stall + end + rq_last)
+    # a layer bound by the hand-over: the layer's first block costs its MACs only (the
+    # hand-over interval is counted from one block's last MAC to the next one's)
+    nv0 = min(PX, wo)
+    over = 0 if reuses_columns(shape, params) else max(
+        0, _handover_cycles(params, nv0) - block_cycles(shape, params, nv0, handover=False))
+    return round(first + groups * ho * row + (groups - 1) * stall + end + rq_last - over)

@@ -15,20 +15,23 @@ issued per cycle, every step registered:
   group's parameters selected into registers, its accumulators taken from the input (the
   block's first lane group) or from the head of a shift chain per lane that the first issue
   loads with the block's other lane groups (no wide multiplexer: every net stays local).
-- R1: ``acc * mult`` as two DSP products, ``acc[15:0] * mult`` and ``acc[31:16] * mult``
-  (:class:`kep_hw.gateware.mul.Multiplier`, two cycles: R1 -> R3).
-- R2: the residual word arrives (read latency 2); the lane's byte is registered.
-- R3: ``res * res_mult``, an 8 x 24 product built from logic (two cycles: R3 -> R5).
-- R3: ``acc * mult = (hi << 16) + lo``.
-- R4: ``+ 2**(shift-1)``.
-- R5: the residual product arrives; the sum of both.
-- R6: arithmetic shift.
-- R7: ReLU and saturation written into an output queue slot.
+- R1: the block's bias added to the accumulator (the engine accumulates the products alone),
+  ``acc + bias`` modulo 2**32 as ``docs/arithmetic.md`` defines ``acc``.
+- R2: ``acc * mult`` as two DSP products, ``acc[15:0] * mult`` and ``acc[31:16] * mult``
+  (:class:`kep_hw.gateware.mul.Multiplier`, two cycles: R2 -> R4).
+- R2: the residual word arrives (read latency 2); the lane's byte is registered (R3), and once
+  more (R4).
+- R4: ``res * res_mult``, an 8 x 24 product built from logic (two cycles: R4 -> R6).
+- R4: ``acc * mult = (hi << 16) + lo``.
+- R5: ``+ 2**(shift-1)``.
+- R6: the residual product arrives; the sum of both.
+- R7: arithmetic shift.
+- R8: ReLU and saturation written into an output queue slot.
 
 A pixel takes ``Po/L`` issue cycles; pixels issue back to back while the output queue (``D``
 slots, ``D = max(2, ceil((Po/L + PIPE) / (Po/L)))``, enough for a ready consumer) has a free
 slot, reserved when the pixel's first lane group issues. A pixel is written to the queue
-``Po/L + PIPE - 1`` cycles after its first issue (:data:`PIPE` = 7) and offered on ``o`` in the
+``Po/L + PIPE - 1`` cycles after its first issue (:data:`PIPE` = 8) and offered on ``o`` in the
 next cycle.
 """
 
@@ -48,8 +51,8 @@ from kep_hw.gateware.params import EngineParams, check_params
 
 __all__ = ["PIPE", "queue_depth", "Requant"]
 
-#: cycles from a lane group's issue (R0) to its write into the output queue (R7)
-PIPE = 7
+#: cycles from a lane group's issue (R0) to its write into the output queue (R8)
+PIPE = 8
 
 
 def queue_depth(params: EngineParams) -> int:
@@ -204,9 +207,11 @@ class Requant(wiring.Component):
 
         ys = []
         for lane in range(L):
-            prm = r1_prm[lane]
-            acc = r1_acc[lane]
-            # R1 -> R3: acc * mult as two products
+            # R1 -> R2: + bias (32 bits, modulo 2**32)
+            prm = Signal(ParamWord, name=f"r2_prm{lane}", reset_less=True)
+            acc = Signal(signed(32), name=f"r2_acc{lane}", reset_less=True)
+            m.d.sync += [prm.eq(r1_prm[lane]), acc.eq(r1_acc[lane] + r1_prm[lane].bias)]
+            # R2 -> R4: acc * mult as two products
             lo = Multiplier(unsigned(16), unsigned(16), impl="dsp")
             hi = Multiplier(signed(16), unsigned(16), impl="dsp")
             m.submodules[f"mul_lo{lane}"] = lo
@@ -214,9 +219,10 @@ class Requant(wiring.Component):
             m.d.comb += [lo.a.eq(acc[:16]), lo.b.eq(prm.mult),
                          hi.a.eq(acc[16:]), hi.b.eq(prm.mult)]
             # R2 -> R3: the lane's residual byte registered (the residual word arrived in R2
-            # through the buffers' multiplexer); R3 -> R5: res * res_mult in logic
+            # through the buffers' multiplexer), R3 -> R4 once more; R4 -> R6: res * res_mult
+            # in logic
             sub = delayed(grp[1], 1, f"sub{lane}")              # lane group in R2
-            rm = delayed(prm.res_mult, 2, f"rm{lane}")           # in R3
+            rm = delayed(prm.res_mult, 2, f"rm{lane}")           # in R4
             res = Signal(signed(8), name=f"res{lane}")
             r3_res = Signal(signed(8), name=f"r3_res{lane}", reset_less=True)
             word = self.res.data
@@ -229,28 +235,29 @@ class Requant(wiring.Component):
                 pick = word[lane]
             m.d.comb += res.eq(Mux(self.residual, pick, 0))
             m.d.sync += r3_res.eq(res)
+            r4_res = delayed(r3_res, 1, f"r3_res{lane}")        # in R4
             rmul = Multiplier(signed(8), unsigned(24), impl="lut")
             m.submodules[f"mul_res{lane}"] = rmul
-            m.d.comb += [rmul.a.eq(r3_res), rmul.b.eq(rm)]
-            # R3 -> R4: (hi << 16) + lo
-            r4_pm = Signal(signed(50), name=f"r4_pm{lane}", reset_less=True)
-            m.d.sync += r4_pm.eq((hi.p << 16) + lo.p)
-            # R4 -> R5: + rounding term; R5 -> R6: + residual product (from its multiplier's
+            m.d.comb += [rmul.a.eq(r4_res), rmul.b.eq(rm)]
+            # R4 -> R5: (hi << 16) + lo
+            r5_pm = Signal(signed(50), name=f"r5_pm{lane}", reset_less=True)
+            m.d.sync += r5_pm.eq((hi.p << 16) + lo.p)
+            # R5 -> R6: + rounding term; R6 -> R7: + residual product (from its multiplier's
             # output register)
-            shift3 = delayed(prm.shift, 3, f"shift{lane}")       # in R4
+            shift3 = delayed(prm.shift, 3, f"shift{lane}")       # in R5
             rnd = Signal(48, name=f"rnd{lane}")
             m.d.comb += rnd.eq((Const(1, 48) << shift3) >> 1)
-            r5_pm = Signal(signed(51), name=f"r5_pm{lane}", reset_less=True)
-            m.d.sync += r5_pm.eq(r4_pm + rnd)
-            r6_sum = Signal(signed(52), name=f"r6_sum{lane}", reset_less=True)
-            m.d.sync += r6_sum.eq(r5_pm + rmul.p)
-            # R6 -> R7: arithmetic shift
-            shift5 = delayed(shift3, 2, f"shift{lane}_r6")       # in R6
-            r7_z = Signal(signed(52), name=f"r7_z{lane}", reset_less=True)
-            m.d.sync += r7_z.eq(r6_sum >> shift5)
-            ys.append(r7_z)
+            r6_pm = Signal(signed(51), name=f"r6_pm{lane}", reset_less=True)
+            m.d.sync += r6_pm.eq(r5_pm + rnd)
+            r7_sum = Signal(signed(52), name=f"r7_sum{lane}", reset_less=True)
+            m.d.sync += r7_sum.eq(r6_pm + rmul.p)
+            # R7 -> R8: arithmetic shift
+            shift5 = delayed(shift3, 2, f"shift{lane}_r7")       # in R7
+            r8_z = Signal(signed(52), name=f"r8_z{lane}", reset_less=True)
+            m.d.sync += r8_z.eq(r7_sum >> shift5)
+            ys.append(r8_z)
 
-        # R7: ReLU, saturation into the output queue slot ``wp``
+        # R8: ReLU, saturation into the output queue slot ``wp``
         ow = out_word(PO)
         queue = Signal(data.ArrayLayout(ow, D), reset_less=True)
         wp = Signal(range(D))
@@ -258,9 +265,9 @@ class Requant(wiring.Component):
         count = Signal(range(D + 1))
         push = Signal()
         pop = Signal()
-        v7, e7, l7, c7 = valid[PIPE], end[PIPE], last[PIPE], grp[PIPE]
+        v8, e8, l8, c8 = valid[PIPE], end[PIPE], last[PIPE], grp[PIPE]
         m.d.comb += [
-            push.eq(v7 & e7),
+            push.eq(v8 & e8),
             pop.eq(self.o.valid & self.o.ready),
             self.o.valid.eq(count != 0),
         ]
@@ -281,7 +288,7 @@ class Requant(wiring.Component):
             m.d.comb += hn.as_value().eq(queue.as_value().word_select(slot, ow.size))
             m.d.sync += hreg.eq(hn)
             heads.append((hn, slot))
-        with m.If(v7):
+        with m.If(v8):
             for lane, z in enumerate(ys):
                 # saturation from the sign and the bits above bit 7 (wide OR / AND, a few
                 # LUT levels), not from comparisons (a 52-bit carry chain each): z > 127 iff z
@@ -293,23 +300,23 @@ class Requant(wiring.Component):
                                      Mux(high.any(), 127, z[:8])))
                 for d in range(D):
                     with m.If(wp == d):
-                        with m.Switch(c7):
+                        with m.Switch(c8):
                             for g in range(NG):
                                 with m.Case(g):
                                     m.d.sync += queue[d].data[g * L + lane].eq(y)
                 for hn, slot in heads:
                     with m.If(wp == slot):
-                        with m.Switch(c7):
+                        with m.Switch(c8):
                             for g in range(NG):
                                 with m.Case(g):
                                     m.d.comb += hn.data[g * L + lane].eq(y)
-            with m.If(e7):
+            with m.If(e8):
                 for d in range(D):
                     with m.If(wp == d):
-                        m.d.sync += queue[d].last.eq(l7)
+                        m.d.sync += queue[d].last.eq(l8)
                 for hn, slot in heads:
                     with m.If(wp == slot):
-                        m.d.comb += hn.last.eq(l7)
+                        m.d.comb += hn.last.eq(l8)
         with m.If(push):
             m.d.sync += wp.eq(Mux(wp == D - 1, 0, wp + 1))
         with m.If(pop):

@@ -87,6 +87,8 @@ class KepSystem(wiring.Component):
     operand_reg : bool
         A register per PE between its operand multiplexer and its multiplier
         (:class:`kep_hw.gateware.params.EngineParams`, default False).
+    chain : bool
+        The engine's pixel groups in a chain (``EngineParams.chain``, default False).
 
     Attributes
     ----------
@@ -101,11 +103,11 @@ class KepSystem(wiring.Component):
 
     def __init__(self, plan: NetworkPlan, *, streamed: bool, divisor: int, clk_hz: float,
                  byte_timeout: int, px: int = 1, rq_lanes: int | None = None,
-                 lut_pes: int = 0, operand_reg: bool = False):
+                 lut_pes: int = 0, operand_reg: bool = False, chain: bool = False):
         if not isinstance(px, int) or px < 1:
             raise ValueError(f"px must be a positive integer, got {px!r}")
         self.px, self.rq_lanes, self.lut_pes = px, rq_lanes, lut_pes
-        self.operand_reg = operand_reg
+        self.operand_reg, self.chain = operand_reg, chain
         self.plan, self.streamed, self.divisor = plan, streamed, divisor
         self.clk_hz, self.byte_timeout = clk_hz, byte_timeout
         if plan.image_bytes > MAX_PAYLOAD or plan.result_bytes(True) > MAX_PAYLOAD:
@@ -128,7 +130,8 @@ class KepSystem(wiring.Component):
         m.submodules.engine = eng = Engine(EngineParams(
             pes=P * self.px, px=self.px, lanes=G, max_cin=maxc, max_cout=maxc, max_hw=maxd,
             act_depth=2**bufs.addr_bits, wt_depth=2**wts.wt_bits, prm_depth=2**wts.prm_bits,
-            rq_lanes=self.rq_lanes, lut_pes=self.lut_pes, operand_reg=self.operand_reg))
+            rq_lanes=self.rq_lanes, lut_pes=self.lut_pes, operand_reg=self.operand_reg,
+            chain=self.chain))
         has_pool = any(lp.kind == "maxpool" for lp in plan.layers)
         if not has_pool:
             wiring.connect(m, act=bufs.act, engine=eng.act)

@@ -40,6 +40,12 @@ PX4 = EngineParams(pes=16, px=4, lanes=4, max_cin=16, max_cout=24, max_hw=8, act
                    wt_depth=2048, prm_depth=64)
 #: PX4 with a register per PE between its operand multiplexer and its multiplier (S2R)
 PX4R = dataclasses.replace(PX4, operand_reg=True)
+#: PX4 with its pixel groups in a chain (group q runs q cycles behind group 0), with and
+#: without the operand registers; and 32 PEs as 4 channels x 8 pixels in a chain
+PX4C = dataclasses.replace(PX4, chain=True)
+PX4CR = dataclasses.replace(PX4, chain=True, operand_reg=True)
+PX8 = EngineParams(pes=32, px=8, lanes=4, max_cin=16, max_cout=24, max_hw=10, act_depth=1024,
+                   wt_depth=2048, prm_depth=64, operand_reg=True, chain=True)
 
 
 def test_layout_roundtrip():
@@ -126,10 +132,14 @@ def _check_layers(params, jobs, **kw):
     (PX2, 15, 6, 7, 10, 4),
     (PX4, 17, 6, 7, 10, 4),
     (PX4R, 17, 6, 7, 10, 4),
-], ids=["px1", "px2", "px4", "px4-operand-reg"])
+    (PX4C, 19, 6, 7, 10, 5),
+    (PX4CR, 17, 6, 7, 10, 4),
+    (PX8, 23, 5, 10, 10, 6),
+], ids=["px1", "px2", "px4", "px4-operand-reg", "px4-chain", "px4-chain-operand-reg",
+        "px8-chain"])
 def test_engine_random_layers_backpressure(params, seed, n, max_hw, max_c, tb_seed):
     """Random layers with valid gaps on the load stream and output back-pressure (and the
-    operand registers' extra MAC stage)."""
+    operand registers' extra MAC stage, and the pixel groups in a chain)."""
     jobs = random_layers(seed, n, params, max_hw=max_hw, max_c=max_c)
     _check_layers(params, jobs, seed=tb_seed, stall=0.4, gap=0.3)
 
@@ -427,6 +437,29 @@ def test_px_cycles_match_model():
     # the operand registers' stage costs a cycle per layer end (and none per MAC)
     for name in ("k4", "s2"):
         assert 1 <= cycles[2, True, name] - cycles[2, False, name] <= 3
+
+
+def test_chain_cycles_match_model():
+    """Pixel groups in a chain (Px = 4 and 8): the RTL's cycle counter equals the model within
+    2 %, and the chain costs the last group's Px - 1 cycles per layer end (a MAC-bound layer)
+    and per block on a layer bound by the shadow register's hand-over (1x1, 4 channels)."""
+    gen = torch.Generator().manual_seed(12)
+    jobs = [random_job(gen, cin=12, cout=8, h=6, w=8, kept=4, name="k4"),
+            random_job(gen, cin=4, cout=8, h=7, w=8, kept=9, stride=2, name="s2"),
+            random_job(gen, cin=4, cout=8, h=8, w=8, k=1, kept=1, pad=0, name="1x1")]
+    px8_flat = dataclasses.replace(PX8, chain=False)
+    cycles = {}
+    for params in (PX4R, PX4CR, PX8, px8_flat):
+        for job, res in zip(jobs, _check_layers(params, jobs)):
+            pred = layer_cycles(job.shape, params)
+            assert abs(res["cycles"] - pred) <= 0.02 * pred, (params, job.name,
+                                                               res["cycles"], pred)
+            cycles[params.px, params.chain, job.name] = res["cycles"]
+    for px in (4, 8):
+        assert cycles[px, True, "k4"] - cycles[px, False, "k4"] == px - 1
+    # 1x1, 8 x 8 outputs, 2 output-channel groups: 32 blocks at Px = 4, 16 at Px = 8
+    for px in (4, 8):
+        assert cycles[px, True, "1x1"] - cycles[px, False, "1x1"] >= (px - 1) * 128 // px
 
 
 def test_column_reuse_cycles():
