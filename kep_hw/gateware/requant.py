@@ -29,7 +29,7 @@ issued per cycle, every step registered:
 - R8: ReLU and saturation written into an output queue slot.
 
 A pixel takes ``Po/L`` issue cycles; pixels issue back to back while the output queue (``D``
-slots, ``D = max(2, ceil((Po/L + PIPE) / (Po/L)))``, enough for a ready consumer) has a free
+slots, ``D = max(2, ceil((Po/L + PIPE + 1) / (Po/L)))``, enough for a ready consumer) has a free
 slot, reserved when the pixel's first lane group issues. A pixel is written to the queue
 ``Po/L + PIPE - 1`` cycles after its first issue (:data:`PIPE` = 8) and offered on ``o`` in the
 next cycle.
@@ -56,9 +56,11 @@ PIPE = 8
 
 
 def queue_depth(params: EngineParams) -> int:
-    """Output queue slots of :class:`Requant`."""
+    """Output queue slots of :class:`Requant`: a pixel holds its slot from its first issue to
+    the cycle its transfer is taken, ``Po/L + PIPE + 1`` cycles with a ready consumer, and a
+    pixel issues every ``Po/L`` cycles."""
     ng = params.po // params.rq_lanes
-    return max(2, math.ceil((ng + PIPE) / ng))
+    return max(2, math.ceil((ng + PIPE + 1) / ng))
 
 
 class Requant(wiring.Component):

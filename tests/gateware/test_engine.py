@@ -462,6 +462,22 @@ def test_chain_cycles_match_model():
         assert cycles[px, True, "1x1"] - cycles[px, False, "1x1"] >= (px - 1) * 128 // px
 
 
+def test_requant_queue_keeps_up():
+    """A block of 8 pixels with 2 lane groups each (Po = 4, L = 2), on a layer bound by the
+    shadow register's hand-over: the output queue has a slot for every pixel in flight, so
+    the RTL takes the cycles of the model (a slot short costs a cycle per block)."""
+    params = EngineParams(pes=32, px=8, lanes=4, rq_lanes=2, max_cin=16, max_cout=24,
+                          max_hw=8, act_depth=1024, wt_depth=2048, prm_depth=64)
+    gen = torch.Generator().manual_seed(13)
+    jobs = [random_job(gen, cin=4, cout=4, h=8, w=8, k=1, kept=1, pad=0, name=f"h{h}")
+            for h in (4, 8)]
+    res = _check_layers(params, jobs)
+    assert res[1]["cycles"] - res[0]["cycles"] == (layer_cycles(jobs[1].shape, params)
+                                                   - layer_cycles(jobs[0].shape, params))
+    for job, r in zip(jobs, res):
+        assert abs(r["cycles"] - layer_cycles(job.shape, params)) <= 2, (job.name, r["cycles"])
+
+
 def test_column_reuse_cycles():
     """One channel word, 3x3 (column reuse), fetch-bound layers at Px = 2 (9 MACs per window
     against 12 reads, 6 for a row's later blocks, at stride 1; 15 and 12 at stride 2):
