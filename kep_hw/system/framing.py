@@ -393,7 +393,7 @@ class FrameTransmitter(wiring.Component):
         m.submodules.crc = tx_crc = Crc16()
         info = self.info
         # the read data of the feature map and the logits through a register (one more cycle
-        # per byte, PAYR): no path from a block RAM's output through the byte multiplexers
+        # per byte, PAYR2): no path from a block RAM's output through the byte multiplexers
         # into t_byte in one cycle (it limited the 12F build at 73.7 MHz)
         out_data = Signal.like(self.out.data, reset_less=True)
         m.d.sync += out_data.eq(self.out.data)
@@ -428,11 +428,17 @@ class FrameTransmitter(wiring.Component):
         out_bytes = self.out_words * G
         J = self.classes
         lbytes = 4 + 4 * J                  # cycles and logits: the RESULT without a feature map
-        # read addresses follow the byte counter in every state (the feature map's port is
-        # the buffers' only while no layer runs; the data is used in PAYW, two cycles on)
-        m.d.comb += self.out.addr.eq((t_n - lbytes) >> lg)
+        # read addresses follow the byte counter in every state, through a register (the
+        # feature map's port is the buffers' only while no layer runs; the data is used in
+        # PAYW, three cycles after the counter moved): no path runs from the counter's
+        # subtraction through the buffers' address multiplexer into the block RAMs
+        out_addr = Signal.like(self.out.addr, reset_less=True)
+        m.d.sync += out_addr.eq((t_n - lbytes) >> lg)
+        m.d.comb += self.out.addr.eq(out_addr)
         if J:
-            m.d.comb += self.logits.addr.eq((t_n - 4) >> 2)
+            logit_addr = Signal.like(self.logits.addr, reset_less=True)
+            m.d.sync += logit_addr.eq((t_n - 4) >> 2)
+            m.d.comb += self.logits.addr.eq(logit_addr)
             logit_q = Signal.like(self.logits.data, reset_less=True)
             m.d.sync += logit_q.eq(self.logits.data)
         with m.FSM(name="tx") as tx_fsm:
@@ -470,7 +476,9 @@ class FrameTransmitter(wiring.Component):
                     m.next = "CRC0"
                 with m.Else():
                     m.next = "PAYR"
-            with m.State("PAYR"):           # the read word on its way into out_data
+            with m.State("PAYR"):           # the read address in its register
+                m.next = "PAYR2"
+            with m.State("PAYR2"):          # the read word on its way into out_data
                 m.next = "PAYW"
             with m.State("PAYW"):
                 with m.Switch(t_type):
