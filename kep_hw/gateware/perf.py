@@ -154,7 +154,6 @@ def _reuse_row_cycles(shape: LayerShape, params: EngineParams) -> float:
     nvs = [PX] * full + ([rest] if rest else [])
     macs = min(shape.cin, params.lanes) * max(shape.kept, 1)
     ov = 2 if shape.stride == 1 else 1
-    rq = lambda nv: _handover_cycles(params, nv)
     e_prev, p_prev, p_prev2 = 0, 0, -10 ** 6
     row_end = []
     for _ in range(3):
@@ -163,7 +162,7 @@ def _reuse_row_cycles(shape: LayerShape, params: EngineParams) -> float:
             start = max(e_prev, p_prev2 + 1)
             e_prev = start + reads
             head = max(p_prev + 1, e_prev + 3)
-            pop = max(head + macs - 1, p_prev + rq(nv))
+            pop = max(head + macs - 1, p_prev + _handover_cycles(params, nv))
             p_prev2, p_prev = p_prev, pop
         row_end.append(p_prev)
     return row_end[2] - row_end[1]

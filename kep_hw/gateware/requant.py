@@ -233,7 +233,6 @@ class Requant(wiring.Component):
             sub = delayed(grp[1], 1, f"sub{lane}")              # lane group in R2
             rm = delayed(prm.res_mult, 2, f"rm{lane}")           # in R4
             res = Signal(signed(8), name=f"res{lane}")
-            r3_res = Signal(signed(8), name=f"r3_res{lane}", reset_less=True)
             word = self.res.data
             if SUB > 1:
                 choices = [word[k * L + lane] for k in range(SUB)]
@@ -243,8 +242,7 @@ class Requant(wiring.Component):
             else:
                 pick = word[lane]
             m.d.comb += res.eq(Mux(residual_cp[lane], pick, 0))
-            m.d.sync += r3_res.eq(res)
-            r4_res = delayed(r3_res, 1, f"r3_res{lane}")        # in R4
+            r4_res = delayed(res, 2, f"res{lane}")               # in R4
             rmul = Multiplier(signed(8), unsigned(24), impl="lut")
             m.submodules[f"mul_res{lane}"] = rmul
             m.d.comb += [rmul.a.eq(r4_res), rmul.b.eq(rm)]
