@@ -60,10 +60,18 @@ def random_job(gen: torch.Generator, *, cin: int, cout: int, h: int, w: int, k: 
     scores = torch.rand(cout, cin, kk, generator=gen)
     index = scores.argsort(dim=2)[..., :kept].sort(dim=2).values.to(torch.uint8)
     values = i8(cout, cin, kept)
-    bias = torch.randint(-2**20, 2**20, (cout,), generator=gen, dtype=torch.int32)
-    shift = torch.randint(8, 24, (cout,), generator=gen, dtype=torch.int64)
+    # requantization on the scale of the accumulator (std about 74^2 * sqrt(Cin * K) for
+    # uniform int8 operands), so that the outputs spread over the int8 range (std about 24-48,
+    # the tails saturated) instead of saturating: a wrong operand then changes the output
+    acc_std = 74.0 ** 2 * max(1, cin * kept) ** 0.5
+    bias = (torch.rand(cout, generator=gen) * 4 - 2) * acc_std
+    bias = bias.round().to(torch.int32)
     mult = torch.randint(1, 2**16, (cout,), generator=gen, dtype=torch.int64)
-    res_mult = torch.randint(0, 2**24, (cout,), generator=gen, dtype=torch.int64)
+    shift = (torch.log2(acc_std * mult.double() / 48).floor().long()
+             + torch.randint(0, 2, (cout,), generator=gen)).clamp(1, 47)
+    # the residual term on the scale of the product: res * res_mult about acc * mult
+    res_hi = (acc_std * mult.double() / 74).clamp(1, 2**24 - 1).long()
+    res_mult = (torch.rand(cout, generator=gen, dtype=torch.float64) * res_hi).long()
     if extreme:
         mult[:] = 2**16 - 1
         shift[:] = torch.randint(1, 48, (cout,), generator=gen)

@@ -145,20 +145,22 @@ def _reuse_row_cycles(shape: LayerShape, params: EngineParams) -> float:
     window per block), from the window FIFO's timing: window ``i``'s reads start once window
     ``i - 2`` is popped (two windows owned at most) and its own reads before it are issued;
     it becomes the head the cycle after window ``i - 1``'s pop and 3 cycles after its last
-    read; its MACs take ``nch * K`` cycles. A row's first block reads every column, the others
-    2 (stride 1) or 1 (stride 2) fewer per window row, so a row's first block is late by the
-    reads its predecessor could not overlap. The cost of the third of three rows in a row."""
+    read; its MACs take ``nch * K`` cycles. A row's first block reads every column but its
+    left padding column (when ``pad = 1``), the others 2 (stride 1) or 1 (stride 2) fewer per
+    window row, so a row's first block is late by the reads its predecessor could not
+    overlap. The cost of the third of three rows in a row."""
     PX = params.px
     ho, wo = shape.out_hw
     full, rest = divmod(wo, PX)
     nvs = [PX] * full + ([rest] if rest else [])
     macs = min(shape.cin, params.lanes) * max(shape.kept, 1)
     ov = 2 if shape.stride == 1 else 1
+    lead = 1 if shape.pad else 0     # a row's first block skips its padding column
     e_prev, p_prev, p_prev2 = 0, 0, -10 ** 6
     row_end = []
     for _ in range(3):
         for b, nv in enumerate(nvs):
-            reads = 3 * ((nv - 1) * shape.stride + 3 - (ov if b else 0))
+            reads = 3 * ((nv - 1) * shape.stride + 3 - (ov if b else lead))
             start = max(e_prev, p_prev2 + 1)
             e_prev = start + reads
             head = max(p_prev + 1, e_prev + 3)
@@ -198,6 +200,8 @@ def layer_cycles(shape: LayerShape, params: EngineParams) -> int:
     # the first window arrives k * ncols + 4 cycles after start; the first MAC waits for it
     first_fetch = (3 * ((min(PX, wo) - 1) * shape.stride + 3) if shape.k == 3
                    else min(PX, wo))
+    if reuses_columns(shape, params) and shape.pad:
+        first_fetch -= 3                   # the padding column is not read
     first = max(_START + load, first_fetch + _FETCH_EXTRA)
     # the next group's parameters load into the other bank while a group runs, once the
     # previous group's last block has left the shadow register: a group shorter than that

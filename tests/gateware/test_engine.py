@@ -480,13 +480,18 @@ def test_requant_queue_keeps_up():
 
 def test_column_reuse_cycles():
     """One channel word, 3x3 (column reuse), fetch-bound layers at Px = 2 (9 MACs per window
-    against 12 reads, 6 for a row's later blocks, at stride 1; 15 and 12 at stride 2):
+    against 12 reads, 6 for a row's later blocks, at stride 1; 15 and 12 at stride 2; a row's
+    first block skips its padding column with pad = 1, not with pad = 0):
     bit-exact, and each output row costs the cycles the model's
     window-by-window timing predicts (two heights: their difference), fewer than its blocks
     cost with every column read."""
     gen = torch.Generator().manual_seed(9)
-    for params, cin, kept, stride, hs in ((PX2, 1, 9, 1, (5, 7)), (PX2, 1, 9, 2, (4, 8))):
-        jobs = [random_job(gen, cin=cin, cout=8, h=h, w=8, kept=kept, stride=stride,
+    rows_cost = {}
+    for params, cin, kept, stride, hs, pad, w in ((PX2, 1, 9, 1, (5, 7), 1, 8),
+                                                  (PX2, 1, 9, 2, (4, 8), 1, 8),
+                                                  (PX2, 1, 9, 1, (5, 7), 0, 8),
+                                                  (PX2, 1, 9, 1, (5, 7), 1, 6)):
+        jobs = [random_job(gen, cin=cin, cout=8, h=h, w=w, kept=kept, stride=stride, pad=pad,
                            name=f"h{h}") for h in hs]
         assert all(reuses_columns(j.shape, params) for j in jobs)
         assert not reuses_columns(jobs[0].shape, SMALL)
@@ -498,3 +503,7 @@ def test_column_reuse_cycles():
         assert got == pred, (params.px, stride, got, pred)
         wo = jobs[0].shape.out_hw[1]
         assert got < rows * (wo // params.px) * block_cycles(jobs[0].shape, params, params.px)
+        rows_cost[stride, pad, wo] = got / rows
+    # the padding skip: a row's first block reads 3 positions fewer (12 -> 9 at stride 1,
+    # as many as its 9 MACs), so a row of 6 outputs costs less with pad = 1 than with pad = 0
+    assert rows_cost[1, 1, 6] < rows_cost[1, 0, 6], rows_cost
