@@ -60,6 +60,7 @@ from kep_hw.board.profiles import PLACERS, list_boards, load_board
 from kep_hw.gateware.layouts import wt_columns
 from kep_hw.gateware.params import parse_pes
 from kep_hw.gateware.wtmem import weight_banks
+from kep_hw.system.head import class_lanes
 from kep_hw.system.plan import PARAM_WORD_BITS, WEIGHT_ELEM_BITS, NetworkPlan, plan_network
 
 __all__ = ["estimate_resources", "largest_fitting_pes", "parse_nextpnr_log",
@@ -97,6 +98,10 @@ DSP_PER_LANE = 2
 DSP_BASE = 4
 #: block RAMs of the head (its weight ROM; the sums and logits go to distributed RAM)
 HEAD_BRAMS = 1
+#: LUT4s of each of the head's classifier lanes after the first (:func:`kep_hw.system.head.
+#: class_lanes`): an 8 x 14 multiplier in logic, its share of the lane sum and of the wider
+#: sums memory (an estimate from the 8 x 8 multiplier's size, not fitted)
+LUT_PER_HEAD_LANE = 150
 
 
 def _bram_blocks(width: int, depth: int) -> int:
@@ -138,10 +143,12 @@ def estimate_resources(plan: NetworkPlan, *, streamed: bool, px: int = 1,
     brams += sum(_bram_blocks(WEIGHT_ELEM_BITS * len(col), d)   # column memories' banks
                  for col in wt_columns(plan.po) for d in weight_banks(wt_depth))
     brams += _bram_blocks(PARAM_WORD_BITS, prm_depth)
+    head_luts = 0
     if plan.tail:
         brams += HEAD_BRAMS
+        head_luts = LUT_PER_HEAD_LANE * (class_lanes(G) - 1)
     return {"luts": (LUT_BASE + LUT_PER_PE * P + LUT_PER_LANE * G + LUT_PER_RQ_LANE * L
-                     + LUT_PER_LUT_MUL * lut_pes),
+                     + LUT_PER_LUT_MUL * lut_pes + head_luts),
             "dsps": P - lut_pes + DSP_PER_LANE * L + DSP_BASE, "brams": brams}
 
 

@@ -11,11 +11,14 @@ through a multiplier or adder in one cycle):
 
 - **pool**: for every channel word ``g`` (``G`` channels, ``cwo = ceil(C / G)`` words per
   pixel) the ``H * W`` words ``n * cwo + g`` are read one per cycle and summed lane by lane,
-  then the ``G`` sums are written into the sums memory, one per cycle (``H*W + 2 + G`` cycles
-  per word);
-- **classify**: for every class ``j``: ``acc = bias[j]``, then ``acc += W[j, c] * sums[c]``
-  for every channel, one per cycle through a 3-stage pipeline (read, multiply, add), and the
-  logit is written (``C + 4`` cycles per class).
+  then the ``G`` sums are written into the sums memory, ``CL`` per cycle (``H*W + 2 + G/CL``
+  cycles per word);
+- **classify**: for every class ``j``: ``acc = bias[j]``, then ``acc += sum_i W[j, c+i] *
+  sums[c+i]`` for ``CL`` channels ``c, ..., c+CL-1`` per cycle (``CL = gcd(G, 4)`` classifier
+  lanes: one multiplier on a DSP block, the others in logic, :mod:`kep_hw.gateware.mul`)
+  through a 5-stage pipeline (read, operand registers, multiply (2), lane sum, add), and the
+  logit is written (``ceil(C/CL) + 6`` cycles per class: 22 for ResNet-20's 64 channels, 68
+  with one lane).
 
 :func:`head_cycles` is this count; the sequencer adds it to the cycle counter.
 """
@@ -25,12 +28,14 @@ from __future__ import annotations
 import math
 
 import torch
-from amaranth import Array, Const, Module, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory, ReadPort
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["Head", "head_cycles", "sum_bits", "drain_states", "MAX_CLASSES"]
+from kep_hw.gateware.mul import Multiplier
+
+__all__ = ["Head", "head_cycles", "class_lanes", "sum_bits", "drain_states", "MAX_CLASSES"]
 
 #: Largest number of classes of the on-chip classifier.
 MAX_CLASSES = 1024
@@ -50,11 +55,24 @@ def sum_bits(pixels: int) -> int:
     return min(32, 8 + max(pixels - 1, 0).bit_length())
 
 
+def class_lanes(lanes: int) -> int:
+    """CL, the classifier's lanes (channels per cycle) for ``lanes`` (G) channels per word:
+    ``gcd(G, 4)``, so that a word's sums fill whole words of the sums memory."""
+    return math.gcd(int(lanes), 4)
+
+
 def head_cycles(channels: int, height: int, width: int, lanes: int, classes: int) -> int:
     """Cycles of one run of :class:`Head` from ``start`` to ``busy`` low (``start`` cycle
     included, see the module docstring)."""
     cwo = math.ceil(channels / lanes)
-    return 1 + cwo * (height * width + 2 + lanes) + classes * (channels + 4)
+    cl = class_lanes(lanes)
+    return (1 + cwo * (height * width + 2 + lanes // cl)
+            + classes * (math.ceil(channels / cl) + _CLASS_DRAIN + 1))
+
+
+#: cycles from a classifier issue to its product in the accumulator (read, operand registers,
+#: multiplier's two stages, lane sum): the drain states after a class's last issue
+_CLASS_DRAIN = 5
 
 
 class Head(wiring.Component):
@@ -103,7 +121,14 @@ class Head(wiring.Component):
             raise
         self.shape, self.lanes = (c, h, w), lanes
         self.classes = int(weight.shape[0])
-        self.weight = [int(v) for v in weight.to(torch.int64).flatten().tolist()]
+        # the weight ROM: class-major words of CL weights (channels c, ..., c + CL - 1; 0 past
+        # the last channel), lane i in bits 8i..8i+7
+        cl = class_lanes(lanes)
+        cw = math.ceil(c / cl)
+        wt = torch.zeros(self.classes, cw * cl, dtype=torch.int64)
+        wt[:, :c] = weight.to(torch.int64)
+        self.weight = [sum((int(v) & 0xFF) << (8 * i) for i, v in enumerate(row))
+                       for row in wt.view(self.classes * cw, cl).tolist()]
         self.bias = [int(v) for v in bias.to(torch.int64).tolist()]
         super().__init__({
             "start": In(1),
@@ -132,10 +157,14 @@ class Head(wiring.Component):
         cwo = math.ceil(C / G)
         hw = H * W
         S = sum_bits(hw)
+        CL = class_lanes(G)
+        CW = math.ceil(C / CL)              # words of CL sums (and of CL weights per class)
 
-        # memories: sums (C x S bits), weights (ROM, class-major), logits (J x 32 bits)
-        m.submodules.sums = sums_mem = Memory(shape=signed(S), depth=C, init=[])
-        m.submodules.wrom = wrom = Memory(shape=signed(8), depth=J * C, init=self.weight)
+        # memories: sums (CW words of CL x S bits), weights (ROM, class-major, CL x 8 bits per
+        # word), logits (J x 32 bits)
+        m.submodules.sums = sums_mem = Memory(shape=unsigned(CL * S), depth=CW, init=[])
+        m.submodules.wrom = wrom = Memory(shape=unsigned(8 * CL), depth=J * CW,
+                                          init=self.weight)
         m.submodules.lmem = lmem = Memory(shape=signed(32), depth=J, init=[])
         s_wr, s_rd = sums_mem.write_port(), sums_mem.read_port()
         w_rd = wrom.read_port()
@@ -151,7 +180,7 @@ class Head(wiring.Component):
         v1, v2 = Signal(), Signal()
         word = Signal(8 * G)
         lsum = [Signal(signed(S), name=f"lsum{lane}") for lane in range(G)]
-        wl = Signal(range(G + 1))           # lane being written into the sums memory
+        wl = Signal(range(G // CL + 1))     # lane group being written into the sums memory
         m.d.comb += self.rd.addr.eq(addr)
         m.d.sync += [v1.eq(issue), v2.eq(v1)]
         with m.If(v1):
@@ -160,23 +189,35 @@ class Head(wiring.Component):
             m.d.sync += [lsum[lane].eq(lsum[lane] + word.word_select(lane, 8).as_signed())
                          for lane in range(G)]
 
-        # classify: (j, c) addresses -> registered operands -> registered product -> acc
+        # classify, CL channels per cycle: (j, c) addresses -> registered operands -> CL
+        # products (Multiplier: two registered stages; lane 0 on a DSP block where it fits,
+        # the others in logic) -> registered lane sum -> acc
         j = Signal(range(J + 1))
-        c = Signal(range(C + 1))
+        c = Signal(range(CW + 1))
         cissue = Signal()
-        c1, c2, c3 = Signal(), Signal(), Signal()
-        w_q = Signal(signed(8))
-        s_q = Signal(signed(S))
-        prod = Signal(signed(S + 8))
+        cv = [Signal(name=f"c{k}") for k in range(1, _CLASS_DRAIN + 1)]   # c1 .. c5
+        w_q = Signal(unsigned(8 * CL))
+        s_q = Signal(unsigned(CL * S))
+        psum = Signal(signed(S + 8 + 2))
         acc = Signal(signed(32))
-        m.d.comb += [w_rd.addr.eq(j * C + c), s_rd.addr.eq(c)]
-        m.d.sync += [c1.eq(cissue), c2.eq(c1), c3.eq(c2)]
-        with m.If(c1):
+        m.d.comb += [w_rd.addr.eq(j * CW + c), s_rd.addr.eq(c)]
+        m.d.sync += [cv[0].eq(cissue), *(b.eq(a) for a, b in zip(cv, cv[1:]))]
+        with m.If(cv[0]):
             m.d.sync += [w_q.eq(w_rd.data), s_q.eq(s_rd.data)]
-        with m.If(c2):
-            m.d.sync += prod.eq(w_q * s_q)
-        with m.If(c3):
-            m.d.sync += acc.eq(acc + prod)
+        prods = []
+        for i in range(CL):
+            impl = "dsp" if i == 0 and S <= 18 else "lut"
+            m.submodules[f"mul{i}"] = mul = Multiplier(signed(8), signed(S), impl=impl)
+            m.d.comb += [mul.a.eq(w_q.word_select(i, 8).as_signed()),
+                         mul.b.eq(s_q.word_select(i, S).as_signed())]
+            prods.append(mul.p)
+        while len(prods) > 1:
+            prods = [prods[k] + prods[k + 1] if k + 1 < len(prods) else prods[k]
+                     for k in range(0, len(prods), 2)]
+        with m.If(cv[3]):
+            m.d.sync += psum.eq(prods[0])
+        with m.If(cv[4]):
+            m.d.sync += acc.eq(acc + psum)
 
         with m.FSM(name="head"):
             with m.State("IDLE"):
@@ -191,12 +232,14 @@ class Head(wiring.Component):
                     m.next = "DRAIN0"
             drain_states(m, self.busy, ["DRAIN0", "DRAIN1"], "SUMS")
             with m.State("SUMS"):
-                # lane sums -> sums memory, lane 0 first, shifting the others down
-                m.d.comb += [self.busy.eq(1), s_wr.addr.eq(g * G + wl), s_wr.data.eq(lsum[0]),
-                             s_wr.en.eq(g * G + wl < C)]
-                m.d.sync += [lsum[lane].eq(lsum[lane + 1]) for lane in range(G - 1)]
-                m.d.sync += [lsum[G - 1].eq(0), wl.eq(wl + 1)]
-                with m.If(wl == G - 1):
+                # lane sums -> sums memory, CL per word, lanes 0..CL-1 first, shifting the
+                # others down
+                m.d.comb += [self.busy.eq(1), s_wr.addr.eq(g * (G // CL) + wl),
+                             s_wr.data.eq(Cat(*lsum[:CL])),
+                             s_wr.en.eq(g * (G // CL) + wl < CW)]
+                m.d.sync += [lsum[lane].eq(lsum[lane + CL]) for lane in range(G - CL)]
+                m.d.sync += [*(s.eq(0) for s in lsum[G - CL:]), wl.eq(wl + 1)]
+                with m.If(wl == G // CL - 1):
                     m.d.sync += [g.eq(g + 1), n.eq(0), addr.eq(g + 1)]
                     m.d.sync += wl.eq(0)
                     with m.If(g == cwo - 1):
@@ -207,9 +250,9 @@ class Head(wiring.Component):
             with m.State("CLASS"):
                 m.d.comb += [self.busy.eq(1), cissue.eq(1)]
                 m.d.sync += c.eq(c + 1)
-                with m.If(c == C - 1):
+                with m.If(c == CW - 1):
                     m.next = "CDRAIN0"
-            drain_states(m, self.busy, ["CDRAIN0", "CDRAIN1", "CDRAIN2"], "LOGIT")
+            drain_states(m, self.busy, [f"CDRAIN{k}" for k in range(_CLASS_DRAIN)], "LOGIT")
             with m.State("LOGIT"):
                 m.d.comb += [self.busy.eq(1), l_wr.addr.eq(j), l_wr.data.eq(acc), l_wr.en.eq(1)]
                 m.d.sync += [j.eq(j + 1), c.eq(0), acc.eq(bias[(j + 1)[:len(j)]])]
