@@ -93,15 +93,12 @@ LUT_PER_RQ_LANE = 600
 #: LUT4s of one 8 x 8 multiplier built from logic (:mod:`kep_hw.gateware.mul`, ``"lut"``)
 LUT_PER_LUT_MUL = 80
 #: DSPs besides the one per PE: ``DSP_PER_LANE * L + DSP_BASE`` for the L requantization lanes
-#: (two 16 x 16 products each), the head's product and three address products
+#: (two 16 x 16 products each), the head's first classifier lane and three address products,
+#: plus the head's other classifier lanes (:func:`kep_hw.system.head.class_lanes`)
 DSP_PER_LANE = 2
 DSP_BASE = 4
 #: block RAMs of the head (its weight ROM; the sums and logits go to distributed RAM)
 HEAD_BRAMS = 1
-#: LUT4s of each of the head's classifier lanes after the first (:func:`kep_hw.system.head.
-#: class_lanes`): an 8 x 14 multiplier in logic, its share of the lane sum and of the wider
-#: sums memory (an estimate from the 8 x 8 multiplier's size, not fitted)
-LUT_PER_HEAD_LANE = 150
 
 
 def _bram_blocks(width: int, depth: int) -> int:
@@ -143,13 +140,13 @@ def estimate_resources(plan: NetworkPlan, *, streamed: bool, px: int = 1,
     brams += sum(_bram_blocks(WEIGHT_ELEM_BITS * len(col), d)   # column memories' banks
                  for col in wt_columns(plan.po) for d in weight_banks(wt_depth))
     brams += _bram_blocks(PARAM_WORD_BITS, prm_depth)
-    head_luts = 0
+    head_dsps = 0
     if plan.tail:
         brams += HEAD_BRAMS
-        head_luts = LUT_PER_HEAD_LANE * (class_lanes(G) - 1)
+        head_dsps = class_lanes(G) - 1     # the classifier's lanes beyond the first
     return {"luts": (LUT_BASE + LUT_PER_PE * P + LUT_PER_LANE * G + LUT_PER_RQ_LANE * L
-                     + LUT_PER_LUT_MUL * lut_pes + head_luts),
-            "dsps": P - lut_pes + DSP_PER_LANE * L + DSP_BASE, "brams": brams}
+                     + LUT_PER_LUT_MUL * lut_pes),
+            "dsps": P - lut_pes + DSP_PER_LANE * L + DSP_BASE + head_dsps, "brams": brams}
 
 
 def _overflow(est: dict, board) -> list:

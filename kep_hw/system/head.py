@@ -14,11 +14,12 @@ through a multiplier or adder in one cycle):
   then the ``G`` sums are written into the sums memory, ``CL`` per cycle (``H*W + 2 + G/CL``
   cycles per word);
 - **classify**: for every class ``j``: ``acc = bias[j]``, then ``acc += sum_i W[j, c+i] *
-  sums[c+i]`` for ``CL`` channels ``c, ..., c+CL-1`` per cycle (``CL = gcd(G, 4)`` classifier
-  lanes: one multiplier on a DSP block, the others in logic, :mod:`kep_hw.gateware.mul`)
-  through a 5-stage pipeline (read, operand registers, multiply (2), lane sum, add), and the
-  logit is written (``ceil(C/CL) + 6`` cycles per class: 22 for ResNet-20's 64 channels, 68
-  with one lane).
+  sums[c+i]`` for ``CL`` channels ``c, ..., c+CL-1`` per cycle (:func:`class_lanes`: 4
+  classifier lanes with ``G >= 8``, the 85F's configurations, which have DSP blocks to spare;
+  1 with ``G < 8``, the 12F and Colorlight profiles, whose PEs fill the DSP blocks; each lane
+  one multiplier on a DSP block, :mod:`kep_hw.gateware.mul`) through a 5-stage pipeline
+  (read, operand registers, multiply (2), lane sum, add), and the logit is written
+  (``ceil(C/CL) + 6`` cycles per class: 22 for ResNet-20's 64 channels at ``G >= 8``).
 
 :func:`head_cycles` is this count; the sequencer adds it to the cycle counter.
 """
@@ -56,9 +57,13 @@ def sum_bits(pixels: int) -> int:
 
 
 def class_lanes(lanes: int) -> int:
-    """CL, the classifier's lanes (channels per cycle) for ``lanes`` (G) channels per word:
-    ``gcd(G, 4)``, so that a word's sums fill whole words of the sums memory."""
-    return math.gcd(int(lanes), 4)
+    """CL, the classifier's lanes (channels per cycle, one DSP product each) for ``lanes`` (G)
+    channels per word: 4 with ``G >= 8`` (G a multiple of 4, so a word's sums fill whole words
+    of the sums memory), else 1. A proxy for the part's spare DSP blocks: the configurations
+    with G >= 8 are the 85F's (72 DSP blocks spare at P = 64, 8 at P = 128), those with G = 4
+    the 12F's (all 28 used) and the Colorlight's."""
+    lanes = int(lanes)
+    return 4 if lanes >= 8 and lanes % 4 == 0 else 1
 
 
 def head_cycles(channels: int, height: int, width: int, lanes: int, classes: int) -> int:
@@ -190,8 +195,8 @@ class Head(wiring.Component):
                          for lane in range(G)]
 
         # classify, CL channels per cycle: (j, c) addresses -> registered operands -> CL
-        # products (Multiplier: two registered stages; lane 0 on a DSP block where it fits,
-        # the others in logic) -> registered lane sum -> acc
+        # products (Multiplier: two registered stages, on DSP blocks; in logic for sums wider
+        # than a DSP's 18 bits) -> registered lane sum -> acc
         j = Signal(range(J + 1))
         c = Signal(range(CW + 1))
         cissue = Signal()
@@ -206,7 +211,7 @@ class Head(wiring.Component):
             m.d.sync += [w_q.eq(w_rd.data), s_q.eq(s_rd.data)]
         prods = []
         for i in range(CL):
-            impl = "dsp" if i == 0 and S <= 18 else "lut"
+            impl = "dsp" if S <= 18 else "lut"
             m.submodules[f"mul{i}"] = mul = Multiplier(signed(8), signed(S), impl=impl)
             m.d.comb += [mul.a.eq(w_q.word_select(i, 8).as_signed()),
                          mul.b.eq(s_q.word_select(i, S).as_signed())]
