@@ -593,7 +593,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="build/kep", help="output folder (default build/kep)")
     p.add_argument("--baud", type=int, default=None, help="UART baud rate (board default)")
     p.add_argument("--seed", type=int, default=None,
-                   help="nextpnr placement seed (>= 0; default 1)")
+                   help="nextpnr placement seed (>= 0; default: the board profile's, the seed "
+                        "its default clock was measured with, else 1)")
     p.add_argument("--placer", choices=PLACERS, default=None,
                    help="nextpnr placer: static (electrostatic: spreads the design over the "
                         "chip, where heap left the 85F's router stalled; docs/boards.md) or "
@@ -676,7 +677,7 @@ def _check_args(args, board) -> tuple[int, int, float, int]:
         raise KepError(f"--baud must be a positive rate, got {baud}")
     _clock_setting(board, freq, baud)
     if args.seed is None:
-        args.seed = 1
+        args.seed = board.default_seed
     if args.seed < 0:
         raise KepError(f"--seed must be >= 0, got {args.seed}")
     if auto:

@@ -42,8 +42,10 @@ class BoardProfile:
     ``default_lanes`` (``[defaults] lanes``, G, 4), ``default_rq_lanes`` (``[defaults]
     rq_lanes``, the requantization lanes L, default G), ``default_lut_pes``
     (``[defaults] lut_pes``, PEs with a multiplier in logic, 0) and ``default_operand_reg``
-    (``[defaults] operand_reg``, a register per PE before its multiplier, false) and ``placer``
-    (``[defaults] placer``, nextpnr's placer: ``"heap"`` or ``"static"``, heap).
+    (``[defaults] operand_reg``, a register per PE before its multiplier, false), ``placer``
+    (``[defaults] placer``, nextpnr's placer: ``"heap"`` or ``"static"``, heap) and
+    ``default_seed`` (``[defaults] seed``, nextpnr's placement seed, 1: the seed whose build
+    met the profile's clock).
     """
     name: str
     description: str
@@ -65,6 +67,7 @@ class BoardProfile:
     default_lut_pes: int = 0
     default_operand_reg: bool = False
     placer: str = "heap"
+    default_seed: int = 1
 
     def rq_lanes_for(self, lanes: int) -> int:
         """The requantization lanes L of an engine with ``lanes`` = G: the profile's, when it
@@ -184,7 +187,7 @@ def parse_profile(text: str, where: str = "<text>") -> BoardProfile:
                 "uart": ("resource", "tx_enable", "baud", "rx_pin", "tx_pin", "io_type"),
                 "budget": ("luts", "dsps", "brams"),
                 "defaults": ("pes", "px", "lanes", "rq_lanes", "lut_pes", "operand_reg",
-                             "weights", "placer")}
+                             "weights", "placer", "seed")}
     for section, keys in sections.items():
         table = data if not section else _require(data, section, dict, where)
         unknown = sorted(set(table) - set(keys))
@@ -232,6 +235,8 @@ def parse_profile(text: str, where: str = "<text>") -> BoardProfile:
                                 integer=True, optional=0),
         default_operand_reg=_flag(defaults, "operand_reg", where, optional=False),
         placer=_name(defaults, "placer", where, optional="heap"),
+        default_seed=_number(defaults, "seed", where, low=0, high=2**31 - 1, integer=True,
+                             optional=1),
     )
     if prof.default_rq_lanes is not None and prof.default_lanes % prof.default_rq_lanes:
         raise KepError(f"board profile {where}: defaults.rq_lanes must divide lanes")

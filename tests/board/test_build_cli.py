@@ -5,6 +5,7 @@ the whole tool flow with stand-in tools (streamed progress, nextpnr's fmax, tool
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from kep_common.errors import KepError
 from kep_hw.board import build
 from kep_hw.board.build import NextpnrWatcher, Progress, run_tool
 from kep_hw.board.build import main as build_main
@@ -401,6 +403,32 @@ def test_placer_from_the_board_or_the_option(tmp_path, fake_tools):
     for placer in ("heap", "static"):
         script, rep = build("--placer", placer)
         assert f"--placer {placer} " in script and rep["placer"] == placer
+
+
+def test_seed_from_the_board_or_the_option(tmp_path, fake_tools, monkeypatch):
+    """nextpnr's seed: the board profile's ``[defaults] seed`` (1 when it names none) unless
+    ``--seed`` names one; report.json records it. A bad profile seed is one error."""
+    from kep_hw.board import build as build_mod
+    from kep_hw.board.profiles import parse_profile
+    text = (importlib.resources.files("kep_hw.boards") / "ulx3s-12f.toml").read_text()
+    assert parse_profile(text, "x.toml").default_seed == 1
+    seeded = parse_profile(text.replace("[defaults]", "[defaults]\nseed = 7"), "x.toml")
+    assert seeded.default_seed == 7
+    with pytest.raises(KepError, match="seed"):
+        parse_profile(text.replace("[defaults]", "[defaults]\nseed = -1"), "x.toml")
+    monkeypatch.setattr(build_mod, "load_board", lambda name: seeded)
+
+    def build(*extra):
+        out = tmp_path / "_".join(("out",) + extra).replace("-", "")
+        assert _run(["--board", "ulx3s-12f", "--pes", "8", "--freq", "30", "--out", str(out),
+                     "--quiet", *extra]) == 0
+        script = (out / "build" / "build_kep_top.sh").read_text()
+        return script, json.loads((out / "report.json").read_text())
+
+    script, rep = build()
+    assert "--seed 7 " in script and rep["seed"] == 7
+    script, rep = build("--seed", "3")
+    assert "--seed 3 " in script and rep["seed"] == 3
 
 
 def test_static_placer_is_a_placing_phase():
