@@ -525,6 +525,26 @@ def _freq_arg(text: str):
                                          f"'auto'") from None
 
 
+#: nextpnr options the build sets itself (``--nextpnr-opt`` may not name them)
+_OWN_NEXTPNR_OPTS = ("--seed", "--placer", "--router", "--freq", "--json", "--lpf",
+                     "--textcfg", "--report", "--timing-allow-fail", "--router2-heatmap",
+                     "--randomize-seed", "-r", "--package", "--speed", "--25k", "--45k",
+                     "--85k", "--um-25k", "--um-45k", "--um-85k", "--um5g-25k", "--um5g-45k",
+                     "--um5g-85k", "--12k", "--run", "--pre-pack", "--pre-place",
+                     "--pre-route", "--post-route", "--write", "--sdf", "--log", "-l")
+
+
+def _check_nextpnr_opt(opt: str) -> None:
+    """One ``--nextpnr-opt``: a flag or ``--name=value`` of plain characters (it goes into
+    the build's shell script), and none of the options the build sets itself."""
+    if not re.fullmatch(r"--[a-z0-9][a-z0-9-]*(=[A-Za-z0-9._:+-]+)?", opt):
+        raise KepError(f"--nextpnr-opt {opt!r}: give one nextpnr option as --name or "
+                       f"--name=value (letters, digits, . _ : + - in the value)")
+    if opt.split("=")[0] in _OWN_NEXTPNR_OPTS:
+        raise KepError(f"--nextpnr-opt {opt!r}: the build sets {opt.split('=')[0]} itself "
+                       f"(use the build's own option)")
+
+
 def _seeds_arg(text: str) -> list[int]:
     """``--seeds``: comma-separated nextpnr seeds, each >= 0 and given once."""
     try:
@@ -608,6 +628,11 @@ def _parser() -> argparse.ArgumentParser:
                         "congestion/); the progress and report.json name the most congested "
                         "parts of the design; read a stopped build with python -m "
                         "kep_hw.board.congestion OUT/build")
+    p.add_argument("--nextpnr-opt", action="append", default=[], metavar="OPT",
+                   help="one more nextpnr-ecp5 option, e.g. --nextpnr-opt=--router2-alt-weights "
+                        "or --nextpnr-opt=--tmg-ripup (repeatable; a flag or --name=value; "
+                        "not one the build sets itself: seed, placer, router, clock, files); "
+                        "recorded in report.json and part of the clock search's design key")
     p.add_argument("--abc9", action="store_true",
                    help="map LUTs with Yosys' abc9 (synth_ecp5's own flow); by default "
                         "classic abc, because Yosys 0.70's abc9 aborts on the kep engine")
@@ -660,6 +685,8 @@ def _check_args(args, board) -> tuple[int, int, float, int]:
         args.placer = board.placer
     if args.congestion and args.router != "router2":
         raise KepError("--congestion reads router2's heatmaps: use it with --router router2")
+    for opt in args.nextpnr_opt:
+        _check_nextpnr_opt(opt)
     auto = args.freq == "auto"
     if not auto:
         for opt, value in (("--freq-start", args.freq_start), ("--seeds", args.seeds),
@@ -834,7 +861,7 @@ def _elaborate(s: _Setup, freq: float, seed: int, build_dir: Path, progress: Pro
     nextpnr = s.found.get("nextpnr-ecp5")
     report_opts = _nextpnr_report_opts(nextpnr[0]) if nextpnr else ()
     pnr_opts = [f"--timing-allow-fail --seed {seed} --placer {s.args.placer} "
-                f"--router {s.args.router}"]
+                f"--router {s.args.router}", *s.args.nextpnr_opt]
     if s.args.congestion:
         from kep_hw.board.congestion import HEATMAP_DIR, HEATMAP_PREFIX
         pnr_opts.append(f"--router2-heatmap {HEATMAP_DIR}/{HEATMAP_PREFIX}")
@@ -947,6 +974,7 @@ def _report(s: _Setup, freq: float, seed: int, pll: dict, divisor: int, results:
         "freq_requested_mhz": freq, "freq_pll_mhz": pll["fout"],
         "pll": {k: pll[k] for k in ("refdiv", "fbdiv", "opdiv", "fvco")},
         "seed": seed, "placer": args.placer, "router": args.router,
+        "nextpnr_opts": list(args.nextpnr_opt),
         "fmax_mhz": fmax, "fmax_placed_mhz": fmax_placed, "timing_met": met, "clocks": clocks,
         "worst_paths": results.get("worst_paths", []),
         "congestion": results.get("congestion"),

@@ -431,6 +431,24 @@ def test_seed_from_the_board_or_the_option(tmp_path, fake_tools, monkeypatch):
     assert "--seed 3 " in script and rep["seed"] == 3
 
 
+def test_nextpnr_opts_pass_through(tmp_path, fake_tools, one_line_error):
+    """--nextpnr-opt adds nextpnr options to the build script and report.json; an option the
+    build sets itself, or one with shell characters, is one error line."""
+    out = tmp_path / "opts"
+    assert _run(["--board", "ulx3s-12f", "--pes", "8", "--freq", "30", "--out", str(out),
+                 "--quiet", "--nextpnr-opt=--router2-alt-weights",
+                 "--nextpnr-opt=--placer-heap-beta=0.7"]) == 0
+    script = (out / "build" / "build_kep_top.sh").read_text()
+    assert "--router router2 --router2-alt-weights --placer-heap-beta=0.7" in script
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["nextpnr_opts"] == ["--router2-alt-weights", "--placer-heap-beta=0.7"]
+    for bad, msg in (("--seed=3", "sets --seed itself"), ("--x;ls", "give one nextpnr option"),
+                     ("router2-alt-weights", "give one nextpnr option")):
+        line = one_line_error(_run(["--board", "ulx3s-12f", "--out", str(tmp_path / "bad"),
+                                    "--dry-run", f"--nextpnr-opt={bad}"]))
+        assert msg in line, line
+
+
 def test_static_placer_is_a_placing_phase():
     w = NextpnrWatcher()
     w("Info: Packing IOs..")
