@@ -386,22 +386,25 @@ def test_congestion_heatmaps_reach_the_report(tmp_path, capsys, fake_tools, one_
     assert "--congestion reads router2's heatmaps" in line
 
 
+def _small_build(tmp_path, *extra):
+    """A 12F build of the test network (P = 8, 30 MHz) with the stand-in tools and ``extra``
+    options: its build script and report.json."""
+    out = tmp_path / "_".join(("out",) + extra).replace("-", "")
+    assert _run(["--board", "ulx3s-12f", "--pes", "8", "--freq", "30", "--out", str(out),
+                 "--quiet", *extra]) == 0
+    script = (out / "build" / "build_kep_top.sh").read_text()
+    return script, json.loads((out / "report.json").read_text())
+
+
 def test_placer_from_the_board_or_the_option(tmp_path, fake_tools):
     """nextpnr's placer: the board profile's unless ``--placer`` names one; report.json
     records it (and the router)."""
-    def build(*extra):
-        out = tmp_path / "_".join(("out",) + extra).replace("-", "")
-        assert _run(["--board", "ulx3s-12f", "--pes", "8", "--freq", "30", "--out", str(out),
-                     "--quiet", *extra]) == 0
-        script = (out / "build" / "build_kep_top.sh").read_text()
-        return script, json.loads((out / "report.json").read_text())
-
     default = load_board("ulx3s-12f").placer
-    script, rep = build()
+    script, rep = _small_build(tmp_path)
     assert f"--placer {default} --router router2" in script
     assert (rep["placer"], rep["router"]) == (default, "router2")
     for placer in ("heap", "static"):
-        script, rep = build("--placer", placer)
+        script, rep = _small_build(tmp_path, "--placer", placer)
         assert f"--placer {placer} " in script and rep["placer"] == placer
 
 
@@ -418,29 +421,18 @@ def test_seed_from_the_board_or_the_option(tmp_path, fake_tools, monkeypatch):
         parse_profile(text.replace("[defaults]", "[defaults]\nseed = -1"), "x.toml")
     monkeypatch.setattr(build_mod, "load_board", lambda name: seeded)
 
-    def build(*extra):
-        out = tmp_path / "_".join(("out",) + extra).replace("-", "")
-        assert _run(["--board", "ulx3s-12f", "--pes", "8", "--freq", "30", "--out", str(out),
-                     "--quiet", *extra]) == 0
-        script = (out / "build" / "build_kep_top.sh").read_text()
-        return script, json.loads((out / "report.json").read_text())
-
-    script, rep = build()
+    script, rep = _small_build(tmp_path)
     assert "--seed 7 " in script and rep["seed"] == 7
-    script, rep = build("--seed", "3")
+    script, rep = _small_build(tmp_path, "--seed", "3")
     assert "--seed 3 " in script and rep["seed"] == 3
 
 
 def test_nextpnr_opts_pass_through(tmp_path, fake_tools, one_line_error):
     """--nextpnr-opt adds nextpnr options to the build script and report.json; an option the
     build sets itself, or one with shell characters, is one error line."""
-    out = tmp_path / "opts"
-    assert _run(["--board", "ulx3s-12f", "--pes", "8", "--freq", "30", "--out", str(out),
-                 "--quiet", "--nextpnr-opt=--router2-alt-weights",
-                 "--nextpnr-opt=--placer-heap-beta=0.7"]) == 0
-    script = (out / "build" / "build_kep_top.sh").read_text()
+    script, rep = _small_build(tmp_path, "--nextpnr-opt=--router2-alt-weights",
+                               "--nextpnr-opt=--placer-heap-beta=0.7")
     assert "--router router2 --router2-alt-weights --placer-heap-beta=0.7" in script
-    rep = json.loads((out / "report.json").read_text())
     assert rep["nextpnr_opts"] == ["--router2-alt-weights", "--placer-heap-beta=0.7"]
     for bad, msg in (("--seed=3", "sets --seed itself"), ("--x;ls", "give one nextpnr option"),
                      ("router2-alt-weights", "give one nextpnr option")):
