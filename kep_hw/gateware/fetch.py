@@ -155,13 +155,13 @@ class WindowFetcher(wiring.Component):
             bstep.eq(bstep_d),
             bstep_x.eq(Mux(s2, 2 * PX, PX)),
             wrow_ov.eq(cfg.w + ov),
-            wrow_1.eq(cfg.w + 1),
         ]
         if PX > 1:
             reuse_d = k3 & (cfg.cwi == 1)
             m.d.sync += [
                 reuse.eq(reuse_d),
                 skip.eq(reuse_d & (cfg.pad != 0)),
+                wrow_1.eq(cfg.w + 1),
                 bstep_ov.eq(Mux(reuse_d, Mux(s2, 2 * PX + 1, PX + 2), bstep_d)),
             ]
         else:
