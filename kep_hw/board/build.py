@@ -56,6 +56,7 @@ from kep_common.log import add_logging_args, setup_logging, verbosity
 
 from kep_hw.board.clock_search import (STORE_NAME, TryStore, design_key, next_clock,
                                        try_folder_name)
+from kep_hw.board.floorplan import DSP_ROWS, FLOORPLANS, pe_sites
 from kep_hw.board.profiles import PLACERS, list_boards, load_board
 from kep_hw.gateware.layouts import wt_columns
 from kep_hw.gateware.params import parse_pes
@@ -598,6 +599,12 @@ def _parser() -> argparse.ArgumentParser:
                         "from group q-1 one cycle later and runs q cycles behind group 0 "
                         "(no net carries the weight word to all groups; Px - 1 cycles per "
                         "layer end)")
+    p.add_argument("--floorplan", choices=FLOORPLANS, default="none",
+                   help="groups: each pixel group's multipliers on adjacent DSP sites of one "
+                        "row, groups in a snake over the rows (nextpnr places the rest around "
+                        "them; devices with a known site list: "
+                        + ", ".join(DSP_ROWS) + "); none: nextpnr chooses every site "
+                        "(default none)")
     p.add_argument("--freq", type=_freq_arg, default=None,
                    help=f"core clock MHz, {MIN_MHZ:g}-{MAX_MHZ:g} (default: the board's), or "
                         f"auto: search the fastest clock that meets timing (below)")
@@ -681,6 +688,12 @@ def _check_args(args, board) -> tuple[int, int, float, int]:
     if pes > 255 or (pes // px) % args.lanes:
         raise KepError(f"--pes: P/PX must be a multiple of --lanes {args.lanes} and P at most "
                        f"255, got {pes}x{px}")
+    if args.floorplan != "none" and pe_sites(board.device, px, pes // px, pes - args.lut_pes,
+                                             args.floorplan) is None:
+        raise KepError(f"--floorplan {args.floorplan}: "
+                       + (f"{px} pixel groups of {pes // px} do not fit whole into the DSP rows "
+                          f"of {board.device}" if board.device in DSP_ROWS else
+                          f"no DSP site list for {board.device} (known: {', '.join(DSP_ROWS)})"))
     if args.placer is None:
         args.placer = board.placer
     if args.congestion and args.router != "router2":
@@ -820,7 +833,14 @@ class _Setup:
         return (f"P={self.pes} ({self.po} channels x {self.px} pixels)"
                 + (f", {a.lut_pes} logic multipliers" if a.lut_pes else "")
                 + (", operand registers" if a.operand_reg else "")
-                + (", pixel-group chain" if a.chain else ""))
+                + (", pixel-group chain" if a.chain else "")
+                + (f", {a.floorplan} floorplan" if self.pe_sites else ""))
+
+    @functools.cached_property
+    def pe_sites(self) -> list[str] | None:
+        """The DSP site of each PE (``--floorplan``), or None: nextpnr chooses."""
+        return pe_sites(self.board.device, self.px, self.po,
+                        self.pes - self.args.lut_pes, self.args.floorplan)
 
     @functools.cached_property
     def tools_id(self) -> dict:
@@ -874,7 +894,8 @@ def _elaborate(s: _Setup, freq: float, seed: int, build_dir: Path, progress: Pro
         system = KepSystem(s.plan, streamed=s.streamed, divisor=divisor,
                            clk_hz=pll["fout"] * 1e6, byte_timeout=int(pll["fout"] * 1e6 * 0.05),
                            px=s.px, rq_lanes=s.args.rq_lanes, lut_pes=s.args.lut_pes,
-                           operand_reg=s.args.operand_reg, chain=s.args.chain)
+                           operand_reg=s.args.operand_reg, chain=s.args.chain,
+                           pe_sites=s.pe_sites)
         top = BoardTop(system, board, freq)
         platform = board.make_platform()
         # verbose: the tools print their whole log, which is streamed and parsed as it comes
@@ -967,6 +988,7 @@ def _report(s: _Setup, freq: float, seed: int, pll: dict, divisor: int, results:
         "px": s.px, "po": s.po,
         "lanes": args.lanes, "rq_lanes": args.rq_lanes, "lut_pes": args.lut_pes,
         "operand_reg": args.operand_reg, "chain": args.chain,
+        "floorplan": args.floorplan,
         "weights": s.wmode,
         "abc9": args.abc9,
         "model": str(args.model) if args.model else "built-in test network",

@@ -103,6 +103,10 @@ class Engine(wiring.Component):
     ----------
     params : EngineParams
         Engine size.
+    pe_sites : sequence of str, optional
+        The DSP site of PE ``q * Po + o``'s multiplier (PEs with a multiplier in logic have
+        none), for nextpnr's placer on an ECP5 (:func:`kep_hw.board.floorplan.pe_sites`);
+        changes no behaviour. Default: nextpnr chooses.
 
     Attributes
     ----------
@@ -126,8 +130,12 @@ class Engine(wiring.Component):
         Outputs in group / row / column order.
     """
 
-    def __init__(self, params: EngineParams):
+    def __init__(self, params: EngineParams, *, pe_sites=None):
         self.params = check_params(params)
+        self.pe_sites = list(pe_sites) if pe_sites is not None else []
+        if len(self.pe_sites) > params.pes - params.lut_pes:
+            raise ValueError(f"{len(self.pe_sites)} PE sites for "
+                             f"{params.pes - params.lut_pes} DSP multipliers")
         #: layout of ``cfg`` (same as ``params.config_layout``)
         self.cfg_layout = params.config_layout
         p = params
@@ -429,7 +437,8 @@ class Engine(wiring.Component):
             for o in range(PO):
                 pe = q * PO + o
                 mul = Multiplier(signed(8), signed(8),
-                                 impl="lut" if pe >= P - p.lut_pes else "dsp")
+                                 impl="lut" if pe >= P - p.lut_pes else "dsp",
+                                 site=self.pe_sites[pe] if pe < len(self.pe_sites) else None)
                 m.submodules[f"mul{pe}"] = mul
                 sel = g_idx[q].word_select(o, 4)
                 opnd = win_cp[q][o // WINDOW_COPY_CHANNELS].word_select(sel, 8)

@@ -50,6 +50,10 @@ class Multiplier(wiring.Component):
         Operand shapes (signed or unsigned); at most 18 bits each (17 unsigned) for ``"dsp"``.
     impl : str
         ``"dsp"`` or ``"lut"``.
+    site : str, optional
+        For ``"dsp"`` on an ECP5: the ``MULT18X18D`` site to place it on (nextpnr's ``BEL``
+        attribute, e.g. ``"X4/Y10/MULT18_0"``; :mod:`kep_hw.board.floorplan`). Ignored
+        elsewhere.
 
     Attributes
     ----------
@@ -59,7 +63,7 @@ class Multiplier(wiring.Component):
         The product, ``LATENCY`` cycles later.
     """
 
-    def __init__(self, a_shape, b_shape, *, impl: str = "dsp"):
+    def __init__(self, a_shape, b_shape, *, impl: str = "dsp", site: str | None = None):
         if impl not in IMPLEMENTATIONS:
             raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
         self.a_shape, self.b_shape = Shape.cast(a_shape), Shape.cast(b_shape)
@@ -68,7 +72,7 @@ class Multiplier(wiring.Component):
                 if s.width + (0 if s.signed else 1) > 18:
                     raise ValueError(f"a DSP operand has at most 18 bits (17 unsigned), "
                                      f"got {s!r}")
-        self.impl = impl
+        self.impl, self.site = impl, site
         super().__init__({
             "a": In(self.a_shape),
             "b": In(self.b_shape),
@@ -105,8 +109,9 @@ class Multiplier(wiring.Component):
             ports[f"i_CLK{i}"] = ClockSignal("sync") if i == 0 else Const(0, 1)
             ports[f"i_CE{i}"] = Const(1 if i == 0 else 0, 1)
             ports[f"i_RST{i}"] = Const(0, 1)
+        attrs = {"a_BEL": self.site} if self.site else {}
         m.submodules.mult18 = Instance(
-            "MULT18X18D",
+            "MULT18X18D", **attrs,
             p_REG_INPUTA_CLK="CLK0", p_REG_INPUTA_CE="CE0", p_REG_INPUTA_RST="RST0",
             p_REG_INPUTB_CLK="CLK0", p_REG_INPUTB_CE="CE0", p_REG_INPUTB_RST="RST0",
             p_REG_INPUTC_CLK="NONE", p_REG_PIPELINE_CLK="NONE",

@@ -113,6 +113,35 @@ def test_operand_registers_reach_the_netlist(tmp_path, capsys, no_tool_vars):
     capsys.readouterr()
 
 
+def test_floorplan_pins_every_dsp_multiplier(tmp_path, capsys, no_tool_vars, one_line_error):
+    """``--floorplan groups`` gives each PE's MULT18X18D the site :func:`pe_sites` names (a
+    ``BEL`` attribute nextpnr keeps), and is recorded; without it no cell has a site; a device
+    without a site list is one error line."""
+    from kep_hw.board.floorplan import pe_sites
+
+    def netlist(out, *extra):
+        assert _run(["--board", "ulx3s-85f", "--pes", "16x2", "--freq", "30", "--out",
+                     str(out), "--dry-run", "--quiet", *extra]) == 0
+        rep = json.loads((out / "report.json").read_text())
+        il = next(out.rglob("*.il")).read_text()
+        return rep, re.findall(r'attribute \\BEL "([^"]+)"', il)
+
+    rep, bels = netlist(tmp_path / "fp", "--floorplan", "groups")
+    assert rep["floorplan"] == "groups"
+    assert sorted(bels) == sorted(pe_sites("LFE5U-85F", 2, 8))
+    rep, bels = netlist(tmp_path / "fp2", "--floorplan", "groups", "--lut-pes", "4")
+    assert sorted(bels) == sorted(pe_sites("LFE5U-85F", 2, 8, 12))
+    rep, bels = netlist(tmp_path / "plain")
+    assert rep["floorplan"] == "none" and bels == []
+    capsys.readouterr()
+    line = one_line_error(_run(["--board", "ulx3s-12f", "--floorplan", "groups", "--out",
+                                str(tmp_path / "x"), "--dry-run"]))
+    assert "--floorplan groups: no DSP site list for LFE5U-12F" in line
+    line = one_line_error(_run(["--board", "ulx3s-85f", "--pes", "160x10", "--floorplan",
+                                "groups", "--out", str(tmp_path / "y"), "--dry-run"]))
+    assert "10 pixel groups of 16 do not fit" in line
+
+
 def test_quiet_and_verbose(tmp_path, capsys, no_tool_vars):
     argv = ["--board", "ulx3s-12f", "--pes", "8", "--out", str(tmp_path), "--dry-run"]
     assert _run(argv + ["--quiet"]) == 0

@@ -72,3 +72,15 @@ def test_multiplier_on_ecp5_is_a_registered_mult18x18d():
     lut = rtlil.convert(Multiplier(signed(8), signed(8), impl="lut"),
                         platform=ULX3S_85F_Platform())
     assert "MULT18X18D" not in lut and "$mul" not in lut
+
+
+def test_multiplier_site_is_the_bel_attribute_of_its_mult18x18d():
+    from amaranth.back import rtlil
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+    text = rtlil.convert(Multiplier(signed(8), signed(8), site="X4/Y10/MULT18_0"),
+                         platform=ULX3S_85F_Platform())
+    assert 'attribute \\BEL "X4/Y10/MULT18_0"' in text
+    plain = rtlil.convert(Multiplier(signed(8), signed(8)), platform=ULX3S_85F_Platform())
+    assert "BEL" not in plain
+    # in simulation (no platform) the site changes nothing
+    assert "BEL" not in rtlil.convert(Multiplier(signed(8), signed(8), site="X4/Y10/MULT18_0"))
