@@ -263,6 +263,45 @@ def parse_nextpnr_report(report: dict, *, n: int = 5, segments: int = 3) -> list
     return paths[:n]
 
 
+def longest_nets(report: dict, *, n: int = 10, depth: int = 4) -> dict:
+    """The longest routed nets of a nextpnr JSON report (``--detailed-timing-report``): what
+    the clock's critical path shows one of, all of them, so that a path of the same kind (a
+    register's long route to its loads across the chip) is not hidden behind the worst one.
+
+    Returns ``{"nets": [...], "parts": [...]}``: the ``n`` nets with the longest route to one
+    of their loads, each as ``{"net", "driver", "fanout", "max_ns"}``, longest first; and the
+    ``n`` parts of the design (:func:`kep_hw.board.congestion.design_part` of the net's name,
+    cut after ``depth`` components) by their longest net, as ``{"part", "max_ns", "nets"}``
+    (``nets``: how many of its nets take more than half the longest net's delay). Empty lists
+    if the report has no net timings.
+    """
+    from kep_hw.board.congestion import design_part
+    rows = []
+    for net in report.get("detailed_net_timings") or []:
+        if not isinstance(net, dict):
+            continue
+        ends = [e for e in (net.get("endpoints") or []) if isinstance(e, dict)]
+        delays = [max(float(x) for x in e["delay"]) if isinstance(e.get("delay"), list)
+                  else float(e.get("delay") or 0.0) for e in ends if e.get("delay") is not None]
+        if delays:
+            rows.append((max(delays), str(net.get("net", "?")), str(net.get("driver", "?")),
+                         len(ends)))
+    rows.sort(key=lambda r: (-r[0], r[1]))
+    if not rows:
+        return {"nets": [], "parts": []}
+    half = rows[0][0] / 2
+    parts: dict[str, list] = {}
+    for d, name, _, _ in rows:
+        part = parts.setdefault(design_part(name, depth), [d, 0])
+        part[1] += d > half
+    return {
+        "nets": [{"net": name, "driver": drv, "fanout": fo, "max_ns": round(d, 3)}
+                 for d, name, drv, fo in rows[:n]],
+        "parts": [{"part": k, "max_ns": round(v[0], 3), "nets": v[1]}
+                  for k, v in sorted(parts.items(), key=lambda kv: (-kv[1][0], kv[0]))[:n]],
+    }
+
+
 def describe_path(path: dict) -> str:
     """One line of a :func:`parse_nextpnr_report` path: ``A.port -> B.port: 21.23 ns = 11.33
     logic + 9.90 routing, 7 logic levels`` (cross-domain paths name their clock edges)."""
@@ -912,16 +951,17 @@ def _elaborate(s: _Setup, freq: float, seed: int, build_dir: Path, progress: Pro
     return pll, divisor, products
 
 
-def _worst_paths(path: Path) -> list[dict]:
-    """:func:`parse_nextpnr_report` of nextpnr's JSON report; ``[]`` (with a warning when the
-    file is there but unreadable) if there is none."""
+def _worst_paths(path: Path) -> tuple[list[dict], dict]:
+    """:func:`parse_nextpnr_report` and :func:`longest_nets` of nextpnr's JSON report; empty
+    (with a warning when the file is there but unreadable) if there is none."""
     if not path.exists():
-        return []
+        return [], {"nets": [], "parts": []}
     try:
-        return parse_nextpnr_report(json.loads(path.read_text()), n=WORST_PATHS)
-    except (OSError, ValueError, TypeError, AttributeError) as e:
+        report = json.loads(path.read_text())
+        return parse_nextpnr_report(report, n=WORST_PATHS), longest_nets(report)
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as e:
         log.warning("cannot read nextpnr's report %s (%s)", path, e)
-        return []
+        return [], {"nets": [], "parts": []}
 
 
 def _run_build(s: _Setup, build_dir: Path, progress: Progress) -> dict:
@@ -950,7 +990,8 @@ def _run_build(s: _Setup, build_dir: Path, progress: Progress) -> dict:
                heatmaps=heatmaps)
     parsed = parse_nextpnr_log((build_dir / f"{NAME}.tim").read_text())
     parsed["yosys_cells"] = parse_yosys_stats((build_dir / f"{NAME}.rpt").read_text())
-    parsed["worst_paths"] = _worst_paths(build_dir / f"{NAME}.report.json")
+    parsed["worst_paths"], parsed["longest_nets"] = _worst_paths(
+        build_dir / f"{NAME}.report.json")
     if parsed["worst_paths"]:
         progress.info(f"worst path: {describe_path(parsed['worst_paths'][0])}")
     if heatmaps is not None:
@@ -999,6 +1040,7 @@ def _report(s: _Setup, freq: float, seed: int, pll: dict, divisor: int, results:
         "nextpnr_opts": list(args.nextpnr_opt),
         "fmax_mhz": fmax, "fmax_placed_mhz": fmax_placed, "timing_met": met, "clocks": clocks,
         "worst_paths": results.get("worst_paths", []),
+        "longest_nets": results.get("longest_nets", {"nets": [], "parts": []}),
         "congestion": results.get("congestion"),
         "utilisation": {"luts": used("TRELLIS_COMB"), "ffs": used("TRELLIS_FF"),
                         "dsps": used("MULT18X18D"), "brams": used("DP16KD")},
@@ -1019,6 +1061,9 @@ def _report(s: _Setup, freq: float, seed: int, pll: dict, divisor: int, results:
                      f"{fmax:.2f} MHz, timing {'met' if met else 'MISSED'}")
     if report["worst_paths"]:
         lines.append(f"  worst  {describe_path(report['worst_paths'][0])}")
+    for part in report["longest_nets"]["parts"][:3]:
+        lines.append(f"  nets   {part['part']}: longest {part['max_ns']:.2f} ns, "
+                     f"{part['nets']} nets over half the longest")
     lines.append(f"  UART   {s.baud} baud (divisor {divisor}); {seconds:.0f} s")
     return report, lines
 

@@ -64,6 +64,37 @@ def test_real_report_worst_paths():
     assert paths[1]["logic_levels"] == 0 and paths[2]["routing_ns"] == pytest.approx(0.94)
 
 
+def test_longest_nets_of_the_detailed_net_timings():
+    from kep_hw.board.build import longest_nets
+
+    def net(name, *delays):
+        return {"net": name, "driver": name + "_ff", "port": "Q", "event": "posedge clk",
+                "endpoints": [{"cell": f"c{i}", "port": "A", "event": "posedge clk",
+                               "delay": [d - 0.1, d]} for i, d in enumerate(delays)]}
+
+    report = {"detailed_net_timings": [
+        net("system.engine.s2_idx_cp3[7]", 1.0, 9.5, 2.0),
+        net("system.engine.s2_idx_cp4[1]", 6.0),
+        net("system.engine.s1w_win[3]", 12.25, 0.5),
+        net("system.engine.requant.r0_ptr", 3.0),
+        {"net": "const", "endpoints": []},
+    ]}
+    got = longest_nets(report, n=3, depth=3)
+    assert [(x["net"], x["max_ns"], x["fanout"]) for x in got["nets"]] == [
+        ("system.engine.s1w_win[3]", 12.25, 2), ("system.engine.s2_idx_cp3[7]", 9.5, 3),
+        ("system.engine.s2_idx_cp4[1]", 6.0, 1)]
+    assert got["nets"][0]["driver"] == "system.engine.s1w_win[3]_ff"
+    # parts by their longest net; nets over half of the longest (6.125 ns) counted
+    assert got["parts"] == [
+        {"part": "system.engine.s1w_win", "max_ns": 12.25, "nets": 1},
+        {"part": "system.engine.s2_idx", "max_ns": 9.5, "nets": 1},
+        {"part": "system.engine.requant", "max_ns": 3.0, "nets": 0}]
+    real = longest_nets(json.loads(REAL_REPORT.read_text()))
+    assert real["nets"] == [{"net": "o_TRELLIS_FF_Q_DI", "driver": "o_TRELLIS_FF_Q_DI_LUT4_Z",
+                             "fanout": 1, "max_ns": 3.533}]
+    assert longest_nets({"critical_paths": []}) == {"nets": [], "parts": []}
+
+
 def _seg(kind, delay, cell, port="Z", net=None):
     seg = {"type": kind, "delay": delay, "from": {"cell": cell, "port": "A", "loc": [1, 2]},
            "to": {"cell": cell, "port": port, "loc": [1, 2]}}
