@@ -727,12 +727,6 @@ def _check_args(args, board) -> tuple[int, int, float, int]:
     if pes > 255 or (pes // px) % args.lanes:
         raise KepError(f"--pes: P/PX must be a multiple of --lanes {args.lanes} and P at most "
                        f"255, got {pes}x{px}")
-    if args.floorplan != "none" and pe_sites(board.device, px, pes // px, pes - args.lut_pes,
-                                             args.floorplan) is None:
-        raise KepError(f"--floorplan {args.floorplan}: "
-                       + (f"{px} pixel groups of {pes // px} do not fit whole into the DSP rows "
-                          f"of {board.device}" if board.device in DSP_ROWS else
-                          f"no DSP site list for {board.device} (known: {', '.join(DSP_ROWS)})"))
     if args.placer is None:
         args.placer = board.placer
     if args.congestion and args.router != "router2":
@@ -842,6 +836,11 @@ def _nextpnr_report_opts(nextpnr: str) -> tuple[str, ...]:
     return tuple(opt for opt in REPORT_OPTS if re.search(rf"{re.escape(opt)}\b", text))
 
 
+def _pe_sites(board, px: int, po: int, args) -> list[str] | None:
+    """:func:`kep_hw.board.floorplan.pe_sites` of the build (the PEs with a DSP multiplier)."""
+    return pe_sites(board.device, px, po, px * po - args.lut_pes, args.floorplan)
+
+
 @dataclasses.dataclass
 class _Setup:
     """What every build of one command shares: the options, board, network plan and tools."""
@@ -878,8 +877,7 @@ class _Setup:
     @functools.cached_property
     def pe_sites(self) -> list[str] | None:
         """The DSP site of each PE (``--floorplan``), or None: nextpnr chooses."""
-        return pe_sites(self.board.device, self.px, self.po,
-                        self.pes - self.args.lut_pes, self.args.floorplan)
+        return _pe_sites(self.board, self.px, self.po, self.args)
 
     @functools.cached_property
     def tools_id(self) -> dict:
@@ -1221,6 +1219,12 @@ def main(argv: list[str] | None = None) -> int:
         raise KepError(f"does not fit {board.name} ({'streamed' if streamed else 'embedded'} "
                        f"weights, P={pes}): estimated {', '.join(over)}; largest --pes that "
                        f"fits: {best or 'none'}")
+
+    if args.floorplan != "none" and _pe_sites(board, px, pes // px, args) is None:
+        raise KepError(f"--floorplan {args.floorplan}: "
+                       + (f"{px} pixel groups of {pes // px} do not fit whole into the DSP rows "
+                          f"of {board.device}" if board.device in DSP_ROWS else
+                          f"no DSP site list for {board.device} (known: {', '.join(DSP_ROWS)})"))
 
     from kep_hw.board.toolchain import configure_amaranth
     found = _find_tools(args.toolchain, need_programmer=args.program, dry_run=args.dry_run)

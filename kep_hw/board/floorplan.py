@@ -8,10 +8,12 @@ sites used) the 16 PEs of one pixel group end up scattered over all three DSP ro
 copy of a pixel's window and of the weight indices is routed across the die.
 
 The ``groups`` floorplan keeps every pixel group's Po multipliers on adjacent sites of one DSP
-row, pixel groups in the order of the requantization unit's accumulator chain (a snake: the
-first row left to right, the next right to left, ...), as many whole groups per row as fit.
-The sites it leaves free (the requantization unit's and the head's multipliers) are placed by
-nextpnr as before. Sites are known per device (:data:`DSP_ROWS`); on a device without a list,
+row, pixel groups in the order of the requantization unit's accumulator chain (a snake over
+the rows: the first row left to right, the next right to left, ...), as many whole groups per
+row as fit. The snake starts in the row nearest the die's centre, with ``reserve`` sites left
+free at its start (the requantization unit's and the head's multipliers, which nextpnr places):
+pixel group 0, whose accumulators the requantization lanes read directly (the other groups'
+reach them through the chain), sits next to them. Sites are known per device (:data:`DSP_ROWS`); on a device without a list,
 or where the groups do not fit, there is no floorplan (:func:`pe_sites` returns ``None``).
 """
 
@@ -36,6 +38,8 @@ _ROW_85 = ((4, 0), (5, 1), (8, 4), (9, 5), (13, 0), (14, 1), (17, 4), (18, 5), (
 DSP_ROWS: dict[str, dict[int, tuple[tuple[int, int], ...]]] = {
     "LFE5U-85F": {10: _ROW_85, 34: _ROW_85, 58: _ROW_85},
 }
+#: the tile grid's height of each device with a site list (its centre row is half of it)
+DIE_ROWS = {"LFE5U-85F": 95}
 
 
 def dsp_rows(device: str) -> list[list[str]] | None:
@@ -47,6 +51,16 @@ def dsp_rows(device: str) -> list[list[str]] | None:
     return [[f"X{x}/Y{y}/MULT18_{z}" for x, z in sites] for y, sites in sorted(rows.items())]
 
 
+def _snake(device: str) -> list[list[str]]:
+    """The DSP rows in the floorplan's order: from the row nearest the die's centre outwards
+    (ties: the lower row first), the first left to right, the next right to left, ..."""
+    rows = dsp_rows(device)
+    centre = DIE_ROWS[device] / 2
+    ys = [int(r[0].split("/")[1][1:]) for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: (abs(ys[i] - centre), -ys[i]))
+    return [rows[i] if k % 2 == 0 else rows[i][::-1] for k, i in enumerate(order)]
+
+
 def pe_sites(device: str, px: int, po: int, dsp_pes: int | None = None,
              floorplan: str = "groups") -> list[str] | None:
     """The site of PE ``q * po + o`` (pixel group ``q``, output channel ``o``) for the first
@@ -54,10 +68,15 @@ def pe_sites(device: str, px: int, po: int, dsp_pes: int | None = None,
     there is no floorplan: ``floorplan == "none"``, a device without a site list, or groups
     that do not fit whole into the rows.
 
+    The groups take as few rows as they fit in, in the snake's order (:func:`_snake`); every
+    row but the first is filled from its start, the first (the centre row) holds the groups
+    that are left at its end, so its free sites (for the other multipliers) come first and
+    group 0 sits next to them.
+
     Raises
     ------
     ValueError
-        If ``floorplan`` is not one of :data:`FLOORPLANS`, or the sizes are not positive.
+        If ``floorplan`` is not one of :data:`FLOORPLANS`, or the sizes are out of range.
     """
     if floorplan not in FLOORPLANS:
         raise ValueError(f"floorplan must be one of {', '.join(FLOORPLANS)}, got {floorplan!r}")
@@ -66,15 +85,22 @@ def pe_sites(device: str, px: int, po: int, dsp_pes: int | None = None,
     n = px * po if dsp_pes is None else dsp_pes
     if not 0 <= n <= px * po:
         raise ValueError(f"dsp_pes must be 0..{px * po}, got {dsp_pes}")
-    rows = dsp_rows(device)
-    if floorplan == "none" or rows is None:
+    if floorplan == "none" or device not in DSP_ROWS:
         return None
+    groups = -(-n // po)                     # groups with a DSP multiplier (the last partly)
+    rows = _snake(device)
+    caps = [len(r) // po for r in rows]
+    k = next((k for k in range(1, len(rows) + 1) if sum(caps[:k]) >= groups), None)
+    if k is None:
+        return None
+    per_row = [0] * k
+    left = groups
+    for i in range(k - 1, 0, -1):            # the outer rows full, the rest in the first
+        per_row[i] = min(caps[i], left - 1) if i else 0
+        left -= per_row[i]
+    per_row[0] = left
     sites = []
-    for r, row in enumerate(rows):
-        if r % 2:
-            row = row[::-1]                  # a snake: consecutive groups stay neighbours
-        for k in range(len(row) // po):
-            sites += row[k * po:(k + 1) * po]
-    if len(sites) < n:
-        return None
+    for i, row in enumerate(rows[:k]):
+        first = len(row) - per_row[i] * po if i == 0 else 0
+        sites += row[first:first + per_row[i] * po]
     return sites[:n]

@@ -137,9 +137,10 @@ def test_floorplan_pins_every_dsp_multiplier(tmp_path, capsys, no_tool_vars, one
     line = one_line_error(_run(["--board", "ulx3s-12f", "--floorplan", "groups", "--out",
                                 str(tmp_path / "x"), "--dry-run"]))
     assert "--floorplan groups: no DSP site list for LFE5U-12F" in line
-    line = one_line_error(_run(["--board", "ulx3s-85f", "--pes", "160x10", "--floorplan",
-                                "groups", "--out", str(tmp_path / "y"), "--dry-run"]))
-    assert "10 pixel groups of 16 do not fit" in line
+    line = one_line_error(_run(["--board", "ulx3s-85f", "--pes", "128x4", "--lanes", "16",
+                                "--floorplan", "groups", "--out", str(tmp_path / "y"),
+                                "--dry-run"]))
+    assert "4 pixel groups of 32 do not fit" in line
 
 
 def test_quiet_and_verbose(tmp_path, capsys, no_tool_vars):

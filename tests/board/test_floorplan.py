@@ -42,17 +42,24 @@ def test_p128_groups_sit_together_in_a_snake():
         assert len({r for r, _ in g}) == 1, f"group {q} spans rows"
         ks = sorted(k for _, k in g)
         assert ks == list(range(ks[0], ks[0] + po)), f"group {q} is not contiguous"
-    # three whole groups per row; the second row runs right to left
-    assert [g[0][0] for g in groups] == [0, 0, 0, 1, 1, 1, 2, 2]
-    assert groups[3][0] == (1, 51) and groups[2][-1] == (0, 47)
-    assert groups[6][0] == (2, 0)
+    # the centre row (y = 58) first, its two groups at its right end (its first 20 sites
+    # free for the other multipliers), then y = 34 right to left, then y = 10 left to right
+    assert [g[0][0] for g in groups] == [2, 2, 1, 1, 1, 0, 0, 0]
+    assert sorted(groups[0])[0] == (2, 20) and sorted(groups[1])[-1] == (2, 51)
+    assert groups[2][0] == (1, 51) and groups[4][-1] == (1, 4)
+    assert groups[5][0] == (0, 0) and groups[7][-1] == (0, 47)
+    # consecutive groups are neighbours: along a row, or at the row's turn
+    assert groups[1][-1] == (2, 51) and groups[2][0] == (1, 51)
 
 
 def test_pe_sites_without_a_floorplan_or_with_logic_multipliers():
     assert pe_sites(DEV, 8, 16, floorplan="none") is None
     assert pe_sites("LFE5U-12F", 4, 4) is None
     assert pe_sites(DEV, 8, 16, 120) == pe_sites(DEV, 8, 16)[:120]
-    assert pe_sites(DEV, 4, 16) == pe_sites(DEV, 8, 16)[:64]
+    # P = 64: two rows; the centre row holds group 0 at its right end, y = 34 the others
+    p64 = pe_sites(DEV, 4, 16)
+    assert len(set(p64)) == 64 and p64[:16] == dsp_rows(DEV)[2][36:]
+    assert all("/Y34/" in s for s in p64[16:])
     # ten groups of 16 do not fit whole into three rows of 52
     assert pe_sites(DEV, 10, 16) is None
     with pytest.raises(ValueError, match="floorplan"):
