@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 def write_system_verilog(plan: NetworkPlan, *, streamed: bool, out_dir: Path,
                          px: int = 1, divisor: int | None = None,
                          rq_lanes: int | None = None, lut_pes: int = 0,
-                         operand_reg: bool = False) -> Path:
+                         operand_reg: bool = False, dist_reg: bool = False) -> Path:
     """Write ``kep_system.v`` for ``plan`` (UART ``divisor``, default the sim divisor, and the
     sim timeout) into a folder named by the hash of the Verilog under ``out_dir``; returns the
     file."""
@@ -47,7 +47,8 @@ def write_system_verilog(plan: NetworkPlan, *, streamed: bool, out_dir: Path,
     from kep_hw.system.top import SIM_BYTE_TIMEOUT, SIM_DIVISOR, KepSystem
     top = KepSystem(plan, streamed=streamed, divisor=divisor or SIM_DIVISOR, clk_hz=100e6,
                     byte_timeout=max(SIM_BYTE_TIMEOUT, 40 * (divisor or 0)), px=px,
-                    rq_lanes=rq_lanes, lut_pes=lut_pes, operand_reg=operand_reg)
+                    rq_lanes=rq_lanes, lut_pes=lut_pes, operand_reg=operand_reg,
+                    dist_reg=dist_reg)
     text = verilog.convert(top, name="kep_system")
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     folder = Path(out_dir) / f"system-{digest}"
@@ -77,6 +78,8 @@ class SimBoard:
         (:class:`kep_hw.gateware.params.EngineParams`).
     operand_reg : bool
         A register per PE before its multiplier (``EngineParams.operand_reg``).
+    dist_reg : bool
+        The distribution register before the pixel groups (``EngineParams.dist_reg``).
     divisor : int, optional
         UART cycles per bit (default :data:`kep_hw.system.top.SIM_DIVISOR`); a board's real
         divisor (10 for 3 Mbaud at 30 MHz) makes the simulated UART take its real share of
@@ -89,9 +92,11 @@ class SimBoard:
     def __init__(self, plan: NetworkPlan, *, streamed: bool = False,
                  build_root: str | os.PathLike = "sim_build", start_timeout: float = 900.0,
                  px: int = 1, divisor: int | None = None, tx_log=None,
-                 rq_lanes: int | None = None, lut_pes: int = 0, operand_reg: bool = False):
+                 rq_lanes: int | None = None, lut_pes: int = 0, operand_reg: bool = False,
+                 dist_reg: bool = False):
         self.plan, self.streamed, self.px = plan, streamed, px
         self.rq_lanes, self.lut_pes, self.operand_reg = rq_lanes, lut_pes, operand_reg
+        self.dist_reg = dist_reg
         self.divisor, self.tx_log = divisor, tx_log
         self.build_root = Path(build_root)
         self.start_timeout = start_timeout
@@ -118,7 +123,8 @@ class SimBoard:
         vfile = write_system_verilog(self.plan, streamed=self.streamed,
                                      out_dir=self.build_root, px=self.px,
                                      rq_lanes=self.rq_lanes, lut_pes=self.lut_pes,
-                                     operand_reg=self.operand_reg, divisor=self.divisor)
+                                     operand_reg=self.operand_reg, dist_reg=self.dist_reg,
+                                     divisor=self.divisor)
         self._info(f"system Verilog: {vfile} ({time.monotonic() - t:.1f} s)")
         self.build_dir = vfile.parent / "verilator"
         self.build_dir.mkdir(parents=True, exist_ok=True)

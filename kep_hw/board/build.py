@@ -638,6 +638,11 @@ def _parser() -> argparse.ArgumentParser:
                         "from group q-1 one cycle later and runs q cycles behind group 0 "
                         "(no net carries the weight word to all groups; Px - 1 cycles per "
                         "layer end)")
+    p.add_argument("--dist-reg", action="store_true",
+                   help="one more register level for the weight word, the window and the MAC "
+                        "flags before they leave for the pixel groups, so their route to the "
+                        "PEs has no logic on it (one more MAC pipeline stage; needs PX > 1, "
+                        "not with --chain)")
     p.add_argument("--floorplan", choices=FLOORPLANS, default="none",
                    help="groups: each pixel group's multipliers on adjacent DSP sites of one "
                         "row, groups in a snake over the rows (nextpnr places the rest around "
@@ -727,6 +732,9 @@ def _check_args(args, board) -> tuple[int, int, float, int]:
     if pes > 255 or (pes // px) % args.lanes:
         raise KepError(f"--pes: P/PX must be a multiple of --lanes {args.lanes} and P at most "
                        f"255, got {pes}x{px}")
+    if args.dist_reg and (px == 1 or args.chain):
+        raise KepError("--dist-reg feeds the pixel groups from one register each: it needs "
+                       "PX > 1 (--pes PxPX) and no --chain")
     if args.placer is None:
         args.placer = board.placer
     if args.congestion and args.router != "router2":
@@ -872,6 +880,7 @@ class _Setup:
                 + (f", {a.lut_pes} logic multipliers" if a.lut_pes else "")
                 + (", operand registers" if a.operand_reg else "")
                 + (", pixel-group chain" if a.chain else "")
+                + (", distribution register" if a.dist_reg else "")
                 + (f", {a.floorplan} floorplan" if self.pe_sites else ""))
 
     @functools.cached_property
@@ -932,7 +941,7 @@ def _elaborate(s: _Setup, freq: float, seed: int, build_dir: Path, progress: Pro
                            clk_hz=pll["fout"] * 1e6, byte_timeout=int(pll["fout"] * 1e6 * 0.05),
                            px=s.px, rq_lanes=s.args.rq_lanes, lut_pes=s.args.lut_pes,
                            operand_reg=s.args.operand_reg, chain=s.args.chain,
-                           pe_sites=s.pe_sites)
+                           dist_reg=s.args.dist_reg, pe_sites=s.pe_sites)
         top = BoardTop(system, board, freq)
         platform = board.make_platform()
         # verbose: the tools print their whole log, which is streamed and parsed as it comes
@@ -1026,7 +1035,7 @@ def _report(s: _Setup, freq: float, seed: int, pll: dict, divisor: int, results:
         "board": board.name, "device": board.device, "status": status, "pes": s.pes,
         "px": s.px, "po": s.po,
         "lanes": args.lanes, "rq_lanes": args.rq_lanes, "lut_pes": args.lut_pes,
-        "operand_reg": args.operand_reg, "chain": args.chain,
+        "operand_reg": args.operand_reg, "chain": args.chain, "dist_reg": args.dist_reg,
         "floorplan": args.floorplan,
         "weights": s.wmode,
         "abc9": args.abc9,

@@ -26,7 +26,10 @@ MAC pipeline (one (channel, element) per cycle, all PEs in lock step):
   current channel registered.
 - S1: the weight word is read; window and control move on.
 - S1W: the weight word in the registers after its block RAMs; window and control move on.
-- S2: weight word arrives (values in one register, indices in one register per pixel group);
+- S1D (only with ``params.dist_reg``): the weight word (the K = 0 zero applied), window and
+  control once more in a register; each pixel group's S2 registers load from it.
+- S2: weight word arrives (values in one register, indices in one register per pixel group;
+  with S1D both in one register per pixel group);
   each PE selects its operand with a 9:1 mux by its index (or by the element counter in dense
   mode) from its own copy of the window register (one copy per 4 output channels) and presents
   value and operand to its multiplier
@@ -54,7 +57,7 @@ per group of loads (:func:`kep_hw.gateware.fanout.copies`), with no added latenc
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
@@ -348,19 +351,39 @@ class Engine(wiring.Component):
         # (kep_hw.gateware.fanout: each copy drives the operand multiplexers of a few PEs, not
         # the P multiplexers spread over the DSP rows)
         m.d.sync += [s1w.eq(s1), s1w_j.eq(s1_j), s1w_zero.eq(s1_zero), s1w_win.eq(s1_win)]
-        m.d.sync += [s2.eq(s1w), s2_zero.eq(s1w_zero)]
-        wt_val = Signal(data.ArrayLayout(signed(8), PO), reset_less=True)
-        m.d.sync += [wt_val[o].eq(self.wt.data[o].value) for o in range(PO)]
         # a layer with K = 0 multiplies by 0 with index 0: its weight word is not read, and
         # window position 0 of every valid pixel is written (a 4-state simulator would carry an
         # unknown from a never-written window position through the product of 0)
         idx_d = Signal(4 * PO)
         m.d.comb += idx_d.eq(Cat(*(Mux(cfg.dense, s1w_j, Mux(s1w_zero, 0, self.wt.data[o].index))
                                    for o in range(PO))))
+        s1d = None
+        if p.dist_reg:
+            # S1D (params.dist_reg): the weight word (the K = 0 zero applied), the window and
+            # the flags in one more register; each pixel group's S2 registers load from it, a
+            # register-to-register route from here to the group's PEs
+            s1d = Signal(flags, name="s1d")
+            s1d_win = Signal(wl, reset_less=True)
+            d_val = Signal(data.ArrayLayout(signed(8), PO), name="s1d_val", reset_less=True)
+            d_idx = Signal(4 * PO, name="s1d_idx", reset_less=True)
+            m.d.sync += [s1d.eq(s1w), s1d_win.eq(s1w_win), d_idx.eq(idx_d), s2.eq(s1d)]
+            m.d.sync += [d_val[o].eq(Mux(s1w_zero, 0, self.wt.data[o].value))
+                         for o in range(PO)]
+            wt_val = None
+        else:
+            m.d.sync += [s2.eq(s1w), s2_zero.eq(s1w_zero)]
+            wt_val = Signal(data.ArrayLayout(signed(8), PO), reset_less=True)
+            m.d.sync += [wt_val[o].eq(self.wt.data[o].value) for o in range(PO)]
         # each pixel group's S2: flags, K = 0 flag, values, indices. In a chain
         # (params.chain) group q's are group q-1's one cycle later: one register per hop, so
         # the weight word travels from group to group instead of from one spot to all of them
-        if p.chain:
+        if p.dist_reg:
+            g_flags, g_zero = [s2] * PX, [Const(0, 1)] * PX
+            g_val = [data.ArrayLayout(signed(8), PO)(v)
+                     for v in copies(m, platform, d_val.as_value(), PX, name="s2_val",
+                                     reset_less=True)]
+            g_idx = copies(m, platform, d_idx, PX, name="s2_idx", reset_less=True)
+        elif p.chain:
             idx0 = Signal(4 * PO, name="s2_idx", reset_less=True)
             m.d.sync += idx0.eq(idx_d)
             g_flags, g_zero, g_val, g_idx = [s2], [s2_zero], [wt_val], [idx0]
@@ -383,7 +406,7 @@ class Engine(wiring.Component):
         n_win = -(-PO // WINDOW_COPY_CHANNELS)
         win_cp = []
         for q in range(PX):
-            src = s1w_win[q].as_value()
+            src = (s1d_win if p.dist_reg else s1w_win)[q].as_value()
             for k in range(p.skew(q)):
                 dly = Signal(len(src), name=f"s1w_win{q}_d{k + 1}", reset_less=True)
                 m.d.sync += dly.eq(src)
@@ -410,13 +433,14 @@ class Engine(wiring.Component):
             g_s4.append(fs4)
         s4_last = g_s4[-1]                   # the last group's S4: the block's shadow load
         # the stages a MAC passes from S0 to the last group's S4 (every group's S2 is one)
-        stages = [s1, s1w, *(g_flags if p.chain else [s2]),
+        stages = [s1, s1w, *([s1d] if p.dist_reg else []), *(g_flags if p.chain else [s2]),
                   *([g_m2[-1]] if p.operand_reg else []), g_s3[-1], s4_last]
 
         prods = []
         vals = {}
         for o in range(PO):
-            if p.chain:
+            if p.chain or p.dist_reg:
+                # each group's own S2 value register (one PE copy each with S2R)
                 for q in range(PX):
                     val = Signal(signed(8), name=f"val{q}_{o}")
                     m.d.comb += val.eq(Mux(g_zero[q], 0, g_val[q][o]))

@@ -56,6 +56,14 @@ class EngineParams:
         ``docs/accelerator.md``), for large P where the window register's fanout to the
         P multiplexers and the multiplexers' routes to the DSP blocks span the die
         (default False).
+    dist_reg : bool
+        One more register level for the weight word, the window and the MAC flags before
+        they leave for the pixel groups (S1D in ``docs/accelerator.md``): the weight word
+        (values with the K = 0 zero applied, indices or the dense element counter) in one
+        register after the weight memory's bank multiplexer, from which each pixel group's S2
+        registers load, so the route from the centre to a group's PEs runs from a register to
+        a register with no logic on it. One more MAC pipeline stage; needs ``px > 1`` and not
+        ``chain`` (whose groups load from each other). Default False.
     chain : bool
         The pixel groups in a chain: group ``q`` takes the weight word (values, indices) and
         the MAC flags from group ``q - 1``'s registers one cycle later, and its window
@@ -79,6 +87,7 @@ class EngineParams:
     lut_pes: int = 0
     operand_reg: bool = False
     chain: bool = False
+    dist_reg: bool = False
 
     def __post_init__(self):
         if self.rq_lanes is None:
@@ -103,6 +112,11 @@ class EngineParams:
             raise ValueError(f"operand_reg must be a bool, got {self.operand_reg!r}")
         if not isinstance(self.chain, bool):
             raise ValueError(f"chain must be a bool, got {self.chain!r}")
+        if not isinstance(self.dist_reg, bool):
+            raise ValueError(f"dist_reg must be a bool, got {self.dist_reg!r}")
+        if self.dist_reg and (self.px == 1 or self.chain):
+            raise ValueError("dist_reg needs px > 1 and no chain (it feeds the pixel groups' "
+                             "S2 registers from one register each)")
         if self.px > 16:
             raise ValueError(f"px must be at most 16, got {self.px!r}")
         if self.max_hw > 255 or max(self.max_cin, self.max_cout) > 1023:
@@ -125,7 +139,7 @@ class EngineParams:
         if self.px == 1 and self.lut_pes == 0 and not self.operand_reg and not self.chain:
             return self
         return dataclasses.replace(self, pes=self.po, px=1, lut_pes=0, operand_reg=False,
-                                   chain=False)
+                                   chain=False, dist_reg=False)
 
     def skew(self, q: int) -> int:
         """Cycles pixel group ``q`` runs behind group 0 (``q`` in a chain, else 0)."""

@@ -53,7 +53,8 @@ def params_from_args(args) -> EngineParams:
                             prm_depth=args.prm_depth,
                             rq_lanes=getattr(args, "rq_lanes", None),
                             lut_pes=getattr(args, "lut_pes", 0),
-                            operand_reg=bool(getattr(args, "operand_reg", False)))
+                            operand_reg=bool(getattr(args, "operand_reg", False)),
+                            dist_reg=bool(getattr(args, "dist_reg", False)))
     except ValueError as e:
         raise KepError(str(e)) from None
 
@@ -75,6 +76,10 @@ def add_params_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--operand-reg", action="store_true",
                     help="a register per PE between its operand multiplexer and its multiplier "
                          "(one more MAC pipeline stage; for large P)")
+    ap.add_argument("--dist-reg", action="store_true",
+                    help="one more register level for the weight word, the window and the MAC "
+                         "flags before they leave for the pixel groups (one more MAC pipeline "
+                         "stage; needs Px > 1)")
     ap.add_argument("--max-cin", type=int, default=d.max_cin)
     ap.add_argument("--max-cout", type=int, default=d.max_cout)
     ap.add_argument("--max-hw", type=int, default=d.max_hw)

@@ -241,6 +241,8 @@ class Board:
         self.timing = Timing(clock_mhz=clk)
         #: the simulation's operand registers (a board does not report them): bool, or None
         self.operand_reg: bool | None = None
+        #: the simulation's distribution register (``EngineParams.dist_reg``): bool, or None
+        self.dist_reg: bool | None = None
 
     @property
     def pes(self) -> int:
@@ -343,6 +345,7 @@ def open_board(port: str | None = None, *, sim: bool = False, model, board: str 
                baud: int | None = None, timeout: float | None = None,
                image_timeout: float | None = None, weights: str | None = None,
                clock_mhz: float | None = None, operand_reg: bool | None = None,
+               dist_reg: bool = False,
                build_root="sim_build") -> Board:
     """Open a board (or its Verilator simulation) that runs ``model``.
 
@@ -382,6 +385,9 @@ def open_board(port: str | None = None, *, sim: bool = False, model, board: str 
     operand_reg : bool, optional
         Simulation only: a register per PE before its multiplier (``--operand-reg`` of the
         build); default the profile's without ``pes``, else off.
+    dist_reg : bool
+        Simulation only: the engine's distribution register before its pixel groups
+        (``--dist-reg`` of the build; needs Px > 1). Default off.
     build_root : path
         Simulation build folder.
 
@@ -417,6 +423,9 @@ def open_board(port: str | None = None, *, sim: bool = False, model, board: str 
             if (p // px) % g:
                 raise KepError(f"P/PX = {p // px} (--pes {p}x{px}) is not a multiple of "
                                f"G = {g} (--lanes)")
+            if dist_reg and px == 1:
+                raise KepError("the distribution register (--dist-reg) needs PX > 1 "
+                               "(--pes PxPX)")
             plan = plan_network(kep, po=p // px, lanes=g)
             streamed = (weights or profile.weights) == "stream"
             lut_pes = profile.default_lut_pes if default else 0
@@ -424,7 +433,8 @@ def open_board(port: str | None = None, *, sim: bool = False, model, board: str 
                 operand_reg = profile.default_operand_reg and default
             transport = stack.enter_context(SimBoard(
                 plan, streamed=streamed, build_root=build_root, px=px,
-                rq_lanes=profile.rq_lanes_for(g), lut_pes=lut_pes, operand_reg=operand_reg))
+                rq_lanes=profile.rq_lanes_for(g), lut_pes=lut_pes, operand_reg=operand_reg,
+                dist_reg=dist_reg))
             link = BoardLink(transport, plan, timeout=600.0 if timeout is None else timeout,
                              image_timeout=image_timeout)
             target = "sim"
@@ -446,6 +456,7 @@ def open_board(port: str | None = None, *, sim: bool = False, model, board: str 
             raise KepError(f"the simulation reports PX={info['px']}, built for {px}")
         b = Board(link, kep, target=target, stack=stack, clock_mhz=clock_mhz)
         b.operand_reg = operand_reg if sim else None
+        b.dist_reg = dist_reg if sim else None
         return b
     except BaseException:
         stack.close()

@@ -118,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--operand-reg", action=argparse.BooleanOptionalAction, default=None,
                    help="(--sim) a register per PE before its multiplier, as the build's "
                         "--operand-reg (default: the profile's without --pes, else off)")
+    p.add_argument("--dist-reg", action="store_true",
+                   help="(--sim) the engine's distribution register before its pixel groups, "
+                        "as the build's --dist-reg (needs PX > 1)")
     p.add_argument("--baud", type=int, default=None,
                    help="UART baud rate of the board (default: the --board profile's)")
     p.add_argument("--streamed", action="store_true",
@@ -223,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                            image_timeout=args.image_timeout,
                            weights="stream" if args.streamed else None,
                            clock_mhz=args.fmax, operand_reg=args.operand_reg,
+                           dist_reg=args.dist_reg,
                            build_root=args.build_root)
         with board:
             if args.fmax is None and board.info["clk_khz"] == 0:
@@ -247,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         "target": board.target, "board": load_board(args.board).name, "pes": pes, "px": px,
         "po": info["po"], "lanes": info["lanes"],
         **({"operand_reg": board.operand_reg} if board.operand_reg is not None else {}),
+        **({"dist_reg": board.dist_reg} if board.dist_reg else {}),
         "classes": info["classes"], "head": "board" if info["classes"] else "host",
         "disagreements": disagree, "logits_differ": differ,
         "logits_equal": n - len(differ), "mismatched_values": mismatched or None,

@@ -89,6 +89,9 @@ class KepSystem(wiring.Component):
         (:class:`kep_hw.gateware.params.EngineParams`, default False).
     chain : bool
         The engine's pixel groups in a chain (``EngineParams.chain``, default False).
+    dist_reg : bool
+        The engine's distribution register before the pixel groups (``EngineParams.dist_reg``,
+        default False).
     pe_sites : sequence of str, optional
         The DSP site of each PE's multiplier (:class:`kep_hw.gateware.engine.Engine`,
         :mod:`kep_hw.board.floorplan`); default: the placer chooses.
@@ -107,11 +110,12 @@ class KepSystem(wiring.Component):
     def __init__(self, plan: NetworkPlan, *, streamed: bool, divisor: int, clk_hz: float,
                  byte_timeout: int, px: int = 1, rq_lanes: int | None = None,
                  lut_pes: int = 0, operand_reg: bool = False, chain: bool = False,
-                 pe_sites=None):
+                 dist_reg: bool = False, pe_sites=None):
         if not isinstance(px, int) or px < 1:
             raise ValueError(f"px must be a positive integer, got {px!r}")
         self.px, self.rq_lanes, self.lut_pes = px, rq_lanes, lut_pes
         self.operand_reg, self.chain, self.pe_sites = operand_reg, chain, pe_sites
+        self.dist_reg = dist_reg
         self.plan, self.streamed, self.divisor = plan, streamed, divisor
         self.clk_hz, self.byte_timeout = clk_hz, byte_timeout
         if plan.image_bytes > MAX_PAYLOAD or plan.result_bytes(True) > MAX_PAYLOAD:
@@ -135,7 +139,7 @@ class KepSystem(wiring.Component):
             pes=P * self.px, px=self.px, lanes=G, max_cin=maxc, max_cout=maxc, max_hw=maxd,
             act_depth=2**bufs.addr_bits, wt_depth=2**wts.wt_bits, prm_depth=2**wts.prm_bits,
             rq_lanes=self.rq_lanes, lut_pes=self.lut_pes, operand_reg=self.operand_reg,
-            chain=self.chain), pe_sites=self.pe_sites)
+            chain=self.chain, dist_reg=self.dist_reg), pe_sites=self.pe_sites)
         has_pool = any(lp.kind == "maxpool" for lp in plan.layers)
         if not has_pool:
             wiring.connect(m, act=bufs.act, engine=eng.act)

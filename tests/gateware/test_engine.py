@@ -46,6 +46,10 @@ PX4C = dataclasses.replace(PX4, chain=True)
 PX4CR = dataclasses.replace(PX4, chain=True, operand_reg=True)
 PX8 = EngineParams(pes=32, px=8, lanes=4, max_cin=16, max_cout=24, max_hw=10, act_depth=1024,
                    wt_depth=2048, prm_depth=64, operand_reg=True, chain=True)
+#: PX4 with the weight word, window and flags in one more register before the pixel groups
+#: (S1D), with and without the operand registers
+PX4D = dataclasses.replace(PX4, dist_reg=True)
+PX4DR = dataclasses.replace(PX4, dist_reg=True, operand_reg=True)
 
 
 def test_layout_roundtrip():
@@ -102,7 +106,13 @@ def test_params_validation():
         EngineParams(pes=0)
     with pytest.raises(ValueError, match="operand_reg"):
         EngineParams(operand_reg=1)
-    assert PX4R.format_params == PX4.format_params
+    assert PX4R.format_params == PX4.format_params == PX4DR.format_params
+    with pytest.raises(ValueError, match="dist_reg must be a bool"):
+        EngineParams(pes=16, px=4, dist_reg=1)
+    with pytest.raises(ValueError, match="dist_reg needs px > 1"):
+        EngineParams(dist_reg=True)
+    with pytest.raises(ValueError, match="dist_reg needs px > 1"):
+        dataclasses.replace(PX4C, dist_reg=True)
     with pytest.raises(KepError, match="stride"):
         layer_config(SMALL, cin=4, cout=4, h=4, w=4, k=3, kept=4, stride=3, pad=1)
     with pytest.raises(KepError, match="exceed"):
@@ -135,8 +145,10 @@ def _check_layers(params, jobs, **kw):
     (PX4C, 19, 6, 7, 10, 5),
     (PX4CR, 17, 6, 7, 10, 4),
     (PX8, 23, 5, 10, 10, 6),
+    (PX4D, 29, 6, 7, 10, 7),
+    (PX4DR, 31, 6, 7, 10, 8),
 ], ids=["px1", "px2", "px4", "px4-operand-reg", "px4-chain", "px4-chain-operand-reg",
-        "px8-chain"])
+        "px8-chain", "px4-dist-reg", "px4-dist-operand-reg"])
 def test_engine_random_layers_backpressure(params, seed, n, max_hw, max_c, tb_seed):
     """Random layers with valid gaps on the load stream and output back-pressure (and the
     operand registers' extra MAC stage, and the pixel groups in a chain)."""
@@ -460,6 +472,26 @@ def test_chain_cycles_match_model():
     # 1x1, 8 x 8 outputs, 2 output-channel groups: 32 blocks at Px = 4, 16 at Px = 8
     for px in (4, 8):
         assert cycles[px, True, "1x1"] - cycles[px, False, "1x1"] >= (px - 1) * 128 // px
+
+
+def test_dist_reg_cycles_match_model():
+    """The distribution register (S1D, Px = 4 and 8, with the operand registers): the RTL's
+    cycle counter equals the model within 2 %, and the stage costs exactly one cycle per
+    layer end on a MAC-bound layer."""
+    gen = torch.Generator().manual_seed(21)
+    jobs = [random_job(gen, cin=12, cout=8, h=6, w=8, kept=4, name="k4"),
+            random_job(gen, cin=4, cout=8, h=7, w=8, kept=9, stride=2, name="s2"),
+            random_job(gen, cin=4, cout=8, h=8, w=8, k=1, kept=1, pad=0, name="1x1")]
+    px8 = dataclasses.replace(PX8, chain=False)
+    cycles = {}
+    for params in (PX4R, PX4DR, px8, dataclasses.replace(px8, dist_reg=True)):
+        for job, res in zip(jobs, _check_layers(params, jobs)):
+            pred = layer_cycles(job.shape, params)
+            assert abs(res["cycles"] - pred) <= 0.02 * pred, (params, job.name,
+                                                               res["cycles"], pred)
+            cycles[params.px, params.dist_reg, job.name] = res["cycles"]
+    for px in (4, 8):
+        assert cycles[px, True, "k4"] - cycles[px, False, "k4"] == 1
 
 
 def test_requant_queue_keeps_up():
