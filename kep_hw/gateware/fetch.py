@@ -17,11 +17,8 @@ moves its planes down by one per ``next_ch`` (plane ``i`` takes plane ``i + 1``)
 engine's operands come from plane 0 alone: no multiplexer selects a channel out of the
 ``G x 3 x NC`` bytes. Each buffer move (fill -> drain when a window becomes the head, drain
 plane ``i + 1`` -> ``i``) is decided in one cycle and done in the next through registered
-selects, one copy per lane, row and half row of the window
-(:func:`kep_hw.gateware.fanout.copies`); in that cycle the stream presents the plane the move
-will bring (fill plane 0, or drain plane 1). The incoming word is written into the fill buffer
-from copies of its register, one per window row, with its write enable and column once per
-(lane, row): no register drives all ``3 x NC`` slots of a lane.
+selects, one copy per lane and row of the window (:func:`kep_hw.gateware.fanout.copies`); in
+that cycle the stream presents the plane the move will bring (fill plane 0, or drain plane 1).
 The timing is that of two symmetric buffers: the head window is valid the cycle after its last
 write lands or after the window before it is popped, and the fill buffer takes the next window's
 first read while the head is still in flight (its writes land after the move).
@@ -185,29 +182,23 @@ class WindowFetcher(wiring.Component):
             load.eq((f_full | fdone) & (~d_valid | pop)),
         ]
         m.d.sync += [d_valid.eq(load | (d_valid & ~pop)), f_full.eq((f_full | fdone) & ~load)]
-        # the selects, registered, one copy per (lane, row, half row) of the drain buffer and
-        # per row of the stream's plane (a copy drives at most 9 bytes' enables: at Px = 8 a
-        # copy per (lane, row) drove 136 flip-flops spread over the buffer, 17.7 ns of routing)
-        halves = [(0, (NC + 1) // 2), ((NC + 1) // 2, NC)] if NC > 1 else [(0, NC)]
-        nh = len(halves)
-        ld_cp = copies(m, platform, load, 3 * G * nh + 3, name="mv_load", reset_less=True)
-        sh_cp = copies(m, platform, shift, 3 * G * nh + 3, name="mv_shift", reset_less=True)
+        # the selects, registered, one copy per (lane, row) of the drain buffer and per row of
+        # the stream's plane
+        ld_cp = copies(m, platform, load, 3 * G + 3, name="mv_load", reset_less=True)
+        sh_cp = copies(m, platform, shift, 3 * G + 3, name="mv_shift", reset_less=True)
         for row in range(3):
             bits = slice(row * NC * 8, (row + 1) * NC * 8)
             m.d.comb += self.o.payload.win.as_value()[bits].eq(
-                Mux(ld_cp[3 * G * nh + row], fill.win[0].as_value()[bits],
-                    Mux(sh_cp[3 * G * nh + row], drain.win[min(1, G - 1)].as_value()[bits],
+                Mux(ld_cp[3 * G + row], fill.win[0].as_value()[bits],
+                    Mux(sh_cp[3 * G + row], drain.win[min(1, G - 1)].as_value()[bits],
                         drain.win[0].as_value()[bits])))
             for lane in range(G):
-                for h, (c0, c1) in enumerate(halves):
-                    part = slice((row * NC + c0) * 8, (row * NC + c1) * 8)
-                    k = (3 * lane + row) * nh + h
-                    dst = drain.win[lane].as_value()[part]
-                    with m.If(ld_cp[k]):
-                        m.d.sync += dst.eq(fill.win[lane].as_value()[part])
-                    if lane + 1 < G:
-                        with m.Elif(sh_cp[k]):
-                            m.d.sync += dst.eq(drain.win[lane + 1].as_value()[part])
+                dst = drain.win[lane].as_value()[bits]
+                with m.If(ld_cp[3 * lane + row]):
+                    m.d.sync += dst.eq(fill.win[lane].as_value()[bits])
+                if lane + 1 < G:
+                    with m.Elif(sh_cp[3 * lane + row]):
+                        m.d.sync += dst.eq(drain.win[lane + 1].as_value()[bits])
         # the head window's channel count and flags: registers, loaded with the window
         head_nch = Signal(range(G + 1))
         head_first = Signal()
@@ -281,6 +272,7 @@ class WindowFetcher(wiring.Component):
         f2_end = Signal()
         f2_zl = Signal()
         f2_meta = Signal(meta)
+        f2_data = Signal(act_word(G), reset_less=True)
         m.d.sync += [
             f0_valid.eq(issue),
             f0_inb.eq(inb),
@@ -301,6 +293,7 @@ class WindowFetcher(wiring.Component):
             f2_end.eq(f1_end),
             f2_zl.eq(f1_zl),
             f2_meta.eq(f1_meta),
+            f2_data.eq(Mux(f1_inb, self.act.data, 0)),
         ]
         fill_meta = Signal(meta)
         if PX > 1:
@@ -310,30 +303,16 @@ class WindowFetcher(wiring.Component):
             for row in range(3):
                 for lane in range(G):
                     w = fill.win[lane]
-                    cp = ld_cp[(3 * lane + row) * nh]
+                    cp = ld_cp[3 * lane + row]
                     with m.If(cp & reuse):
                         m.d.sync += w[row * NC].eq(Mux(s2, w[row * NC + 2 * PX],
                                                        w[row * NC + PX]))
                         with m.If(~s2):
                             m.d.sync += w[row * NC + 1].eq(w[row * NC + PX + 1])
-        # the write into the fill buffer from copies of the f2 registers: the word once per
-        # window row, the write enable and column once per (lane, row), each decoding the 17
-        # columns of its row only (one word register for all 51 slots of a lane was the
-        # routed P = 128 build's worst path, 17.3 ns of routing to a slot across the buffer)
-        wr_data = copies(m, platform, Mux(f1_inb, self.act.data, 0), 3, name="f2_wdata",
-                         reset_less=True)
-        cb = (NC - 1).bit_length() or 1
-        for row in range(3):
-            hit = f1_valid & (f1_slot >= row * NC) & (f1_slot < (row + 1) * NC)
-            col = (f1_slot - row * NC)[:cb]
-            wr = copies(m, platform, Cat(hit, col), G, name=f"f2_wr{row}")
-            for lane in range(G):
-                word = act_word(G)(wr_data[row])
-                with m.If(wr[lane][0]):
-                    m.d.sync += fill.win[lane].as_value()[row * NC * 8:(row + 1) * NC * 8] \
-                        .word_select(wr[lane][1:], 8).eq(word[lane])
         with m.If(f2_valid):
             m.d.sync += fill_meta.eq(f2_meta)
+            for lane in range(G):
+                m.d.sync += fill.win[lane].as_value().word_select(f2_slot, 8).eq(f2_data[lane])
         if PX > 1:
             # padding skip: a row's first block reads from column 1; the first read of each of
             # its window rows clears that row's column 0 (after the reuse copy above, which it
