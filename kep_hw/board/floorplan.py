@@ -10,11 +10,12 @@ copy of a pixel's window and of the weight indices is routed across the die.
 The ``groups`` floorplan keeps every pixel group's Po multipliers on adjacent sites of one DSP
 row, pixel groups in the order of the requantization unit's accumulator chain (a snake over
 the rows: the first row left to right, the next right to left, ...), as many whole groups per
-row as fit. The snake starts in the row nearest the die's centre, with ``reserve`` sites left
-free at its start (the requantization unit's and the head's multipliers, which nextpnr places):
-pixel group 0, whose accumulators the requantization lanes read directly (the other groups'
-reach them through the chain), sits next to them. Sites are known per device (:data:`DSP_ROWS`); on a device without a list,
-or where the groups do not fit, there is no floorplan (:func:`pe_sites` returns ``None``).
+row as fit. The snake starts in the row nearest the die's centre, whose free sites come first
+(the requantization unit's and the head's multipliers, which nextpnr places): pixel group 0,
+whose accumulators the requantization lanes read directly (the other groups' reach them
+through the chain), sits next to them. Sites are known per device (:data:`DSP_ROWS`); on a
+device without a list, or where the groups do not fit, there is no floorplan
+(:func:`pe_sites` returns ``None``).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def pe_sites(device: str, px: int, po: int, dsp_pes: int | None = None,
     per_row = [0] * k
     left = groups
     for i in range(k - 1, 0, -1):            # the outer rows full, the rest in the first
-        per_row[i] = min(caps[i], left - 1) if i else 0
+        per_row[i] = min(caps[i], left - 1)
         left -= per_row[i]
     per_row[0] = left
     sites = []

@@ -451,22 +451,30 @@ def test_px_cycles_match_model():
         assert 1 <= cycles[2, True, name] - cycles[2, False, name] <= 3
 
 
-def test_chain_cycles_match_model():
-    """Pixel groups in a chain (Px = 4 and 8): the RTL's cycle counter equals the model within
-    2 %, and the chain costs the last group's Px - 1 cycles per layer end (a MAC-bound layer)
-    and per block on a layer bound by the shadow register's hand-over (1x1, 4 channels)."""
-    gen = torch.Generator().manual_seed(12)
+def _stage_cycles(seed: int, engines, flag: str) -> dict:
+    """Three layers (MAC-bound 3x3, stride 2 dense, 1x1) from ``seed`` on each engine, checked
+    bit-exact and against the cycle model (within 2 %); the RTL's cycles keyed by
+    ``(px, getattr(params, flag), layer name)``."""
+    gen = torch.Generator().manual_seed(seed)
     jobs = [random_job(gen, cin=12, cout=8, h=6, w=8, kept=4, name="k4"),
             random_job(gen, cin=4, cout=8, h=7, w=8, kept=9, stride=2, name="s2"),
             random_job(gen, cin=4, cout=8, h=8, w=8, k=1, kept=1, pad=0, name="1x1")]
-    px8_flat = dataclasses.replace(PX8, chain=False)
     cycles = {}
-    for params in (PX4R, PX4CR, PX8, px8_flat):
+    for params in engines:
         for job, res in zip(jobs, _check_layers(params, jobs)):
             pred = layer_cycles(job.shape, params)
             assert abs(res["cycles"] - pred) <= 0.02 * pred, (params, job.name,
                                                                res["cycles"], pred)
-            cycles[params.px, params.chain, job.name] = res["cycles"]
+            cycles[params.px, getattr(params, flag), job.name] = res["cycles"]
+    return cycles
+
+
+def test_chain_cycles_match_model():
+    """Pixel groups in a chain (Px = 4 and 8): the RTL's cycle counter equals the model within
+    2 %, and the chain costs the last group's Px - 1 cycles per layer end (a MAC-bound layer)
+    and per block on a layer bound by the shadow register's hand-over (1x1, 4 channels)."""
+    px8_flat = dataclasses.replace(PX8, chain=False)
+    cycles = _stage_cycles(12, (PX4R, PX4CR, PX8, px8_flat), "chain")
     for px in (4, 8):
         assert cycles[px, True, "k4"] - cycles[px, False, "k4"] == px - 1
     # 1x1, 8 x 8 outputs, 2 output-channel groups: 32 blocks at Px = 4, 16 at Px = 8
@@ -478,18 +486,9 @@ def test_dist_reg_cycles_match_model():
     """The distribution register (S1D, Px = 4 and 8, with the operand registers): the RTL's
     cycle counter equals the model within 2 %, and the stage costs exactly one cycle per
     layer end on a MAC-bound layer."""
-    gen = torch.Generator().manual_seed(21)
-    jobs = [random_job(gen, cin=12, cout=8, h=6, w=8, kept=4, name="k4"),
-            random_job(gen, cin=4, cout=8, h=7, w=8, kept=9, stride=2, name="s2"),
-            random_job(gen, cin=4, cout=8, h=8, w=8, k=1, kept=1, pad=0, name="1x1")]
     px8 = dataclasses.replace(PX8, chain=False)
-    cycles = {}
-    for params in (PX4R, PX4DR, px8, dataclasses.replace(px8, dist_reg=True)):
-        for job, res in zip(jobs, _check_layers(params, jobs)):
-            pred = layer_cycles(job.shape, params)
-            assert abs(res["cycles"] - pred) <= 0.02 * pred, (params, job.name,
-                                                               res["cycles"], pred)
-            cycles[params.px, params.dist_reg, job.name] = res["cycles"]
+    cycles = _stage_cycles(21, (PX4R, PX4DR, px8, dataclasses.replace(px8, dist_reg=True)),
+                           "dist_reg")
     for px in (4, 8):
         assert cycles[px, True, "k4"] - cycles[px, False, "k4"] == 1
 
