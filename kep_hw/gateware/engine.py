@@ -273,8 +273,10 @@ class Engine(wiring.Component):
 
         # the 3x3 window of every pixel of the block, channel c (the fetcher's stream presents
         # the head window's channel c: it moves on with ``next_ch``): pixel q reads the block
-        # columns q*stride + 0..2 (3x3) or column q (1x1, slot 0); the stride and kernel flags
-        # in one copy per pixel (kep_hw.gateware.fanout)
+        # columns q*stride + 0..2 (3x3) or column q (1x1, row 0), which the fetcher's fill rows
+        # leave at slots NC - ncols + column (ncols = 2*Px + 1 at stride 2, Px + 2 at stride 1,
+        # Px for 1x1); the stride and kernel flags in one copy per pixel
+        # (kep_hw.gateware.fanout)
         m.d.comb += fetch.next_ch.eq(issue & end_j & ~end_c)
         k3_cp = copies(m, platform, cfg.k == 3, PX, name="win_k3", reset_less=True)
         s2_cp = copies(m, platform, cfg.stride == 2, PX, name="win_s2", reset_less=True)
@@ -286,9 +288,9 @@ class Engine(wiring.Component):
                     if PX == 1:
                         src = raw[r * NC + cc]
                     else:
-                        src = Mux(st2, raw[r * NC + 2 * q + cc], raw[r * NC + q + cc])
-                        if r == 0 and cc == 0:
-                            src = Mux(k3, src, raw[q])
+                        src = Mux(st2, raw[r * NC + 2 * q + cc], raw[r * NC + PX - 1 + q + cc])
+                    if r == 0 and cc == 0:
+                        src = Mux(k3, src, raw[PX + 1 + q])
                     m.d.sync += s1_win[q][r * 3 + cc].eq(src)
 
         # S0 -> S1

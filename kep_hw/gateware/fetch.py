@@ -43,7 +43,7 @@ Buffer slot of the position (row ``r``, column ``c``) of a block: ``r * cols + c
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import C, Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
@@ -222,20 +222,18 @@ class WindowFetcher(wiring.Component):
 
         def row_start():
             return [ox.eq(0), left.eq(cfg.wo), last_blk.eq(wo_short),
-                    ncols_m1.eq(cols_m1(Mux(wo_short, cfg.wo, PX))), cont.eq(0)]
+                    ncols_m1.eq(cols_m1(PX)), cont.eq(0)]
 
         # issue stage: one window position per cycle
         iy = Signal(signed(dw))
         ix = Signal(signed(dw))
         inb = Signal()
-        slot = Signal(range(3 * NC))
         end_r = Signal()
         end_c = Signal()
         m.d.comb += [
             iy.eq(iy0 + r),
             ix.eq(ix0 + cx),
             inb.eq((iy >= 0) & (iy < cfg.h) & (ix >= 0) & (ix < cfg.w)),
-            slot.eq(r * NC + c),
             end_c.eq(c == ncols_m1),
             end_r.eq(~k3 | (r == 2)),
         ]
@@ -257,26 +255,24 @@ class WindowFetcher(wiring.Component):
         meta = data.StructLayout({"nch": range(G + 1), "first": 1, "last": 1})
         f0_valid = Signal()
         f0_inb = Signal()
-        f0_slot = Signal(range(3 * NC))
+        f0_row = Signal(2)
         f0_end = Signal()
         f0_zl = Signal()                          # clear column 0 of this read's row (skip)
         f0_meta = Signal(meta)
         f1_valid = Signal()
         f1_inb = Signal()
-        f1_slot = Signal(range(3 * NC))
+        f1_row = Signal(2)
         f1_end = Signal()
         f1_zl = Signal()
         f1_meta = Signal(meta)
         f2_valid = Signal()
-        f2_slot = Signal(range(3 * NC))
         f2_end = Signal()
-        f2_zl = Signal()
         f2_meta = Signal(meta)
         f2_data = Signal(act_word(G), reset_less=True)
         m.d.sync += [
             f0_valid.eq(issue),
             f0_inb.eq(inb),
-            f0_slot.eq(slot),
+            f0_row.eq(r),
             f0_end.eq(end_r & end_c),
             f0_zl.eq(skip & ~cont & (c == 1)),
             f0_meta.nch.eq(nch),
@@ -284,42 +280,40 @@ class WindowFetcher(wiring.Component):
             f0_meta.last.eq(iw == cfg.cwi - 1),
             f1_valid.eq(f0_valid),
             f1_inb.eq(f0_inb),
-            f1_slot.eq(f0_slot),
+            f1_row.eq(f0_row),
             f1_end.eq(f0_end),
             f1_zl.eq(f0_zl),
             f1_meta.eq(f0_meta),
             f2_valid.eq(f1_valid),
-            f2_slot.eq(f1_slot),
             f2_end.eq(f1_end),
-            f2_zl.eq(f1_zl),
             f2_meta.eq(f1_meta),
             f2_data.eq(Mux(f1_inb, self.act.data, 0)),
         ]
         fill_meta = Signal(meta)
-        if PX > 1:
-            # column reuse: when a window moves to the drain buffer (the registered load), the
-            # fill buffer's columns bstep_x + j (the next block's columns j < ov) move to
-            # columns j; a read's write in the same cycle (a row's first block) wins
-            for row in range(3):
-                for lane in range(G):
-                    w = fill.win[lane]
-                    cp = ld_cp[3 * lane + row]
-                    with m.If(cp & reuse):
-                        m.d.sync += w[row * NC].eq(Mux(s2, w[row * NC + 2 * PX],
-                                                       w[row * NC + PX]))
-                        with m.If(~s2):
-                            m.d.sync += w[row * NC + 1].eq(w[row * NC + PX + 1])
         with m.If(f2_valid):
             m.d.sync += fill_meta.eq(f2_meta)
+        # the fill buffer's rows are shift registers: a read of window row ``row`` lands at
+        # column NC - 1 of every lane's row and moves the row's other columns down by one
+        # (column j takes column j + 1), so a window row of ``ncols`` reads ends at columns
+        # NC - ncols .. NC - 1, and the columns a block shares with the block before it (column
+        # reuse) are already where they belong. The shift enables are registered one cycle
+        # ahead, one copy per lane and row (each drives that row's NC x 8 clock enables); the
+        # padding skip's clear (the row's first read also writes 0 to column NC - 2) one copy
+        # per lane
+        sh_en = [copies(m, platform, f1_valid & (f1_row == row), G, name=f"fill_sh{row}",
+                        reset_less=True) for row in range(3)]
+        zl_cp = (copies(m, platform, f1_zl, G, name="fill_zl", reset_less=True) if PX > 1
+                 else [C(0, 1)] * G)
+        for row in range(3):
             for lane in range(G):
-                m.d.sync += fill.win[lane].as_value().word_select(f2_slot, 8).eq(f2_data[lane])
-        if PX > 1:
-            # padding skip: a row's first block reads from column 1; the first read of each of
-            # its window rows clears that row's column 0 (after the reuse copy above, which it
-            # may meet in the same cycle: the clear wins)
-            for row in range(3):
-                with m.If(f2_valid & f2_zl & (f2_slot == row * NC + 1)):
-                    m.d.sync += [fill.win[lane][row * NC].eq(0) for lane in range(G)]
+                w = fill.win[lane]
+                with m.If(sh_en[row][lane]):
+                    for j in range(NC - 1):
+                        nxt = w[row * NC + j + 1]
+                        if j == NC - 2 and PX > 1:
+                            nxt = Mux(zl_cp[lane], 0, nxt)
+                        m.d.sync += w[row * NC + j].eq(nxt)
+                    m.d.sync += w[row * NC + NC - 1].eq(f2_data[lane])
         m.d.comb += fdone.eq(f2_valid & f2_end)
         with m.If(load):
             # a window that completes now has its flags in f2 only
@@ -354,10 +348,8 @@ class WindowFetcher(wiring.Component):
                     with m.Else():
                         m.d.sync += [iw.eq(0), ch_left.eq(cfg.cin)]
                         with m.If(~last_blk):
-                            nxt = Mux(left <= 2 * PX, left - PX, PX)
                             m.d.sync += [ox.eq(ox + PX), left.eq(left - PX),
-                                         last_blk.eq(left <= 2 * PX),
-                                         ncols_m1.eq(cols_m1(nxt)), ix0.eq(ix0 + bstep_x),
+                                         last_blk.eq(left <= 2 * PX), ix0.eq(ix0 + bstep_x),
                                          pa.eq(pa + bstep), ra.eq(pa + bstep),
                                          ca.eq(pa + bstep_ov), cont.eq(reuse)]
                             with m.If(reuse):

@@ -4,10 +4,10 @@
 Per output-channel group the engine computes every block of ``nv <= Px`` horizontally adjacent
 output pixels (``nv = Px`` except at the end of a row); a block takes one MAC cycle per (input
 channel, kept element). The window fetcher supplies a block window (G channels) every
-``k * ncols`` cycles (``ncols = (nv-1)*stride + 3`` for 3x3, ``nv`` for 1x1) from a two-entry
-FIFO, so a channel word costs ``max(nch * K, k * ncols)`` cycles (or half of both plus the
-FIFO's loop latency when they are close), and the requantization unit needs ``nv * Po/L``
-issue cycles per block (L its lanes). Groups follow each other without a drain: the next
+``k * ncols`` cycles (``ncols = (Px-1)*stride + 3`` for 3x3, ``Px`` for 1x1, short blocks
+too) from a two-entry FIFO, so a channel word costs ``max(nch * K, k * ncols)`` cycles (or
+half of both plus the FIFO's loop latency when they are close), and the requantization unit
+needs ``nv * Po/L`` issue cycles per block (L its lanes). Groups follow each other without a drain: the next
 group's parameters load into a second bank while a group runs.
 """
 
@@ -19,7 +19,7 @@ import math
 from kep_hw.gateware.params import EngineParams
 
 __all__ = ["LayerShape", "layer_cycles", "block_cycles", "reuses_columns", "ideal_cycles",
-           "useful_macs"]
+           "useful_macs", "fetch_cycles"]
 
 # pipeline constants, from the RTL (see the docstrings of engine.py / requant.py / fetch.py;
 # every memory read takes READ_LATENCY = 2 cycles, the MAC pipeline S0-S4 and the
@@ -111,6 +111,15 @@ def reuses_columns(shape: LayerShape, params: EngineParams) -> bool:
     return params.px > 1 and shape.k == 3 and shape.cin <= params.lanes
 
 
+def fetch_cycles(shape: LayerShape, params: EngineParams) -> int:
+    """Reads of one block window (one channel word), every column: ``3 * ((Px-1)*stride + 3)``
+    for 3x3, ``Px`` for 1x1. A short block (the end of a row) reads as many: its extra
+    columns lie outside the image, so they read as zeros without a memory access."""
+    if shape.k == 3:
+        return 3 * ((params.px - 1) * shape.stride + 3)
+    return params.px
+
+
 def block_cycles(shape: LayerShape, params: EngineParams, nv: int, *,
                  handover: bool = True) -> float:
     """Cycles of one block of ``nv`` output pixels (MAC-, fetch- or requantization-bound; a
@@ -119,10 +128,9 @@ def block_cycles(shape: LayerShape, params: EngineParams, nv: int, *,
     and the fetch alone, without the bound of the shadow register's hand-over."""
     G = params.lanes
     keff = max(shape.kept, 1)
-    if shape.k == 3:
-        fetch = 3 * ((nv - 1) * shape.stride + 3)
-    else:
-        fetch = nv
+    # every block reads a whole block's window (a short block's extra columns lie outside
+    # the image: zeros, without a memory access), so its columns land where the engine reads
+    fetch = fetch_cycles(shape, params)
     cyc = 0
     left = shape.cin
     while left > 0:
@@ -161,7 +169,7 @@ def _reuse_row_cycles(shape: LayerShape, params: EngineParams) -> float:
     row_end = []
     for _ in range(3):
         for b, nv in enumerate(nvs):
-            reads = 3 * ((nv - 1) * shape.stride + 3 - (ov if b else lead))
+            reads = 3 * ((PX - 1) * shape.stride + 3 - (ov if b else lead))
             start = max(e_prev, p_prev2 + 1)
             e_prev = start + reads
             head = max(p_prev + 1, e_prev + 3)
@@ -190,7 +198,7 @@ def layer_cycles(shape: LayerShape, params: EngineParams) -> int:
     ho, wo = shape.out_hw
     groups = math.ceil(shape.cout / PO)
     full, rest = divmod(wo, PX)
-    if reuses_columns(shape, params) and full:
+    if reuses_columns(shape, params):
         row = _reuse_row_cycles(shape, params)
     else:
         row = full * block_cycles(shape, params, PX)
@@ -199,8 +207,7 @@ def layer_cycles(shape: LayerShape, params: EngineParams) -> int:
     load = PO + _LOAD_EXTRA
     rq_last = (rest or PX) * (PO // params.rq_lanes)  # requant issue of a row's last block
     # the first window arrives k * ncols + 4 cycles after start; the first MAC waits for it
-    first_fetch = (3 * ((min(PX, wo) - 1) * shape.stride + 3) if shape.k == 3
-                   else min(PX, wo))
+    first_fetch = fetch_cycles(shape, params)
     if reuses_columns(shape, params) and shape.pad:
         first_fetch -= 3                   # the padding column is not read
     first = max(_START + load, first_fetch + _FETCH_EXTRA)
@@ -213,6 +220,13 @@ def layer_cycles(shape: LayerShape, params: EngineParams) -> int:
     # a layer bound by the hand-over: the layer's first block costs its MACs only (the
     # hand-over interval is counted from one block's last MAC to the next one's)
     nv0 = min(PX, wo)
-    over = 0 if reuses_columns(shape, params) else max(
-        0, _handover_cycles(params, nv0) - block_cycles(shape, params, nv0, handover=False))
+    if reuses_columns(shape, params):
+        # a fetch-bound layer: its last window costs its MACs only (no window after it to
+        # read); the row model counts its reads
+        ov = (2 if shape.stride == 1 else 1) if full + bool(rest) > 1 else int(shape.pad != 0)
+        over = max(0, fetch_cycles(shape, params) - 3 * ov
+                   - min(shape.cin, params.lanes) * max(shape.kept, 1))
+    else:
+        over = max(0, _handover_cycles(params, nv0)
+                   - block_cycles(shape, params, nv0, handover=False))
     return round(first + groups * ho * row + (groups - 1) * stall + end + rq_last - over)

@@ -272,8 +272,9 @@ def _window_ref(x: torch.Tensor, k: int, stride: int, pad: int, groups: int, lan
     for _ in range(groups):
         for y in range(ho):
             for bx in range(0, wo, px):
-                nv = min(px, wo - bx)
-                ncols = (nv - 1) * stride + 3 if k == 3 else nv
+                # a whole block's columns (a short block's extra ones read as zeros), at the
+                # end of each fill row: column c at slot NC - ncols + c
+                ncols = (px - 1) * stride + 3 if k == 3 else px
                 for wd in range(nw):
                     win = []
                     for lane in range(lanes):
@@ -283,7 +284,7 @@ def _window_ref(x: torch.Tensor, k: int, stride: int, pad: int, groups: int, lan
                             for c in range(ncols):
                                 col = bx * stride + (c if k == 3 else c * stride)
                                 v = int(xp[i, y * stride + r, col]) if i < cin else 0
-                                slots[r * nc + c] = v
+                                slots[r * nc + nc - ncols + c] = v
                         win.append(slots)
                     out.append((win, min(lanes, cin - wd * lanes), int(wd == 0),
                                 int(wd == nw - 1)))
