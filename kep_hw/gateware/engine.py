@@ -74,9 +74,6 @@ __all__ = ["READ_LATENCY", "WT_PORT_LATENCY", "connect_read", "Engine"]
 
 #: cycles from a read port's address to its data, for every port of the engine
 READ_LATENCY = 2
-
-#: PEs per copy of the shadow register's shift enable (32 flip-flops each)
-SHADOW_CHUNK = 4
 #: cycles from the ``wt`` port's address to the data on the port: the block RAM's read and a
 #: register right after each block RAM, before the multiplexer of the memory's block RAMs
 #: (:class:`kep_hw.gateware.wtmem.WeightColumns`); the engine registers the word itself (S2)
@@ -500,16 +497,6 @@ class Engine(wiring.Component):
         v4_cp = pe_copies(lambda st: st.valid, "s4_valid")
         f4_cp = pe_copies(lambda st: st.first, "s4_first")
         l4_cp = pe_copies(lambda st: st.valid & st.last, "s4_load")
-        # the shadow register moves down by a lane group (L accumulators) in each cycle the
-        # requantization unit issues (its ``shift`` protocol), so the unit reads its first L
-        # accumulators alone: the enable is a register, loaded with the shadow register's next
-        # valid and the unit's ``more_d``, one copy per SHADOW_CHUNK PEs. A block's load from
-        # the accumulators and a shift never meet (the shadow register is full while the unit
-        # issues, and a block's last MAC waits for it to be free)
-        shadow_full_d = Signal()             # shadow_full's next value
-        L = p.rq_lanes
-        sh_cp = copies(m, platform, shadow_full_d & rq.more_d, -(-P // SHADOW_CHUNK),
-                       name="shadow_shift", reset_less=True)
         for pe in range(P):
             nxt = Signal(signed(32), name=f"acc_next{pe}")
             m.d.comb += nxt.eq(Mux(f4_cp[pe], 0, acc[pe]) + prods[pe])
@@ -517,9 +504,6 @@ class Engine(wiring.Component):
                 m.d.sync += acc[pe].eq(nxt)
             with m.If(l4_cp[pe]):
                 m.d.sync += shadow.acc[pe].eq(nxt)
-            if pe + L < P:
-                with m.Elif(sh_cp[pe // SHADOW_CHUNK]):
-                    m.d.sync += shadow.acc[pe].eq(shadow.acc[pe + L])
         m.d.comb += shadow_bank_d.eq(Mux(s4_last.valid & s4_last.last, s4_last.bank,
                                          shadow_bank))
         m.d.sync += shadow_bank.eq(shadow_bank_d)
@@ -529,6 +513,7 @@ class Engine(wiring.Component):
         with m.If(s4_last.valid & s4_last.last):
             m.d.sync += [shadow.res_addr.eq(s4_last.res),
                          shadow.last.eq(s4_last.final), shadow.nv.eq(s4_last.nv)]
+        shadow_full_d = Signal()             # shadow_full's next value
         m.d.comb += [
             shadow_full_d.eq(Mux(rq.i.valid & rq.i.ready, 0,
                                  (s4_last.valid & s4_last.last) | shadow_full)),

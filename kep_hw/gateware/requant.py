@@ -12,9 +12,9 @@ so it is sized to the rate it needs. Pipeline, one lane group (L output channels
 issued per cycle, every step registered:
 
 - R0: residual word address ``res_addr + q*res_step + c // (G/L)`` presented; the lane
-  group's parameters selected into registers, its accumulators taken from the input's first
-  L accumulators: the producer moves its accumulators down by L after each issue (``shift``
-  protocol below), so no multiplexer selects a lane group out of the P accumulators.
+  group's parameters selected into registers, its accumulators taken from the input (the
+  block's first lane group) or from the head of a shift chain per lane that the first issue
+  loads with the block's other lane groups (no wide multiplexer: every net stays local).
 - R1: the block's bias added to the accumulator (the engine accumulates the products alone),
   ``acc + bias`` modulo 2**32 as ``docs/arithmetic.md`` defines ``acc``.
 - R2: ``acc * mult`` as two DSP products, ``acc[15:0] * mult`` and ``acc[31:16] * mult``
@@ -54,6 +54,8 @@ __all__ = ["PIPE", "queue_depth", "Requant"]
 #: cycles from a lane group's issue (R0) to its write into the output queue (R8)
 PIPE = 8
 
+#: accumulator chain registers per copy of the chain's enable and select (32 bits each)
+CHAIN_CHUNK = 4
 
 
 def queue_depth(params: EngineParams) -> int:
@@ -76,14 +78,7 @@ class Requant(wiring.Component):
     ----------
     i : In(stream.Signature(acc_word))
         Accumulators; the payload is read in place and ``ready`` is raised with the block's last
-        lane group (the producer's shadow register is freed then). Each issue reads
-        ``acc[0 .. L-1]``; in every cycle in which the unit issues, the producer moves its
-        accumulators down by L (``acc[j]`` takes ``acc[j + L]``) so that the next lane group
-        is first in the next cycle.
-    more_d : Out(1)
-        The unit issues in the next cycle if the input is valid then: the producer's shift
-        enable for the next cycle is ``more_d`` and its own next ``valid`` (registered
-        there, so the enable of its P x 32 accumulator bits is a register, not this net).
+        lane group (the producer's shadow register is freed then).
     prm : In(ArrayLayout(ParamWord, Po))
         Parameters of the current output-channel group (stable while busy).
     relu, residual : In(1)
@@ -111,7 +106,6 @@ class Requant(wiring.Component):
                                          shape=act_word(params.lanes))),
             "o": Out(stream.Signature(out_word(params.po))),
             "busy": Out(1),
-            "more_d": Out(1),
         })
 
     def elaborate(self, platform):
@@ -175,15 +169,46 @@ class Requant(wiring.Component):
                 for g in range(NG):
                     with m.Case(g):
                         m.d.sync += r1_prm[lane].eq(self.prm[g * L + lane])
-        # The accumulators reach the lanes from the input's first L accumulators: the
-        # producer shifts its register by a lane group after every issue, so each lane reads
-        # one fixed input and no net spans the P accumulators (no (Px*NG):1 multiplexer, no
-        # second copy of the accumulators in a chain here).
+        # The accumulators reach the lanes through a shift chain per lane, not a (Px*NG):1
+        # multiplexer (whose 32 * P inputs would all converge on the lanes): the block's first
+        # issue takes lane group 0 straight from the input and loads groups 1 .. Px*NG-1 into
+        # the chain, each later issue takes the chain's head and shifts it by one group. Each
+        # chain register loads either its own accumulator or its neighbour's, so no net spans
+        # more than one group. Same cycles as the multiplexer: only where the values travel.
+        # The chain's enable and load select are copies (kep_hw.gateware.fanout) of registers
+        # decoded from the next values of ``c``, ``q`` and ``credits``.
         credits_d = Signal.like(credits)
-        m.d.comb += [credits_d.eq(credits - pix_start + (self.o.valid & self.o.ready)),
-                     self.more_d.eq((c_d != 0) | (credits_d != 0))]
+        m.d.comb += credits_d.eq(credits - pix_start + (self.o.valid & self.o.ready))
+        # The chain's clock enable needs no ``i.valid``: while ``later`` (a block's issue after
+        # its first) the input is valid until the block's last issue, and while not ``later``
+        # the chain may load the input in every cycle (the block's first issue loads it once
+        # more). So enable and select are registers: ``later`` and ``en`` = ``~later | c != 0
+        # | credits != 0`` (an issue, or a load), one copy per lane and per CHAIN_CHUNK chain
+        # registers (each drives 32 x CHAIN_CHUNK flip-flops, not a whole lane's chain).
+        # (each copy is 0 in reset, as its source is: c = q = 0, credits = D)
+        n_chain = PX * NG - 1
+        n_chunks = max(1, -(-n_chain // CHAIN_CHUNK))
+        later_d = (c_d != 0) | (q_d != 0)
+        later_cp = copies(m, platform, later_d, L * (n_chunks + 1), name="lane_later")
+        en_cp = copies(m, platform, ~later_d | (c_d != 0) | (credits_d != 0), L * n_chunks,
+                       name="lane_chain_en")
         for lane in range(L):
-            m.d.sync += r1_acc[lane].eq(self.i.payload.acc[lane])
+            head = self.i.payload.acc[lane]
+            chain = [Signal(signed(32), name=f"chain{lane}_{j}", reset_less=True)
+                     for j in range(n_chain)]
+            if chain:
+                m.d.sync += r1_acc[lane].eq(Mux(later_cp[lane * (n_chunks + 1) + n_chunks],
+                                                chain[0], head))
+                for j in range(n_chain):
+                    k = j // CHAIN_CHUNK
+                    later = later_cp[lane * (n_chunks + 1) + k]
+                    nxt = self.i.payload.acc[(j + 1) * L + lane]
+                    if j + 1 < n_chain:
+                        nxt = Mux(later, chain[j + 1], nxt)
+                    with m.If(en_cp[lane * n_chunks + k]):
+                        m.d.sync += chain[j].eq(nxt)
+            else:
+                m.d.sync += r1_acc[lane].eq(head)
 
         # parameters travel with their lane group (R1 -> R2 -> ...)
         def delayed(sig, n, name):

@@ -10,8 +10,8 @@ import warnings
 
 import pytest
 import torch
-from amaranth.hdl import Module, Mux, Shape, Signal
-from amaranth.lib import data, stream, wiring
+from amaranth.hdl import Module, Shape
+from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
 
@@ -396,22 +396,6 @@ def test_requant_unit(px, rq_lanes):
                                     init=[unpack(act_word(G), v) for v in res_words])
     connect_read(m, mem.read_port(), dut.res)
     aw = acc_word(params)
-    # the producer's side of the unit's shift protocol (the engine's shadow register): a
-    # block from ``feed`` is held and offered, and moves down by L accumulators in each cycle
-    # the unit issues (the enable a register loaded with the next valid and ``more_d``)
-    feed = stream.Signature(aw).create()
-    shadow = Signal(aw)
-    full = Signal()
-    full_d = Signal()
-    shift = Signal()
-    L = params.rq_lanes
-    m.d.comb += [feed.ready.eq(~full), dut.i.valid.eq(full), dut.i.payload.eq(shadow),
-                 full_d.eq(Mux(full & dut.i.ready, 0, full | feed.valid))]
-    m.d.sync += [full.eq(full_d), shift.eq(full_d & dut.more_d)]
-    with m.If(feed.valid & ~full):
-        m.d.sync += shadow.eq(feed.payload)
-    with m.Elif(shift):
-        m.d.sync += [shadow.acc[j].eq(shadow.acc[j + L]) for j in range(params.pes - L)]
     got = []
 
     async def producer(ctx):
@@ -425,7 +409,7 @@ def test_requant_unit(px, rq_lanes):
                    (accs[n + q] if q < nv else [rng.randrange(-2**31, 2**31)] * PO)]
             bits = pack(aw, {"acc": acc, "res_addr": n * step, "nv": nv,
                              "last": b == n_blk - 1})
-            await stream_put(ctx, feed, bits, rng=rng, gap=0.4)
+            await stream_put(ctx, dut.i, bits, rng=rng, gap=0.4)
             n += nv
 
     async def consumer(ctx):
