@@ -54,9 +54,6 @@ __all__ = ["PIPE", "queue_depth", "Requant"]
 #: cycles from a lane group's issue (R0) to its write into the output queue (R8)
 PIPE = 8
 
-#: accumulator chain registers per copy of the chain's enable and select (32 bits each)
-CHAIN_CHUNK = 4
-
 
 def queue_depth(params: EngineParams) -> int:
     """Output queue slots of :class:`Requant`: a pixel holds its slot from its first issue to
@@ -175,38 +172,29 @@ class Requant(wiring.Component):
         # the chain, each later issue takes the chain's head and shifts it by one group. Each
         # chain register loads either its own accumulator or its neighbour's, so no net spans
         # more than one group. Same cycles as the multiplexer: only where the values travel.
-        # The chain's enable and load select are copies (kep_hw.gateware.fanout) of registers
-        # decoded from the next values of ``c``, ``q`` and ``credits``.
+        # The chain's enable and load select come from per-lane copies (kep_hw.gateware.fanout)
+        # of the registers they are decoded from.
         credits_d = Signal.like(credits)
         m.d.comb += credits_d.eq(credits - pix_start + (self.o.valid & self.o.ready))
-        # The chain's clock enable needs no ``i.valid``: while ``later`` (a block's issue after
-        # its first) the input is valid until the block's last issue, and while not ``later``
-        # the chain may load the input in every cycle (the block's first issue loads it once
-        # more). So enable and select are registers: ``later`` and ``en`` = ``~later | c != 0
-        # | credits != 0`` (an issue, or a load), one copy per lane and per CHAIN_CHUNK chain
-        # registers (each drives 32 x CHAIN_CHUNK flip-flops, not a whole lane's chain).
         # (each copy is 0 in reset, as its source is: c = q = 0, credits = D)
+        later_cp = copies(m, platform, (c_d != 0) | (q_d != 0), L, name="lane_later")
+        c_nz_cp = copies(m, platform, c_d != 0, L, name="lane_c_nz")
+        broke_cp = copies(m, platform, credits_d == 0, L, name="lane_broke")
         n_chain = PX * NG - 1
-        n_chunks = max(1, -(-n_chain // CHAIN_CHUNK))
-        later_d = (c_d != 0) | (q_d != 0)
-        later_cp = copies(m, platform, later_d, L * (n_chunks + 1), name="lane_later")
-        en_cp = copies(m, platform, ~later_d | (c_d != 0) | (credits_d != 0), L * n_chunks,
-                       name="lane_chain_en")
         for lane in range(L):
             head = self.i.payload.acc[lane]
             chain = [Signal(signed(32), name=f"chain{lane}_{j}", reset_less=True)
                      for j in range(n_chain)]
+            iss = Signal(name=f"lane_issue{lane}")
+            m.d.comb += iss.eq(self.i.valid & (c_nz_cp[lane] | ~broke_cp[lane]))
             if chain:
-                m.d.sync += r1_acc[lane].eq(Mux(later_cp[lane * (n_chunks + 1) + n_chunks],
-                                                chain[0], head))
-                for j in range(n_chain):
-                    k = j // CHAIN_CHUNK
-                    later = later_cp[lane * (n_chunks + 1) + k]
-                    nxt = self.i.payload.acc[(j + 1) * L + lane]
-                    if j + 1 < n_chain:
-                        nxt = Mux(later, chain[j + 1], nxt)
-                    with m.If(en_cp[lane * n_chunks + k]):
-                        m.d.sync += chain[j].eq(nxt)
+                m.d.sync += r1_acc[lane].eq(Mux(later_cp[lane], chain[0], head))
+                with m.If(iss):
+                    with m.If(~later_cp[lane]):
+                        m.d.sync += [chain[j].eq(self.i.payload.acc[(j + 1) * L + lane])
+                                     for j in range(n_chain)]
+                    with m.Else():
+                        m.d.sync += [chain[j].eq(chain[j + 1]) for j in range(n_chain - 1)]
             else:
                 m.d.sync += r1_acc[lane].eq(head)
 

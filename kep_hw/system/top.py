@@ -27,7 +27,7 @@ In streamed mode the sequencer asks for each layer's weights (``NEED``) and wait
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal
+from amaranth import Module, Mux
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -205,17 +205,7 @@ class KepSystem(wiring.Component):
         m.submodules.transmitter = tx = FrameTransmitter(
             info=info, lanes=G, out_words=plan.out_words, addr_width=bufs.addr_bits + 1,
             classes=plan.classes)
-        # a register between the frame transmitter and the UART (a byte every 2 cycles at most,
-        # the UART takes one per 10 bit times): the transmitter's byte multiplexers and CRC stay
-        # apart from the UART's shift register beside its pin
-        tx_byte = Signal(8, reset_less=True)
-        tx_full = Signal()
-        m.d.comb += [tx.o.ready.eq(~tx_full), utx.i.valid.eq(tx_full),
-                     utx.i.payload.eq(tx_byte)]
-        with m.If(tx.o.valid & ~tx_full):
-            m.d.sync += [tx_byte.eq(tx.o.payload), tx_full.eq(1)]
-        with m.Elif(utx.i.ready):
-            m.d.sync += tx_full.eq(0)
+        wiring.connect(m, transmitter=tx.o, uart=utx.i)
         wiring.connect(m, receiver=rx.err, transmitter=tx.err)
         wiring.connect(m, sequencer=seq.need, transmitter=tx.need)
         m.d.comb += [tx.ping.eq(rx.ping), tx.result.eq(seq.done),
