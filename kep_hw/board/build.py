@@ -94,10 +94,11 @@ LUT_PER_RQ_LANE = 600
 #: LUT4s of one 8 x 8 multiplier built from logic (:mod:`kep_hw.gateware.mul`, ``"lut"``)
 LUT_PER_LUT_MUL = 80
 #: DSPs besides the one per PE: ``DSP_PER_LANE * L + DSP_BASE`` for the L requantization lanes
-#: (two 16 x 16 products each), the head's first classifier lane and three address products,
-#: plus the head's other classifier lanes (:func:`kep_hw.system.head.class_lanes`)
+#: (two 16 x 16 products each), the head's first classifier lane and two address products,
+#: plus the head's other classifier lanes (:func:`kep_hw.system.head.class_lanes`); the window
+#: fetcher's buffer slot product went with its shift-register rows (shift fill)
 DSP_PER_LANE = 2
-DSP_BASE = 4
+DSP_BASE = 3
 #: block RAMs of the head (its weight ROM; the sums and logits go to distributed RAM)
 HEAD_BRAMS = 1
 
