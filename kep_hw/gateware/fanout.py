@@ -27,16 +27,13 @@ from kep_hw.gateware.mul import _is_ecp5
 __all__ = ["copies"]
 
 
-def copies(m: Module, platform, d, n: int, *, name: str, reset_less: bool = False,
-           distinct: bool = False) -> list:
+def copies(m: Module, platform, d, n: int, *, name: str, reset_less: bool = False) -> list:
     """``n`` registers that all load ``d`` every cycle (latency 1, reset to 0 unless
-    ``reset_less``); the caller connects each one to its own group of loads. ``distinct``:
-    on ECP5 a single copy (``n = 1``) is a primitive too, so it stays apart from a register
-    that loads the same ``d`` (the duplicate of a register, for a second group of loads)."""
+    ``reset_less``); the caller connects each one to its own group of loads."""
     d = Value.cast(d)
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    if not _is_ecp5(platform) or (n == 1 and not distinct):
+    if not _is_ecp5(platform) or n == 1:
         q = Signal(d.shape(), name=name, reset_less=reset_less)
         m.d.sync += q.eq(d)
         return [q] * n

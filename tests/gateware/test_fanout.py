@@ -70,16 +70,3 @@ def test_yosys_keeps_the_copies(tmp_path):
     ffs = int(re.findall(r"(\d+)\s+TRELLIS_FF", log)[-1])
     # 4 copies x 3 bits, and the 4 x 3 output registers
     assert ffs == 4 * 3 + 4 * 3, log[-2000:]
-
-
-def test_distinct_single_copy_is_a_primitive():
-    """``distinct``: one copy on ECP5 is still a TRELLIS_FF per bit (a plain register beside an
-    equal one would be merged); without it, or off ECP5, one copy is a plain register."""
-    for distinct, n_ff in ((True, 3), (False, 0)):
-        m = Module()
-        d = Signal(3)
-        o = Signal(3)
-        (q,) = copies(m, ULX3S_85F_Platform(), d, 1, name="x", distinct=distinct)
-        m.d.sync += o.eq(q)
-        text = rtlil.convert(m, ports=[d, o], platform=ULX3S_85F_Platform())
-        assert len(re.findall(r"cell \\TRELLIS_FF ", text)) == n_ff
