@@ -3,10 +3,11 @@
 
 For every (group, block of Px horizontally adjacent output pixels, input channel word) in the
 engine's loop order it reads the activation words of the block's window (one read per cycle;
-out-of-image positions read as 0 without a memory access) into the fill buffer. A block of
-``nv`` valid pixels (``nv = Px`` except at the end of a row) needs ``k`` input rows of
-``(nv-1)*stride + 3`` columns (3x3) or ``nv`` positions (1x1, every ``stride``-th column), so
-``k*ncols`` reads: 9 for ``Px = 1`` 3x3, 18 / 27 for ``Px = 4`` 3x3 at stride 1 / 2.
+out-of-image positions read as 0 without a memory access) into the fill buffer. Every block,
+a short one at the end of a row too, reads a whole block's window: ``k`` input rows of
+``ncols = (Px-1)*stride + 3`` columns (3x3) or ``Px`` positions (1x1, every ``stride``-th
+column), so ``k*ncols`` reads: 9 for ``Px = 1`` 3x3, 18 / 27 for ``Px = 4`` 3x3 at stride 1 /
+2 (a short block's extra columns lie outside the image).
 
 Two window buffers form a two-entry FIFO: the fill buffer receives the next window while the
 drain buffer holds the head window, whose channels the engine consumes one after the other.
@@ -23,22 +24,23 @@ The timing is that of two symmetric buffers: the head window is valid the cycle 
 write lands or after the window before it is popped, and the fill buffer takes the next window's
 first read while the head is still in flight (its writes land after the move).
 
+The fill buffer's rows are shift registers: a read of window row ``r`` lands in column
+``NC - 1`` of row ``r`` of every lane and moves that row's other columns down by one (column
+``j`` takes column ``j + 1``). A window row of ``ncols`` reads therefore ends in columns
+``NC - ncols .. NC - 1``: buffer slot of the position (row ``r``, column ``c``) of a block is
+``r * NC + NC - ncols + c`` with ``NC = window_cols(Px) = 2*Px + 1`` (so at stride 2 and for
+``Px = 1`` 3x3 the slot is ``r * NC + c``). Output pixel ``q`` of the block reads columns
+``q*stride + 0..2`` (3x3) or column ``q`` (1x1, row 0). One register per lane and row takes the
+read word, where a buffer written slot by slot fans it out to all ``3 * NC`` slots.
+
 Column reuse (``Px > 1``, 3x3, one channel word per pixel: ``cwi = 1``): the block after
 another one of its row shares its first ``ov`` columns (2 at stride 1, 1 at stride 2) with it,
-so its reads start at column ``ov``; when the window before it moves to the drain buffer (the
-registered load), the fill buffer copies its columns ``bstep_x + j`` to columns ``j``, and a
-read landing in that cycle (a row's first block) wins. A read lands at the earliest in that
-cycle: the next window's first read is issued after the window before the head is popped,
-and the head moves the cycle after its last write at the latest. With ``pad = 1`` a row's
-first block does not read its left padding column (column 0, outside the image) either: its
-reads start at column 1, and the first read of each window row clears column 0 of that row
-as it lands (after the reuse copy of the same cycle, so the clear wins). conv1 of ResNet-20
-at ``Px = 8``: 27 reads instead of 30 for a row's first block.
-
-Buffer slot of the position (row ``r``, column ``c``) of a block: ``r * cols + c`` with
-``cols = window_cols(Px) = 2*Px + 1`` (3 for ``Px = 1``, so the ``Px = 1`` buffer is the plain
-3x3 window, slot ``r*3 + c``). Output pixel ``q`` of the block reads columns ``q*stride + 0..2``
-(3x3) or column ``q`` (1x1).
+so its reads start at column ``ov``; the shared columns are the last ``ov`` of the window
+before it, which the new reads move down to where the block's columns ``0 .. ov-1`` belong:
+no copy. With ``pad = 1`` a row's first block does not read its left padding column (column 0,
+outside the image) either: its reads start at column 1, and the first read of each window row
+also shifts a 0 into column ``NC - 2`` (which its other reads move down to column 0). conv1 of
+ResNet-20 at ``Px = 8``: 27 reads instead of 30 for a row's first block.
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ class WindowFetcher(wiring.Component):
         pa = Signal(signed(aw))                   # address of (iy0, ix0), channel word 0
         ra = Signal(signed(aw))                   # address of (iy0 + r, ix0), word iw
         ca = Signal(signed(aw))                   # address of (iy0 + r, ix0 + cx), word iw
+        ca_n = Signal(signed(aw))                 # its next value
 
         # the fill and the drain buffer (a two-entry FIFO) and their flags
         wl = data.StructLayout({"win": window_word(G, PX).members["win"]})
@@ -238,6 +241,8 @@ class WindowFetcher(wiring.Component):
             end_r.eq(~k3 | (r == 2)),
         ]
         issue = Signal()
+        m.d.comb += ca_n.eq(ca)                   # unless the loop below moves it
+        m.d.sync += ca.eq(ca_n)
         # at most two windows between their last read and their pop: the fill buffer takes
         # the next window once the window before the head is popped. Its first write lands
         # READ_LATENCY + 1 cycles after its read, by then the head has left the fill buffer (it
@@ -327,31 +332,35 @@ class WindowFetcher(wiring.Component):
         m.d.comb += step_y.eq(Mux(s2, wrow << 1, wrow))
         with m.If(issue):
             with m.If(~end_c):
-                m.d.sync += [c.eq(c + 1), cx.eq(cx + Mux(~k3 & s2, 2, 1)),
-                             ca.eq(ca + cstep)]
+                m.d.sync += [c.eq(c + 1), cx.eq(cx + Mux(~k3 & s2, 2, 1))]
+                m.d.comb += ca_n.eq(ca + cstep)
             with m.Else():
                 m.d.sync += [c.eq(0), cx.eq(0)]
                 with m.If(~end_r):
                     m.d.sync += [r.eq(r + 1), ra.eq(ra + wrow)]
                     with m.If(cont):
-                        m.d.sync += [c.eq(ov), cx.eq(ov), ca.eq(ra + wrow_ov)]
+                        m.d.sync += [c.eq(ov), cx.eq(ov)]
+                        m.d.comb += ca_n.eq(ra + wrow_ov)
                     with m.Elif(skip):
-                        m.d.sync += [c.eq(1), cx.eq(1), ca.eq(ra + wrow_1)]
+                        m.d.sync += [c.eq(1), cx.eq(1)]
+                        m.d.comb += ca_n.eq(ra + wrow_1)
                     with m.Else():
-                        m.d.sync += ca.eq(ra + wrow)
+                        m.d.comb += ca_n.eq(ra + wrow)
                 with m.Else():
                     # window done: next channel word / block / row / group
                     m.d.sync += r.eq(0)
                     with m.If(iw != cfg.cwi - 1):
                         m.d.sync += [iw.eq(iw + 1), ch_left.eq(ch_left - G),
-                                     ra.eq(pa + iw + 1), ca.eq(pa + iw + 1)]
+                                     ra.eq(pa + iw + 1)]
+                        m.d.comb += ca_n.eq(pa + iw + 1)
                     with m.Else():
                         m.d.sync += [iw.eq(0), ch_left.eq(cfg.cin)]
                         with m.If(~last_blk):
                             m.d.sync += [ox.eq(ox + PX), left.eq(left - PX),
                                          last_blk.eq(left <= 2 * PX), ix0.eq(ix0 + bstep_x),
                                          pa.eq(pa + bstep), ra.eq(pa + bstep),
-                                         ca.eq(pa + bstep_ov), cont.eq(reuse)]
+                                         cont.eq(reuse)]
+                            m.d.comb += ca_n.eq(pa + bstep_ov)
                             with m.If(reuse):
                                 m.d.sync += [c.eq(ov), cx.eq(ov)]
                         with m.Else():
@@ -360,11 +369,12 @@ class WindowFetcher(wiring.Component):
                             with m.If(oy != cfg.ho - 1):
                                 m.d.sync += [oy.eq(oy + 1), iy0.eq(iy0 + cfg.stride),
                                              prow.eq(prow + step_y), pa.eq(prow + step_y),
-                                             ra.eq(prow + step_y),
-                                             ca.eq(prow + step_y + skip)]
+                                             ra.eq(prow + step_y)]
+                                m.d.comb += ca_n.eq(prow + step_y + skip)
                             with m.Else():
                                 m.d.sync += [oy.eq(0), iy0.eq(-cfg.pad), prow.eq(base),
-                                             pa.eq(base), ra.eq(base), ca.eq(base + skip)]
+                                             pa.eq(base), ra.eq(base)]
+                                m.d.comb += ca_n.eq(base + skip)
                                 with m.If(g != cfg.groups - 1):
                                     m.d.sync += g.eq(g + 1)
                                 with m.Else():
@@ -381,5 +391,6 @@ class WindowFetcher(wiring.Component):
             ]
         with m.If(init):
             m.d.sync += [init.eq(0), run.eq(1), prow.eq(base), pa.eq(base), ra.eq(base),
-                         ca.eq(base + skip), c.eq(skip), cx.eq(skip)]
+                         c.eq(skip), cx.eq(skip)]
+            m.d.comb += ca_n.eq(base + skip)
         return m
