@@ -118,7 +118,6 @@ class WindowFetcher(wiring.Component):
         pa = Signal(signed(aw))                   # address of (iy0, ix0), channel word 0
         ra = Signal(signed(aw))                   # address of (iy0 + r, ix0), word iw
         ca = Signal(signed(aw))                   # address of (iy0 + r, ix0 + cx), word iw
-        ca_n = Signal(signed(aw))                 # its next value
 
         # the fill and the drain buffer (a two-entry FIFO) and their flags
         wl = data.StructLayout({"win": window_word(G, PX).members["win"]})
@@ -241,8 +240,6 @@ class WindowFetcher(wiring.Component):
             end_r.eq(~k3 | (r == 2)),
         ]
         issue = Signal()
-        m.d.comb += ca_n.eq(ca)                   # unless the loop below moves it
-        m.d.sync += ca.eq(ca_n)
         # at most two windows between their last read and their pop: the fill buffer takes
         # the next window once the window before the head is popped. Its first write lands
         # READ_LATENCY + 1 cycles after its read, by then the head has left the fill buffer (it
@@ -332,35 +329,31 @@ class WindowFetcher(wiring.Component):
         m.d.comb += step_y.eq(Mux(s2, wrow << 1, wrow))
         with m.If(issue):
             with m.If(~end_c):
-                m.d.sync += [c.eq(c + 1), cx.eq(cx + Mux(~k3 & s2, 2, 1))]
-                m.d.comb += ca_n.eq(ca + cstep)
+                m.d.sync += [c.eq(c + 1), cx.eq(cx + Mux(~k3 & s2, 2, 1)),
+                             ca.eq(ca + cstep)]
             with m.Else():
                 m.d.sync += [c.eq(0), cx.eq(0)]
                 with m.If(~end_r):
                     m.d.sync += [r.eq(r + 1), ra.eq(ra + wrow)]
                     with m.If(cont):
-                        m.d.sync += [c.eq(ov), cx.eq(ov)]
-                        m.d.comb += ca_n.eq(ra + wrow_ov)
+                        m.d.sync += [c.eq(ov), cx.eq(ov), ca.eq(ra + wrow_ov)]
                     with m.Elif(skip):
-                        m.d.sync += [c.eq(1), cx.eq(1)]
-                        m.d.comb += ca_n.eq(ra + wrow_1)
+                        m.d.sync += [c.eq(1), cx.eq(1), ca.eq(ra + wrow_1)]
                     with m.Else():
-                        m.d.comb += ca_n.eq(ra + wrow)
+                        m.d.sync += ca.eq(ra + wrow)
                 with m.Else():
                     # window done: next channel word / block / row / group
                     m.d.sync += r.eq(0)
                     with m.If(iw != cfg.cwi - 1):
                         m.d.sync += [iw.eq(iw + 1), ch_left.eq(ch_left - G),
-                                     ra.eq(pa + iw + 1)]
-                        m.d.comb += ca_n.eq(pa + iw + 1)
+                                     ra.eq(pa + iw + 1), ca.eq(pa + iw + 1)]
                     with m.Else():
                         m.d.sync += [iw.eq(0), ch_left.eq(cfg.cin)]
                         with m.If(~last_blk):
                             m.d.sync += [ox.eq(ox + PX), left.eq(left - PX),
                                          last_blk.eq(left <= 2 * PX), ix0.eq(ix0 + bstep_x),
                                          pa.eq(pa + bstep), ra.eq(pa + bstep),
-                                         cont.eq(reuse)]
-                            m.d.comb += ca_n.eq(pa + bstep_ov)
+                                         ca.eq(pa + bstep_ov), cont.eq(reuse)]
                             with m.If(reuse):
                                 m.d.sync += [c.eq(ov), cx.eq(ov)]
                         with m.Else():
@@ -369,12 +362,11 @@ class WindowFetcher(wiring.Component):
                             with m.If(oy != cfg.ho - 1):
                                 m.d.sync += [oy.eq(oy + 1), iy0.eq(iy0 + cfg.stride),
                                              prow.eq(prow + step_y), pa.eq(prow + step_y),
-                                             ra.eq(prow + step_y)]
-                                m.d.comb += ca_n.eq(prow + step_y + skip)
+                                             ra.eq(prow + step_y),
+                                             ca.eq(prow + step_y + skip)]
                             with m.Else():
                                 m.d.sync += [oy.eq(0), iy0.eq(-cfg.pad), prow.eq(base),
-                                             pa.eq(base), ra.eq(base)]
-                                m.d.comb += ca_n.eq(base + skip)
+                                             pa.eq(base), ra.eq(base), ca.eq(base + skip)]
                                 with m.If(g != cfg.groups - 1):
                                     m.d.sync += g.eq(g + 1)
                                 with m.Else():
@@ -391,6 +383,5 @@ class WindowFetcher(wiring.Component):
             ]
         with m.If(init):
             m.d.sync += [init.eq(0), run.eq(1), prow.eq(base), pa.eq(base), ra.eq(base),
-                         c.eq(skip), cx.eq(skip)]
-            m.d.comb += ca_n.eq(base + skip)
+                         ca.eq(base + skip), c.eq(skip), cx.eq(skip)]
         return m
