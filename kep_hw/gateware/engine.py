@@ -181,7 +181,7 @@ class Engine(wiring.Component):
                  for b in range(2)]
         bank = Signal()
         shadow_bank = Signal()
-        shadow_bank_d = Signal()             # shadow_bank's next value (and its copies')
+        shadow_bank_d = Signal()             # shadow_bank's next value
 
         # group / block bookkeeping; registered products of the (stable) configuration
         g = Signal(p.group_bits)
@@ -507,9 +507,7 @@ class Engine(wiring.Component):
         m.d.comb += shadow_bank_d.eq(Mux(s4_last.valid & s4_last.last, s4_last.bank,
                                          shadow_bank))
         m.d.sync += shadow_bank.eq(shadow_bank_d)
-        sb_cp = copies(m, platform, shadow_bank_d, PO, name="shadow_bank_o", reset_less=True)
-        for o in range(PO):
-            m.d.comb += rq.prm[o].eq(Mux(sb_cp[o], banks[1][o], banks[0][o]))
+        m.d.comb += [rq.prm[0].eq(banks[0]), rq.prm[1].eq(banks[1]), rq.bank.eq(shadow_bank)]
         with m.If(s4_last.valid & s4_last.last):
             m.d.sync += [shadow.res_addr.eq(s4_last.res),
                          shadow.last.eq(s4_last.final), shadow.nv.eq(s4_last.nv)]
@@ -530,8 +528,9 @@ class Engine(wiring.Component):
         # parameter load of a group into bank ``ld_bank``: Po reads from ``ld_ptr``, data
         # READ_LATENCY cycles later. Group 0 loads in LOAD; group g+1 while group g runs, into
         # the other bank once no block of group g-1 is in the MAC pipeline, the shadow register
-        # or waiting for its parameters in the requantization unit (which reads them when it
-        # issues a block's lane groups, before it frees the shadow register).
+        # or waiting for its parameters in the requantization unit (which reads them in the
+        # R0 of each of a block's lane groups, after it freed the shadow register: its
+        # ``prm_use``).
         ld_n = Signal(range(PO + 1), init=PO)
         ld_d = Signal(range(PO + 1))
         ld_v = Signal()
@@ -559,7 +558,8 @@ class Engine(wiring.Component):
         other_busy = Signal()
         m.d.comb += other_busy.eq(
             Cat(*(st.valid & (st.bank != bank) for st in stages)).any()
-            | (shadow_full & (shadow_bank != bank)))
+            | (shadow_full & (shadow_bank != bank))
+            | Mux(bank, rq.prm_use[0], rq.prm_use[1]))
         want = Signal()
         m.d.comb += want.eq((state == _State.RUN) & (ld_g == g) & ~last_g & ~other_busy
                             & ~loading & ~ld_v & ~ld_v2)

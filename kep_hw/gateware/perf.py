@@ -17,18 +17,20 @@ import dataclasses
 import math
 
 from kep_hw.gateware.params import EngineParams
+from kep_hw.gateware.requant import LEAD, PIPE
 
 __all__ = ["LayerShape", "layer_cycles", "block_cycles", "reuses_columns", "ideal_cycles",
            "useful_macs", "fetch_cycles"]
 
 # pipeline constants, from the RTL (see the docstrings of engine.py / requant.py / fetch.py;
 # every memory read takes READ_LATENCY = 2 cycles, the MAC pipeline S0-S4 and the
-# requantization pipeline R0-R8)
+# requantization pipeline P-R9)
 _START = 3          # start -> LOAD, LOAD -> RUN hand-over
 _BANK_EXTRA = 2     # hand-over of the bank: shadow freed -> load starts -> ready
-_END = 11           # last MAC of the layer -> last output transferred (+ nv * Po/L)
-_RQ_EXTRA = 5       # a block's shadow register is free nv * Po/L + 5 cycles after its
-                    # last MAC
+_END = 3 + PIPE + LEAD  # last MAC of the layer -> last output transferred (+ nv * Po/L)
+_RQ_EXTRA = 5       # a block's shadow register is free LEAD + 1 + 5 cycles after its last
+                    # MAC (the requantization unit's first R0 takes it), its parameter bank
+                    # nv * Po/L + LEAD + 5 cycles after it (the last R0)
 _LOAD_EXTRA = 3     # Po parameter reads, the last one's data READ_LATENCY cycles later
 _FETCH_EXTRA = 5    # the first window is complete k * ncols + 5 cycles after start
 _FIFO_LOOP = 3      # two windows in flight: fetch + MAC + 3 cycles for both (on average)
@@ -144,9 +146,11 @@ def block_cycles(shape: LayerShape, params: EngineParams, nv: int, *,
 
 def _handover_cycles(params: EngineParams, nv: int) -> int:
     """Cycles from a block's last MAC to the next block's, when the shadow register's
-    hand-over bounds them: the MAC pipeline to the shadow register, then the requantization
-    unit's ``nv * Po/L`` issues."""
-    return nv * (params.po // params.rq_lanes) + _RQ_EXTRA + _extra_stages(params)
+    hand-over or the requantization bounds them: the MAC pipeline to the shadow register, the
+    requantization unit's decision and its LEAD stages to the first R0 (which frees the shadow
+    register), or the unit's ``nv * Po/L`` issues, whichever is longer."""
+    return max(nv * (params.po // params.rq_lanes),
+               LEAD + 1 + _RQ_EXTRA + _extra_stages(params))
 
 
 def _reuse_row_cycles(shape: LayerShape, params: EngineParams) -> float:
@@ -214,7 +218,7 @@ def layer_cycles(shape: LayerShape, params: EngineParams) -> int:
     # the next group's parameters load into the other bank while a group runs, once the
     # previous group's last block has left the shadow register: a group shorter than that
     # waits for them
-    ready = _RQ_EXTRA + _extra_stages(params) + rq_last + load + _BANK_EXTRA
+    ready = _RQ_EXTRA + _extra_stages(params) + rq_last + LEAD + load + _BANK_EXTRA
     stall = max(0, ready - ho * row)
     end = _END + _extra_stages(params)
     # a layer bound by the hand-over: the layer's first block costs its MACs only (the

@@ -11,10 +11,20 @@ The unit has L = ``params.rq_lanes`` lanes (L divides G): it runs once per outpu
 so it is sized to the rate it needs. Pipeline, one lane group (L output channels of one pixel)
 issued per cycle, every step registered:
 
-- R0: residual word address ``res_addr + q*res_step + c // (G/L)`` presented; the lane
-  group's parameters selected into registers, its accumulators taken from the input (the
+- P: the issue decision (the plan): the block's first lane group once the input is valid and
+  the output queue has a free slot, the block's other lane groups after it (a pixel waits for
+  a free slot); the residual word address ``res_addr + q*res_step + c // (G/L)`` computed.
+  The block's ``nv``, ``last``, ``res_addr`` and parameter bank are kept from its first issue.
+- P1 .. P3: the decision travels :data:`LEAD` = 3 register stages to R0, through a tree of
+  copies for the accumulator chain's controls (one register, one per lane, one per lane and
+  section of :data:`CHAIN_SPAN` chain registers): the chain's enable and load select are
+  registers beside the registers they drive. Its only cost is latency: LEAD cycles on the
+  layer's last output.
+- R0: the residual word address presented; the lane group's parameters selected into
+  registers (from the bank kept with the block), its accumulators taken from the input (the
   block's first lane group) or from the head of a shift chain per lane that the first issue
-  loads with the block's other lane groups (no wide multiplexer: every net stays local).
+  loads with the block's other lane groups (no wide multiplexer: every net stays local). The
+  first issue's R0 frees the input (``ready``): the accumulators are in the chain then.
 - R1: the block's bias added to the accumulator (the engine accumulates the products alone),
   ``acc + bias`` modulo 2**32 as ``docs/arithmetic.md`` defines ``acc``.
 - R2: ``acc * mult`` as two DSP products, ``acc[15:0] * mult`` and ``acc[31:16] * mult``
@@ -26,13 +36,15 @@ issued per cycle, every step registered:
 - R5: ``+ 2**(shift-1)``.
 - R6: the residual product arrives; the sum of both.
 - R7: arithmetic shift.
-- R8: ReLU and saturation written into an output queue slot.
+- R8: ReLU and saturation.
+- R9: the int8 outputs written into an output queue slot.
 
 A pixel takes ``Po/L`` issue cycles; pixels issue back to back while the output queue (``D``
-slots, ``D = max(2, ceil((Po/L + PIPE + 1) / (Po/L)))``, enough for a ready consumer) has a free
-slot, reserved when the pixel's first lane group issues. A pixel is written to the queue
-``Po/L + PIPE - 1`` cycles after its first issue (:data:`PIPE` = 8) and offered on ``o`` in the
-next cycle.
+slots, ``D = max(2, ceil((LEAD + Po/L + PIPE + 1) / (Po/L)))``, enough for a ready consumer)
+has a free slot, reserved when the decision to issue the pixel's first lane group is made. A
+pixel is written to the queue ``LEAD + Po/L + PIPE - 1`` cycles after that decision
+(:data:`PIPE` = 9) and offered on ``o`` in the next cycle. Blocks follow each other without a
+gap: the next block's first issue is decided in the cycle after the last one's.
 """
 
 from __future__ import annotations
@@ -49,18 +61,24 @@ from kep_hw.gateware.layouts import ParamWord, acc_word, act_word, out_word
 from kep_hw.gateware.mul import Multiplier
 from kep_hw.gateware.params import EngineParams, check_params
 
-__all__ = ["PIPE", "queue_depth", "Requant"]
+__all__ = ["PIPE", "LEAD", "CHAIN_SPAN", "queue_depth", "Requant"]
 
-#: cycles from a lane group's issue (R0) to its write into the output queue (R8)
-PIPE = 8
+#: cycles from a lane group's issue (R0) to its write into the output queue (R9)
+PIPE = 9
+
+#: cycles from a lane group's issue decision (P) to its R0
+LEAD = 3
+
+#: accumulator chain registers per copy of the chain's controls
+CHAIN_SPAN = 4
 
 
 def queue_depth(params: EngineParams) -> int:
-    """Output queue slots of :class:`Requant`: a pixel holds its slot from its first issue to
-    the cycle its transfer is taken, ``Po/L + PIPE + 1`` cycles with a ready consumer, and a
-    pixel issues every ``Po/L`` cycles."""
+    """Output queue slots of :class:`Requant`: a pixel holds its slot from its first issue's
+    decision to the cycle its transfer is taken, ``LEAD + Po/L + PIPE + 1`` cycles with a
+    ready consumer, and a pixel issues every ``Po/L`` cycles."""
     ng = params.po // params.rq_lanes
-    return max(2, math.ceil((ng + PIPE + 1) / ng))
+    return max(2, math.ceil((LEAD + ng + PIPE + 1) / ng))
 
 
 class Requant(wiring.Component):
@@ -74,10 +92,16 @@ class Requant(wiring.Component):
     Attributes
     ----------
     i : In(stream.Signature(acc_word))
-        Accumulators; the payload is read in place and ``ready`` is raised with the block's last
-        lane group (the producer's shadow register is freed then).
-    prm : In(ArrayLayout(ParamWord, Po))
-        Parameters of the current output-channel group (stable while busy).
+        Accumulators; the payload is read in place and ``ready`` is raised in the R0 of the
+        block's first lane group, when the chain takes the accumulators (the producer's
+        shadow register is freed then).
+    prm : In(ArrayLayout(ArrayLayout(ParamWord, Po), 2))
+        Two banks of output-channel group parameters.
+    bank : In(1)
+        The bank of the input block's group (stable while ``i.valid``).
+    prm_use : Out(2)
+        Bit ``b``: bank ``b`` may still be read (a planned issue has not passed R0); its
+        words must stay stable.
     relu, residual : In(1)
         Layer flags.
     res_step : In(chan_bits)
@@ -95,7 +119,9 @@ class Requant(wiring.Component):
         self.params = check_params(params)
         super().__init__({
             "i": In(stream.Signature(acc_word(params))),
-            "prm": In(data.ArrayLayout(ParamWord, params.po)),
+            "prm": In(data.ArrayLayout(data.ArrayLayout(ParamWord, params.po), 2)),
+            "bank": In(1),
+            "prm_use": Out(2),
             "relu": In(1),
             "residual": In(1),
             "res_step": In(params.chan_bits),
@@ -112,91 +138,143 @@ class Requant(wiring.Component):
         NG = PO // L                     # lane groups per pixel
         SUB = G // L                     # lane groups per residual word
         D = queue_depth(p)
+        n_chain = PX * NG - 1            # accumulator chain registers per lane
+        NSUB = max(1, math.ceil(n_chain / CHAIN_SPAN))
 
+        # -- the issue plan (P), LEAD cycles ahead of R0 ---------------------------------
         c = Signal(range(NG))            # lane group
         q = Signal(range(PX))            # pixel of the block
         qoff = Signal(p.act_bits)        # q * res_step
         credits = Signal(range(D + 1), init=D)
+        pending = Signal()               # a block is planned, its R0 has not taken it yet
+        blk_nv = Signal.like(self.i.payload.nv)
+        blk_last = Signal()
+        blk_res = Signal(p.act_bits)
+        blk_bank = Signal()
+        later = Signal()                 # not a block's first issue
         issuing = Signal()
+        first = Signal()
         pix_start = Signal()
         end_pix = Signal()
         end_blk = Signal()
+        nv = Signal.like(self.i.payload.nv)
+        bank = Signal()
+        res_base = Signal(p.act_bits)
+        blast = Signal()                 # the layer's last block
+        m.d.comb += [
+            later.eq((c != 0) | (q != 0)),
+            # a block in progress, or the input's block once the last one planned left it
+            issuing.eq((later | (self.i.valid & ~pending)) & ((c != 0) | (credits != 0))),
+            first.eq(issuing & ~later),
+            pix_start.eq(issuing & (c == 0)),
+            nv.eq(Mux(later, blk_nv, self.i.payload.nv)),
+            bank.eq(Mux(later, blk_bank, self.bank)),
+            res_base.eq(Mux(later, blk_res, self.i.payload.res_addr)),
+            blast.eq(Mux(later, blk_last, self.i.payload.last)),
+            end_pix.eq(c == NG - 1),
+            end_blk.eq(end_pix & (q == nv - 1)),
+        ]
+        with m.If(first):
+            m.d.sync += [blk_nv.eq(self.i.payload.nv), blk_last.eq(self.i.payload.last),
+                         blk_res.eq(self.i.payload.res_addr), blk_bank.eq(self.bank)]
+        with m.If(issuing):
+            with m.If(~end_pix):
+                m.d.sync += c.eq(c + 1)
+            with m.Else():
+                m.d.sync += c.eq(0)
+                with m.If(end_blk):
+                    m.d.sync += [q.eq(0), qoff.eq(0)]
+                with m.Else():
+                    m.d.sync += [q.eq(q + 1), qoff.eq(qoff + self.res_step)]
+
+        # -- P -> R0: LEAD register stages; the chain's controls through a tree of copies
+        # (kep_hw.gateware.fanout): one register (P1), one per lane (P2), one per lane and
+        # chain section of CHAIN_SPAN registers (R0), so no control net spans the array
+        plan = {
+            "iss": issuing, "first": first, "c": c, "bank": bank, "end": end_pix,
+            "last": blast & end_blk,
+            "addr": res_base + qoff + (c // SUB if SUB > 1 else c),
+        }
+        stages = [plan]
+        for k in range(1, LEAD + 1):
+            nxt = {}
+            for key, v in stages[-1].items():
+                r = Signal.like(v, name=f"p{k}_{key}", reset_less=key not in ("iss", "first"))
+                m.d.sync += r.eq(v)
+                nxt[key] = r
+            stages.append(nxt)
+        r0 = stages[LEAD]
+        ctl1 = Cat(stages[1]["iss"], stages[1]["first"], stages[1]["c"], stages[1]["bank"])
+        lane_ctl = copies(m, platform, ctl1, L, name="lane_ctl", reset_less=True)
+        # (each copy is 0 in reset, as its source is)
+        sect_ctl = [copies(m, platform, lane_ctl[lane], NSUB + 1, name=f"chain{lane}_ctl",
+                           reset_less=True) for lane in range(L)]
+
+        def ctl(v):
+            return v[0], v[1], v[2:2 + len(c)], v[2 + len(c)]
+
+        m.d.sync += pending.eq(first | (pending & ~(r0["iss"] & r0["first"])))
+        credits_d = Signal.like(credits)
+        m.d.comb += credits_d.eq(credits - pix_start + (self.o.valid & self.o.ready))
+        m.d.sync += credits.eq(credits_d)
+
         valid = [Signal(name=f"r{i}_valid") for i in range(PIPE + 1)]   # valid[i]: R_i
         end = [Signal(name=f"r{i}_end") for i in range(PIPE + 1)]
         last = [Signal(name=f"r{i}_last") for i in range(PIPE + 1)]
         grp = [Signal(range(NG), name=f"r{i}_c") for i in range(PIPE + 1)]
         m.d.comb += [
-            issuing.eq(self.i.valid & ((c != 0) | (credits != 0))),
-            pix_start.eq(issuing & (c == 0)),
-            end_pix.eq(c == NG - 1),
-            end_blk.eq(end_pix & (q == self.i.payload.nv - 1)),
-            self.busy.eq((c != 0) | (q != 0) | Cat(*valid[1:]).any()),
             self.res.en.eq(1),
-            self.res.addr.eq(self.i.payload.res_addr + qoff + (c // SUB if SUB > 1 else c)),
-            self.i.ready.eq(issuing & end_blk),
-            valid[0].eq(issuing), end[0].eq(end_pix),
-            last[0].eq(self.i.payload.last & end_blk), grp[0].eq(c),
+            self.res.addr.eq(r0["addr"]),
+            # the block's accumulators are in the chain after its first issue's R0
+            self.i.ready.eq(r0["iss"] & r0["first"]),
+            valid[0].eq(r0["iss"]), end[0].eq(r0["end"]), last[0].eq(r0["last"]),
+            grp[0].eq(r0["c"]),
         ]
         for i in range(1, PIPE + 1):
             m.d.sync += [valid[i].eq(valid[i - 1]), end[i].eq(end[i - 1]),
                          last[i].eq(last[i - 1]), grp[i].eq(grp[i - 1])]
+        # the parameter banks the unit may still read (in R0), for the engine's next load
+        use = [Signal(name=f"prm_use{b}") for b in range(2)]
+        for b in range(2):
+            m.d.comb += use[b].eq((later & (blk_bank == b))
+                                  | Cat(*(stages[k]["iss"] & (stages[k]["bank"] == b)
+                                          for k in range(1, LEAD + 1))).any())
+        m.d.comb += [
+            self.prm_use.eq(Cat(*use)),
+            self.busy.eq(later | pending | Cat(*(stages[k]["iss"]
+                                                 for k in range(1, LEAD + 1))).any()
+                         | Cat(*valid[1:]).any()),
+        ]
 
-        # R0 -> R1: the lane group's accumulators and parameters, each lane through its own
-        # copy of (q, c) (kep_hw.gateware.fanout: no select net spans all L lanes)
+        # R0 -> R1: the lane group's accumulators and parameters
         r1_acc = Signal(data.ArrayLayout(signed(32), L), reset_less=True)
         r1_prm = Signal(data.ArrayLayout(ParamWord, L), reset_less=True)
-        c_d = Signal(range(NG))          # next values of c and q (their copies load them too)
-        q_d = Signal(range(PX))
-        m.d.comb += [c_d.eq(c), q_d.eq(q)]
-        with m.If(issuing):
-            with m.If(~end_pix):
-                m.d.comb += c_d.eq(c + 1)
-            with m.Else():
-                m.d.comb += c_d.eq(0)
-                with m.If(end_blk):
-                    m.d.comb += q_d.eq(0)
-                    m.d.sync += qoff.eq(0)
-                with m.Else():
-                    m.d.comb += q_d.eq(q + 1)
-                    m.d.sync += qoff.eq(qoff + self.res_step)
-        m.d.sync += [c.eq(c_d), q.eq(q_d)]
-        c_cp = copies(m, platform, c_d, L, name="lane_c", reset_less=True)
-        for lane in range(L):
-            with m.Switch(c_cp[lane]):
-                for g in range(NG):
-                    with m.Case(g):
-                        m.d.sync += r1_prm[lane].eq(self.prm[g * L + lane])
         # The accumulators reach the lanes through a shift chain per lane, not a (Px*NG):1
         # multiplexer (whose 32 * P inputs would all converge on the lanes): the block's first
         # issue takes lane group 0 straight from the input and loads groups 1 .. Px*NG-1 into
         # the chain, each later issue takes the chain's head and shifts it by one group. Each
         # chain register loads either its own accumulator or its neighbour's, so no net spans
-        # more than one group. Same cycles as the multiplexer: only where the values travel.
-        # The chain's enable and load select come from per-lane copies (kep_hw.gateware.fanout)
-        # of the registers they are decoded from.
-        credits_d = Signal.like(credits)
-        m.d.comb += credits_d.eq(credits - pix_start + (self.o.valid & self.o.ready))
-        # (each copy is 0 in reset, as its source is: c = q = 0, credits = D)
-        later_cp = copies(m, platform, (c_d != 0) | (q_d != 0), L, name="lane_later")
-        c_nz_cp = copies(m, platform, c_d != 0, L, name="lane_c_nz")
-        broke_cp = copies(m, platform, credits_d == 0, L, name="lane_broke")
-        n_chain = PX * NG - 1
+        # more than one group. Each section of CHAIN_SPAN chain registers has its own copy
+        # of the controls.
         for lane in range(L):
+            iss0, first0, c0, bank0 = ctl(sect_ctl[lane][NSUB])
+            with m.Switch(Cat(c0, bank0)):
+                for b in range(2):
+                    for g in range(NG):
+                        with m.Case(g | (b << len(c))):
+                            m.d.sync += r1_prm[lane].eq(self.prm[b][g * L + lane])
             head = self.i.payload.acc[lane]
             chain = [Signal(signed(32), name=f"chain{lane}_{j}", reset_less=True)
                      for j in range(n_chain)]
-            iss = Signal(name=f"lane_issue{lane}")
-            m.d.comb += iss.eq(self.i.valid & (c_nz_cp[lane] | ~broke_cp[lane]))
-            if chain:
-                m.d.sync += r1_acc[lane].eq(Mux(later_cp[lane], chain[0], head))
-                with m.If(iss):
-                    with m.If(~later_cp[lane]):
-                        m.d.sync += [chain[j].eq(self.i.payload.acc[(j + 1) * L + lane])
-                                     for j in range(n_chain)]
-                    with m.Else():
-                        m.d.sync += [chain[j].eq(chain[j + 1]) for j in range(n_chain - 1)]
-            else:
-                m.d.sync += r1_acc[lane].eq(head)
+            m.d.sync += r1_acc[lane].eq(Mux(first0, head, chain[0]) if chain else head)
+            for j in range(n_chain):
+                iss_s, first_s, _, _ = ctl(sect_ctl[lane][j // CHAIN_SPAN])
+                with m.If(iss_s):
+                    with m.If(first_s):
+                        m.d.sync += chain[j].eq(self.i.payload.acc[(j + 1) * L + lane])
+                    if j + 1 < n_chain:
+                        with m.Else():
+                            m.d.sync += chain[j].eq(chain[j + 1])
 
         # parameters travel with their lane group (R1 -> R2 -> ...)
         def delayed(sig, n, name):
@@ -262,9 +340,20 @@ class Requant(wiring.Component):
             shift5 = delayed(shift3, 2, f"shift{lane}_r7")       # in R7
             r8_z = Signal(signed(52), name=f"r8_z{lane}", reset_less=True)
             m.d.sync += r8_z.eq(r7_sum >> shift5)
-            ys.append(r8_z)
+            # R8 -> R9: ReLU and saturation, from the sign and the bits above bit 7 (wide OR
+            # / AND, a few LUT levels), not from comparisons (a 52-bit carry chain each): z >
+            # 127 iff z is positive with a one above bit 6, z < -128 iff negative with a zero
+            # there; registered, so the queue's write and head multiplexers start from a
+            # register
+            z = r8_z
+            neg = z[-1]
+            high = z[7:-1]
+            r9_y = Signal(signed(8), name=f"r9_y{lane}", reset_less=True)
+            m.d.sync += r9_y.eq(Mux(neg, Mux(relu_cp[lane], 0, Mux(high.all(), z[:8], -128)),
+                                    Mux(high.any(), 127, z[:8])))
+            ys.append(r9_y)
 
-        # R8: ReLU, saturation into the output queue slot ``wp``
+        # R9: written into the output queue slot ``wp``
         ow = out_word(PO)
         queue = Signal(data.ArrayLayout(ow, D), reset_less=True)
         wp = Signal(range(D))
@@ -272,7 +361,7 @@ class Requant(wiring.Component):
         count = Signal(range(D + 1))
         push = Signal()
         pop = Signal()
-        v8, e8, l8, c8 = valid[PIPE], end[PIPE], last[PIPE], grp[PIPE]
+        v8, e8, l8, c8 = valid[PIPE], end[PIPE], last[PIPE], grp[PIPE]     # R9
         m.d.comb += [
             push.eq(v8 & e8),
             pop.eq(self.o.valid & self.o.ready),
@@ -296,15 +385,7 @@ class Requant(wiring.Component):
             m.d.sync += hreg.eq(hn)
             heads.append((hn, slot))
         with m.If(v8):
-            for lane, z in enumerate(ys):
-                # saturation from the sign and the bits above bit 7 (wide OR / AND, a few
-                # LUT levels), not from comparisons (a 52-bit carry chain each): z > 127 iff z
-                # is positive with a one above bit 6, z < -128 iff negative with a zero there
-                y = Signal(signed(8), name=f"y{lane}")
-                neg = z[-1]
-                high = z[7:-1]
-                m.d.comb += y.eq(Mux(neg, Mux(relu_cp[lane], 0, Mux(high.all(), z[:8], -128)),
-                                     Mux(high.any(), 127, z[:8])))
+            for lane, y in enumerate(ys):
                 for d in range(D):
                     with m.If(wp == d):
                         with m.Switch(c8):

@@ -370,26 +370,33 @@ def test_requant_unit(px, rq_lanes):
                           act_depth=64, wt_depth=64, prm_depth=16, rq_lanes=rq_lanes)
     PO, G = params.po, params.lanes
     rng = random.Random(3 + px)
-    n_blk = 5
+    n_blk = 8
     nvs = [rng.randrange(1, px + 1) for _ in range(n_blk)]
     n_pix = sum(nvs)
     accs = [[rng.choice([-2**31, 2**31 - 1, rng.randrange(-2**31, 2**31)]) for _ in range(PO)]
             for _ in range(n_pix)]
     res = [[rng.choice([-128, 127, rng.randrange(-128, 128)]) for _ in range(PO)]
            for _ in range(n_pix)]
-    mult = [rng.randrange(0, 2**16) for _ in range(PO)]
-    shift = [rng.randrange(1, 48) for _ in range(PO)]
-    res_mult = [rng.randrange(0, 2**24) for _ in range(PO)]
-    prm = [{"bias": 0, "mult": mult[o], "shift": shift[o], "res_mult": res_mult[o]}
-           for o in range(PO)]
+    # two parameter banks with different values; block b reads bank b % 2
+    banks = [{"mult": [rng.randrange(0, 2**16) for _ in range(PO)],
+              "shift": [rng.randrange(1, 48) for _ in range(PO)],
+              "res_mult": [rng.randrange(0, 2**24) for _ in range(PO)]} for _ in range(2)]
+    prm = [[{"bias": 0, "mult": bk["mult"][o], "shift": bk["shift"][o],
+             "res_mult": bk["res_mult"][o]} for o in range(PO)] for bk in banks]
     step = PO // G + 1                  # residual words between pixels (one spare word)
     res_words = [0] * params.act_depth
     for n in range(n_pix):
         for w in range(PO // G):
             res_words[n * step + w] = pack(act_word(G), res[n][w * G:(w + 1) * G])
-    want = requantize(torch.tensor(accs), torch.tensor(mult), torch.tensor(shift),
-                      residual=torch.tensor(res), res_mult=torch.tensor(res_mult), relu=True,
-                      channel_dim=1).tolist()
+    want = []
+    n = 0
+    for b, nv in enumerate(nvs):
+        bk = banks[b % 2]
+        want += requantize(torch.tensor(accs[n:n + nv]), torch.tensor(bk["mult"]),
+                           torch.tensor(bk["shift"]), residual=torch.tensor(res[n:n + nv]),
+                           res_mult=torch.tensor(bk["res_mult"]), relu=True,
+                           channel_dim=1).tolist()
+        n += nv
     m = Module()
     m.submodules.dut = dut = Requant(params)
     m.submodules.mem = mem = Memory(shape=act_word(G), depth=params.act_depth,
@@ -400,6 +407,7 @@ def test_requant_unit(px, rq_lanes):
 
     async def producer(ctx):
         ctx.set(dut.prm.as_value(), pack(dut.prm.shape(), prm))
+        ctx.set(dut.bank, 0)
         ctx.set(dut.relu, 1)
         ctx.set(dut.residual, 1)
         ctx.set(dut.res_step, step)
@@ -409,7 +417,10 @@ def test_requant_unit(px, rq_lanes):
                    (accs[n + q] if q < nv else [rng.randrange(-2**31, 2**31)] * PO)]
             bits = pack(aw, {"acc": acc, "res_addr": n * step, "nv": nv,
                              "last": b == n_blk - 1})
+            ctx.set(dut.bank, b % 2)
             await stream_put(ctx, dut.i, bits, rng=rng, gap=0.4)
+            # a new block may load into a bank that is no longer in use (the engine's rule)
+            ctx.set(dut.bank, rng.randrange(2))
             n += nv
 
     async def consumer(ctx):
