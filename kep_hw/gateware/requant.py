@@ -21,7 +21,8 @@ issued per cycle, every step registered:
   registers beside the registers they drive. Its only cost is latency: LEAD cycles on the
   layer's last output.
 - R0: the residual word address presented; the lane group's parameters selected into
-  registers (from the bank kept with the block), its accumulators taken from the input (the
+  registers (from the bank kept with the block, selected in P3 into a register per output
+  channel), its accumulators taken from the input (the
   block's first lane group) or from the head of a shift chain per lane that the first issue
   loads with the block's other lane groups (no wide multiplexer: every net stays local). The
   first issue's R0 frees the input (``ready``): the accumulators are in the chain then.
@@ -204,14 +205,14 @@ class Requant(wiring.Component):
                 nxt[key] = r
             stages.append(nxt)
         r0 = stages[LEAD]
-        ctl1 = Cat(stages[1]["iss"], stages[1]["first"], stages[1]["c"], stages[1]["bank"])
+        ctl1 = Cat(stages[1]["iss"], stages[1]["first"], stages[1]["c"])
         lane_ctl = copies(m, platform, ctl1, L, name="lane_ctl", reset_less=True)
         # (each copy is 0 in reset, as its source is)
         sect_ctl = [copies(m, platform, lane_ctl[lane], NSUB + 1, name=f"chain{lane}_ctl",
                            reset_less=True) for lane in range(L)]
 
         def ctl(v):
-            return v[0], v[1], v[2:2 + len(c)], v[2 + len(c)]
+            return v[0], v[1], v[2:]
 
         m.d.sync += pending.eq(first | (pending & ~(r0["iss"] & r0["first"])))
         credits_d = Signal.like(credits)
@@ -256,19 +257,26 @@ class Requant(wiring.Component):
         # chain register loads either its own accumulator or its neighbour's, so no net spans
         # more than one group. Each section of CHAIN_SPAN chain registers has its own copy
         # of the controls.
+        # the parameters of R0's bank, selected one stage earlier into a register per output
+        # channel (through one copy of P1's bank per channel): the lanes' multiplexers are
+        # then Po/L:1, and no select spans both banks
+        bank_cp = copies(m, platform, stages[1]["bank"], PO, name="prm_bank_sel",
+                         reset_less=True)
+        prm_cur = Signal(data.ArrayLayout(ParamWord, PO), reset_less=True)
+        for o in range(PO):
+            m.d.sync += prm_cur[o].eq(Mux(bank_cp[o], self.prm[1][o], self.prm[0][o]))
         for lane in range(L):
-            iss0, first0, c0, bank0 = ctl(sect_ctl[lane][NSUB])
-            with m.Switch(Cat(c0, bank0)):
-                for b in range(2):
-                    for g in range(NG):
-                        with m.Case(g | (b << len(c))):
-                            m.d.sync += r1_prm[lane].eq(self.prm[b][g * L + lane])
+            _, first0, c0 = ctl(sect_ctl[lane][NSUB])
+            with m.Switch(c0):
+                for g in range(NG):
+                    with m.Case(g):
+                        m.d.sync += r1_prm[lane].eq(prm_cur[g * L + lane])
             head = self.i.payload.acc[lane]
             chain = [Signal(signed(32), name=f"chain{lane}_{j}", reset_less=True)
                      for j in range(n_chain)]
             m.d.sync += r1_acc[lane].eq(Mux(first0, head, chain[0]) if chain else head)
             for j in range(n_chain):
-                iss_s, first_s, _, _ = ctl(sect_ctl[lane][j // CHAIN_SPAN])
+                iss_s, first_s, _ = ctl(sect_ctl[lane][j // CHAIN_SPAN])
                 with m.If(iss_s):
                     with m.If(first_s):
                         m.d.sync += chain[j].eq(self.i.payload.acc[(j + 1) * L + lane])
