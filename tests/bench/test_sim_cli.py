@@ -128,11 +128,11 @@ def test_perf_model_numbers():
     assert useful_macs(s) == 32 * 32 * 16 * 16 * 4
     assert ideal_cycles(s, p) == 65536
     # one group: start (3) + parameter load (16 reads, 3 cycles of latency), 1024 pixels of
-    # 16 channels x 4 elements, the end (11, and 1 for the weight register stage S1W) and the
-    # last pixel's requantization (16 / 4)
-    assert layer_cycles(s, p) == 3 + 19 + 1024 * 16 * 4 + 12 + 4
+    # 16 channels x 4 elements, the end (15: 3 + the requantization's PIPE = 9 and LEAD = 3;
+    # and 1 for the weight register stage S1W) and the last pixel's requantization (16 / 4)
+    assert layer_cycles(s, p) == 3 + 19 + 1024 * 16 * 4 + 16 + 4
     d = LayerShape(cin=16, cout=16, h=32, w=32, k=3, kept=9)
-    assert layer_cycles(d, p) == 3 + 19 + 1024 * 16 * 9 + 12 + 4
+    assert layer_cycles(d, p) == 3 + 19 + 1024 * 16 * 9 + 16 + 4
     # a chain of 8 pixel groups: 7 more cycles at the layer's end
     c = EngineParams(pes=128, px=8, lanes=16, rq_lanes=8, chain=True)
     assert layer_cycles(s, c) - layer_cycles(s, dataclasses.replace(c, chain=False)) == 7
@@ -170,7 +170,7 @@ def test_perf_model_px():
     assert block_cycles(s, p, 4) == 64
     assert ideal_cycles(s, p) == 32 * 32 * 16 * 16 * 4 / 64
     # the first window (18 reads, complete 5 cycles later) comes after the parameters (22)
-    assert layer_cycles(s, p) == 18 + 5 + 32 * 8 * 64 + 12 + 4 * 2
+    assert layer_cycles(s, p) == 18 + 5 + 32 * 8 * 64 + 16 + 4 * 2
     s2 = LayerShape(cin=16, cout=32, h=32, w=32, k=3, kept=4, stride=2)
     assert block_cycles(s2, p, 4) == 64
     # G = 4: the window reads bound the block (18 > 4 * 4, 27 at stride 2); at stride 1 the
@@ -183,7 +183,7 @@ def test_perf_model_px():
     # first block: its first window, 15 reads + 5, is ready before the parameters, 22)
     s7 = LayerShape(cin=3, cout=16, h=7, w=7, k=3, kept=9)
     assert block_cycles(s7, p, 3) == 27
-    assert layer_cycles(s7, p) == 22 + 7 * (27 + 27) + 12 + 3 * 2
+    assert layer_cycles(s7, p) == 22 + 7 * (27 + 27) + 16 + 3 * 2
     # 1x1 stride 2: 4 positions per word, 8 MAC cycles
     sc = LayerShape(cin=16, cout=32, h=32, w=32, k=1, kept=1, stride=2, pad=0)
     assert block_cycles(sc, p, 4) == 2 * 8
