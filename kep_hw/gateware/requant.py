@@ -18,8 +18,8 @@ issued per cycle, every step registered:
 - P1 .. P3: the decision travels :data:`LEAD` = 3 register stages to R0, through a tree of
   copies for the accumulator chain's controls (one register, one per lane, one per lane and
   section of :data:`CHAIN_SPAN` chain registers): the chain's enable and load select are
-  registers beside the registers they drive. Its only cost is latency: LEAD cycles on the
-  layer's last output.
+  registers beside the registers they drive. Its cost: LEAD cycles on the layer's last
+  output, and LEAD more cycles that each pixel holds its output queue slot.
 - R0: the residual word address presented; the lane group's parameters selected into
   registers (from the bank kept with the block, selected in P3 into a register per output
   channel), its accumulators taken from the input (the
@@ -214,7 +214,7 @@ class Requant(wiring.Component):
         def ctl(v):
             return v[0], v[1], v[2:]
 
-        m.d.sync += pending.eq(first | (pending & ~(r0["iss"] & r0["first"])))
+        m.d.sync += pending.eq(first | (pending & ~self.i.ready))
         credits_d = Signal.like(credits)
         m.d.comb += credits_d.eq(credits - pix_start + (self.o.valid & self.o.ready))
         m.d.sync += credits.eq(credits_d)
@@ -250,13 +250,6 @@ class Requant(wiring.Component):
         # R0 -> R1: the lane group's accumulators and parameters
         r1_acc = Signal(data.ArrayLayout(signed(32), L), reset_less=True)
         r1_prm = Signal(data.ArrayLayout(ParamWord, L), reset_less=True)
-        # The accumulators reach the lanes through a shift chain per lane, not a (Px*NG):1
-        # multiplexer (whose 32 * P inputs would all converge on the lanes): the block's first
-        # issue takes lane group 0 straight from the input and loads groups 1 .. Px*NG-1 into
-        # the chain, each later issue takes the chain's head and shifts it by one group. Each
-        # chain register loads either its own accumulator or its neighbour's, so no net spans
-        # more than one group. Each section of CHAIN_SPAN chain registers has its own copy
-        # of the controls.
         # the parameters of R0's bank, selected one stage earlier into a register per output
         # channel (through one copy of P1's bank per channel): the lanes' multiplexers are
         # then Po/L:1, and no select spans both banks
@@ -271,6 +264,13 @@ class Requant(wiring.Component):
                 for g in range(NG):
                     with m.Case(g):
                         m.d.sync += r1_prm[lane].eq(prm_cur[g * L + lane])
+            # The accumulators reach the lanes through a shift chain per lane, not a
+            # (Px*NG):1 multiplexer (whose 32 * P inputs would all converge on the lanes): the
+            # block's first issue takes lane group 0 straight from the input and loads groups
+            # 1 .. Px*NG-1 into the chain, each later issue takes the chain's head and shifts
+            # it by one group. Each chain register loads either its own accumulator or its
+            # neighbour's, so no net spans more than one group. Each section of CHAIN_SPAN
+            # chain registers has its own copy of the controls.
             head = self.i.payload.acc[lane]
             chain = [Signal(signed(32), name=f"chain{lane}_{j}", reset_less=True)
                      for j in range(n_chain)]

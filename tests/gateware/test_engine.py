@@ -419,7 +419,7 @@ def test_requant_unit(px, rq_lanes):
                              "last": b == n_blk - 1})
             ctx.set(dut.bank, b % 2)
             await stream_put(ctx, dut.i, bits, rng=rng, gap=0.4)
-            # a new block may load into a bank that is no longer in use (the engine's rule)
+            # the bank input changes once the block is taken: the unit must keep the block's own
             ctx.set(dut.bank, rng.randrange(2))
             n += nv
 
