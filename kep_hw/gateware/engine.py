@@ -53,6 +53,11 @@ block fields come from the last group's S4, ``Px - 1`` cycles after group 0's.
 Selects and enables with thousands of loads (the S4 flags of the P accumulators, the
 parameter banks' flags, the window fetcher's buffer moves) are registered several times over, one copy
 per group of loads (:func:`kep_hw.gateware.fanout.copies`), with no added latency.
+
+The issue decision is a register (``issue``), loaded with the issue condition evaluated a
+cycle ahead on the next values of what it depends on (``issue_n``); the window fetcher decides
+its buffer moves from ``issue_n`` (its ``ahead`` port), a cycle before they are done. The
+cycles are those of a decision in the cycle itself.
 """
 
 from __future__ import annotations
@@ -246,29 +251,66 @@ class Engine(wiring.Component):
 
         # control
         keff_m1 = Signal(4)                  # K - 1 (K = 0 counts as 1)
+        # the parameter load's flags (the parameter load, below)
+        loading = Signal()
+        ld_v = Signal()
+        ld_v2 = Signal()
         m.d.sync += keff_m1.eq(Mux(cfg.kk == 0, 0, cfg.kk - 1))
-        c = Signal(range(G))
-        c_next = Signal(range(G + 1))        # c + 1
-        j = Signal(4)
+        # the issue decision is made a cycle ahead: ``issue`` is a register loaded with
+        # ``issue_n``, the same condition evaluated on the next values of everything it
+        # depends on (the fetcher's ``head_next``, the element flags below, ``block_n``,
+        # ``next_ready_n``), so the cycles are the same as with a decision in the cycle itself,
+        # and the fetcher decides its buffer moves from ``issue_n`` (its ``ahead``), a cycle
+        # before they are done: no decision of this cycle reaches the window buffers' selects
+        c = Signal(range(G))                 # channel of the head window
+        j = Signal(4)                        # element of the channel's kernel plane
         win = fetch.o
-        end_j = Signal()
-        end_c = Signal()
-        last_mac = Signal()
+        hn = fetch.head_next
+        # element flags, registers: the element (c, j) is the plane's last (end_j), next to
+        # last (pen_j); the channel is the window's last (end_c), next to last (pen_c); channels
+        # after it (remc); a group's last MAC (last_mac: end_c & end_j of a ``last`` window)
+        end_j, pen_j, end_c, pen_c, last_mac = (
+            Signal(name=n) for n in ("end_j", "pen_j", "end_c", "pen_c", "last_mac"))
+        remc = Signal(range(G))
         block = Signal()                     # registered (below)
+        block_n = Signal()
+        next_ready_n = Signal()
         issue = Signal()
+        issue_n = Signal()
+        adv_c = Signal()                     # the issue moves on to the next channel
+        end_j_n, end_c_n, last_mac_n, run_n = (
+            Signal(name=n) for n in ("end_j_n", "end_c_n", "last_mac_n", "run_n"))
         m.d.comb += [
-            end_j.eq(j == keff_m1),
-            end_c.eq(c_next == win.payload.nch),
-            last_mac.eq(win.payload.last & end_c & end_j),
-            # a group's last MAC waits for the next group's parameters
-            issue.eq((state == _State.RUN) & win.valid & ~(last_mac & block)
-                     & ~(last_mac & last_px & ~last_g & ~next_ready)),
+            adv_c.eq(issue & end_j & ~end_c),
+            end_j_n.eq(Mux(hn.new | (issue & end_j), keff_m1 == 0, Mux(issue, pen_j, end_j))),
+            end_c_n.eq(Mux(hn.new, hn.nch == 1, Mux(adv_c, pen_c, end_c))),
+            last_mac_n.eq(Mux(hn.new, hn.last, win.payload.last) & end_c_n & end_j_n),
+            run_n.eq(((state == _State.RUN) & ~(issue & last_mac & last_px & last_g))
+                     | ((state == _State.LOAD) & ~loading & ~ld_v & ~ld_v2)),
+            # a group's last MAC waits for the shadow register and the next group's
+            # parameters. last_px / last_g change only after a last MAC, and then block_n
+            # holds the next one back anyway
+            issue_n.eq(run_n & hn.valid & ~(last_mac_n & block_n)
+                       & ~(last_mac_n & last_px & ~last_g & ~next_ready_n)),
             win.ready.eq(issue & end_c & end_j),
+            fetch.next_ch.eq(adv_c),
+            fetch.ahead.ready.eq(issue_n & end_c_n & end_j_n),
+            fetch.ahead.next_ch.eq(issue_n & end_j_n & ~end_c_n),
             self.wt.en.eq(1),
             self.wt.addr.eq(wptr),
             self.wt_addr.eq(Cat(*wt_addr_cp)),
             self.prm.en.eq(1),
             self.busy.eq(state != _State.IDLE),
+        ]
+        m.d.sync += [
+            issue.eq(issue_n),
+            end_j.eq(end_j_n),
+            pen_j.eq(Mux(hn.new | (issue & end_j), keff_m1 == 1,
+                         Mux(issue, j + 2 == keff_m1, pen_j))),
+            end_c.eq(end_c_n),
+            pen_c.eq(Mux(hn.new, hn.nch == 2, Mux(adv_c, remc == 2, pen_c))),
+            remc.eq(Mux(hn.new, hn.nch - 1, Mux(adv_c, remc - 1, remc))),
+            last_mac.eq(last_mac_n),
         ]
 
         # the 3x3 window of every pixel of the block, channel c (the fetcher's stream presents
@@ -277,7 +319,6 @@ class Engine(wiring.Component):
         # leave at slots NC - ncols + column (ncols = 2*Px + 1 at stride 2, Px + 2 at stride 1,
         # Px for 1x1); the stride and kernel flags in one copy per pixel
         # (kep_hw.gateware.fanout)
-        m.d.comb += fetch.next_ch.eq(issue & end_j & ~end_c)
         k3_cp = copies(m, platform, cfg.k == 3, PX, name="win_k3", reset_less=True)
         s2_cp = copies(m, platform, cfg.stride == 2, PX, name="win_s2", reset_less=True)
         raw = [win.payload.win[slot] for slot in range(3 * NC)]
@@ -309,13 +350,7 @@ class Engine(wiring.Component):
             with m.If(~end_j):
                 m.d.sync += j.eq(j + 1)
             with m.Else():
-                m.d.sync += j.eq(0)
-                with m.If(~end_c):
-                    m.d.sync += c.eq(c_next)
-                    m.d.sync += c_next.eq(c_next + 1)
-                with m.Else():
-                    m.d.sync += c.eq(0)
-                    m.d.sync += c_next.eq(1)
+                m.d.sync += [j.eq(0), c.eq(Mux(end_c, 0, c + 1))]
             with m.If(cfg.kk != 0):
                 m.d.comb += wptr_n.eq(wptr + 1)
             with m.If(last_mac):
@@ -522,8 +557,9 @@ class Engine(wiring.Component):
         # next last MAC waits) as a register, loaded with its next value: the flags of S1 (this
         # cycle's issue), of the stages that move on, and of the shadow register; no path runs
         # from the stage flags through the issue logic into the window's buffer moves
-        m.d.sync += block.eq(shadow_full_d | (issue & last_mac)
-                             | Cat(*(st.valid & st.last for st in stages[:-1])).any())
+        m.d.comb += block_n.eq(shadow_full_d | (issue & last_mac)
+                               | Cat(*(st.valid & st.last for st in stages[:-1])).any())
+        m.d.sync += block.eq(block_n)
 
         # parameter load of a group into bank ``ld_bank``: Po reads from ``ld_ptr``, data
         # READ_LATENCY cycles later. Group 0 loads in LOAD; group g+1 while group g runs, into
@@ -533,8 +569,6 @@ class Engine(wiring.Component):
         # ``prm_use``).
         ld_n = Signal(range(PO + 1), init=PO)
         ld_d = Signal(range(PO + 1))
-        ld_v = Signal()
-        ld_v2 = Signal()
         ld_bank = Signal()
         ld_b1 = Signal()
         # the write enable of each (bank, channel) parameter register, decoded one cycle
@@ -543,7 +577,6 @@ class Engine(wiring.Component):
         ld_en = Signal(2 * PO)
         ld_ptr = Signal(p.prm_bits)
         ld_g = Signal(p.group_bits)          # the group being loaded / last loaded
-        loading = Signal()
         m.d.comb += [self.prm.addr.eq(ld_ptr + ld_n), loading.eq(ld_n != PO)]
         m.d.sync += [ld_v.eq(loading), ld_d.eq(ld_n), ld_b1.eq(ld_bank), ld_v2.eq(ld_v)]
         m.d.sync += [ld_en[b * PO + o].eq(ld_v & (ld_b1 == b) & (ld_d == o))
@@ -567,15 +600,16 @@ class Engine(wiring.Component):
             m.d.sync += [ld_n.eq(0), ld_bank.eq(~bank), ld_ptr.eq(ld_ptr + PO),
                          ld_g.eq(ld_g + 1)]
         # registered (one cycle late: conservative), and cleared when the banks swap
-        m.d.sync += next_ready.eq((ld_g == g + 1) & ~loading & ~ld_v & ~ld_v2
-                                  & ~(issue & last_mac & last_px))
+        m.d.comb += next_ready_n.eq((ld_g == g + 1) & ~loading & ~ld_v & ~ld_v2
+                                    & ~(issue & last_mac & last_px))
+        m.d.sync += next_ready.eq(next_ready_n)
 
         with m.Switch(state):
             with m.Case(_State.IDLE):
                 with m.If(self.start):
                     m.d.sync += [
                         state.eq(_State.LOAD), g.eq(0), *row_start(), py.eq(0),
-                        last_row.eq(cfg.ho == 1), last_g.eq(cfg.groups == 1), c_next.eq(1),
+                        last_row.eq(cfg.ho == 1), last_g.eq(cfg.groups == 1),
                         gbase.eq(cfg.wt_base),
                         res_ptr.eq(cfg.res_base),
                         res_row.eq(cfg.res_base), res_gbase.eq(cfg.res_base),

@@ -17,9 +17,12 @@ window (``o.ready``; ``next_ch`` and ``o.ready`` are never high together). The d
 moves its planes down by one per ``next_ch`` (plane ``i`` takes plane ``i + 1``), so the
 engine's operands come from plane 0 alone: no multiplexer selects a channel out of the
 ``G x 3 x NC`` bytes. Each buffer move (fill -> drain when a window becomes the head, drain
-plane ``i + 1`` -> ``i``) is decided in one cycle and done in the next through registered
-selects, one copy per lane and row of the window (:func:`kep_hw.gateware.fanout.copies`); in
+plane ``i + 1`` -> ``i``) is decided a cycle ahead, from the consumer's ``ahead`` (its
+``o.ready`` and ``next_ch`` of the next cycle), and done in the cycle after it through
+registered selects, two register levels from the decision: one copy per :data:`MOVE_SPAN`
+lanes, then one per lane and row of the window (:func:`kep_hw.gateware.fanout.copies`); in
 that cycle the stream presents the plane the move will bring (fill plane 0, or drain plane 1).
+``head_next`` tells the consumer what the head will be in the next cycle.
 The timing is that of two symmetric buffers: the head window is valid the cycle after its last
 write lands or after the window before it is popped, and the fill buffer takes the next window's
 first read while the head is still in flight (its writes land after the move).
@@ -54,7 +57,10 @@ from kep_hw.gateware.fanout import copies
 from kep_hw.gateware.layouts import act_word, plane_word, window_cols, window_word
 from kep_hw.gateware.params import EngineParams, check_params
 
-__all__ = ["WindowFetcher"]
+__all__ = ["MOVE_SPAN", "WindowFetcher"]
+
+#: lanes whose buffer-move selects are registered from one first-level copy of the decision
+MOVE_SPAN = 4
 
 
 class WindowFetcher(wiring.Component):
@@ -79,6 +85,15 @@ class WindowFetcher(wiring.Component):
         the window.
     next_ch : In(1)
         The engine moves on to the head window's next channel (not with ``o.ready``).
+    ahead : In(StructLayout({"ready": 1, "next_ch": 1}))
+        ``o.ready`` and ``next_ch`` as they will be in the next cycle: the consumer decides
+        them a cycle ahead (the engine's issue is a register), and the fetcher decides its
+        buffer moves from them. A value here that the next cycle's ``o.ready`` / ``next_ch``
+        do not repeat corrupts the windows.
+    head_next : Out(StructLayout({"valid": 1, "new": 1, "nch": ..., "last": 1}))
+        The head as it will be in the next cycle: ``valid`` (``o.valid``), ``new`` (a window
+        becomes the head: the fill buffer moves now), its channel count and ``last`` flag
+        (when ``new``): what a consumer that decides a cycle ahead needs.
     """
 
     def __init__(self, params: EngineParams):
@@ -91,6 +106,9 @@ class WindowFetcher(wiring.Component):
                                          shape=act_word(params.lanes))),
             "o": Out(stream.Signature(plane_word(params.lanes, params.px))),
             "next_ch": In(1),
+            "ahead": In(data.StructLayout({"ready": 1, "next_ch": 1})),
+            "head_next": Out(data.StructLayout({"valid": 1, "new": 1,
+                                                "nch": range(params.lanes + 1), "last": 1})),
         })
 
     def elaborate(self, platform):
@@ -108,6 +126,8 @@ class WindowFetcher(wiring.Component):
         oy = Signal(p.dim_bits)
         ox = Signal(p.dim_bits)                   # first output column of the block
         iw = Signal(p.chan_bits)
+        oy_last = Signal()                        # oy == ho - 1 (a register, updated with oy)
+        iw_last = Signal()                        # iw == cwi - 1 (a register, updated with iw)
         ch_left = Signal(p.chan_bits + 1)
         r = Signal(2)
         c = Signal(range(NC))
@@ -126,6 +146,14 @@ class WindowFetcher(wiring.Component):
         f_full = Signal()            # the fill buffer holds a complete window, not yet moved
         d_valid = Signal()           # the head window is valid (in the drain buffer, or moving)
         owned = Signal(range(3))     # windows whose last read is issued and that are not popped
+        # the read pipeline's flags that the buffer moves look at (the read stage, below)
+        meta = data.StructLayout({"nch": range(G + 1), "first": 1, "last": 1})
+        f1_valid = Signal()
+        f1_end = Signal()
+        f2_valid = Signal()
+        f2_end = Signal()
+        f2_meta = Signal(meta)
+        fill_meta = Signal(meta)     # the flags of the window in the fill buffer
 
         # derived from the (stable) configuration, registered; a layer's first cycle after
         # ``start`` (``init``) waits for them
@@ -171,23 +199,47 @@ class WindowFetcher(wiring.Component):
         m.d.comb += self.busy.eq(run | init)
         base = Signal(signed(aw))     # address of input position (-pad, -pad)
 
-        # stream head and buffer moves (decided now, done in the next cycle: ``load``: the fill
-        # buffer becomes the head; ``shift``: the head's next channel)
+        # stream head and buffer moves, decided a cycle ahead (``ahead``: the consumer's
+        # ``o.ready`` and ``next_ch`` of the next cycle): ``load`` (a register: the fill
+        # buffer becomes the head now), ``shift`` (the head's next channel now). Each move is
+        # done in the cycle after it through registered selects (below)
         pop = Signal()
-        shift = Signal()
         load = Signal()
+        valid_n = Signal()                        # d_valid's next value
+        full_n = Signal()                         # f_full's next value
+        load_n = Signal()                         # load's next value
         fdone = Signal()                          # the fill buffer's last write lands now
+        f1_done = Signal()                        # ... lands in the next cycle
+        src = Signal(meta)                        # the flags of the window a load moves
         m.d.comb += [
             self.o.valid.eq(d_valid),
             pop.eq(d_valid & self.o.ready),
-            shift.eq(d_valid & self.next_ch & ~self.o.ready),
-            load.eq((f_full | fdone) & (~d_valid | pop)),
+            valid_n.eq(load | (d_valid & ~pop)),
+            full_n.eq((f_full | fdone) & ~load),
+            load_n.eq((full_n | f1_done) & (~valid_n | self.ahead.ready)),
+            # a window that completes now has its flags in f2 only
+            src.eq(Mux(f_full, fill_meta, f2_meta)),
+            self.head_next.valid.eq(valid_n),
+            self.head_next.new.eq(load),
+            self.head_next.nch.eq(src.nch),
+            self.head_next.last.eq(src.last),
         ]
-        m.d.sync += [d_valid.eq(load | (d_valid & ~pop)), f_full.eq((f_full | fdone) & ~load)]
-        # the selects, registered, one copy per (lane, row) of the drain buffer and per row of
-        # the stream's plane
-        ld_cp = copies(m, platform, load, 3 * G + 3, name="mv_load", reset_less=True)
-        sh_cp = copies(m, platform, shift, 3 * G + 3, name="mv_shift", reset_less=True)
+        m.d.sync += [load.eq(load_n), d_valid.eq(valid_n), f_full.eq(full_n)]
+        # the selects, registered twice from the decision: one copy per group of
+        # MOVE_SPAN lanes (and one for the stream), then one per (lane, row) of the drain
+        # buffer and per row of the stream's plane from its group's copy: no net carries a
+        # decision of this cycle to 3 * G + 3 flip-flops spread over the buffers
+        n_grp = -(-G // MOVE_SPAN)
+
+        def move_selects(d, name):
+            grp = copies(m, platform, d, n_grp + 1, name=f"{name}_g", reset_less=True)
+            out = []
+            for k in range(n_grp + 1):
+                n = 3 * (min(G, (k + 1) * MOVE_SPAN) - k * MOVE_SPAN) if k < n_grp else 3
+                out += copies(m, platform, grp[k], n, name=f"{name}{k}", reset_less=True)
+            return out
+        ld_cp = move_selects(load_n, "mv_load")
+        sh_cp = move_selects(self.ahead.next_ch, "mv_shift")
         for row in range(3):
             bits = slice(row * NC * 8, (row + 1) * NC * 8)
             m.d.comb += self.o.payload.win.as_value()[bits].eq(
@@ -254,22 +306,16 @@ class WindowFetcher(wiring.Component):
         # registered (f2, zero outside the image) before it is written into the fill buffer;
         # the window's channel count and flags travel with every read
         nch = Signal(range(G + 1))
-        meta = data.StructLayout({"nch": range(G + 1), "first": 1, "last": 1})
         f0_valid = Signal()
         f0_inb = Signal()
         f0_row = Signal(2)
         f0_end = Signal()
         f0_zl = Signal()                          # clear column 0 of this read's row (skip)
         f0_meta = Signal(meta)
-        f1_valid = Signal()
         f1_inb = Signal()
         f1_row = Signal(2)
-        f1_end = Signal()
         f1_zl = Signal()
         f1_meta = Signal(meta)
-        f2_valid = Signal()
-        f2_end = Signal()
-        f2_meta = Signal(meta)
         f2_data = Signal(act_word(G), reset_less=True)
         m.d.sync += [
             f0_valid.eq(issue),
@@ -279,7 +325,7 @@ class WindowFetcher(wiring.Component):
             f0_zl.eq(skip & ~cont & (c == 1)),
             f0_meta.nch.eq(nch),
             f0_meta.first.eq(iw == 0),
-            f0_meta.last.eq(iw == cfg.cwi - 1),
+            f0_meta.last.eq(iw_last),
             f1_valid.eq(f0_valid),
             f1_inb.eq(f0_inb),
             f1_row.eq(f0_row),
@@ -291,7 +337,6 @@ class WindowFetcher(wiring.Component):
             f2_meta.eq(f1_meta),
             f2_data.eq(Mux(f1_inb, self.act.data, 0)),
         ]
-        fill_meta = Signal(meta)
         with m.If(f2_valid):
             m.d.sync += fill_meta.eq(f2_meta)
         # the fill buffer's rows are shift registers: a read of window row ``row`` lands at
@@ -316,10 +361,8 @@ class WindowFetcher(wiring.Component):
                             nxt = Mux(zl_cp[lane], 0, nxt)
                         m.d.sync += w[row * NC + j].eq(nxt)
                     m.d.sync += w[row * NC + NC - 1].eq(f2_data[lane])
-        m.d.comb += fdone.eq(f2_valid & f2_end)
+        m.d.comb += [fdone.eq(f2_valid & f2_end), f1_done.eq(f1_valid & f1_end)]
         with m.If(load):
-            # a window that completes now has its flags in f2 only
-            src = Mux(f_full, fill_meta.as_value(), f2_meta.as_value())
             m.d.sync += Cat(head_nch, head_first, head_last).eq(src)
         m.d.sync += owned.eq(owned + (issue & end_r & end_c) - pop)
 
@@ -344,11 +387,12 @@ class WindowFetcher(wiring.Component):
                 with m.Else():
                     # window done: next channel word / block / row / group
                     m.d.sync += r.eq(0)
-                    with m.If(iw != cfg.cwi - 1):
-                        m.d.sync += [iw.eq(iw + 1), ch_left.eq(ch_left - G),
+                    with m.If(~iw_last):
+                        m.d.sync += [iw.eq(iw + 1), iw_last.eq(iw + 2 == cfg.cwi),
+                                     ch_left.eq(ch_left - G),
                                      ra.eq(pa + iw + 1), ca.eq(pa + iw + 1)]
                     with m.Else():
-                        m.d.sync += [iw.eq(0), ch_left.eq(cfg.cin)]
+                        m.d.sync += [iw.eq(0), iw_last.eq(cfg.cwi == 1), ch_left.eq(cfg.cin)]
                         with m.If(~last_blk):
                             m.d.sync += [ox.eq(ox + PX), left.eq(left - PX),
                                          last_blk.eq(left <= 2 * PX), ix0.eq(ix0 + bstep_x),
@@ -359,13 +403,15 @@ class WindowFetcher(wiring.Component):
                         with m.Else():
                             m.d.sync += [*row_start(), ix0.eq(-cfg.pad), c.eq(skip),
                                          cx.eq(skip)]
-                            with m.If(oy != cfg.ho - 1):
-                                m.d.sync += [oy.eq(oy + 1), iy0.eq(iy0 + cfg.stride),
+                            with m.If(~oy_last):
+                                m.d.sync += [oy.eq(oy + 1), oy_last.eq(oy + 2 == cfg.ho),
+                                             iy0.eq(iy0 + cfg.stride),
                                              prow.eq(prow + step_y), pa.eq(prow + step_y),
                                              ra.eq(prow + step_y),
                                              ca.eq(prow + step_y + skip)]
                             with m.Else():
-                                m.d.sync += [oy.eq(0), iy0.eq(-cfg.pad), prow.eq(base),
+                                m.d.sync += [oy.eq(0), oy_last.eq(cfg.ho == 1),
+                                             iy0.eq(-cfg.pad), prow.eq(base),
                                              pa.eq(base), ra.eq(base), ca.eq(base + skip)]
                                 with m.If(g != cfg.groups - 1):
                                     m.d.sync += g.eq(g + 1)
@@ -377,9 +423,10 @@ class WindowFetcher(wiring.Component):
         # start: counters now, addresses one cycle later (once ``wrow`` is valid)
         with m.If(self.start & ~run & ~init):
             m.d.sync += [
-                init.eq(1), g.eq(0), oy.eq(0), *row_start(), iw.eq(0), ch_left.eq(cfg.cin),
+                init.eq(1), g.eq(0), oy.eq(0), oy_last.eq(cfg.ho == 1), *row_start(), iw.eq(0),
+                iw_last.eq(cfg.cwi == 1), ch_left.eq(cfg.cin),
                 r.eq(0), c.eq(0), cx.eq(0), iy0.eq(-cfg.pad), ix0.eq(-cfg.pad),
-                f_full.eq(0), d_valid.eq(0), owned.eq(0),
+                f_full.eq(0), d_valid.eq(0), owned.eq(0), load.eq(0),
             ]
         with m.If(init):
             m.d.sync += [init.eq(0), run.eq(1), prow.eq(base), pa.eq(base), ra.eq(base),

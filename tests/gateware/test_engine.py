@@ -319,36 +319,42 @@ def test_window_fetcher(k, stride, pad, cin, h, w, px):
     rng = random.Random(7)
     got = []
 
-    async def plane(ctx, stall):
-        """The head plane once valid, after random idle cycles (no next_ch, no pop)."""
-        while not ctx.get(dut.o.valid) or rng.random() < stall:
-            await ctx.tick()
-        return unpack(pl, ctx.get(dut.o.payload.as_value()))
-
     async def bench(ctx):
         ctx.set(dut.cfg.as_value(), pack(params.config_layout, cfg))
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
-        for _ in ref:
-            # the window's channels one after the other (next_ch), then the pop (ready)
-            want = ref[len(got)][0]
-            win = []
-            lane = 0
-            while True:
-                pw = await plane(ctx, 0.5)
-                nch = pw["nch"]
+        # the window's channels one after the other (next_ch), then the pop (ready), each
+        # decided a cycle ahead (``ahead``) from the next cycle's head (``head_next``), in
+        # random cycles of those where the head is valid
+        act = None
+        lane = 0
+        win = []
+        while len(got) < len(ref):
+            ctx.set(dut.next_ch, act == "next")
+            ctx.set(dut.o.ready, act == "pop")
+            if act is not None:
+                assert ctx.get(dut.o.valid)
+                pw = unpack(pl, ctx.get(dut.o.payload.as_value()))
+                want = ref[len(got)][0]
                 win.append({s: pw["win"][s] for s in want[lane]})
-                last = lane + 1 >= nch
-                ctx.set(dut.next_ch if not last else dut.o.ready, 1)
-                await ctx.tick()
-                ctx.set(dut.next_ch, 0)
-                ctx.set(dut.o.ready, 0)
-                if last:
-                    break
                 lane += 1
-            win += [{s: 0 for s in want[ln]} for ln in range(nch, params.lanes)]
-            got.append((win, nch, pw["first"], pw["last"]))
+                if act == "pop":
+                    nch = pw["nch"]
+                    win += [{s: 0 for s in want[ln]} for ln in range(nch, params.lanes)]
+                    got.append((win, nch, pw["first"], pw["last"]))
+                    win, lane = [], 0
+            nxt = None
+            if ctx.get(dut.head_next.valid) and len(got) < len(ref) and rng.random() < 0.5:
+                nch = (ctx.get(dut.head_next.nch) if ctx.get(dut.head_next.new)
+                       else ctx.get(dut.o.payload.nch))
+                nxt = "pop" if lane + 1 >= nch else "next"
+            ctx.set(dut.ahead.ready, nxt == "pop")
+            ctx.set(dut.ahead.next_ch, nxt == "next")
+            await ctx.tick()
+            act = nxt
+        ctx.set(dut.next_ch, 0)
+        ctx.set(dut.o.ready, 0)
         for _ in range(12):
             await ctx.tick()
         assert not ctx.get(dut.o.valid)      # no extra window
