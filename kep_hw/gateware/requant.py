@@ -30,15 +30,17 @@ issued per cycle, every step registered:
   ``acc + bias`` modulo 2**32 as ``docs/arithmetic.md`` defines ``acc``.
 - R2: ``acc * mult`` as two DSP products, ``acc[15:0] * mult`` and ``acc[31:16] * mult``
   (:class:`kep_hw.gateware.mul.Multiplier`, two cycles: R2 -> R4).
-- R2: the residual word arrives (read latency 2); the lane's byte is registered (R3), and once
-  more (R4).
+- R2: the residual word arrives (read latency 2); the bytes of it that the lane may take (one
+  per lane group of the word) are registered beside the lane (R3), the lane group's byte picked
+  into a register (R4).
 - R4: ``res * res_mult``, an 8 x 24 product built from logic (two cycles: R4 -> R6).
 - R4: ``acc * mult = (hi << 16) + lo``.
 - R5: ``+ 2**(shift-1)``.
 - R6: the residual product arrives; the sum of both.
 - R7: arithmetic shift.
 - R8: ReLU and saturation.
-- R9: the int8 outputs written into an output queue slot.
+- R9: the int8 outputs written into an output queue slot (each lane's bytes of the slots and
+  of the queue's head registers with a copy of the queue's pointers and write flags of its own).
 
 A pixel takes ``Po/L`` issue cycles; pixels issue back to back while the output queue (``D``
 slots, ``D = max(2, ceil((LEAD + Po/L + PIPE + 1) / (Po/L)))``, enough for a ready consumer)
@@ -313,22 +315,21 @@ class Requant(wiring.Component):
             m.submodules[f"mul_hi{lane}"] = hi
             m.d.comb += [lo.a.eq(acc[:16]), lo.b.eq(prm.mult),
                          hi.a.eq(acc[16:]), hi.b.eq(prm.mult)]
-            # R2 -> R3: the lane's residual byte registered (the residual word arrived in R2
-            # through the buffers' multiplexer), R3 -> R4 once more; R4 -> R6: res * res_mult
-            # in logic
-            sub = delayed(grp[1], 1, f"sub{lane}")              # lane group in R2
+            # R2 -> R3: the residual word's bytes that the lane may take (one per lane group
+            # of the word: G/L bytes) registered beside the lane, straight from the word's
+            # register (the residual word arrived in R2 through the buffers' multiplexer);
+            # R3 -> R4: the lane group's byte picked (0 without a residual); R4 -> R6:
+            # res * res_mult in logic
+            sub = delayed(grp[1], 2, f"sub{lane}")              # lane group in R3
             rm = delayed(prm.res_mult, 2, f"rm{lane}")           # in R4
-            res = Signal(signed(8), name=f"res{lane}")
             word = self.res.data
-            if SUB > 1:
-                choices = [word[k * L + lane] for k in range(SUB)]
-                pick = choices[0]
-                for k in range(1, SUB):
-                    pick = Mux((sub % SUB) == k, choices[k], pick)
-            else:
-                pick = word[lane]
-            m.d.comb += res.eq(Mux(residual_cp[lane], pick, 0))
-            r4_res = delayed(res, 2, f"res{lane}")               # in R4
+            cand = Signal(8 * SUB, name=f"res{lane}_w", reset_less=True)
+            m.d.sync += cand.eq(Cat(*(word[k * L + lane] for k in range(SUB))))
+            pick = cand[:8]
+            for k in range(1, SUB):
+                pick = Mux((sub % SUB) == k, cand[8 * k:8 * (k + 1)], pick)
+            r4_res = Signal(signed(8), name=f"res{lane}_d1", reset_less=True)   # in R4
+            m.d.sync += r4_res.eq(Mux(residual_cp[lane], pick, 0))
             rmul = Multiplier(signed(8), unsigned(24), impl="lut")
             m.submodules[f"mul_res{lane}"] = rmul
             m.d.comb += [rmul.a.eq(r4_res), rmul.b.eq(rm)]
@@ -386,37 +387,45 @@ class Requant(wiring.Component):
         m.d.comb += [rp1.eq(Mux(rp == D - 1, 0, rp + 1)),
                      self.o.payload.eq(Mux(popped, head_b, head_a))]
         m.d.sync += popped.eq(pop)
-        heads = []
-        for hreg, slot, nm in ((head_a, rp, "head_a"), (head_b, rp1, "head_b")):
-            hn = Signal(ow, name=f"{nm}_next")
-            m.d.comb += hn.as_value().eq(queue.as_value().word_select(slot, ow.size))
-            m.d.sync += hreg.eq(hn)
-            heads.append((hn, slot))
-        with m.If(v8):
-            for lane, y in enumerate(ys):
+        # the queue's pointers and R9's write flags once more in one copy per lane (each
+        # drives only its lane's bytes of the D slots and of the head registers), from their
+        # next values: no pointer or write flag fans out to all Po bytes of every slot
+        wp_n = Signal(range(D))
+        rp_n = Signal(range(D))
+        rp1_n = Signal(range(D))
+        m.d.comb += [
+            wp_n.eq(Mux(push, Mux(wp == D - 1, 0, wp + 1), wp)),
+            rp_n.eq(Mux(pop, rp1, rp)),
+            rp1_n.eq(Mux(rp_n == D - 1, 0, rp_n + 1)),
+        ]
+        m.d.sync += [wp.eq(wp_n), rp.eq(rp_n)]
+        qw = data.StructLayout({"v": 1, "c": range(NG), "wp": range(D), "rp": range(D),
+                                "rp1": range(D)})
+        q_cp = [qw(v) for v in copies(
+            m, platform, Cat(valid[PIPE - 1], grp[PIPE - 1], wp_n, rp_n, rp1_n), L,
+            name="queue_ctl", reset_less=True)]
+        head_n = [Signal(ow, name=f"{nm}_next") for nm in ("head_a", "head_b")]
+        m.d.sync += [head_a.eq(head_n[0]), head_b.eq(head_n[1])]
+        for lane, y in enumerate(ys):
+            qc = q_cp[lane]
+            for g in range(NG):
+                ch = g * L + lane
+                here = Signal(name=f"q_wr{lane}_{g}")
+                m.d.comb += here.eq(qc.v & (qc.c == g))
                 for d in range(D):
-                    with m.If(wp == d):
-                        with m.Switch(c8):
-                            for g in range(NG):
-                                with m.Case(g):
-                                    m.d.sync += queue[d].data[g * L + lane].eq(y)
-                for hn, slot in heads:
-                    with m.If(wp == slot):
-                        with m.Switch(c8):
-                            for g in range(NG):
-                                with m.Case(g):
-                                    m.d.comb += hn.data[g * L + lane].eq(y)
-            with m.If(e8):
-                for d in range(D):
-                    with m.If(wp == d):
-                        m.d.sync += queue[d].last.eq(l8)
-                for hn, slot in heads:
-                    with m.If(wp == slot):
-                        m.d.comb += hn.last.eq(l8)
-        with m.If(push):
-            m.d.sync += wp.eq(Mux(wp == D - 1, 0, wp + 1))
-        with m.If(pop):
-            m.d.sync += rp.eq(rp1)
+                    with m.If(here & (qc.wp == d)):
+                        m.d.sync += queue[d].data[ch].eq(y)
+                slots = Cat(*(queue[d].data[ch] for d in range(D)))
+                for hn, slot in zip(head_n, (qc.rp, qc.rp1)):
+                    m.d.comb += hn.data[ch].eq(Mux(here & (qc.wp == slot), y,
+                                                   slots.word_select(slot, 8)))
+        with m.If(v8 & e8):
+            for d in range(D):
+                with m.If(wp == d):
+                    m.d.sync += queue[d].last.eq(l8)
+        lasts = Cat(*(queue[d].last for d in range(D)))
+        for hn, slot in zip(head_n, (rp, rp1)):
+            m.d.comb += hn.last.eq(Mux(v8 & e8 & (wp == slot), l8, lasts.bit_select(slot, 1)))
         m.d.sync += [count.eq(count + push - pop),
                      credits.eq(credits_d)]
         return m
