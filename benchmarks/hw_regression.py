@@ -217,7 +217,10 @@ def main(argv=None) -> int:
     engines = {}
     for px in sorted(set(args.px_choices)):
         if px >= 1 and params.pes % px == 0 and (params.pes // px) % params.lanes == 0:
-            engines[px] = dataclasses.replace(params, px=px)
+            try:
+                engines[px] = dataclasses.replace(params, px=px)
+            except ValueError as e:
+                raise KepError(f"--px-choices {px}: {e}") from None
     if not engines:
         raise KepError(f"no Px of {args.px_choices} splits P={params.pes} into multiples "
                        f"of G={params.lanes}")

@@ -279,6 +279,14 @@ def test_bad_max_minutes(fake, run, tmp_path, one_line_error):
     assert "--max-minutes" in line
 
 
+def test_px_choice_the_engine_refuses(fake, run, tmp_path, one_line_error):
+    # the distribution register needs Px > 1: Px = 1 is one error line, not a traceback
+    line = one_line_error(run("--layers", "2", "--pes", "16x2", "--lanes", "4",
+                              "--px-choices", "1", "2", "--dist-reg",
+                              "--out", tmp_path / "o.json"))
+    assert "--px-choices 1" in line and "dist_reg" in line
+
+
 def test_stale_temp_of_the_state_is_harmless(fake, run, reference, tmp_path, interrupted):
     ref, ref_calls = reference
     out = tmp_path / "soak.json"
