@@ -197,7 +197,13 @@ class WindowFetcher(wiring.Component):
         else:
             m.d.sync += bstep_ov.eq(bstep_d)
         m.d.comb += self.busy.eq(run | init)
-        base = Signal(signed(aw))     # address of input position (-pad, -pad)
+        # the address of input position (-pad, -pad) (``base``), and that + ``skip`` (a row's
+        # first read with the padding skip), registers loaded from the configuration in every
+        # cycle (valid in ``init``); the step between output rows and that + ``skip`` too
+        base = Signal(signed(aw))
+        base_s = Signal(signed(aw))
+        step_y = Signal(signed(aw))
+        step_y_s = Signal(signed(aw))
 
         # stream head and buffer moves, decided a cycle ahead (``ahead``: the consumer's
         # ``o.ready`` and ``next_ch`` of the next cycle): ``load`` (a register: the fill
@@ -368,8 +374,8 @@ class WindowFetcher(wiring.Component):
 
         # loop advance
         m.d.comb += nch.eq(Mux(ch_left >= G, G, ch_left))
-        step_y = Signal(signed(aw))
-        m.d.comb += step_y.eq(Mux(s2, wrow << 1, wrow))
+        m.d.sync += [step_y.eq(Mux(s2, wrow << 1, wrow)),
+                     step_y_s.eq(Mux(s2, wrow << 1, wrow) + skip)]
         with m.If(issue):
             with m.If(~end_c):
                 m.d.sync += [c.eq(c + 1), cx.eq(cx + Mux(~k3 & s2, 2, 1)),
@@ -408,17 +414,20 @@ class WindowFetcher(wiring.Component):
                                              iy0.eq(iy0 + cfg.stride),
                                              prow.eq(prow + step_y), pa.eq(prow + step_y),
                                              ra.eq(prow + step_y),
-                                             ca.eq(prow + step_y + skip)]
+                                             ca.eq(prow + step_y_s)]
                             with m.Else():
                                 m.d.sync += [oy.eq(0), oy_last.eq(cfg.ho == 1),
                                              iy0.eq(-cfg.pad), prow.eq(base),
-                                             pa.eq(base), ra.eq(base), ca.eq(base + skip)]
+                                             pa.eq(base), ra.eq(base), ca.eq(base_s)]
                                 with m.If(g != cfg.groups - 1):
                                     m.d.sync += g.eq(g + 1)
                                 with m.Else():
                                     m.d.sync += run.eq(0)
 
-        m.d.comb += base.eq(cfg.act_base - Mux(cfg.pad != 0, wrow + cfg.cwi, 0))
+        pad_words = Mux(cfg.pad != 0, (cfg.w + 1) * cfg.cwi, 0)
+        skip_d = (k3 & (cfg.cwi == 1) & (cfg.pad != 0)) if PX > 1 else C(0, 1)
+        m.d.sync += [base.eq(cfg.act_base - pad_words),
+                     base_s.eq(cfg.act_base - pad_words + skip_d)]
 
         # start: counters now, addresses one cycle later (once ``wrow`` is valid)
         with m.If(self.start & ~run & ~init):
@@ -430,5 +439,5 @@ class WindowFetcher(wiring.Component):
             ]
         with m.If(init):
             m.d.sync += [init.eq(0), run.eq(1), prow.eq(base), pa.eq(base), ra.eq(base),
-                         ca.eq(base + skip), c.eq(skip), cx.eq(skip)]
+                         ca.eq(base_s), c.eq(skip), cx.eq(skip)]
         return m
