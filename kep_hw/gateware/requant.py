@@ -20,7 +20,8 @@ issued per cycle, every step registered:
   section of :data:`CHAIN_SPAN` chain registers): the chain's enable and load select are
   registers beside the registers they drive. Its cost: LEAD cycles on the layer's last
   output, and LEAD more cycles that each pixel holds its output queue slot.
-- R0: the residual word address presented; the lane group's parameters selected into
+- The cycle before R0: the residual word address presented (the word arrives in R1).
+- R0: the lane group's parameters selected into
   registers (from the bank kept with the block, selected in P3 into a register per output
   channel), its accumulators taken from the input (the
   block's first lane group) or from the head of a shift chain per lane that the first issue
@@ -30,9 +31,9 @@ issued per cycle, every step registered:
   ``acc + bias`` modulo 2**32 as ``docs/arithmetic.md`` defines ``acc``.
 - R2: ``acc * mult`` as two DSP products, ``acc[15:0] * mult`` and ``acc[31:16] * mult``
   (:class:`kep_hw.gateware.mul.Multiplier`, two cycles: R2 -> R4).
-- R2: the residual word arrives (read latency 2); the bytes of it that the lane may take (one
-  per lane group of the word) are registered beside the lane (R3), the lane group's byte picked
-  into a register (R4).
+- R1: the residual word arrives (read latency 2); the bytes of it that the lane may take (one
+  per lane group of the word) pass two registers of the lane's own (R2, R3), the lane group's
+  byte is picked into a register (R4).
 - R4: ``res * res_mult``, an 8 x 24 product built from logic (two cycles: R4 -> R6).
 - R4: ``acc * mult = (hi << 16) + lo``.
 - R5: ``+ 2**(shift-1)``.
@@ -227,7 +228,9 @@ class Requant(wiring.Component):
         grp = [Signal(range(NG), name=f"r{i}_c") for i in range(PIPE + 1)]
         m.d.comb += [
             self.res.en.eq(1),
-            self.res.addr.eq(r0["addr"]),
+            # the residual word address a cycle before R0: the word arrives in R1, then two
+            # registers per lane take their bytes (R2, R3)
+            self.res.addr.eq(stages[LEAD - 1]["addr"]),
             # the block's accumulators are in the chain after its first issue's R0
             self.i.ready.eq(r0["iss"] & r0["first"]),
             valid[0].eq(r0["iss"]), end[0].eq(r0["end"]), last[0].eq(r0["last"]),
@@ -315,16 +318,15 @@ class Requant(wiring.Component):
             m.submodules[f"mul_hi{lane}"] = hi
             m.d.comb += [lo.a.eq(acc[:16]), lo.b.eq(prm.mult),
                          hi.a.eq(acc[16:]), hi.b.eq(prm.mult)]
-            # R2 -> R3: the residual word's bytes that the lane may take (one per lane group
-            # of the word: G/L bytes) registered beside the lane, straight from the word's
-            # register (the residual word arrived in R2 through the buffers' multiplexer);
-            # R3 -> R4: the lane group's byte picked (0 without a residual); R4 -> R6:
-            # res * res_mult in logic
+            # R1 -> R2 -> R3: the residual word's bytes that the lane may take (one per lane
+            # group of the word: G/L bytes) through two registers of the lane's own (the word
+            # arrives in R1 through the buffers' multiplexer, a route across the chip to every
+            # lane: the first register halves it); R3 -> R4: the lane group's byte picked (0
+            # without a residual); R4 -> R6: res * res_mult in logic
             sub = delayed(grp[1], 2, f"sub{lane}")              # lane group in R3
             rm = delayed(prm.res_mult, 2, f"rm{lane}")           # in R4
             word = self.res.data
-            cand = Signal(8 * SUB, name=f"res{lane}_w", reset_less=True)
-            m.d.sync += cand.eq(Cat(*(word[k * L + lane] for k in range(SUB))))
+            cand = delayed(Cat(*(word[k * L + lane] for k in range(SUB))), 2, f"res{lane}_w")
             pick = cand[:8]
             for k in range(1, SUB):
                 pick = Mux((sub % SUB) == k, cand[8 * k:8 * (k + 1)], pick)

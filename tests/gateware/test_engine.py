@@ -383,10 +383,20 @@ def test_requant_unit(px, rq_lanes):
             for _ in range(n_pix)]
     res = [[rng.choice([-128, 127, rng.randrange(-128, 128)]) for _ in range(PO)]
            for _ in range(n_pix)]
-    # two parameter banks with different values; block b reads bank b % 2
-    banks = [{"mult": [rng.randrange(0, 2**16) for _ in range(PO)],
-              "shift": [rng.randrange(1, 48) for _ in range(PO)],
-              "res_mult": [rng.randrange(0, 2**24) for _ in range(PO)]} for _ in range(2)]
+    # two parameter banks with different values; block b reads bank b % 2. Half the channels
+    # have mult = 0 and a shift that brings res * res_mult into the int8 range: there the
+    # output is the residual's (with random accumulators and shifts it rarely changes one)
+    def channel():
+        rm = rng.randrange(2**10, 2**24)
+        if rng.random() < 0.5:
+            return 0, rm.bit_length() + rng.randrange(-1, 2), rm
+        return rng.randrange(0, 2**16), rng.randrange(1, 48), rm
+
+    banks = []
+    for _ in range(2):
+        ch = [channel() for _ in range(PO)]
+        banks.append({"mult": [c[0] for c in ch], "shift": [c[1] for c in ch],
+                      "res_mult": [c[2] for c in ch]})
     prm = [[{"bias": 0, "mult": bk["mult"][o], "shift": bk["shift"][o],
              "res_mult": bk["res_mult"][o]} for o in range(PO)] for bk in banks]
     step = PO // G + 1                  # residual words between pixels (one spare word)
