@@ -164,6 +164,10 @@ class WindowFetcher(wiring.Component):
         bstep = Signal(signed(aw))                # words between blocks
         bstep_x = Signal(range(2 * PX + 1))       # input columns between blocks
         init = Signal()
+        # (w + 1) * cwi, the words of an input row and one position: the one product of the
+        # configuration here (wrow and base are registered from it)
+        row1 = Signal(p.act_bits + 1)
+        m.d.comb += row1.eq((cfg.w + 1) * cfg.cwi)
         # column reuse (Px > 1, 3x3, one channel word: cwi = 1): a block after the first of its
         # row takes its first ``ov`` columns (2 at stride 1, 1 at stride 2) from the block
         # before it instead of reading them again (copied inside the fill buffer when the
@@ -180,7 +184,7 @@ class WindowFetcher(wiring.Component):
         m.d.comb += [k3.eq(cfg.k == 3), s2.eq(cfg.stride == 2), ov.eq(Mux(s2, 1, 2))]
         bstep_d = Mux(s2, cfg.cwi * (2 * PX), cfg.cwi * PX)
         m.d.sync += [
-            wrow.eq(cfg.w * cfg.cwi),
+            wrow.eq(row1 - cfg.cwi),
             cstep.eq(Mux(~k3 & s2, cfg.cwi << 1, cfg.cwi)),
             bstep.eq(bstep_d),
             bstep_x.eq(Mux(s2, 2 * PX, PX)),
@@ -424,10 +428,10 @@ class WindowFetcher(wiring.Component):
                                 with m.Else():
                                     m.d.sync += run.eq(0)
 
-        pad_words = Mux(cfg.pad != 0, (cfg.w + 1) * cfg.cwi, 0)
+        # (with the skip, cwi = 1 and pad = 1: base + 1 = act_base - w)
+        base_d = cfg.act_base - Mux(cfg.pad != 0, row1, 0)
         skip_d = (k3 & (cfg.cwi == 1) & (cfg.pad != 0)) if PX > 1 else C(0, 1)
-        m.d.sync += [base.eq(cfg.act_base - pad_words),
-                     base_s.eq(cfg.act_base - pad_words + skip_d)]
+        m.d.sync += [base.eq(base_d), base_s.eq(Mux(skip_d, cfg.act_base - cfg.w, base_d))]
 
         # start: counters now, addresses one cycle later (once ``wrow`` is valid)
         with m.If(self.start & ~run & ~init):
