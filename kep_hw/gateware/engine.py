@@ -293,7 +293,6 @@ class Engine(wiring.Component):
             issue_n.eq(run_n & hn.valid & ~(last_mac_n & block_n)
                        & ~(last_mac_n & last_px & ~last_g & ~next_ready_n)),
             win.ready.eq(issue & end_c & end_j),
-            fetch.next_ch.eq(adv_c),
             fetch.ahead.ready.eq(issue_n & end_c_n & end_j_n),
             fetch.ahead.next_ch.eq(issue_n & end_j_n & ~end_c_n),
             self.wt.en.eq(1),

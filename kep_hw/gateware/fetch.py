@@ -12,7 +12,8 @@ column), so ``k*ncols`` reads: 9 for ``Px = 1`` 3x3, 18 / 27 for ``Px = 4`` 3x3 
 Two window buffers form a two-entry FIFO: the fill buffer receives the next window while the
 drain buffer holds the head window, whose channels the engine consumes one after the other.
 The stream ``o`` presents one channel (plane) of the head window: channel 0 when the window
-becomes the head, the next one in the cycle after each ``next_ch``, until the engine pops the
+becomes the head, the next one in the cycle after each cycle in which the engine moves on to
+the next channel (``next_ch``, announced a cycle before in ``ahead``), until the engine pops the
 window (``o.ready``; ``next_ch`` and ``o.ready`` are never high together). The drain buffer
 moves its planes down by one per ``next_ch`` (plane ``i`` takes plane ``i + 1``), so the
 engine's operands come from plane 0 alone: no multiplexer selects a channel out of the
@@ -83,13 +84,12 @@ class WindowFetcher(wiring.Component):
     o : Out(stream.Signature(plane_word))
         Windows in loop order, one channel of the head window at a time; ``o.ready`` pops
         the window.
-    next_ch : In(1)
-        The engine moves on to the head window's next channel (not with ``o.ready``).
     ahead : In(StructLayout({"ready": 1, "next_ch": 1}))
-        ``o.ready`` and ``next_ch`` as they will be in the next cycle: the consumer decides
-        them a cycle ahead (the engine's issue is a register), and the fetcher decides its
-        buffer moves from them. A value here that the next cycle's ``o.ready`` / ``next_ch``
-        do not repeat corrupts the windows.
+        ``o.ready`` and the move to the head's next channel (``next_ch``; never with
+        ``o.ready``) as they will be in the next cycle: the consumer decides them a cycle ahead
+        (the engine's issue is a register), and the fetcher decides its buffer moves from
+        them. An ``ahead.ready`` that the next cycle's ``o.ready`` does not repeat corrupts the
+        windows.
     head_next : Out(StructLayout({"valid": 1, "new": 1, "nch": ..., "last": 1}))
         The head as it will be in the next cycle: ``valid`` (``o.valid``), ``new`` (a window
         becomes the head: the fill buffer moves now), its channel count and ``last`` flag
@@ -105,7 +105,6 @@ class WindowFetcher(wiring.Component):
             "act": In(ReadPort.Signature(addr_width=params.act_bits,
                                          shape=act_word(params.lanes))),
             "o": Out(stream.Signature(plane_word(params.lanes, params.px))),
-            "next_ch": In(1),
             "ahead": In(data.StructLayout({"ready": 1, "next_ch": 1})),
             "head_next": Out(data.StructLayout({"valid": 1, "new": 1,
                                                 "nch": range(params.lanes + 1), "last": 1})),

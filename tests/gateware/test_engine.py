@@ -331,7 +331,6 @@ def test_window_fetcher(k, stride, pad, cin, h, w, px):
         lane = 0
         win = []
         while len(got) < len(ref):
-            ctx.set(dut.next_ch, act == "next")
             ctx.set(dut.o.ready, act == "pop")
             if act is not None:
                 assert ctx.get(dut.o.valid)
@@ -353,7 +352,6 @@ def test_window_fetcher(k, stride, pad, cin, h, w, px):
             ctx.set(dut.ahead.next_ch, nxt == "next")
             await ctx.tick()
             act = nxt
-        ctx.set(dut.next_ch, 0)
         ctx.set(dut.o.ready, 0)
         for _ in range(12):
             await ctx.tick()
