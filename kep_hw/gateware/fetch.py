@@ -21,7 +21,8 @@ engine's operands come from plane 0 alone: no multiplexer selects a channel out 
 plane ``i + 1`` -> ``i``) is decided a cycle ahead, from the consumer's ``ahead`` (its
 ``o.ready`` and ``next_ch`` of the next cycle), and done in the cycle after it through
 registered selects, two register levels from the decision: one copy per :data:`MOVE_SPAN`
-lanes, then one per lane and row of the window (:func:`kep_hw.gateware.fanout.copies`); in
+lanes and per row of the stream's plane, then one per lane and row of the drain buffer and one
+per byte (row, column) of the stream's plane (:func:`kep_hw.gateware.fanout.copies`); in
 that cycle the stream presents the plane the move will bring (fill plane 0, or drain plane 1).
 ``head_next`` tells the consumer what the head will be in the next cycle.
 The timing is that of two symmetric buffers: the head window is valid the cycle after its last
@@ -235,26 +236,31 @@ class WindowFetcher(wiring.Component):
         ]
         m.d.sync += [load.eq(load_n), d_valid.eq(valid_n), f_full.eq(full_n)]
         # the selects, registered twice from the decision: one copy per group of
-        # MOVE_SPAN lanes (and one for the stream), then one per (lane, row) of the drain
-        # buffer and per row of the stream's plane from its group's copy: no net carries a
-        # decision of this cycle to 3 * G + 3 flip-flops spread over the buffers
+        # MOVE_SPAN lanes and one per row of the stream's plane, then one per (lane, row) of
+        # the drain buffer and per (row, column) of the stream's plane from its group's copy:
+        # no net carries a decision of this cycle to 3 * G + 3 * NC flip-flops spread over
+        # the buffers, and each stream copy selects one byte
         n_grp = -(-G // MOVE_SPAN)
+        sizes = [3 * (min(G, (k + 1) * MOVE_SPAN) - k * MOVE_SPAN) for k in range(n_grp)]
+        sizes += [NC] * 3
 
         def move_selects(d, name):
-            grp = copies(m, platform, d, n_grp + 1, name=f"{name}_g", reset_less=True)
+            grp = copies(m, platform, d, len(sizes), name=f"{name}_g", reset_less=True)
             out = []
-            for k in range(n_grp + 1):
-                n = 3 * (min(G, (k + 1) * MOVE_SPAN) - k * MOVE_SPAN) if k < n_grp else 3
+            for k, n in enumerate(sizes):
                 out += copies(m, platform, grp[k], n, name=f"{name}{k}", reset_less=True)
             return out
         ld_cp = move_selects(load_n, "mv_load")
         sh_cp = move_selects(self.ahead.next_ch, "mv_shift")
         for row in range(3):
+            for col in range(NC):
+                bits = slice((row * NC + col) * 8, (row * NC + col + 1) * 8)
+                k = 3 * G + row * NC + col
+                m.d.comb += self.o.payload.win.as_value()[bits].eq(
+                    Mux(ld_cp[k], fill.win[0].as_value()[bits],
+                        Mux(sh_cp[k], drain.win[min(1, G - 1)].as_value()[bits],
+                            drain.win[0].as_value()[bits])))
             bits = slice(row * NC * 8, (row + 1) * NC * 8)
-            m.d.comb += self.o.payload.win.as_value()[bits].eq(
-                Mux(ld_cp[3 * G + row], fill.win[0].as_value()[bits],
-                    Mux(sh_cp[3 * G + row], drain.win[min(1, G - 1)].as_value()[bits],
-                        drain.win[0].as_value()[bits])))
             for lane in range(G):
                 dst = drain.win[lane].as_value()[bits]
                 with m.If(ld_cp[3 * lane + row]):
