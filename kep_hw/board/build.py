@@ -657,8 +657,7 @@ def _parser() -> argparse.ArgumentParser:
                         f"auto: search the fastest clock that meets timing (below)")
     p.add_argument("--pnr-freq", type=float, default=None, metavar="MHZ",
                    help="the clock nextpnr's timing-driven placement and routing aim at "
-                        "(default: the core clock, every try's with --freq auto; without "
-                        "--freq, the board profile's pnr_mhz where it has one). The PLL "
+                        "(default: the core clock; with --freq auto, every try's). The PLL "
                         "still makes the core clock, and timing is met when nextpnr's fmax "
                         "after routing reaches it. Aiming lower than the clock can place "
                         "better: on the 85F with 128 PEs nextpnr placed at 78.49 MHz when "
@@ -761,8 +760,6 @@ def _check_args(args, board) -> tuple[int, int, float, int]:
     elif args.seeds is not None and args.seed is not None:
         raise KepError("--seed and --seeds: give one of them (--seeds with --freq auto)")
     opt, freq = ("--freq-start", args.freq_start) if auto else ("--freq", args.freq)
-    if args.freq is None and args.pnr_freq is None:
-        args.pnr_freq = board.pnr_mhz     # the profile's clock, built as it was measured
     freq = board.default_mhz if freq is None else freq
     if not (math.isfinite(freq) and MIN_MHZ <= freq <= MAX_MHZ):
         raise KepError(f"{opt} must be a clock in [{MIN_MHZ:g}, {MAX_MHZ:g}] MHz, got {freq:g}")

@@ -45,9 +45,7 @@ class BoardProfile:
     (``[defaults] operand_reg``, a register per PE before its multiplier, false), ``placer``
     (``[defaults] placer``, nextpnr's placer: ``"heap"`` or ``"static"``, heap) and
     ``default_seed`` (``[defaults] seed``, nextpnr's placement seed, 1: the seed whose build
-    met the profile's clock) and ``pnr_mhz`` (``[clock] pnr_mhz``, the clock nextpnr aimed at
-    when the profile's clock was measured, ``None``: the core clock; the build's
-    ``--pnr-freq`` when it runs at the profile's clock).
+    met the profile's clock).
     """
     name: str
     description: str
@@ -70,7 +68,6 @@ class BoardProfile:
     default_operand_reg: bool = False
     placer: str = "heap"
     default_seed: int = 1
-    pnr_mhz: float | None = None
 
     def rq_lanes_for(self, lanes: int) -> int:
         """The requantization lanes L of an engine with ``lanes`` = G: the profile's, when it
@@ -186,7 +183,7 @@ def parse_profile(text: str, where: str = "<text>") -> BoardProfile:
         raise KepError(f"board profile {where}: invalid TOML ({str(e)[:200]})") from None
     sections = {"": ("name", "description", "platform", "device", "program", "clock", "uart",
                      "budget", "defaults"),
-                "clock": ("resource", "freq_mhz", "default_mhz", "pnr_mhz"),
+                "clock": ("resource", "freq_mhz", "default_mhz"),
                 "uart": ("resource", "tx_enable", "baud", "rx_pin", "tx_pin", "io_type"),
                 "budget": ("luts", "dsps", "brams"),
                 "defaults": ("pes", "px", "lanes", "rq_lanes", "lut_pes", "operand_reg",
@@ -240,8 +237,6 @@ def parse_profile(text: str, where: str = "<text>") -> BoardProfile:
         placer=_name(defaults, "placer", where, optional="heap"),
         default_seed=_number(defaults, "seed", where, low=0, high=2**31 - 1, integer=True,
                              optional=1),
-        pnr_mhz=(_number(clock, "pnr_mhz", where, low=1.0, high=_MAX_MHZ, integer=False)
-                 if "pnr_mhz" in clock else None),
     )
     if prof.default_rq_lanes is not None and prof.default_lanes % prof.default_rq_lanes:
         raise KepError(f"board profile {where}: defaults.rq_lanes must divide lanes")

@@ -457,30 +457,6 @@ def test_seed_from_the_board_or_the_option(tmp_path, fake_tools, monkeypatch):
     assert "--seed 3 " in script and rep["seed"] == 3
 
 
-def test_pnr_freq_from_the_board_at_its_clock_or_the_option(tmp_path, fake_tools, monkeypatch):
-    """Where nextpnr aims: the profile's ``[clock] pnr_mhz`` when the build runs at the
-    profile's clock, the PLL's clock when ``--freq`` names another, ``--pnr-freq`` always."""
-    from kep_hw.board import build as build_mod
-    from kep_hw.board.profiles import parse_profile
-    text = (importlib.resources.files("kep_hw.boards") / "ulx3s-12f.toml").read_text()
-    assert parse_profile(text, "x.toml").pnr_mhz is None
-    text = re.sub(r"(?m)^default_mhz = .*$", "default_mhz = 50.0", text)
-    aimed = parse_profile(text.replace("[uart]", "pnr_mhz = 40.0\n\n[uart]"), "x.toml")
-    assert aimed.pnr_mhz == 40.0
-    with pytest.raises(KepError, match="pnr_mhz"):
-        parse_profile(text.replace("[uart]", "pnr_mhz = 0.5\n\n[uart]"), "x.toml")
-    monkeypatch.setattr(build_mod, "load_board", lambda name: aimed)
-    for i, (extra, pnr) in enumerate((((), 40.0), (("--freq", "45"), 45.0),
-                                      (("--pnr-freq", "35"), 35.0))):
-        out = tmp_path / f"out{i}"
-        assert _run(["--board", "ulx3s-12f", "--pes", "8", "--out", str(out), "--quiet",
-                     *extra]) == 0
-        rep = json.loads((out / "report.json").read_text())
-        assert rep["pnr_freq_mhz"] == pnr
-        lpf = (out / "build" / "kep_top.lpf").read_text()
-        assert ("FREQUENCY NET" in lpf) == (pnr != rep["freq_pll_mhz"])
-
-
 def test_nextpnr_opts_pass_through(tmp_path, fake_tools, one_line_error):
     """--nextpnr-opt adds nextpnr options to the build script and report.json; an option the
     build sets itself, or one with shell characters, is one error line."""
