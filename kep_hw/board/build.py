@@ -608,9 +608,7 @@ near a multiple of 3 MHz) - after a miss first the same clock with the next of -
 lower one - for at most --max-tries builds, each in OUT/tries/<MHz>-s<seed>/. The fastest try
 that met timing becomes OUT/kep_top.bit, report.json (its "clock_search" lists every try) and
 summary.txt. Finished tries are kept in OUT/clock_search.json: the same command run again
-skips them and goes on where it stopped. With --pnr-freq, nextpnr aims at that clock in every
-try while the PLL's clock rises: the search then retargets the PLL at the fmax of a placement
-made for a lower clock (folders OUT/tries/<MHz>-s<seed>-p<pnr MHz>/)."""
+skips them and goes on where it stopped."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -655,13 +653,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--freq", type=_freq_arg, default=None,
                    help=f"core clock MHz, {MIN_MHZ:g}-{MAX_MHZ:g} (default: the board's), or "
                         f"auto: search the fastest clock that meets timing (below)")
-    p.add_argument("--pnr-freq", type=float, default=None, metavar="MHZ",
-                   help="the clock nextpnr's timing-driven placement and routing aim at "
-                        "(default: the core clock; with --freq auto, every try's). The PLL "
-                        "still makes the core clock, and timing is met when nextpnr's fmax "
-                        "after routing reaches it. Aiming lower than the clock can place "
-                        "better: on the 85F with 128 PEs nextpnr placed at 78.49 MHz when "
-                        "aiming at 70 and at 61-71 when aiming at 75 (docs/boards.md)")
     p.add_argument("--freq-start", type=float, default=None,
                    help="--freq auto: the first try's clock (default: the board's)")
     p.add_argument("--seeds", type=_seeds_arg, default=None,
@@ -763,10 +754,6 @@ def _check_args(args, board) -> tuple[int, int, float, int]:
     freq = board.default_mhz if freq is None else freq
     if not (math.isfinite(freq) and MIN_MHZ <= freq <= MAX_MHZ):
         raise KepError(f"{opt} must be a clock in [{MIN_MHZ:g}, {MAX_MHZ:g}] MHz, got {freq:g}")
-    if args.pnr_freq is not None and not (math.isfinite(args.pnr_freq)
-                                          and MIN_MHZ <= args.pnr_freq <= MAX_MHZ):
-        raise KepError(f"--pnr-freq must be a clock in [{MIN_MHZ:g}, {MAX_MHZ:g}] MHz, got "
-                       f"{args.pnr_freq:g}")
     baud = board.baud if args.baud is None else args.baud
     if baud <= 0:
         raise KepError(f"--baud must be a positive rate, got {baud}")
@@ -948,17 +935,15 @@ def _elaborate(s: _Setup, freq: float, seed: int, build_dir: Path, progress: Pro
     if "--report" in report_opts:
         pnr_opts += [f"--report {NAME}.report.json"] + \
             [o for o in report_opts if o != "--report"]
-    aim = ("" if s.args.pnr_freq is None else
-           f", nextpnr aims at {s.args.pnr_freq:g} MHz (--pnr-freq)")
     with progress.stage("elaborate", f"{board.name}, {s.engine_text}, {s.wmode} weights, "
                                      f"{len(s.plan.layers)} layers, "
-                                     f"PLL {board.clk_mhz:g} -> {pll['fout']:.3f} MHz{aim}"):
+                                     f"PLL {board.clk_mhz:g} -> {pll['fout']:.3f} MHz"):
         system = KepSystem(s.plan, streamed=s.streamed, divisor=divisor,
                            clk_hz=pll["fout"] * 1e6, byte_timeout=int(pll["fout"] * 1e6 * 0.05),
                            px=s.px, rq_lanes=s.args.rq_lanes, lut_pes=s.args.lut_pes,
                            operand_reg=s.args.operand_reg, chain=s.args.chain,
                            dist_reg=s.args.dist_reg, pe_sites=s.pe_sites)
-        top = BoardTop(system, board, freq, pnr_mhz=s.args.pnr_freq)
+        top = BoardTop(system, board, freq)
         platform = board.make_platform()
         # verbose: the tools print their whole log, which is streamed and parsed as it comes
         overrides = {"nextpnr_opts": " ".join(pnr_opts), "verbose": True}
@@ -1023,26 +1008,13 @@ def _run_build(s: _Setup, build_dir: Path, progress: Progress) -> dict:
     return parsed
 
 
-#: nextpnr prints fmax with two decimals: a clock it did not aim at is met when the printed
-#: fmax exceeds it by at least the rounding
-_FMAX_ROUNDING_MHZ = 0.005
-
-
-def _core_fmax(clocks: dict, *,
-               pll_mhz: float | None = None) -> tuple[float | None, bool | None]:
-    """``(fmax, met)`` of the core clock (the PLL's output; all clocks if none is named so).
-
-    ``met`` is nextpnr's verdict against the clock it aimed at; with ``pll_mhz`` (the clock
-    the PLL makes, when nextpnr aimed at another one: ``--pnr-freq``) it is whether the fmax
-    reaches ``pll_mhz``, by more than the rounding of nextpnr's printed fmax."""
+def _core_fmax(clocks: dict) -> tuple[float | None, bool | None]:
+    """``(fmax, met)`` of the core clock (the PLL's output; all clocks if none is named so)."""
     core = {k: v for k, v in clocks.items() if "clkop" in k.lower() or "sync" in k.lower()}
     core = core or clocks
     fmax = min((c["fmax_mhz"] for c in core.values()), default=None)
-    if not core:
-        return fmax, None
-    if pll_mhz is None:
-        return fmax, all(c["pass"] for c in core.values())
-    return fmax, fmax >= pll_mhz + _FMAX_ROUNDING_MHZ
+    met = all(c["pass"] for c in core.values()) if core else None
+    return fmax, met
 
 
 def _report(s: _Setup, freq: float, seed: int, pll: dict, divisor: int, results: dict | None,
@@ -1053,7 +1025,7 @@ def _report(s: _Setup, freq: float, seed: int, pll: dict, divisor: int, results:
     results = results or {}
     util = results.get("utilisation", {})
     clocks = results.get("clocks", {})
-    fmax, met = _core_fmax(clocks, pll_mhz=None if args.pnr_freq is None else pll["fout"])
+    fmax, met = _core_fmax(clocks)
     fmax_placed, _ = _core_fmax(results.get("clocks_placed", {}))
     status = "built" if results else "dry-run"
 
@@ -1072,7 +1044,6 @@ def _report(s: _Setup, freq: float, seed: int, pll: dict, divisor: int, results:
         "layers": len(s.plan.layers), "uart_baud": s.baud, "uart_divisor": divisor,
         "freq_requested_mhz": freq, "freq_pll_mhz": pll["fout"],
         "pll": {k: pll[k] for k in ("refdiv", "fbdiv", "opdiv", "fvco")},
-        "pnr_freq_mhz": args.pnr_freq if args.pnr_freq is not None else pll["fout"],
         "seed": seed, "placer": args.placer, "router": args.router,
         "nextpnr_opts": list(args.nextpnr_opt),
         "fmax_mhz": fmax, "fmax_placed_mhz": fmax_placed, "timing_met": met, "clocks": clocks,
@@ -1094,8 +1065,7 @@ def _report(s: _Setup, freq: float, seed: int, pll: dict, divisor: int, results:
         if v:
             lines.append(f"  {k:6s} {v['used']:6d} / {v['available']:6d}")
     if fmax is not None:
-        aim = "" if args.pnr_freq is None else f", nextpnr aimed at {args.pnr_freq:g}"
-        lines.append(f"  clock  requested {freq:g} MHz (PLL {pll['fout']:.3f}{aim}), fmax "
+        lines.append(f"  clock  requested {freq:g} MHz (PLL {pll['fout']:.3f}), fmax "
                      f"{fmax:.2f} MHz, timing {'met' if met else 'MISSED'}")
     if report["worst_paths"]:
         lines.append(f"  worst  {describe_path(report['worst_paths'][0])}")
@@ -1139,7 +1109,7 @@ def _search_try(s: _Setup, freq: float, seed: int, n: int, out: Path, store: Try
     ``out/tries/<MHz>-s<seed>/``, or take the recorded result of an identical finished try.
 
     Returns the try's record (``clock_search`` entry), its report and its summary lines."""
-    folder = out / "tries" / try_folder_name(freq, seed, s.args.pnr_freq)
+    folder = out / "tries" / try_folder_name(freq, seed)
     build_dir = folder / "build"
     progress.info(f"clock search: try {n} of at most {s.args.max_tries}: {freq:.3f} MHz, seed "
                   f"{seed}, in {folder}")
@@ -1162,7 +1132,6 @@ def _search_try(s: _Setup, freq: float, seed: int, n: int, out: Path, store: Try
     report, lines = _report(s, freq, seed, pll, divisor, results, seconds, progress.seconds)
     _write_result(folder, report, lines)
     rec = {"freq_requested_mhz": freq, "freq_pll_mhz": pll["fout"], "seed": seed,
-           "pnr_freq_mhz": report["pnr_freq_mhz"],
            "fmax_placed_mhz": report["fmax_placed_mhz"], "fmax_mhz": report["fmax_mhz"],
            "timing_met": report["timing_met"], "seconds": round(seconds, 1),
            "folder": folder.relative_to(out).as_posix(), "key": key}
@@ -1177,11 +1146,7 @@ def _fmt_mhz(x) -> str:
 
 def _try_result(rec: dict) -> str:
     verdict = "met" if rec["timing_met"] else "MISSED"
-    pnr = rec.get("pnr_freq_mhz")
-    aim = ("" if pnr is None or abs(pnr - rec["freq_pll_mhz"]) < 1e-6 else
-           f" (nextpnr aimed at {pnr:g})")
-    return (f"{rec['freq_pll_mhz']:.3f} MHz{aim} seed {rec['seed']}: fmax "
-            f"{_fmt_mhz(rec['fmax_mhz'])} "
+    return (f"{rec['freq_pll_mhz']:.3f} MHz seed {rec['seed']}: fmax {_fmt_mhz(rec['fmax_mhz'])} "
             f"MHz after routing ({_fmt_mhz(rec['fmax_placed_mhz'])} after placement), timing "
             f"{verdict}, {rec['seconds']:.0f} s")
 

@@ -176,15 +176,10 @@ def design_key(files: dict, *, freq_mhz: float, seed: int, tools: dict | None = 
     return h.hexdigest()
 
 
-def _mhz_text(mhz: float) -> str:
-    return f"{mhz:.3f}".rstrip("0").rstrip(".")
-
-
-def try_folder_name(freq_mhz: float, seed: int, pnr_mhz: float | None = None) -> str:
-    """``<MHz>-s<seed>``, the clock with at most 3 decimals: ``47.917-s1``, ``30-s2``; with
-    ``pnr_mhz`` (the clock nextpnr aims at, when not the core clock) ``75-s1-p66``."""
-    name = f"{_mhz_text(freq_mhz)}-s{seed}"
-    return name if pnr_mhz is None else f"{name}-p{_mhz_text(pnr_mhz)}"
+def try_folder_name(freq_mhz: float, seed: int) -> str:
+    """``<MHz>-s<seed>``, the clock with at most 3 decimals: ``47.917-s1``, ``30-s2``."""
+    mhz = f"{freq_mhz:.3f}".rstrip("0").rstrip(".")
+    return f"{mhz}-s{seed}"
 
 
 class TryStore:

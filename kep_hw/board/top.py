@@ -29,12 +29,6 @@ class BoardTop(wiring.Component):
     board : kep_hw.board.profiles.BoardProfile
     freq_mhz : float
         Core clock; the PLL's achieved value is ``self.pll["fout"]``.
-    pnr_mhz : float, optional
-        The clock nextpnr's timing-driven placement and routing aim at, given to nextpnr as a
-        constraint on the core clock net that replaces the one it derives from the PLL
-        (``None``: the PLL's clock). It changes where nextpnr puts the design, not what runs:
-        the PLL makes ``freq_mhz`` either way, and timing is judged from the fmax nextpnr
-        reports against the PLL's clock.
 
     Raises
     ------
@@ -42,16 +36,14 @@ class BoardTop(wiring.Component):
         If the PLL cannot reach ``freq_mhz`` from the board's oscillator.
     """
 
-    def __init__(self, system: KepSystem, board, freq_mhz: float,
-                 pnr_mhz: float | None = None):
+    def __init__(self, system: KepSystem, board, freq_mhz: float):
         self.system, self.board, self.freq_mhz = system, board, freq_mhz
-        self.pnr_mhz = pnr_mhz
         self.pll = ecp5_pll_params(board.clk_mhz, freq_mhz)
         super().__init__({})
 
     def elaborate(self, platform):
         m = Module()
-        m.domains.sync = cd_sync = ClockDomain("sync")
+        m.domains.sync = ClockDomain("sync")
         match platform:
             case None:
                 pass      # simulation: the sync domain is driven by the testbench
@@ -79,10 +71,7 @@ class BoardTop(wiring.Component):
                     i_PLLWAKESYNC=0, i_ENCLKOP=0,
                     o_CLKOP=clkop, o_LOCK=lock)
                 m.d.comb += ClockSignal("sync").eq(clkop)
-                # nextpnr derives the PLL output's constraint from the oscillator's one, unless
-                # the net has its own (a user constraint wins over a derived one)
-                if self.pnr_mhz is not None:
-                    platform.add_clock_constraint(cd_sync.clk, self.pnr_mhz * 1e6)
+                # nextpnr derives the PLL output's constraint from the oscillator's one
                 m.submodules.rst_sync = ResetSynchronizer(~lock, domain="sync")
                 uart = platform.request(self.board.uart["resource"], 0, dir="-")
                 m.submodules.rx_buf = rx_buf = io.Buffer("i", uart.rx)

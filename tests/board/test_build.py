@@ -195,7 +195,6 @@ def test_does_not_fit_names_resource_and_largest_pes(capsys, tmp_path):
     (["--board", "nope"], "unknown board"),
     (["--pes", "6"], "multiple"),
     (["--freq", "500"], "--freq"),
-    (["--pnr-freq", "5"], "--pnr-freq must be a clock in [10, 200] MHz, got 5"),
     (["--model", "/nonexistent.kep"], "nonexistent"),
 ])
 def test_cli_errors_are_one_line(argv, msg, capsys, tmp_path):
@@ -216,23 +215,6 @@ def test_dry_run_writes_tool_inputs(tmp_path):
     assert (tmp_path / "build" / "kep_top.il").exists()
     assert "EHXPLLL" in (tmp_path / "build" / "kep_top.il").read_text()
     assert "environment" in rep
-    # nextpnr derives the core clock's constraint from the PLL: the LPF constrains only the
-    # oscillator
-    lpf = (tmp_path / "build" / "kep_top.lpf").read_text()
-    assert "FREQUENCY PORT" in lpf and "FREQUENCY NET" not in lpf
-    assert rep["pnr_freq_mhz"] == rep["freq_pll_mhz"]
-
-
-def test_dry_run_pnr_freq_constrains_the_core_clock_net(tmp_path):
-    assert build_main(["--board", "ulx3s-12f", "--freq", "75", "--pnr-freq", "66", "--out",
-                       str(tmp_path), "--dry-run"]) == 0
-    rep = json.loads((tmp_path / "report.json").read_text())
-    assert rep["freq_pll_mhz"] == 75.0 and rep["pnr_freq_mhz"] == 66.0
-    assert rep["uart_divisor"] == 25                         # the UART runs at the PLL's clock
-    lpf = (tmp_path / "build" / "kep_top.lpf").read_text()
-    # the net of the sync domain's clock (nextpnr finds it by any of its names)
-    nets = re.findall(r'FREQUENCY NET "([^"]+)" ([\d.]+) HZ;', lpf)
-    assert len(nets) == 1 and nets[0][0].split(".")[-1] == "clk" and nets[0][1] == "66000000.0"
 
 
 @pytest.mark.slow
