@@ -85,6 +85,10 @@ READ_LATENCY = 2
 WT_PORT_LATENCY = 2
 #: output channels served by one copy of a pixel's window register
 WINDOW_COPY_CHANNELS = 4
+#: pixel groups served by one copy of the distribution register's weight word
+#: (``params.dist_reg``): the word's route from there to its groups' S2 registers spans a
+#: part of the DSP rows, not all of them
+DIST_GROUPS = 4
 
 
 def connect_read(m: Module, mem_port, port) -> None:
@@ -398,13 +402,15 @@ class Engine(wiring.Component):
             # S1D (params.dist_reg): the weight word (the K = 0 zero applied), the window and
             # the flags in one more register; each pixel group's S2 registers load from it, a
             # register-to-register route from here to the group's PEs
+            # (one copy of the word per DIST_GROUPS pixel groups)
             s1d = Signal(flags, name="s1d")
             s1d_win = Signal(wl, reset_less=True)
-            d_val = Signal(data.ArrayLayout(signed(8), PO), name="s1d_val", reset_less=True)
-            d_idx = Signal(4 * PO, name="s1d_idx", reset_less=True)
-            m.d.sync += [s1d.eq(s1w), s1d_win.eq(s1w_win), d_idx.eq(idx_d), s2.eq(s1d)]
-            m.d.sync += [d_val[o].eq(Mux(s1w_zero, 0, self.wt.data[o].value))
-                         for o in range(PO)]
+            n_dist = -(-PX // DIST_GROUPS)
+            d_val = copies(m, platform, Cat(*(Mux(s1w_zero, 0, self.wt.data[o].value)
+                                              for o in range(PO))),
+                           n_dist, name="s1d_val", reset_less=True)
+            d_idx = copies(m, platform, idx_d, n_dist, name="s1d_idx", reset_less=True)
+            m.d.sync += [s1d.eq(s1w), s1d_win.eq(s1w_win), s2.eq(s1d)]
             wt_val = None
         else:
             m.d.sync += [s2.eq(s1w), s2_zero.eq(s1w_zero)]
@@ -415,10 +421,13 @@ class Engine(wiring.Component):
         # the weight word travels from group to group instead of from one spot to all of them
         if p.dist_reg:
             g_flags, g_zero = [s2] * PX, [Const(0, 1)] * PX
-            g_val = [data.ArrayLayout(signed(8), PO)(v)
-                     for v in copies(m, platform, d_val.as_value(), PX, name="s2_val",
-                                     reset_less=True)]
-            g_idx = copies(m, platform, d_idx, PX, name="s2_idx", reset_less=True)
+            g_val, g_idx = [], []
+            for k in range(n_dist):
+                n = min(PX, (k + 1) * DIST_GROUPS) - k * DIST_GROUPS
+                g_val += [data.ArrayLayout(signed(8), PO)(v)
+                          for v in copies(m, platform, d_val[k], n, name=f"s2_val{k}",
+                                          reset_less=True)]
+                g_idx += copies(m, platform, d_idx[k], n, name=f"s2_idx{k}", reset_less=True)
         elif p.chain:
             idx0 = Signal(4 * PO, name="s2_idx", reset_less=True)
             m.d.sync += idx0.eq(idx_d)
