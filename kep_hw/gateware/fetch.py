@@ -155,8 +155,8 @@ class WindowFetcher(wiring.Component):
         f2_meta = Signal(meta)
         fill_meta = Signal(meta)     # the flags of the window in the fill buffer
 
-        # derived from the (stable) configuration, registered; a layer's first cycle after
-        # ``start`` (``init``) waits for them
+        # derived from the (stable) configuration, registered; a layer's first two cycles
+        # after ``start`` (``init``, ``init2``) wait for them
         k3 = Signal()
         s2 = Signal()
         wrow = Signal(p.act_bits)                 # words per input row
@@ -164,10 +164,12 @@ class WindowFetcher(wiring.Component):
         bstep = Signal(signed(aw))                # words between blocks
         bstep_x = Signal(range(2 * PX + 1))       # input columns between blocks
         init = Signal()
+        init2 = Signal()
         # (w + 1) * cwi, the words of an input row and one position: the one product of the
-        # configuration here (wrow and base are registered from it)
+        # configuration here, a register (valid in ``init``); wrow and base are registered
+        # from it (valid in ``init2``)
         row1 = Signal(p.act_bits + 1)
-        m.d.comb += row1.eq((cfg.w + 1) * cfg.cwi)
+        m.d.sync += row1.eq((cfg.w + 1) * cfg.cwi)
         # column reuse (Px > 1, 3x3, one channel word: cwi = 1): a block after the first of its
         # row takes its first ``ov`` columns (2 at stride 1, 1 at stride 2) from the block
         # before it instead of reading them again (copied inside the fill buffer when the
@@ -200,10 +202,11 @@ class WindowFetcher(wiring.Component):
             ]
         else:
             m.d.sync += bstep_ov.eq(bstep_d)
-        m.d.comb += self.busy.eq(run | init)
+        m.d.comb += self.busy.eq(run | init | init2)
         # the address of input position (-pad, -pad) (``base``), and that + ``skip`` (a row's
-        # first read with the padding skip), registers loaded from the configuration in every
-        # cycle (valid in ``init``); the step between output rows and that + ``skip`` too
+        # first read with the padding skip), registers loaded from the configuration and
+        # ``row1`` in every cycle (valid in ``init2``); the step between output rows and that
+        # + ``skip`` too
         base = Signal(signed(aw))
         base_s = Signal(signed(aw))
         step_y = Signal(signed(aw))
@@ -438,8 +441,9 @@ class WindowFetcher(wiring.Component):
         skip_d = (k3 & (cfg.cwi == 1) & (cfg.pad != 0)) if PX > 1 else C(0, 1)
         m.d.sync += [base.eq(base_d), base_s.eq(Mux(skip_d, cfg.act_base - cfg.w, base_d))]
 
-        # start: counters now, addresses one cycle later (once ``wrow`` is valid)
-        with m.If(self.start & ~run & ~init):
+        # start: counters now, addresses two cycles later (once ``base`` and ``wrow`` are
+        # valid)
+        with m.If(self.start & ~run & ~init & ~init2):
             m.d.sync += [
                 init.eq(1), g.eq(0), oy.eq(0), oy_last.eq(cfg.ho == 1), *row_start(), iw.eq(0),
                 iw_last.eq(cfg.cwi == 1), ch_left.eq(cfg.cin),
@@ -447,6 +451,8 @@ class WindowFetcher(wiring.Component):
                 f_full.eq(0), d_valid.eq(0), owned.eq(0), load.eq(0),
             ]
         with m.If(init):
-            m.d.sync += [init.eq(0), run.eq(1), prow.eq(base), pa.eq(base), ra.eq(base),
+            m.d.sync += [init.eq(0), init2.eq(1)]
+        with m.If(init2):
+            m.d.sync += [init2.eq(0), run.eq(1), prow.eq(base), pa.eq(base), ra.eq(base),
                          ca.eq(base_s), c.eq(skip), cx.eq(skip)]
         return m

@@ -32,7 +32,8 @@ _RQ_EXTRA = 5       # a block's shadow register is free LEAD + 1 + 5 cycles afte
                     # MAC (the requantization unit's first R0 takes it), its parameter bank
                     # nv * Po/L + LEAD + 5 cycles after it (the last R0)
 _LOAD_EXTRA = 3     # Po parameter reads, the last one's data READ_LATENCY cycles later
-_FETCH_EXTRA = 5    # the first window is complete k * ncols + 5 cycles after start
+_FETCH_EXTRA = 6    # the first window is complete k * ncols + 6 cycles after start (the
+                    # fetcher's two init cycles: its row product, then its base addresses)
 _FIFO_LOOP = 3      # two windows in flight: fetch + MAC + 3 cycles for both (on average)
 
 
@@ -210,7 +211,7 @@ def layer_cycles(shape: LayerShape, params: EngineParams) -> int:
             row += block_cycles(shape, params, rest)
     load = PO + _LOAD_EXTRA
     rq_last = (rest or PX) * (PO // params.rq_lanes)  # requant issue of a row's last block
-    # the first window arrives k * ncols + 4 cycles after start; the first MAC waits for it
+    # the first window arrives k * ncols + 5 cycles after start; the first MAC waits for it
     first_fetch = fetch_cycles(shape, params)
     if reuses_columns(shape, params) and shape.pad:
         first_fetch -= 3                   # the padding column is not read

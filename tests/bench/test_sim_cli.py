@@ -169,8 +169,8 @@ def test_perf_model_px():
     s = LayerShape(cin=16, cout=16, h=32, w=32, k=3, kept=4)
     assert block_cycles(s, p, 4) == 64
     assert ideal_cycles(s, p) == 32 * 32 * 16 * 16 * 4 / 64
-    # the first window (18 reads, complete 5 cycles later) comes after the parameters (22)
-    assert layer_cycles(s, p) == 18 + 5 + 32 * 8 * 64 + 16 + 4 * 2
+    # the first window (18 reads, complete 6 cycles later) comes after the parameters (22)
+    assert layer_cycles(s, p) == 18 + 6 + 32 * 8 * 64 + 16 + 4 * 2
     s2 = LayerShape(cin=16, cout=32, h=32, w=32, k=3, kept=4, stride=2)
     assert block_cycles(s2, p, 4) == 64
     # G = 4: the window reads bound the block (18 > 4 * 4, 27 at stride 2); at stride 1 the
