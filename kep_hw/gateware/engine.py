@@ -26,8 +26,10 @@ MAC pipeline (one (channel, element) per cycle, all PEs in lock step):
   current channel registered.
 - S1: the weight word is read; window and control move on.
 - S1W: the weight word in the registers after its block RAMs; window and control move on.
-- S1D (only with ``params.dist_reg``): the weight word (the K = 0 zero applied), window and
-  control once more in a register; each pixel group's S2 registers load from it.
+- S1D, S1E (only with ``params.dist_reg``): the weight word (the K = 0 zero applied), window
+  and control once more in a register (S1D), then the word in one copy per
+  :data:`DIST_GROUPS` pixel groups (S1E); each pixel group's S2 registers load from its S1E
+  copy.
 - S2: weight word arrives (values in one register, indices in one register per pixel group;
   with S1D both in one register per pixel group);
   each PE selects its operand with a 9:1 mux by its index (or by the element counter in dense
@@ -85,8 +87,8 @@ READ_LATENCY = 2
 WT_PORT_LATENCY = 2
 #: output channels served by one copy of a pixel's window register
 WINDOW_COPY_CHANNELS = 4
-#: pixel groups served by one copy of the distribution register's weight word
-#: (``params.dist_reg``): the word's route from there to its groups' S2 registers spans a
+#: pixel groups served by one copy of the distribution register's weight word (S1E,
+#: ``params.dist_reg``): the word's route from there to its groups' S2 registers spans a
 #: part of the DSP rows, not all of them
 DIST_GROUPS = 4
 
@@ -397,20 +399,27 @@ class Engine(wiring.Component):
         idx_d = Signal(4 * PO)
         m.d.comb += idx_d.eq(Cat(*(Mux(cfg.dense, s1w_j, Mux(s1w_zero, 0, self.wt.data[o].index))
                                    for o in range(PO))))
-        s1d = None
+        s1d = s1e = None
         if p.dist_reg:
             # S1D (params.dist_reg): the weight word (the K = 0 zero applied), the window and
-            # the flags in one more register; each pixel group's S2 registers load from it, a
-            # register-to-register route from here to the group's PEs
-            # (one copy of the word per DIST_GROUPS pixel groups)
+            # the flags in one more register, beside the weight memory's bank multiplexer;
+            # S1E: the word in one copy per DIST_GROUPS pixel groups, the window and flags
+            # once more. Each pixel group's S2 registers load from its S1E copy: from the
+            # bank multiplexer to a group's PEs, two register-to-register routes
             s1d = Signal(flags, name="s1d")
+            s1e = Signal(flags, name="s1e")
             s1d_win = Signal(wl, reset_less=True)
+            s1e_win = Signal(wl, reset_less=True)
             n_dist = -(-PX // DIST_GROUPS)
-            d_val = copies(m, platform, Cat(*(Mux(s1w_zero, 0, self.wt.data[o].value)
-                                              for o in range(PO))),
-                           n_dist, name="s1d_val", reset_less=True)
-            d_idx = copies(m, platform, idx_d, n_dist, name="s1d_idx", reset_less=True)
-            m.d.sync += [s1d.eq(s1w), s1d_win.eq(s1w_win), s2.eq(s1d)]
+            d_val0 = Signal(8 * PO, name="s1d_val", reset_less=True)
+            d_idx0 = Signal(4 * PO, name="s1d_idx", reset_less=True)
+            m.d.sync += [d_val0.eq(Cat(*(Mux(s1w_zero, 0, self.wt.data[o].value)
+                                         for o in range(PO)))),
+                         d_idx0.eq(idx_d)]
+            d_val = copies(m, platform, d_val0, n_dist, name="s1e_val", reset_less=True)
+            d_idx = copies(m, platform, d_idx0, n_dist, name="s1e_idx", reset_less=True)
+            m.d.sync += [s1d.eq(s1w), s1d_win.eq(s1w_win), s1e.eq(s1d), s1e_win.eq(s1d_win),
+                         s2.eq(s1e)]
             wt_val = None
         else:
             m.d.sync += [s2.eq(s1w), s2_zero.eq(s1w_zero)]
@@ -451,7 +460,7 @@ class Engine(wiring.Component):
         n_win = -(-PO // WINDOW_COPY_CHANNELS)
         win_cp = []
         for q in range(PX):
-            src = (s1d_win if p.dist_reg else s1w_win)[q].as_value()
+            src = (s1e_win if p.dist_reg else s1w_win)[q].as_value()
             for k in range(p.skew(q)):
                 dly = Signal(len(src), name=f"s1w_win{q}_d{k + 1}", reset_less=True)
                 m.d.sync += dly.eq(src)
@@ -478,7 +487,8 @@ class Engine(wiring.Component):
             g_s4.append(fs4)
         s4_last = g_s4[-1]                   # the last group's S4: the block's shadow load
         # the stages a MAC passes from S0 to the last group's S4 (every group's S2 is one)
-        stages = [s1, s1w, *([s1d] if p.dist_reg else []), *(g_flags if p.chain else [s2]),
+        stages = [s1, s1w, *([s1d, s1e] if p.dist_reg else []),
+                  *(g_flags if p.chain else [s2]),
                   *([g_m2[-1]] if p.operand_reg else []), g_s3[-1], s4_last]
 
         prods = []

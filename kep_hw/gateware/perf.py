@@ -39,11 +39,12 @@ _FIFO_LOOP = 3      # two windows in flight: fetch + MAC + 3 cycles for both (on
 
 def _extra_stages(params: EngineParams) -> int:
     """MAC stages beyond S0-S4 up to the shadow register: S1W (the weight word's registers
-    after its block RAMs, always), S1D (EngineParams.dist_reg), S2R (EngineParams.operand_reg)
+    after its block RAMs, always), S1D and S1E (EngineParams.dist_reg), S2R
+    (EngineParams.operand_reg)
     and, in a chain of pixel groups (EngineParams.chain), the last group's Px - 1 cycles
     behind group 0; each one delays the shadow register's hand-over, so _RQ_EXTRA and _END
     grow by one cycle per stage."""
-    return (1 + int(params.dist_reg) + int(params.operand_reg)
+    return (1 + 2 * int(params.dist_reg) + int(params.operand_reg)
             + params.skew(params.px - 1))
 
 
