@@ -640,10 +640,10 @@ def _parser() -> argparse.ArgumentParser:
                         "(no net carries the weight word to all groups; Px - 1 cycles per "
                         "layer end)")
     p.add_argument("--dist-reg", action="store_true",
-                   help="one more register level for the weight word, the window and the MAC "
-                        "flags before they leave for the pixel groups, so their route to the "
-                        "PEs has no logic on it (one more MAC pipeline stage; needs PX > 1, "
-                        "not with --chain)")
+                   help="two more register levels for the weight word, the window and the MAC "
+                        "flags before they leave for the pixel groups, the second in one copy "
+                        "per 4 groups, so their route to the PEs has no logic on it (two more "
+                        "MAC pipeline stages; needs PX > 1, not with --chain)")
     p.add_argument("--floorplan", choices=FLOORPLANS, default="none",
                    help="groups: each pixel group's multipliers on adjacent DSP sites of one "
                         "row, groups in a snake over the rows (nextpnr places the rest around "

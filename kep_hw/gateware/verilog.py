@@ -77,9 +77,9 @@ def add_params_args(ap: argparse.ArgumentParser) -> None:
                     help="a register per PE between its operand multiplexer and its multiplier "
                          "(one more MAC pipeline stage; for large P)")
     ap.add_argument("--dist-reg", action="store_true",
-                    help="one more register level for the weight word, the window and the MAC "
-                         "flags before they leave for the pixel groups (one more MAC pipeline "
-                         "stage; needs Px > 1)")
+                    help="two more register levels for the weight word, the window and the MAC "
+                         "flags before they leave for the pixel groups (two more MAC pipeline "
+                         "stages; needs Px > 1)")
     ap.add_argument("--max-cin", type=int, default=d.max_cin)
     ap.add_argument("--max-cout", type=int, default=d.max_cout)
     ap.add_argument("--max-hw", type=int, default=d.max_hw)
