@@ -31,7 +31,7 @@ MAC pipeline (one (channel, element) per cycle, all PEs in lock step):
   :data:`DIST_GROUPS` pixel groups (S1E); each pixel group's S2 registers load from its S1E
   copy.
 - S2: weight word arrives (values in one register, indices in one register per pixel group;
-  with S1D both in one register per pixel group);
+  with S1D/S1E both in one register per pixel group);
   each PE selects its operand with a 9:1 mux by its index (or by the element counter in dense
   mode) from its own copy of the window register (one copy per 4 output channels) and presents
   value and operand to its multiplier
@@ -69,7 +69,7 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 
-from kep_hw.gateware.fanout import copies
+from kep_hw.gateware.fanout import copies, spans
 from kep_hw.gateware.fetch import WindowFetcher
 from kep_hw.gateware.mul import Multiplier
 from kep_hw.gateware.layouts import (ParamWord, acc_word, act_word, out_word, weight_word,
@@ -410,7 +410,7 @@ class Engine(wiring.Component):
             s1e = Signal(flags, name="s1e")
             s1d_win = Signal(wl, reset_less=True)
             s1e_win = Signal(wl, reset_less=True)
-            n_dist = -(-PX // DIST_GROUPS)
+            n_dist = len(spans(PX, DIST_GROUPS))
             d_val0 = Signal(8 * PO, name="s1d_val", reset_less=True)
             d_idx0 = Signal(4 * PO, name="s1d_idx", reset_less=True)
             m.d.sync += [d_val0.eq(Cat(*(Mux(s1w_zero, 0, self.wt.data[o].value)
@@ -431,8 +431,7 @@ class Engine(wiring.Component):
         if p.dist_reg:
             g_flags, g_zero = [s2] * PX, [Const(0, 1)] * PX
             g_val, g_idx = [], []
-            for k in range(n_dist):
-                n = min(PX, (k + 1) * DIST_GROUPS) - k * DIST_GROUPS
+            for k, n in enumerate(spans(PX, DIST_GROUPS)):
                 g_val += [data.ArrayLayout(signed(8), PO)(v)
                           for v in copies(m, platform, d_val[k], n, name=f"s2_val{k}",
                                           reset_less=True)]

@@ -24,7 +24,7 @@ from amaranth.hdl import ClockSignal, Const, Instance, Module, ResetSignal, Sign
 
 from kep_hw.gateware.mul import _is_ecp5
 
-__all__ = ["copies"]
+__all__ = ["copies", "spans"]
 
 
 def copies(m: Module, platform, d, n: int, *, name: str, reset_less: bool = False) -> list:
@@ -51,3 +51,10 @@ def copies(m: Module, platform, d, n: int, *, name: str, reset_less: bool = Fals
                 o_Q=q[b])
         out.append(q)
     return out
+
+
+def spans(n: int, span: int) -> list[int]:
+    """The sizes of ``n`` loads cut into groups of ``span`` (the last one shorter): how many
+    loads each copy of a first register level serves. ``spans(8, 4) == [4, 4]``,
+    ``spans(6, 4) == [4, 2]``."""
+    return [min(n, k + span) - k for k in range(0, n, span)]

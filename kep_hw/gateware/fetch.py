@@ -55,7 +55,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 
-from kep_hw.gateware.fanout import copies
+from kep_hw.gateware.fanout import copies, spans
 from kep_hw.gateware.layouts import act_word, plane_word, window_cols, window_word
 from kep_hw.gateware.params import EngineParams, check_params
 
@@ -243,9 +243,7 @@ class WindowFetcher(wiring.Component):
         # the drain buffer and per (row, column) of the stream's plane from its group's copy:
         # no net carries a decision of this cycle to 3 * G + 3 * NC flip-flops spread over
         # the buffers, and each stream copy selects one byte
-        n_grp = -(-G // MOVE_SPAN)
-        sizes = [3 * (min(G, (k + 1) * MOVE_SPAN) - k * MOVE_SPAN) for k in range(n_grp)]
-        sizes += [NC] * 3
+        sizes = [3 * n for n in spans(G, MOVE_SPAN)] + [NC] * 3
 
         def move_selects(d, name):
             grp = copies(m, platform, d, len(sizes), name=f"{name}_g", reset_less=True)
